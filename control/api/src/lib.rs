@@ -1,0 +1,16 @@
+//! The vocabulary the Strait control plane and node proxies share.
+//!
+//! [`MeshConfig`] is what a node proxy runs on, whether it was read from a YAML file or pushed by the control
+//! plane; [`protocol`] holds the push protocol's messages. The resource specs in [`resources`] are the shapes
+//! users write (the `spec` of the CRDs), reused as-is inside the pushed configuration so that nothing is
+//! translated twice.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod protocol;
+pub mod resources;
+mod validate;
+
+pub use config::*;
+pub use resources::*;
+pub use validate::ValidationError;
