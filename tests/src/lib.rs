@@ -1,1 +1,50 @@
+//! The end-to-end harness for Strait: a cluster of Linux network namespaces (nodes and pods), helpers to
+//! run processes and create sockets inside them, packet capture, and the test backend
+//! (`strait-testbackend`) with its harness-side wrappers.
+//!
+//! Everything here needs root (network namespaces, veths, tcpdump); [`require_root`] lets a test skip
+//! politely elsewhere.
+//!
+//! ```no_run
+//! use strait_tests::{backend, Cluster, Capture};
+//! # fn main() -> anyhow::Result<()> {
+//! let cluster = Cluster::builder().node("node-a", &["a1", "a2"]).node("node-b", &["b1", "b2"]).build()?;
+//! let b1 = cluster.pod("b1");
+//! let echo = backend::tcp_echo(b1.netns_name(), (b1.ip(), 8080).into())?;
+//! let node_a = cluster.node("node-a");
+//! let capture = Capture::start(node_a.netns_name(), node_a.uplink(), "tcp")?;
+//! let report = backend::tcp_send(cluster.pod("a1").netns_name(), echo.addr, 1000, "MARKER-1")?;
+//! assert!(report.echoed);
+//! assert!(capture.stop()?.contains(b"MARKER-1"));
+//! # Ok(()) }
+//! ```
 
+pub mod backend;
+pub mod capture;
+pub mod exec;
+pub mod netns;
+
+pub use capture::{Capture, Captured};
+pub use exec::{
+    connect_from, connect_from_async, in_netns, listen_in, listen_in_tokio, output_in, run_in, spawn_in, ChildGuard,
+};
+pub use netns::{Cluster, ClusterBuilder, Node, Pod};
+
+/// Set (to anything but "0") where the root-only tests must run, as in CI: then a missing root privilege
+/// fails the test instead of skipping it.
+pub const REQUIRE_ROOT_ENV: &str = "STRAIT_REQUIRE_ROOT_TESTS";
+
+/// True when running as root. Tests call it first and return early (printing "skipping: needs root") when
+/// it is false, so a developer's unprivileged `cargo test` stays green. Panics instead when
+/// [`REQUIRE_ROOT_ENV`] is set, so CI can never pass by skipping.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v != "0") {
+            panic!("this test needs root and {REQUIRE_ROOT_ENV} is set");
+        }
+        eprintln!("skipping: needs root");
+    }
+    root
+}
