@@ -69,7 +69,7 @@ pub enum TlsError {
 
 /// Why a peer's identity was not acceptable. Carried inside
 /// `rustls::Error::InvalidCertificate(CertificateError::Other(..))` by the verifiers here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerIdentityError {
     #[error("peer presented identity {presented} but {expected} was expected")]
     Mismatch { expected: Identity, presented: Identity },
@@ -79,6 +79,13 @@ pub enum PeerIdentityError {
 
     #[error("peer certificate carries no valid mesh identity: {0}")]
     Missing(String),
+}
+
+// rustls renders `CertificateError::Other` with `Debug`; make that the readable message.
+impl fmt::Debug for PeerIdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 impl PeerIdentityError {
@@ -321,6 +328,13 @@ fn client_builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier
         .expect("the ring provider supports TLS 1.3")
 }
 
+fn finish_server(cfg: &mut ServerConfig) {
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No session resumption (see `client_config`): no tickets, no session cache.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+}
+
 /// Server configuration for mesh mTLS: the client must present a certificate that chains to
 /// the mesh root and carries a SPIFFE identity in the bundle's trust domain.
 /// The server certificate comes from `resolver` at each handshake.
@@ -332,7 +346,7 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, bundle: &TrustBundle
         .expect("a TrustBundle always has at least one root");
     let verifier = Arc::new(SpiffeClientVerifier { inner, trust_domain: bundle.trust_domain().to_string() });
     let mut cfg = server_builder().with_client_cert_verifier(verifier).with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    finish_server(&mut cfg);
     Arc::new(cfg)
 }
 
@@ -340,7 +354,7 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>, bundle: &TrustBundle
 /// endpoint that node proxies call before they have one). TLS 1.3, ALPN `h2`.
 pub fn server_config_without_client_auth(resolver: Arc<dyn ResolvesServerCert>) -> Arc<ServerConfig> {
     let mut cfg = server_builder().with_no_client_auth().with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    finish_server(&mut cfg);
     Arc::new(cfg)
 }
 
@@ -364,6 +378,10 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Every connection does a full handshake: a resumed session would skip certificate
+    // verification and keep presenting the identity and certificates of the original
+    // handshake, even after they were rotated or expired.
+    cfg.resumption = rustls::client::Resumption::disabled();
     Arc::new(cfg)
 }
 
