@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
@@ -87,14 +88,15 @@ pub enum CaError {
     Workload(#[from] WorkloadError),
 }
 
-/// The mesh root CA.
+/// The mesh root CA. Cloning is cheap (the key and certificate are shared).
+#[derive(Clone)]
 pub struct MeshCa {
     trust_domain: String,
     root_der: CertificateDer<'static>,
     root_pem: String,
     /// The root as rcgen needs it for signing (same subject and key identifier as `root_der`).
-    issuer: rcgen::Certificate,
-    key: KeyPair,
+    issuer: Arc<rcgen::Certificate>,
+    key: Arc<KeyPair>,
     workload_ttl: Duration,
 }
 
@@ -195,8 +197,8 @@ impl MeshCa {
             trust_domain: trust_domain.to_string(),
             root_der,
             root_pem,
-            issuer: cert,
-            key,
+            issuer: Arc::new(cert),
+            key: Arc::new(key),
             workload_ttl: DEFAULT_WORKLOAD_TTL,
         })
     }
@@ -235,7 +237,14 @@ impl MeshCa {
         // rcgen uses from the issuer; the original DER stays the one we distribute.
         let issuer = params.self_signed(&key)?;
         let root_pem = crate::workload::certs_to_pem(std::slice::from_ref(&root_der));
-        Ok(MeshCa { trust_domain, root_der, root_pem, issuer, key, workload_ttl: DEFAULT_WORKLOAD_TTL })
+        Ok(MeshCa {
+            trust_domain,
+            root_der,
+            root_pem,
+            issuer: Arc::new(issuer),
+            key: Arc::new(key),
+            workload_ttl: DEFAULT_WORKLOAD_TTL,
+        })
     }
 
     /// Writes `ca.pem` and `ca-key.pem` (mode 0600) into `dir`, creating it if needed.
