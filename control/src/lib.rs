@@ -1,1 +1,164 @@
+//! The Strait control plane: discovery (files now, Kubernetes later) -> admission -> translation -> push to
+//! node proxies over TLS + HTTP/2, and CSR signing for the workloads on each node.
+//!
+//! [`start`] runs it all inside the caller's runtime and returns a [`Running`] handle (bound address,
+//! counters, shutdown), so a local-mesh launcher can embed it; the `strait-control` binary is a thin shell.
+#![forbid(unsafe_code)]
 
+pub mod admit;
+pub mod auth;
+pub mod discovery;
+pub mod files;
+pub mod model;
+pub mod push;
+pub mod server;
+pub mod signer;
+pub mod stats;
+pub mod tls;
+pub mod translate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use auth::{Caller, StaticTokenVerifier, TokenVerifier};
+pub use discovery::Discovery;
+pub use files::FileDiscovery;
+pub use stats::{NodeStatus, Stats};
+
+/// How to run the control plane; see the binary's `--help` for each.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub files: PathBuf,
+    pub ca_dir: PathBuf,
+    pub trust_domain: String,
+    pub listen: SocketAddr,
+    pub token_file: PathBuf,
+    /// How often the file provider looks for changes.
+    pub poll_interval: Duration,
+    /// Lifetime of the workload certificates it signs (and of its own server certificate).
+    pub cert_ttl: Duration,
+}
+
+impl Options {
+    pub fn new(files: impl Into<PathBuf>, ca_dir: impl Into<PathBuf>, token_file: impl Into<PathBuf>) -> Self {
+        Options {
+            files: files.into(),
+            ca_dir: ca_dir.into(),
+            trust_domain: strait_api::default_trust_domain(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 15012)),
+            token_file: token_file.into(),
+            poll_interval: Duration::from_millis(250),
+            cert_ttl: strait_certs::DEFAULT_WORKLOAD_TTL,
+        }
+    }
+}
+
+/// The pluggable parts, for embedders and tests that bring their own.
+pub struct Parts {
+    pub discovery: Box<dyn Discovery>,
+    pub verifier: Arc<dyn TokenVerifier>,
+    pub ca: strait_certs::MeshCa,
+}
+
+/// A running control plane. Dropping it stops everything (connections included) soon after;
+/// [`Running::shutdown`] waits until it has.
+pub struct Running {
+    local_addr: SocketAddr,
+    stats: Arc<Stats>,
+    root_pem: String,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The mesh root certificate proxies must trust.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Stops serving, closes every connection and frees the port.
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+
+    /// Runs until a task ends, which only happens on a bug: the tasks loop forever.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        match self.tasks.join_next().await {
+            Some(Err(e)) if e.is_panic() => anyhow::bail!("a control plane task panicked: {e}"),
+            _ => anyhow::bail!("a control plane task ended unexpectedly"),
+        }
+    }
+}
+
+/// Starts the control plane from [`Options`]: loads (or creates) the CA, reads the token file, watches the
+/// files directory and listens.
+pub async fn start(options: Options) -> anyhow::Result<Running> {
+    anyhow::ensure!(
+        options.files.is_dir(),
+        "--files {}: not a directory (it should hold the mesh description and resource YAML files)",
+        options.files.display()
+    );
+    let ca = strait_certs::MeshCa::load_or_generate(&options.ca_dir, &options.trust_domain)
+        .with_context(|| format!("loading the mesh CA from {}", options.ca_dir.display()))?;
+    let verifier = StaticTokenVerifier::from_file(&options.token_file)
+        .with_context(|| format!("reading the token file {}", options.token_file.display()))?;
+    let parts = Parts {
+        discovery: Box::new(FileDiscovery::new(&options.files, options.poll_interval)),
+        verifier: Arc::new(verifier),
+        ca,
+    };
+    start_with(options.listen, options.cert_ttl, parts).await
+}
+
+/// Starts the control plane with the given parts; the trust domain is the CA's.
+pub async fn start_with(listen: SocketAddr, cert_ttl: Duration, parts: Parts) -> anyhow::Result<Running> {
+    let trust_domain = parts.ca.trust_domain().to_string();
+    let root_pem = parts.ca.root_pem().to_string();
+    let signer = Arc::new(signer::Signer::new(parts.ca, cert_ttl));
+    let identity = tls::control_identity(&trust_domain).context("the control plane's identity")?;
+    let resolver = tls::ControlCertResolver::new(signer.clone(), identity, cert_ttl)
+        .context("issuing the control plane's server certificate")?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(strait_certs::server_config_without_client_auth(resolver));
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let local_addr = listener.local_addr().context("reading the bound address")?;
+
+    let stats = Arc::new(Stats::new());
+    let (discovered_tx, discovered_rx) = watch::channel(Arc::new(model::Discovered::default()));
+    let (published_tx, published_rx) = watch::channel(None);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(parts.discovery.run(discovered_tx));
+    // The first state comes from the provider; don't publish the empty placeholder.
+    let mut first = discovered_rx.clone();
+    first.mark_unchanged();
+    let _ = first.changed().await;
+    tasks.spawn(push::publish(first, published_tx, trust_domain.clone(), stats.clone()));
+    drop(discovered_rx);
+    let shared = Arc::new(server::Shared {
+        published: published_rx,
+        verifier: parts.verifier,
+        signer,
+        stats: stats.clone(),
+        trust_domain,
+    });
+    tasks.spawn(server::serve(listener, acceptor, shared));
+    tracing::info!(%local_addr, "control plane listening");
+    Ok(Running { local_addr, stats, root_pem, tasks })
+}
+
+/// Starts the control plane and runs it until a task fails.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    start(options).await?.wait().await
+}

@@ -1,1 +1,4 @@
+//! Strait node proxy.
+#![forbid(unsafe_code)]
 
+pub mod client;

@@ -251,6 +251,12 @@ fn check_string_match(p: &mut Problems, field: &str, sm: &StringMatch) {
     if set.iter().filter(|s| **s).count() != 1 {
         p.push(field, "exactly one of exact, prefix, regex, present is required");
     }
+    // Compile here so a bad pattern is refused where it was written, not discovered on the data path.
+    if let Some(pattern) = &sm.regex {
+        if let Err(e) = regex::Regex::new(pattern) {
+            p.push(format!("{field}.regex"), format!("{pattern:?} is not a valid regular expression: {e}"));
+        }
+    }
 }
 
 fn validate_destination_policy(p: &mut Problems, field: &str, spec: &DestinationPolicySpec) {
@@ -354,6 +360,24 @@ trafficRoutes:
         let text = err.to_string();
         assert!(text.contains("workloads[1].address"), "{text}");
         assert!(text.contains("trafficRoutes[shop/r].spec.http[0].route: all weights are zero"), "{text}");
+    }
+
+    #[test]
+    fn bad_regexes_are_rejected() {
+        let err = MeshConfig::from_yaml(
+            r#"
+trafficRoutes:
+- name: r
+  namespace: shop
+  spec:
+    hosts: [reviews]
+    http:
+    - match: [{uri: {regex: "/api/(v1"}}]
+      route: [{destination: {host: reviews}}]
+"#,
+        )
+        .expect_err("invalid");
+        assert!(err.to_string().contains("trafficRoutes[shop/r].spec.http[0].match[0].uri.regex"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,262 @@
+//! Admission: what a provider discovered becomes the accepted [`Snapshot`].
+//!
+//! Each object is checked on its own (the same validation proxies run, applied to that object alone) and
+//! against the others ([`reference_problems`]). An object that fails keeps its last good version if it had
+//! one, and is left out otherwise, so one mistake never holds back the rest of the mesh.
+
+use std::collections::BTreeMap;
+
+use strait_api::MeshConfig;
+
+use crate::model::{Discovered, Object, ObjectKey, Snapshot, Sourced};
+use crate::translate::{reference_problems, translate};
+
+/// Remembers the last good version of every object across rounds.
+#[derive(Debug, Default)]
+pub struct Admission {
+    trust_domain: String,
+    last_good: BTreeMap<ObjectKey, Sourced>,
+}
+
+/// The outcome of one round.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Admitted {
+    pub snapshot: Snapshot,
+    /// Every problem found, `<source>: <Kind> <ns>/<name>: <field>: <message>`, with what was done about it.
+    pub problems: Vec<String>,
+}
+
+impl Admission {
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        Admission { trust_domain: trust_domain.into(), last_good: BTreeMap::new() }
+    }
+
+    pub fn admit(&mut self, discovered: &Discovered) -> Admitted {
+        let mut problems = Vec::new();
+        let mut accepted: BTreeMap<ObjectKey, Sourced> = BTreeMap::new();
+        // Objects that failed (key, source): candidates for their last good version.
+        let mut failed: Vec<(ObjectKey, String)> = Vec::new();
+        let mut unreadable_sources = Vec::new();
+
+        for rejection in &discovered.rejected {
+            match &rejection.key {
+                Some(key) => failed.push((key.clone(), rejection.to_string())),
+                None => {
+                    unreadable_sources.push(rejection.source.clone());
+                    problems.push(format!("{rejection}; the objects it held keep their last good versions"));
+                }
+            }
+        }
+        for sourced in &discovered.objects {
+            let key = sourced.object.key();
+            if let Some(first) = accepted.get(&key) {
+                problems.push(format!(
+                    "{}: {key}: is also defined in {}; ignoring this definition",
+                    sourced.source, first.source
+                ));
+                continue;
+            }
+            match check_object(&self.trust_domain, &sourced.object) {
+                Ok(()) => {
+                    accepted.insert(key, sourced.clone());
+                }
+                Err(messages) => {
+                    for m in messages {
+                        failed.push((key.clone(), format!("{}: {key}: {m}", sourced.source)));
+                    }
+                }
+            }
+        }
+        for (key, message) in failed {
+            problems.push(self.fall_back(&mut accepted, &key, message));
+        }
+        for (key, good) in &self.last_good {
+            if unreadable_sources.contains(&good.source) && !accepted.contains_key(key) {
+                accepted.insert(key.clone(), good.clone());
+            }
+        }
+
+        // Falling back can itself break a reference (an old route naming a subset since removed), so repeat;
+        // every round either reverts an object to its last good version or removes it, so this ends.
+        for round in 0.. {
+            let snapshot = Snapshot::from_objects(accepted.values().map(|s| &s.object));
+            let mut found: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
+            for (key, message) in reference_problems(&snapshot) {
+                found.entry(key).or_default().push(message);
+            }
+            if found.is_empty() {
+                break;
+            }
+            for (key, messages) in found {
+                let source = accepted.get(&key).map(|s| s.source.clone()).unwrap_or_default();
+                let message = format!("{source}: {key}: {}", messages.join("; "));
+                if round == 0 && self.last_good.get(&key) != accepted.get(&key) {
+                    problems.push(self.fall_back(&mut accepted, &key, message));
+                } else {
+                    accepted.remove(&key);
+                    problems.push(format!("{message}; left out"));
+                }
+            }
+        }
+
+        let snapshot = Snapshot::from_objects(accepted.values().map(|s| &s.object));
+        self.last_good = accepted;
+        Admitted { snapshot, problems }
+    }
+
+    /// Puts the last good version of `key` in place of the failed one; returns the message to report.
+    fn fall_back(&self, accepted: &mut BTreeMap<ObjectKey, Sourced>, key: &ObjectKey, message: String) -> String {
+        match self.last_good.get(key) {
+            Some(good) => {
+                accepted.insert(key.clone(), good.clone());
+                format!("{message}; keeping its last good version")
+            }
+            None => {
+                accepted.remove(key);
+                format!("{message}; left out (it has no earlier good version)")
+            }
+        }
+    }
+}
+
+/// Validates one object alone with the proxies' own validation, so that nothing the control plane accepts is
+/// refused by a proxy. Messages start with the field's path inside the object (`spec.http[0].timeout: ...`).
+pub fn check_object(trust_domain: &str, object: &Object) -> Result<(), Vec<String>> {
+    let snapshot = Snapshot::from_objects([object]);
+    let config: MeshConfig = translate(&snapshot, trust_domain, "");
+    let mut problems = Vec::new();
+    if let Object::Namespace(n) = object {
+        if n.name.is_empty() || !n.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            problems.push(format!("name: {:?} is not a valid namespace name", n.name));
+        }
+    }
+    let key = object.key();
+    if key.kind != crate::model::Kind::Namespace && key.namespace.is_empty() {
+        problems.push("namespace: is required".to_string());
+    }
+    if let Err(e) = config.validate() {
+        // `trafficRoutes[shop/r].spec.http[0]...: msg` -> `spec.http[0]...: msg`: the object is named already.
+        problems.extend(e.problems().into_iter().map(|p| match p.split_once("].") {
+            Some((_, rest)) => rest.to_string(),
+            None => p,
+        }));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::parse_file;
+
+    fn discover(files: &[(&str, &str)]) -> Discovered {
+        let mut d = Discovered::default();
+        for (name, text) in files {
+            parse_file(name, text, &mut d);
+        }
+        d
+    }
+
+    const POLICY: &str = r#"
+apiVersion: strait.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"#;
+
+    fn route(subset: &str, regex: &str) -> String {
+        format!(
+            r#"
+apiVersion: strait.dev/v1alpha1
+kind: TrafficRoute
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{uri: {{regex: "{regex}"}}}}]
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+"#
+        )
+    }
+
+    #[test]
+    fn a_bad_route_keeps_its_last_good_version() {
+        let mut admission = Admission::new("cluster.local");
+        let good = route("v2", "/api/.*");
+        let first = admission.admit(&discover(&[("dp.yaml", POLICY), ("route.yaml", &good)]));
+        assert!(first.problems.is_empty(), "{:?}", first.problems);
+        assert_eq!(first.snapshot.traffic_routes[0].spec.http[1].route[0].destination.subset.as_deref(), Some("v2"));
+
+        let bad_subset = route("v3", "/api/.*");
+        let second = admission.admit(&discover(&[("dp.yaml", POLICY), ("route.yaml", &bad_subset)]));
+        assert_eq!(second.snapshot, first.snapshot);
+        assert_eq!(
+            second.problems,
+            ["route.yaml: TrafficRoute shop/reviews: spec.http[1].route[0].destination.subset: subset \"v3\" is not defined by DestinationPolicy shop/reviews; keeping its last good version"]
+        );
+
+        let bad_regex = route("v2", "/api/(v1");
+        let third = admission.admit(&discover(&[("dp.yaml", POLICY), ("route.yaml", &bad_regex)]));
+        assert_eq!(third.snapshot, first.snapshot);
+        assert!(
+            third.problems[0].starts_with("route.yaml: TrafficRoute shop/reviews: spec.http[0].match[0].uri.regex: "),
+            "{:?}",
+            third.problems
+        );
+    }
+
+    #[test]
+    fn a_new_bad_object_is_left_out_and_others_flow() {
+        let mut admission = Admission::new("cluster.local");
+        let out = admission.admit(&discover(&[("route.yaml", &route("v3", "x"))]));
+        assert!(out.snapshot.traffic_routes.is_empty());
+        assert!(
+            out.problems[0].contains("no DestinationPolicy for host reviews.shop.svc.cluster.local"),
+            "{:?}",
+            out.problems
+        );
+        assert!(out.problems[0].ends_with("left out (it has no earlier good version)"), "{:?}", out.problems);
+        let out = admission.admit(&discover(&[("route.yaml", &route("v3", "x")), ("dp.yaml", POLICY)]));
+        assert_eq!(out.snapshot.destination_policies.len(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_file_keeps_all_its_objects() {
+        let mut admission = Admission::new("cluster.local");
+        let first = admission.admit(&discover(&[("dp.yaml", POLICY), ("route.yaml", &route("v2", "x"))]));
+        let second = admission.admit(&discover(&[("dp.yaml", "kind: [unclosed"), ("route.yaml", &route("v2", "x"))]));
+        assert_eq!(second.snapshot, first.snapshot);
+        assert_eq!(second.problems.len(), 1);
+        // Removing the file really removes its objects (and the route falls back to nothing it can use).
+        let third = admission.admit(&discover(&[("route.yaml", &route("v2", "x"))]));
+        assert!(third.snapshot.destination_policies.is_empty());
+        assert!(third.snapshot.traffic_routes.is_empty(), "the route's subsets no longer exist");
+    }
+
+    #[test]
+    fn mesh_entries_are_checked_one_by_one() {
+        let mut admission = Admission::new("cluster.local");
+        let mesh = r#"
+apiVersion: strait.dev/v1alpha1
+kind: Mesh
+spec:
+  workloads:
+  - {name: a, namespace: shop, node: n, address: 10.0.0.1}
+  - {name: b, namespace: shop, node: n, address: 10.0.0.1}
+  - {name: C, namespace: shop, node: n, address: 10.0.0.3}
+"#;
+        let out = admission.admit(&discover(&[("mesh.yaml", mesh)]));
+        let names: Vec<&str> = out.snapshot.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(out.problems.len(), 2, "{:?}", out.problems);
+        assert!(out.problems.iter().any(|p| p.starts_with("mesh.yaml: Workload shop/C: name: ")), "{:?}", out.problems);
+        assert!(out.problems.iter().any(|p| p.contains("address: 10.0.0.1 is already used by workload shop/a")));
+    }
+}

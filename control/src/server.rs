@@ -1,0 +1,182 @@
+//! The TLS + HTTP/2 endpoint proxies talk to (port 15012): authentication and routing to the stream and
+//! signing handlers. The protocol is described in `control/PROTOCOL.md`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use strait_api::protocol::CertificateRequest;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{bearer, AuthError, TokenVerifier};
+use crate::push::{serve_stream, ChannelBody, PublishedRx};
+use crate::signer::Signer;
+use crate::stats::Stats;
+
+pub const STREAM_PATH: &str = "/strait.v1.Config/Stream";
+pub const SIGN_PATH: &str = "/strait.v1.Certificates/Sign";
+pub const NODE_HEADER: &str = "x-strait-node";
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_SIGN_BODY: usize = 64 * 1024;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What every request handler needs.
+pub struct Shared {
+    pub published: PublishedRx,
+    pub verifier: Arc<dyn TokenVerifier>,
+    pub signer: Arc<Signer>,
+    pub stats: Arc<Stats>,
+    pub trust_domain: String,
+}
+
+/// Accepts connections until the future is dropped; dropping it also ends every connection it serves.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Reap finished connections so the set does not grow forever.
+        while connections.try_join_next().is_some() {}
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        connections.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(shared, req).await) }
+            });
+            let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                // Find proxies that vanished without closing, so their streams and counters go away.
+                .keep_alive_interval(Some(Duration::from_secs(10)))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path != STREAM_PATH && path != SIGN_PATH {
+        return text(StatusCode::NOT_FOUND, format!("no such endpoint {path}"));
+    }
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST".to_string());
+    }
+    let node = match authenticate(&shared, &req).await {
+        Ok(node) => node,
+        Err(response) => return response,
+    };
+    if req.uri().path() == STREAM_PATH {
+        stream(shared, node, req)
+    } else {
+        sign(shared, node, req).await
+    }
+}
+
+/// Verifies the bearer token and the node it speaks for.
+async fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<String, Response<Body>> {
+    let refuse = |e: AuthError| {
+        let status = match e {
+            AuthError::Missing | AuthError::Invalid => StatusCode::UNAUTHORIZED,
+            AuthError::WrongNode { .. } => StatusCode::FORBIDDEN,
+            AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        tracing::warn!(path = req.uri().path(), error = %e, "refused a request");
+        let mut response = text(status, e.to_string());
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    };
+    let token = bearer(req.headers().get(header::AUTHORIZATION)).map_err(refuse)?;
+    let caller = shared.verifier.verify(token).await.map_err(refuse)?;
+    let claimed = req.headers().get(NODE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").trim();
+    if claimed.is_empty() {
+        return Err(text(StatusCode::BAD_REQUEST, format!("the {NODE_HEADER} header must name the calling node")));
+    }
+    caller.node_for(claimed).map_err(refuse)
+}
+
+fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response<Body> {
+    tracing::info!(node, "configuration stream opened");
+    // One message in flight: a slow proxy gets the newest version next, not a backlog of stale ones.
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(serve_stream(
+        node,
+        shared.published.clone(),
+        shared.trust_domain.clone(),
+        shared.stats.clone(),
+        req.into_body(),
+        tx,
+    ));
+    let mut response = Response::new(ChannelBody(rx).boxed());
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
+    response
+}
+
+async fn sign(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_SIGN_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")),
+    };
+    let request: CertificateRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("the body is not a CertificateRequest: {e}")),
+    };
+    let snapshot = match shared.published.borrow().as_ref() {
+        Some(p) => p.snapshot.clone(),
+        None => return text(StatusCode::SERVICE_UNAVAILABLE, "no configuration has been loaded yet".to_string()),
+    };
+    match shared.signer.sign(&snapshot, &node, &request) {
+        Ok(response) => {
+            tracing::info!(node, identity = request.identity, "signed a workload certificate");
+            match serde_json::to_vec(&response) {
+                Ok(json) => {
+                    let mut r = Response::new(Full::new(Bytes::from(json)).boxed());
+                    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                    r
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(node, identity = request.identity, error = %e, "refused to sign a certificate");
+            text(e.status(), e.to_string())
+        }
+    }
+}
+
+fn text(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(message + "\n")).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

@@ -1,0 +1,139 @@
+//! What the control plane knows about its proxies: per-node push/ACK state and Prometheus counters.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// One node's view, as the control plane saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Streams open now (normally 0 or 1; 2 briefly while a proxy reconnects).
+    pub connected_streams: u64,
+    pub last_pushed: Option<u64>,
+    pub last_acked: Option<u64>,
+    pub last_nacked: Option<u64>,
+    /// The reason of the last NACK.
+    pub last_error: Option<String>,
+}
+
+pub struct Stats {
+    registry: Registry,
+    pushes: IntCounterVec,
+    acks: IntCounterVec,
+    streams: IntGaugeVec,
+    nodes: Mutex<BTreeMap<String, NodeStatus>>,
+    problems: Mutex<Vec<String>>,
+    version: AtomicU64,
+}
+
+impl Stats {
+    /// Counters live in their own registry so that several control planes can share a process (tests, the
+    /// local mesh launcher); the binary serves this registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let pushes = IntCounterVec::new(
+            Opts::new("strait_control_config_pushes_total", "Configuration versions sent to node proxies"),
+            &["node"],
+        )
+        .expect("static metric definition");
+        let acks = IntCounterVec::new(
+            Opts::new("strait_control_config_acks_total", "Answers of node proxies to configuration pushes"),
+            &["node", "result"],
+        )
+        .expect("static metric definition");
+        let streams =
+            IntGaugeVec::new(Opts::new("strait_control_config_streams", "Open configuration streams"), &["node"])
+                .expect("static metric definition");
+        for collector in [
+            Box::new(pushes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(acks.clone()),
+            Box::new(streams.clone()),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Stats {
+            registry,
+            pushes,
+            acks,
+            streams,
+            nodes: Mutex::new(BTreeMap::new()),
+            problems: Mutex::new(Vec::new()),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn node(&self, node: &str) -> Option<NodeStatus> {
+        self.lock_nodes().get(node).cloned()
+    }
+
+    pub fn nodes(&self) -> BTreeMap<String, NodeStatus> {
+        self.lock_nodes().clone()
+    }
+
+    /// The problems of the latest admission round (rejected objects and what was done about them).
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The newest configuration version published (0 before the first).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_problems(&self, problems: Vec<String>) {
+        *self.problems.lock().unwrap_or_else(|e| e.into_inner()) = problems;
+    }
+
+    pub(crate) fn set_version(&self, version: u64) {
+        self.version.store(version, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stream_opened(&self, node: &str) {
+        self.streams.with_label_values(&[node]).inc();
+        self.update(node, |s| s.connected_streams += 1);
+    }
+
+    pub(crate) fn stream_closed(&self, node: &str) {
+        self.streams.with_label_values(&[node]).dec();
+        self.update(node, |s| s.connected_streams = s.connected_streams.saturating_sub(1));
+    }
+
+    pub(crate) fn pushed(&self, node: &str, version: u64) {
+        self.pushes.with_label_values(&[node]).inc();
+        self.update(node, |s| s.last_pushed = Some(version));
+    }
+
+    pub(crate) fn acked(&self, node: &str, version: u64) {
+        self.acks.with_label_values(&[node, "ack"]).inc();
+        self.update(node, |s| s.last_acked = Some(version));
+    }
+
+    pub(crate) fn nacked(&self, node: &str, version: u64, error: &str) {
+        self.acks.with_label_values(&[node, "nack"]).inc();
+        self.update(node, |s| {
+            s.last_nacked = Some(version);
+            s.last_error = Some(error.to_string());
+        });
+    }
+
+    fn update(&self, node: &str, f: impl FnOnce(&mut NodeStatus)) {
+        f(self.lock_nodes().entry(node.to_string()).or_default());
+    }
+
+    fn lock_nodes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NodeStatus>> {
+        // A panic elsewhere while holding the lock leaves plain counters behind; they are still usable.
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,223 @@
+//! Pure functions from the accepted inputs ([`Snapshot`]) to what a node proxy runs on ([`MeshConfig`]), and
+//! the checks that need more than one object (a route's subset must exist in its host's DestinationPolicy).
+
+use std::collections::BTreeMap;
+
+use strait_api::{Endpoint, MeshConfig, Named, NamespaceConfig};
+
+use crate::model::{Kind, ObjectKey, Snapshot};
+
+/// The configuration for `node`. Every node receives the whole mesh for now (a proxy must know remote
+/// workloads and services to reach them); `node` is where trimming to what the node needs will go.
+pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshConfig {
+    let _ = node;
+    let workloads: Vec<strait_api::Workload> = snapshot
+        .workloads
+        .iter()
+        .map(|w| strait_api::Workload {
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            service_account: w.service_account.clone(),
+            node: w.node.clone(),
+            address: w.address,
+            labels: w.labels.clone(),
+            meshed: snapshot.is_meshed(w),
+            tunnel_port: w.tunnel_port,
+        })
+        .collect();
+    let services = snapshot
+        .services
+        .iter()
+        .map(|s| strait_api::Service {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            addresses: s.addresses.clone(),
+            ports: s.ports.clone(),
+            endpoints: if s.selector.is_empty() {
+                s.endpoints.clone()
+            } else {
+                // As Kubernetes' endpoints controller: same namespace, every selector label present.
+                snapshot
+                    .workloads
+                    .iter()
+                    .filter(|w| w.namespace == s.namespace)
+                    .filter(|w| s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                    .map(|w| Endpoint { address: w.address, ready: true })
+                    .collect()
+            },
+        })
+        .collect();
+    MeshConfig {
+        trust_domain: trust_domain.to_string(),
+        namespaces: snapshot
+            .namespaces
+            .iter()
+            .map(|n| NamespaceConfig { name: n.name.clone(), mtls_mode: n.mtls_mode })
+            .collect(),
+        workloads,
+        services,
+        authorization_policies: snapshot.authorization_policies.clone(),
+        traffic_routes: snapshot.traffic_routes.clone(),
+        destination_policies: snapshot.destination_policies.clone(),
+    }
+}
+
+/// The fully qualified name of a host written in `namespace`: `reviews` -> `reviews.shop.svc.cluster.local`,
+/// `reviews.other` -> `reviews.other.svc.cluster.local`; anything longer is taken as written.
+pub fn canonical_host(host: &str, namespace: &str) -> String {
+    match host.matches('.').count() {
+        0 => format!("{host}.{namespace}.svc.cluster.local"),
+        1 => format!("{host}.svc.cluster.local"),
+        2 if host.ends_with(".svc") => format!("{host}.cluster.local"),
+        _ => host.to_string(),
+    }
+}
+
+/// Problems that involve more than one object, each with the object to blame and a message that starts with
+/// the field's path.
+pub fn reference_problems(snapshot: &Snapshot) -> Vec<(ObjectKey, String)> {
+    let mut problems = Vec::new();
+    let mut policies: BTreeMap<String, &Named<strait_api::DestinationPolicySpec>> = BTreeMap::new();
+    for dp in &snapshot.destination_policies {
+        // Sorted input: the first policy for a host wins, the same one every time.
+        policies.entry(canonical_host(&dp.spec.host, &dp.namespace)).or_insert(dp);
+    }
+    for route in &snapshot.traffic_routes {
+        for (i, rule) in route.spec.http.iter().enumerate() {
+            for (j, target) in rule.route.iter().enumerate() {
+                let Some(subset) = &target.destination.subset else { continue };
+                let host = canonical_host(&target.destination.host, &route.namespace);
+                let field = format!("spec.http[{i}].route[{j}].destination.subset");
+                let message = match policies.get(&host) {
+                    Some(dp) if dp.spec.subsets.iter().any(|s| &s.name == subset) => continue,
+                    Some(dp) => format!(
+                        "{field}: subset {subset:?} is not defined by DestinationPolicy {}/{}",
+                        dp.namespace, dp.name
+                    ),
+                    None => format!("{field}: subset {subset:?} is not defined: no DestinationPolicy for host {host}"),
+                };
+                problems.push((ObjectKey::new(Kind::TrafficRoute, &route.namespace, &route.name), message));
+            }
+        }
+    }
+    // Proxies find a workload by its address, so two workloads must not share one.
+    let mut addresses = BTreeMap::new();
+    for w in &snapshot.workloads {
+        if let Some(other) = addresses.insert(w.address, w) {
+            problems.push((
+                ObjectKey::new(Kind::Workload, &w.namespace, &w.name),
+                format!("address: {} is already used by workload {}/{}", w.address, other.namespace, other.name),
+            ));
+            addresses.insert(w.address, other);
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Object, Service, Workload};
+    use strait_api::{Destination, DestinationPolicySpec, HttpRoute, RouteDestination, Subset, TrafficRouteSpec};
+
+    fn workload(name: &str, address: &str, labels: &[(&str, &str)]) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "shop".into(),
+            service_account: "default".into(),
+            node: "node-a".into(),
+            address: address.parse().expect("address"),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            meshed: None,
+            tunnel_port: 15008,
+        }
+    }
+
+    fn route(subset: &str) -> Named<TrafficRouteSpec> {
+        let dest = |s: &str| RouteDestination {
+            destination: Destination { host: "reviews".into(), subset: Some(s.into()), port: None },
+            weight: None,
+        };
+        Named {
+            name: "reviews".into(),
+            namespace: "shop".into(),
+            spec: TrafficRouteSpec {
+                hosts: vec!["reviews".into()],
+                http: vec![
+                    HttpRoute { route: vec![dest("v1")], ..Default::default() },
+                    HttpRoute { route: vec![dest(subset)], ..Default::default() },
+                ],
+            },
+        }
+    }
+
+    fn policy() -> Named<DestinationPolicySpec> {
+        Named {
+            name: "reviews".into(),
+            namespace: "shop".into(),
+            spec: DestinationPolicySpec {
+                host: "reviews.shop.svc.cluster.local".into(),
+                subsets: ["v1", "v2"]
+                    .iter()
+                    .map(|v| Subset { name: v.to_string(), labels: [("version".into(), v.to_string())].into() })
+                    .collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn endpoints_come_from_matching_workloads_of_the_namespace() {
+        let mut other_ns = workload("x", "10.0.0.9", &[("app", "reviews")]);
+        other_ns.namespace = "other".into();
+        let objects = [
+            Object::Workload(workload("r1", "10.0.0.1", &[("app", "reviews"), ("version", "v1")])),
+            Object::Workload(workload("p", "10.0.0.2", &[("app", "productpage")])),
+            Object::Workload(other_ns),
+            Object::Service(Service {
+                name: "reviews".into(),
+                namespace: "shop".into(),
+                addresses: vec!["10.96.0.1".parse().expect("ip")],
+                ports: vec![strait_api::ServicePort { name: None, port: 9080, target_port: None, app_protocol: None }],
+                selector: [("app".to_string(), "reviews".to_string())].into(),
+                endpoints: vec![],
+            }),
+        ];
+        let config = translate(&Snapshot::from_objects(&objects), "cluster.local", "node-a");
+        let endpoints: Vec<String> = config.services[0].endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(endpoints, ["10.0.0.1"]);
+        assert!(config.workloads.iter().all(|w| w.meshed), "undescribed namespaces are meshed");
+        config.validate().expect("valid");
+    }
+
+    #[test]
+    fn undefined_subsets_are_named_by_field() {
+        let snapshot =
+            Snapshot { traffic_routes: vec![route("v3")], destination_policies: vec![policy()], ..Default::default() };
+        let problems = reference_problems(&snapshot);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            format!("{}: {}", problems[0].0, problems[0].1),
+            "TrafficRoute shop/reviews: spec.http[1].route[0].destination.subset: subset \"v3\" is not defined by DestinationPolicy shop/reviews"
+        );
+        let fine = Snapshot { traffic_routes: vec![route("v2")], ..snapshot };
+        assert!(reference_problems(&fine).is_empty());
+    }
+
+    #[test]
+    fn duplicate_addresses_blame_the_later_workload() {
+        let objects =
+            [Object::Workload(workload("a", "10.0.0.1", &[])), Object::Workload(workload("b", "10.0.0.1", &[]))];
+        let problems = reference_problems(&Snapshot::from_objects(&objects));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0.name, "b");
+    }
+
+    #[test]
+    fn hosts_are_canonical() {
+        assert_eq!(canonical_host("reviews", "shop"), "reviews.shop.svc.cluster.local");
+        assert_eq!(canonical_host("reviews.other", "shop"), "reviews.other.svc.cluster.local");
+        assert_eq!(canonical_host("reviews.other.svc", "shop"), "reviews.other.svc.cluster.local");
+        assert_eq!(canonical_host("reviews.other.svc.cluster.local", "shop"), "reviews.other.svc.cluster.local");
+    }
+}

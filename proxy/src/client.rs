@@ -1,0 +1,327 @@
+//! The node proxy's side of the control-plane protocol (`control/PROTOCOL.md`): a long-lived stream that
+//! receives configuration versions and answers each with an ACK or NACK, and CSR signing for the certificates
+//! of local workloads.
+//!
+//! The control plane is never on the data path: while it is unreachable the proxy keeps serving its last good
+//! configuration, and this client reconnects with jittered exponential backoff, forever.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use strait_api::protocol::{CertificateRequest, CertificateResponse, ConfigAck, ConfigPush};
+use strait_api::MeshConfig;
+use strait_certs::{CertError, CertIssuer, Identity, TrustBundle, WorkloadCert};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+pub const STREAM_PATH: &str = "/strait.v1.Config/Stream";
+pub const SIGN_PATH: &str = "/strait.v1.Certificates/Sign";
+pub const NODE_HEADER: &str = "x-strait-node";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const SIGN_TIMEOUT: Duration = Duration::from_secs(15);
+/// A whole mesh configuration in one line; generous, but bounded so a broken server cannot exhaust memory.
+const MAX_PUSH_LINE: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the control plane's trust bundle is not usable: {0}")]
+    TrustBundle(String),
+    #[error("the token or node name cannot be sent as an HTTP header")]
+    BadHeader,
+    #[error("cannot connect to the control plane at {addr}: {reason} (is it running, and is port 15012 reachable?)")]
+    Connect { addr: String, reason: String },
+    #[error("TLS with the control plane at {addr} failed: {source} (does it present the expected identity, signed by the mesh root?)")]
+    Tls { addr: String, source: std::io::Error },
+    #[error("HTTP/2 with the control plane failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the control plane refused {path}: {status}: {message}")]
+    Refused { path: &'static str, status: StatusCode, message: String },
+    #[error("the control plane sent something that is not a configuration push: {0}")]
+    Protocol(String),
+    #[error("the control plane closed the configuration stream")]
+    Closed,
+}
+
+/// Reconnection delays: exponential from `initial` up to `max`, each drawn uniformly from [0, delay] ("full
+/// jitter") so that a fleet of proxies does not reconnect in lockstep after a control-plane restart.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5) }
+    }
+}
+
+/// Connects a node proxy to the control plane.
+#[derive(Clone)]
+pub struct ControlPlaneClient {
+    inner: Arc<Inner>,
+    backoff: Backoff,
+}
+
+struct Inner {
+    addr: String,
+    tls: TlsConnector,
+    authorization: header::HeaderValue,
+    node: header::HeaderValue,
+}
+
+impl ControlPlaneClient {
+    /// `addr` is `host:port` of the control plane; it must present `server_identity` in a certificate that
+    /// chains to `root_pem`. `token` is the bearer token, `node` the name of this proxy's node.
+    pub fn new(
+        addr: impl Into<String>,
+        server_identity: Identity,
+        root_pem: &str,
+        token: &str,
+        node: &str,
+    ) -> Result<Self, ClientError> {
+        let bundle = TrustBundle::from_pem(server_identity.trust_domain(), root_pem)
+            .map_err(|e| ClientError::TrustBundle(e.to_string()))?;
+        let tls = TlsConnector::from(strait_certs::client_config_without_client_auth(&bundle, server_identity));
+        let authorization =
+            header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| ClientError::BadHeader)?;
+        let node = header::HeaderValue::from_str(node).map_err(|_| ClientError::BadHeader)?;
+        Ok(ControlPlaneClient {
+            inner: Arc::new(Inner { addr: addr.into(), tls, authorization, node }),
+            backoff: Backoff::default(),
+        })
+    }
+
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// A certificate issuer that has the control plane sign CSRs made on this node.
+    pub fn issuer(&self) -> ControlPlaneIssuer {
+        ControlPlaneIssuer { inner: self.inner.clone() }
+    }
+
+    /// Receives configuration forever. Each version is handed to `apply`, which installs it or says why not
+    /// (the proxy then keeps its last good configuration); the answer goes back as ACK or NACK. `apply` is
+    /// only ever called with configurations the control plane sent, never with a placeholder while
+    /// disconnected.
+    pub async fn run<F>(self, mut apply: F)
+    where
+        F: FnMut(MeshConfig) -> Result<(), String>,
+    {
+        let mut delay = self.backoff.initial;
+        loop {
+            let mut received = false;
+            match self.stream_once(&mut apply, &mut received).await {
+                Ok(()) => tracing::warn!("configuration stream ended; reconnecting"),
+                Err(e) => tracing::warn!(error = %e, "configuration stream failed; reconnecting"),
+            }
+            // A stream that delivered configuration was healthy: start the backoff over.
+            if received {
+                delay = self.backoff.initial;
+            }
+            let sleep = jitter(delay);
+            tracing::debug!(?sleep, "waiting before reconnecting to the control plane");
+            tokio::time::sleep(sleep).await;
+            delay = (delay * 2).min(self.backoff.max);
+        }
+    }
+
+    /// One stream, from connect to its end. Sets `received` once a push arrived.
+    async fn stream_once<F>(&self, apply: &mut F, received: &mut bool) -> Result<(), ClientError>
+    where
+        F: FnMut(MeshConfig) -> Result<(), String>,
+    {
+        let (mut sender, _conn) = self.inner.connect().await?;
+        let (ack_tx, ack_rx) = mpsc::channel::<Bytes>(4);
+        let request = self.inner.request(STREAM_PATH, ChannelBody(ack_rx))?;
+        let response = sender.send_request(request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(refused(STREAM_PATH, response).await);
+        }
+        tracing::info!(addr = self.inner.addr, "connected to the control plane");
+        let mut body = response.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            buf.extend_from_slice(&data);
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let line = &line[..line.len() - 1];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let push: ConfigPush =
+                    serde_json::from_slice(line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                *received = true;
+                let version = push.version;
+                let error = match apply(push.config) {
+                    Ok(()) => {
+                        tracing::info!(version, "applied configuration");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(version, error = %e, "rejected configuration (NACK); keeping the last good one");
+                        Some(e)
+                    }
+                };
+                let mut ack = serde_json::to_vec(&ConfigAck { version, error })
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                ack.push(b'\n');
+                if ack_tx.send(Bytes::from(ack)).await.is_err() {
+                    return Err(ClientError::Closed);
+                }
+            }
+            if buf.len() > MAX_PUSH_LINE {
+                return Err(ClientError::Protocol(format!("a push is larger than {MAX_PUSH_LINE} bytes")));
+            }
+        }
+        Err(ClientError::Closed)
+    }
+}
+
+/// Aborts the task driving an HTTP/2 connection when the connection is no longer needed.
+struct ConnTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ConnTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Inner {
+    async fn connect<B>(&self) -> Result<(SendRequest<B>, ConnTask), ClientError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let connect_err = |reason: String| ClientError::Connect { addr: self.addr.clone(), reason };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&self.addr))
+            .await
+            .map_err(|_| connect_err("timed out".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        // The server name is not checked (the certificate carries a SPIFFE URI, not a DNS name); the
+        // verifier checks the identity instead.
+        let tls = self
+            .tls
+            .connect(strait_certs::mesh_server_name(), tcp)
+            .await
+            .map_err(|source| ClientError::Tls { addr: self.addr.clone(), source })?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Notice a control plane that vanished without closing the connection.
+            .keep_alive_interval(Some(Duration::from_secs(10)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "control plane connection ended");
+            }
+        });
+        Ok((sender, ConnTask(task)))
+    }
+
+    fn request<B>(&self, path: &str, body: B) -> Result<Request<B>, ClientError> {
+        Request::post(format!("https://{}{path}", self.addr))
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .header(NODE_HEADER, self.node.clone())
+            .body(body)
+            .map_err(|_| ClientError::BadHeader)
+    }
+
+    async fn sign(&self, identity: &Identity) -> Result<WorkloadCert, String> {
+        // The key is made here and never leaves the node; only the CSR travels.
+        let (csr_pem, key_pem) = strait_certs::generate_csr(identity).map_err(|e| e.to_string())?;
+        let request = CertificateRequest { identity: identity.to_string(), csr_pem };
+        let json = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+        let (mut sender, _conn) = self.connect::<Full<Bytes>>().await.map_err(|e| e.to_string())?;
+        let request = self.request(SIGN_PATH, Full::new(Bytes::from(json))).map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        if response.status() != StatusCode::OK {
+            return Err(refused(SIGN_PATH, response).await.to_string());
+        }
+        let body = Limited::new(response.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the signed certificate: {e}"))?
+            .to_bytes();
+        let signed: CertificateResponse =
+            serde_json::from_slice(&body).map_err(|e| format!("the answer is not a CertificateResponse: {e}"))?;
+        WorkloadCert::from_pem(&signed.chain_pem, &key_pem).map_err(|e| e.to_string())
+    }
+}
+
+/// The error for a non-200 answer, with the server's explanation.
+async fn refused(path: &'static str, response: http::Response<Incoming>) -> ClientError {
+    let status = response.status();
+    let message = match Limited::new(response.into_body(), 64 * 1024).collect().await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    ClientError::Refused { path, status, message }
+}
+
+fn jitter(max: Duration) -> Duration {
+    max.mul_f64(rand::random::<f64>())
+}
+
+/// Issues workload certificates by having the control plane sign CSRs generated on this node.
+#[derive(Clone)]
+pub struct ControlPlaneIssuer {
+    inner: Arc<Inner>,
+}
+
+impl CertIssuer for ControlPlaneIssuer {
+    fn issue(
+        &self,
+        id: &Identity,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<WorkloadCert, CertError>> + Send + '_>> {
+        let id = id.clone();
+        Box::pin(async move {
+            let fetch = |message: String| CertError::Fetch { identity: id.clone(), message };
+            match tokio::time::timeout(SIGN_TIMEOUT, self.inner.sign(&id)).await {
+                Ok(Ok(cert)) => Ok(cert),
+                Ok(Err(message)) => Err(fetch(message)),
+                Err(_) => Err(fetch(format!("no answer from the control plane within {SIGN_TIMEOUT:?}"))),
+            }
+        })
+    }
+}
+
+/// A request body fed from a channel: each ACK goes out as soon as it is queued.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut().0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_the_delay() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(100)) <= Duration::from_millis(100));
+        }
+    }
+}
