@@ -15,6 +15,10 @@
 //! (10.96.0.0/12) get no route at all: pods send them to their node, where the proxy's rules capture them.
 //! Namespaces are isolated, so every cluster uses the same addresses; only namespace names are unique.
 //!
+//! IPv6 mirrors it (dual stack): node `i` is fd00:ffff::(i+1)/64 on the underlay (bridge fd00:ffff::fe),
+//! its pods are fd00:(i+1)::(j+2)/128 (hex groups) with gateway fd00:(i+1)::1, pod CIDR fd00:(i+1)::/64.
+//! Duplicate address detection is off, so addresses are usable as soon as the cluster is built.
+//!
 //! Every veth is created straight into its two namespaces (`ip link add ... netns A type veth peer ...
 //! netns B`), so interface names only need to be unique per namespace and nothing touches the host's
 //! namespace.
@@ -22,13 +26,13 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::exec;
 
@@ -149,6 +153,22 @@ impl Node {
     pub fn pod_gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, node_octet(self.index), 0, 1)
     }
+    /// Underlay IPv6 address: fd00:ffff::(index+1).
+    pub fn ip6(&self) -> Ipv6Addr {
+        node_ip6(self.index)
+    }
+    /// fd00:(index+1)::/64.
+    pub fn pod_cidr6(&self) -> Ipv6Net {
+        Ipv6Net::new(Ipv6Addr::new(0xfd00, node_group(self.index), 0, 0, 0, 0, 0, 0), 64).expect("prefix 64 is valid")
+    }
+    /// fd00:(index+1)::1, the pods' IPv6 gateway.
+    pub fn pod_gateway6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, node_group(self.index), 0, 0, 0, 0, 0, 1)
+    }
+    /// The MAC address of its uplink: 02:00:ac:1e:00:(index+1), fixed so captures are easy to read.
+    pub fn mac(&self) -> String {
+        format!("02:00:ac:1e:00:{:02x}", node_octet(self.index))
+    }
     /// The node's interface towards the underlay (capture here to see node-to-node traffic).
     pub fn uplink(&self) -> &'static str {
         NODE_UPLINK
@@ -184,6 +204,10 @@ impl Pod {
     pub fn ip(&self) -> Ipv4Addr {
         pod_ip(self.node_index, self.index)
     }
+    /// fd00:(node+1)::(index+2).
+    pub fn ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, node_group(self.node_index), 0, 0, 0, 0, 0, pod_group(self.index))
+    }
     /// 0-based position among its node's pods.
     pub fn index(&self) -> usize {
         self.index
@@ -199,6 +223,18 @@ fn node_octet(index: usize) -> u8 {
     u8::try_from(index + 1).expect("checked by the builder")
 }
 
+fn node_group(index: usize) -> u16 {
+    u16::from(node_octet(index))
+}
+
+fn pod_group(index: usize) -> u16 {
+    u16::try_from(index + 2).expect("checked by the builder")
+}
+
+fn node_ip6(index: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, node_group(index))
+}
+
 fn node_ip(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 30, 0, node_octet(index))
 }
@@ -210,6 +246,8 @@ fn pod_ip(node: usize, pod: usize) -> Ipv4Addr {
 /// The underlay bridge's own address, for infrastructure processes (a control plane, a fake Kubernetes
 /// API server) that run in the underlay namespace and must be reachable from every node.
 pub const UNDERLAY_IP: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 254);
+/// The underlay bridge's IPv6 address.
+pub const UNDERLAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 0xfe);
 
 /// Describes a cluster; [`ClusterBuilder::build`] creates it.
 #[derive(Default)]
@@ -365,12 +403,19 @@ impl Cluster {
         // 2. Sysctls, before any interface exists: interfaces take their per-interface values from
         //    `default`, and rp_filter's effective value is the max of `all` and the interface's.
         for ns in &all {
-            let mut keys = vec!["net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"];
+            // No duplicate address detection: addresses (link-local ones too) work at once, not ~1 s later.
+            let mut keys = vec![
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ];
             if self.nodes.iter().any(|n| &n.netns == ns) {
                 keys.extend([
                     "net.ipv4.ip_forward=1",
                     "net.ipv4.conf.all.route_localnet=1",
                     "net.ipv4.conf.default.route_localnet=1",
+                    "net.ipv6.conf.all.forwarding=1",
                 ]);
             }
             exec::run_in(ns, &[&["sysctl", "-qw"][..], &keys].concat())?;
@@ -384,8 +429,10 @@ impl Cluster {
         for node in &self.nodes {
             let _ = writeln!(
                 links,
-                "link add name {NODE_UPLINK} netns {} type veth peer name n{} netns {ul}",
-                node.netns, node.index
+                "link add name {NODE_UPLINK} netns {} address {} type veth peer name n{} netns {ul}",
+                node.netns,
+                node.mac(),
+                node.index
             );
         }
         for pod in &self.pods {
@@ -401,7 +448,10 @@ impl Cluster {
         ip_batch(&[], &links, false)?;
 
         // 4. Addresses and routes, one batch per namespace.
-        let mut script = format!("link set lo up\nlink add br0 type bridge\naddr add {UNDERLAY_IP}/24 dev br0\n");
+        let mut script = format!(
+            "link set lo up\nlink add br0 type bridge mcast_snooping 0\naddr add {UNDERLAY_IP}/24 dev br0\n\
+             addr add {UNDERLAY_IP6}/64 dev br0 nodad\n"
+        );
         for node in &self.nodes {
             let _ = writeln!(script, "link set n{} master br0\nlink set n{} up", node.index, node.index);
         }
@@ -409,26 +459,41 @@ impl Cluster {
         ip_batch(&["-n", &ul], &script, false)?;
 
         for node in &self.nodes {
-            let mut s =
-                format!("link set lo up\naddr add {}/24 dev {NODE_UPLINK}\nlink set {NODE_UPLINK} up\n", node.ip());
+            let mut s = format!(
+                "link set lo up\naddr add {}/24 dev {NODE_UPLINK}\naddr add {}/64 dev {NODE_UPLINK} nodad\n\
+                 link set {NODE_UPLINK} up\n",
+                node.ip(),
+                node.ip6()
+            );
             for pod in self.pods.iter().filter(|p| p.node_index == node.index) {
                 let veth = pod.host_veth();
                 let _ = writeln!(s, "addr add {}/32 dev {veth}", node.pod_gateway());
                 let _ = writeln!(s, "link set {veth} up");
+                let _ = writeln!(s, "addr add {}/128 dev {veth} nodad", node.pod_gateway6());
                 let _ = writeln!(s, "route add {}/32 dev {veth} src {}", pod.ip(), node.pod_gateway());
+                let _ = writeln!(s, "route add {}/128 dev {veth}", pod.ip6());
             }
             for other in self.nodes.iter().filter(|o| o.index != node.index) {
                 let _ = writeln!(s, "route add {} via {}", other.pod_cidr(), other.ip());
+                let _ = writeln!(s, "route add {} via {}", other.pod_cidr6(), other.ip6());
+                // A permanent neighbour entry: without it the first packet a node forwards to another node
+                // over IPv6 waited ~1 s for neighbour discovery (seen here), which skews latency-sensitive
+                // tests.
+                let _ = writeln!(s, "neigh add {} lladdr {} dev {NODE_UPLINK} nud permanent", other.ip6(), other.mac());
             }
             ip_batch(&["-n", &node.netns], &s, false)?;
         }
 
         for pod in &self.pods {
-            let gw = self.nodes[pod.node_index].pod_gateway();
+            let node = &self.nodes[pod.node_index];
+            let (gw, gw6) = (node.pod_gateway(), node.pod_gateway6());
             let s = format!(
-                "link set lo up\naddr add {}/32 dev {POD_IFACE}\nlink set {POD_IFACE} up\n\
-                 route add {gw}/32 dev {POD_IFACE} scope link\nroute add default via {gw} dev {POD_IFACE}\n",
-                pod.ip()
+                "link set lo up\naddr add {}/32 dev {POD_IFACE}\naddr add {}/128 dev {POD_IFACE} nodad\n\
+                 link set {POD_IFACE} up\n\
+                 route add {gw}/32 dev {POD_IFACE} scope link\nroute add default via {gw} dev {POD_IFACE}\n\
+                 route add {gw6}/128 dev {POD_IFACE}\nroute add default via {gw6} dev {POD_IFACE}\n",
+                pod.ip(),
+                pod.ip6()
             );
             ip_batch(&["-n", &pod.netns], &s, false)?;
         }

@@ -28,6 +28,8 @@ fn address_plan() -> Result<()> {
     assert_eq!(c.pod("a2").ip().to_string(), "10.1.0.3");
     assert_eq!(c.pod("b1").ip().to_string(), "10.2.0.2");
     assert_eq!(c.pod("b1").node(), "node-b");
+    assert_eq!(c.pod("b1").ip6().to_string(), "fd00:2::2");
+    assert_eq!(c.node("node-a").pod_cidr6().to_string(), "fd00:1::/64");
     let addrs = exec::run_in(c.pod("b2").netns_name(), &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])?;
     assert!(String::from_utf8_lossy(&addrs.stdout).contains("10.2.0.3/32"));
     // Reachability without a proxy: pod to pod on the same node and across nodes, node to node, and from
@@ -40,6 +42,10 @@ fn address_plan() -> Result<()> {
         (ns("a1"), ns("b2"), SocketAddr::new(c.pod("b2").ip().into(), 9000)),
         (ns("node-a"), ns("node-b"), SocketAddr::new(c.node("node-b").ip().into(), 9000)),
         (ns("node-b"), c.underlay_netns().to_owned(), SocketAddr::new(strait_tests::netns::UNDERLAY_IP.into(), 9000)),
+        // IPv6: same node, across nodes, node to node.
+        (ns("a1"), ns("a2"), SocketAddr::new(c.pod("a2").ip6().into(), 9000)),
+        (ns("a2"), ns("b1"), SocketAddr::new(c.pod("b1").ip6().into(), 9000)),
+        (ns("node-a"), ns("node-b"), SocketAddr::new(c.node("node-b").ip6().into(), 9000)),
     ];
     for (from, to, addr) in paths {
         let listener = listen_in(&to, addr)?;
@@ -111,6 +117,10 @@ fn tcp_sink_reports_count_and_digest() -> Result<()> {
     let reply = report.sink_reply()?;
     assert_eq!(reply.bytes, report.sent);
     assert_eq!(reply.sha256, report.sent_sha256);
+
+    // Nobody listens on b2:7002: the client's failure comes back as a value.
+    let refused = backend::try_tcp_send(c.pod("a2").netns_name(), (c.pod("b2").ip(), 7002).into(), 10, "x")?;
+    assert!(refused.as_ref().is_err_and(|e| e.contains("refused")), "{refused:?}");
     Ok(())
 }
 

@@ -114,6 +114,25 @@ pub fn tcp_send(netns: &str, addr: SocketAddr, bytes: u64, marker: &str) -> Resu
     serde_json::from_str(text.trim()).with_context(|| format!("parsing tcp-send output {text:?}"))
 }
 
+/// Like [`tcp_send`], but a failing client (refused, reset, timed out: what a denying policy causes) is
+/// `Ok(Err(stderr))` rather than an error, so a test can assert on it.
+pub fn try_tcp_send(
+    netns: &str,
+    addr: SocketAddr,
+    bytes: u64,
+    marker: &str,
+) -> Result<std::result::Result<TcpSendReport, String>> {
+    let bin = testbackend_path()?;
+    let bin = bin.to_string_lossy();
+    let args = [&*bin, "tcp-send", "--connect", &addr.to_string(), "--bytes", &bytes.to_string(), "--marker", marker];
+    let out = exec::output_in(netns, &args, exec::DEFAULT_RUN_TIMEOUT)?;
+    if !out.status.success() {
+        return Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(Ok(serde_json::from_str(text.trim()).with_context(|| format!("parsing tcp-send output {text:?}"))?))
+}
+
 /// One request's outcome as `http-get` prints it (one JSON line per request).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HttpResult {
