@@ -1,4 +1,6 @@
 //! Strait node proxy.
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod client;
+pub mod redirect;
