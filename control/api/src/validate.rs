@@ -254,7 +254,10 @@ fn check_string_match(p: &mut Problems, field: &str, sm: &StringMatch) {
     // Compile here so a bad pattern is refused where it was written, not discovered on the data path.
     if let Some(pattern) = &sm.regex {
         if let Err(e) = regex::Regex::new(pattern) {
-            p.push(format!("{field}.regex"), format!("{pattern:?} is not a valid regular expression: {e}"));
+            // The parser's message draws a caret under the pattern over several lines; its last line says why.
+            let text = e.to_string();
+            let why = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
+            p.push(format!("{field}.regex"), format!("{pattern:?} is not a valid regular expression: {why}"));
         }
     }
 }

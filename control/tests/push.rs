@@ -1,0 +1,301 @@
+//! The control plane and the proxy's client together: real files in a temporary directory, real TLS on
+//! loopback, real HTTP/2.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strait_api::MeshConfig;
+use strait_certs::{CertIssuer, Identity, StaticCertResolver, TrustBundle};
+use strait_control::{Options, Running};
+use strait_proxy::client::{Backoff, ControlPlaneClient};
+use tokio::sync::mpsc;
+
+const TOKEN: &str = "local-mesh-token";
+
+const MESH: &str = r#"
+apiVersion: strait.dev/v1alpha1
+kind: Mesh
+metadata: {name: local}
+spec:
+  namespaces: [{name: shop, mtlsMode: STRICT}]
+  workloads:
+  - {name: reviews-v1, namespace: shop, serviceAccount: reviews, node: node-a, address: 127.0.10.1, labels: {app: reviews, version: v1}}
+  - {name: reviews-v2, namespace: shop, serviceAccount: reviews, node: node-b, address: 127.0.10.2, labels: {app: reviews, version: v2}}
+  - {name: productpage, namespace: shop, serviceAccount: productpage, node: node-b, address: 127.0.10.3, labels: {app: productpage}}
+  services:
+  - {name: reviews, namespace: shop, addresses: [127.0.20.1], ports: [{name: http, port: 9080}], selector: {app: reviews}}
+"#;
+
+const POLICY: &str = r#"
+apiVersion: strait.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"#;
+
+fn route(subset: &str, regex: &str) -> String {
+    format!(
+        r#"
+apiVersion: strait.dev/v1alpha1
+kind: TrafficRoute
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{uri: {{regex: "{regex}"}}}}]
+    route: [{{destination: {{host: reviews, subset: v1}}}}]
+  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+"#
+    )
+}
+
+struct Mesh {
+    files: tempfile::TempDir,
+    ca: tempfile::TempDir,
+    token_file: tempfile::NamedTempFile,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let files = tempfile::tempdir().expect("tempdir");
+        write(files.path(), "mesh.yaml", MESH);
+        write(files.path(), "policy.yaml", POLICY);
+        write(files.path(), "route.yaml", &route("v1", "/api/.*"));
+        let token_file = tempfile::NamedTempFile::new().expect("token file");
+        std::fs::write(token_file.path(), format!("{TOKEN}\n")).expect("write token");
+        Mesh { files, ca: tempfile::tempdir().expect("tempdir"), token_file }
+    }
+
+    async fn start(&self, listen: SocketAddr) -> Running {
+        let mut options = Options::new(self.files.path(), self.ca.path(), self.token_file.path());
+        options.listen = listen;
+        strait_control::start(options).await.expect("control plane starts")
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        write(self.files.path(), name, text);
+    }
+}
+
+/// Writes atomically (rename into place), as editors and `kubectl`-like tools do, so the poller never reads
+/// a half-written file.
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
+}
+
+fn client(running: &Running, addr: SocketAddr, token: &str, node: &str) -> ControlPlaneClient {
+    let identity = strait_control::tls::control_identity("cluster.local").expect("identity");
+    ControlPlaneClient::new(addr.to_string(), identity, running.root_pem(), token, node)
+        .expect("client")
+        .with_backoff(Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(400) })
+}
+
+/// Runs a client whose `apply` reports every configuration it gets and refuses (NACKs) any configuration
+/// holding a workload named `poison`, as a proxy's own validation would.
+fn spawn_client(client: ControlPlaneClient) -> (mpsc::UnboundedReceiver<MeshConfig>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(client.run(move |config: MeshConfig| {
+        let poisoned = config.workloads.iter().any(|w| w.name == "poison");
+        let _ = tx.send(config);
+        if poisoned {
+            Err("workloads[3].name: poison is not allowed here".to_string())
+        } else {
+            Ok(())
+        }
+    }));
+    (rx, task)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<MeshConfig>, within: Duration) -> MeshConfig {
+    tokio::time::timeout(within, rx.recv()).await.expect("a configuration arrives in time").expect("client alive")
+}
+
+fn subset_of_default_rule(config: &MeshConfig) -> Option<String> {
+    config.traffic_routes.first()?.spec.http.get(1)?.route.first()?.destination.subset.clone()
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn initial_config_then_edits_arrive_within_a_second_and_bad_objects_keep_their_last_version() {
+    init_tracing();
+    let mesh = Mesh::new();
+    let running = mesh.start("127.0.0.1:0".parse().expect("addr")).await;
+    let (mut rx, task) = spawn_client(client(&running, running.local_addr(), TOKEN, "node-a"));
+
+    let first = next(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(first.workloads.len(), 3);
+    assert_eq!(first.services[0].endpoints.len(), 2, "endpoints come from the selector");
+    assert_eq!(subset_of_default_rule(&first).as_deref(), Some("v1"));
+    let version = running.stats().version();
+    eventually("the ACK", || running.stats().node("node-a").and_then(|s| s.last_acked) == Some(version)).await;
+
+    // An edit reaches the proxy within one second.
+    let started = Instant::now();
+    mesh.write("route.yaml", &route("v2", "/api/.*"));
+    let second = next(&mut rx, Duration::from_secs(1)).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert_eq!(subset_of_default_rule(&second).as_deref(), Some("v2"));
+    assert!(running.stats().version() > version, "versions increase");
+
+    // A route naming an undefined subset is refused, while a change made at the same time still flows.
+    mesh.write("route.yaml", &route("v3", "/api/.*"));
+    mesh.write("mesh.yaml", &MESH.replace("reviews-v2, namespace", "reviews-v2b, namespace"));
+    let third = next(&mut rx, Duration::from_secs(1)).await;
+    assert!(third.workloads.iter().any(|w| w.name == "reviews-v2b"), "the valid change flowed");
+    assert_eq!(subset_of_default_rule(&third).as_deref(), Some("v2"), "the route kept its last good version");
+    let problems = running.stats().problems();
+    assert!(
+        problems.iter().any(|p| p.contains(
+            "route.yaml: TrafficRoute shop/reviews: spec.http[1].route[0].destination.subset: subset \"v3\" is not defined by DestinationPolicy shop/reviews"
+        )),
+        "{problems:?}"
+    );
+
+    // A bad regex likewise; nothing is pushed because nothing valid changed.
+    mesh.write("route.yaml", &route("v1", "/api/(v1"));
+    let pushed = running.stats().version();
+    eventually("the regex problem", || {
+        running.stats().problems().iter().any(|p| p.contains("spec.http[0].match[0].uri.regex"))
+    })
+    .await;
+    assert!(tokio::time::timeout(Duration::from_millis(600), rx.recv()).await.is_err(), "nothing was pushed");
+    assert_eq!(running.stats().version(), pushed);
+
+    // Fixing it flows again.
+    mesh.write("route.yaml", &route("v1", "/api/v[0-9]+"));
+    let fixed = next(&mut rx, Duration::from_secs(1)).await;
+    assert_eq!(subset_of_default_rule(&fixed).as_deref(), Some("v1"));
+
+    task.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_nack_is_recorded() {
+    init_tracing();
+    let mesh = Mesh::new();
+    let running = mesh.start("127.0.0.1:0".parse().expect("addr")).await;
+    let (mut rx, task) = spawn_client(client(&running, running.local_addr(), TOKEN, "node-a"));
+    next(&mut rx, Duration::from_secs(5)).await;
+
+    let poisoned = MESH
+        .replace("  services:", "  - {name: poison, namespace: shop, node: node-b, address: 127.0.10.9}\n  services:");
+    mesh.write("mesh.yaml", &poisoned);
+    let config = next(&mut rx, Duration::from_secs(2)).await;
+    assert!(config.workloads.iter().any(|w| w.name == "poison"));
+    let version = running.stats().version();
+    eventually("the NACK", || running.stats().node("node-a").and_then(|s| s.last_nacked) == Some(version)).await;
+    let status = running.stats().node("node-a").expect("node status");
+    assert!(status.last_error.as_deref().unwrap_or("").contains("poison is not allowed"), "{status:?}");
+    assert!(status.last_acked < Some(version));
+    let metrics = running.stats().registry().gather();
+    let nacks = metrics.iter().find(|m| m.name() == "strait_control_config_acks_total").expect("acks metric");
+    assert!(
+        nacks.get_metric().iter().any(|m| m.get_label().iter().any(|l| l.value() == "nack")),
+        "the NACK is counted"
+    );
+
+    task.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn certificates_are_signed_only_for_local_workloads() {
+    init_tracing();
+    let mesh = Mesh::new();
+    let running = mesh.start("127.0.0.1:0".parse().expect("addr")).await;
+    let addr = running.local_addr();
+    let issuer = client(&running, addr, TOKEN, "node-a").issuer();
+
+    let local = Identity::new("cluster.local", "shop", "reviews").expect("identity");
+    let cert = issuer.issue(&local).await.expect("a local workload's CSR is signed");
+    assert_eq!(cert.identity(), &local);
+    verifies_against_root(cert, running.root_pem()).await;
+
+    let remote = Identity::new("cluster.local", "shop", "productpage").expect("identity");
+    let err = issuer.issue(&remote).await.expect_err("productpage runs on node-b").to_string();
+    assert!(err.contains("403") && err.contains("node-a"), "{err}");
+
+    let bad_token = client(&running, addr, "wrong-token", "node-a").issuer();
+    let err = bad_token.issue(&local).await.expect_err("bad token").to_string();
+    assert!(err.contains("401"), "{err}");
+
+    running.shutdown().await;
+}
+
+/// Proves the chain verifies against the mesh root the way the data plane will use it: a mutual TLS
+/// handshake on loopback where both sides present the certificate and verify the other's.
+async fn verifies_against_root(cert: strait_certs::WorkloadCert, root_pem: &str) {
+    let identity = cert.identity().clone();
+    let bundle = TrustBundle::from_pem("cluster.local", root_pem).expect("bundle");
+    let resolver = StaticCertResolver::new(Arc::new(cert));
+    let server = tokio_rustls::TlsAcceptor::from(strait_certs::server_config(resolver.clone(), &bundle));
+    let client = tokio_rustls::TlsConnector::from(strait_certs::client_config(Some(resolver), &bundle, identity));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        server.accept(tcp).await.map(|_| ())
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    client.connect(strait_certs::mesh_server_name(), tcp).await.expect("the server's chain verifies");
+    accept.await.expect("join").expect("the client's chain verifies");
+}
+
+#[tokio::test]
+async fn a_bad_token_gets_no_configuration() {
+    init_tracing();
+    let mesh = Mesh::new();
+    let running = mesh.start("127.0.0.1:0".parse().expect("addr")).await;
+    let (mut rx, task) = spawn_client(client(&running, running.local_addr(), "wrong-token", "node-a"));
+    assert!(tokio::time::timeout(Duration::from_millis(800), rx.recv()).await.is_err(), "no configuration");
+    assert_eq!(running.stats().node("node-a"), None, "no stream was opened");
+    task.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_reconnects_to_a_restarted_control_plane() {
+    init_tracing();
+    let mesh = Mesh::new();
+    let running = mesh.start("127.0.0.1:0".parse().expect("addr")).await;
+    let addr = running.local_addr();
+    let (mut rx, task) = spawn_client(client(&running, addr, TOKEN, "node-a"));
+    let first = next(&mut rx, Duration::from_secs(5)).await;
+    let first_version = running.stats().version();
+
+    running.shutdown().await;
+    // While the control plane is away the client retries; `apply` is not called (the proxy keeps serving
+    // what it has).
+    assert!(tokio::time::timeout(Duration::from_millis(700), rx.recv()).await.is_err(), "nothing applied while down");
+
+    mesh.write("route.yaml", &route("v2", "/api/.*"));
+    let restarted = mesh.start(addr).await;
+    let again = next(&mut rx, Duration::from_secs(3)).await;
+    assert!(!again.workloads.is_empty() && !again.traffic_routes.is_empty(), "never an empty configuration");
+    assert_eq!(again.workloads, first.workloads);
+    assert_eq!(subset_of_default_rule(&again).as_deref(), Some("v2"));
+    assert!(restarted.stats().version() > first_version, "a restarted control plane continues above");
+    eventually("the ACK after reconnecting", || restarted.stats().node("node-a").and_then(|s| s.last_acked).is_some())
+        .await;
+
+    task.abort();
+    restarted.shutdown().await;
+}
