@@ -140,12 +140,7 @@ pub async fn start_with(listen: SocketAddr, cert_ttl: Duration, parts: Parts) ->
     let (published_tx, published_rx) = watch::channel(None);
     let mut tasks = JoinSet::new();
     tasks.spawn(parts.discovery.run(discovered_tx));
-    // The first state comes from the provider; don't publish the empty placeholder.
-    let mut first = discovered_rx.clone();
-    first.mark_unchanged();
-    let _ = first.changed().await;
-    tasks.spawn(push::publish(first, published_tx, trust_domain.clone(), stats.clone()));
-    drop(discovered_rx);
+    tasks.spawn(push::publish(discovered_rx, published_tx, trust_domain.clone(), stats.clone()));
     let shared = Arc::new(server::Shared {
         published: published_rx,
         verifier: parts.verifier,

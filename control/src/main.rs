@@ -18,8 +18,10 @@ struct Args {
     /// Directory of the mesh CA (ca.pem, ca-key.pem); created with a new CA if absent.
     #[arg(long, env = "STRAIT_CA_DIR")]
     ca_dir: PathBuf,
+    /// SPIFFE trust domain of the mesh (must match an existing CA's).
     #[arg(long, env = "STRAIT_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
+    /// Address of the push and signing endpoint (TLS, HTTP/2).
     #[arg(long, env = "STRAIT_LISTEN", default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
     /// File holding the bearer token proxies present (one token for the whole local mesh).

@@ -42,6 +42,11 @@ pub async fn publish(
     let mut version =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut current: Option<Arc<Snapshot>> = None;
+    // The channel's initial value is a placeholder, not what the provider saw: publishing it would push an
+    // empty mesh to every proxy. Wait for the provider's first real state.
+    if discovered.changed().await.is_err() {
+        return;
+    }
     loop {
         let inputs = discovered.borrow_and_update().clone();
         let admitted = admission.admit(&inputs);

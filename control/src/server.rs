@@ -28,6 +28,7 @@ pub const NODE_HEADER: &str = "x-strait-node";
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SIGN_BODY: usize = 64 * 1024;
+const FIRST_CONFIG_WAIT: Duration = Duration::from_secs(5);
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -151,9 +152,16 @@ async fn sign(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Resp
         Ok(request) => request,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("the body is not a CertificateRequest: {e}")),
     };
-    let snapshot = match shared.published.borrow().as_ref() {
-        Some(p) => p.snapshot.clone(),
-        None => return text(StatusCode::SERVICE_UNAVAILABLE, "no configuration has been loaded yet".to_string()),
+    // A proxy starting alongside the control plane may ask before the first configuration is loaded; a
+    // short wait spares it a retry.
+    let mut published = shared.published.clone();
+    let loaded = tokio::time::timeout(FIRST_CONFIG_WAIT, published.wait_for(Option::is_some)).await;
+    let snapshot = match loaded {
+        Ok(Ok(p)) => match p.as_ref() {
+            Some(p) => p.snapshot.clone(),
+            None => return text(StatusCode::SERVICE_UNAVAILABLE, "no configuration has been loaded yet".into()),
+        },
+        _ => return text(StatusCode::SERVICE_UNAVAILABLE, "no configuration has been loaded yet".to_string()),
     };
     match shared.signer.sign(&snapshot, &node, &request) {
         Ok(response) => {
