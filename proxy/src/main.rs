@@ -1,1 +1,143 @@
-fn main() {}
+//! `strait-proxy`: flags and environment -> options; start the runtime; nothing else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use strait_certs::{CertStore, MeshCa};
+use strait_proxy::admin::{self, Admin};
+use strait_proxy::metrics::Metrics;
+use strait_proxy::proxy::{ListenMode, Proxy, ProxyOptions};
+use strait_proxy::state::StateStore;
+use strait_proxy::{config_file, redirect};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// Pod traffic is captured by the node's rules (production).
+    Transparent,
+    /// No interception: bind per-workload tunnel listeners and (with --bind-services) service addresses.
+    Explicit,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Rules {
+    /// Someone else installs the capture rules.
+    None,
+    /// nftables REDIRECT; the original destination comes from SO_ORIGINAL_DST.
+    Redirect,
+    /// nftables TPROXY with transparent listeners.
+    Tproxy,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "strait-proxy", version, about = "Strait node proxy")]
+struct Args {
+    /// This node's name, as workloads' `node` fields name it.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Mesh configuration file (YAML), watched for changes.
+    #[arg(long, env = "STRAIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of a mesh CA that issues this proxy's workload certificates directly (development and tests;
+    /// in a cluster the control plane signs them).
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, value_enum, default_value = "transparent")]
+    mode: Mode,
+    #[arg(long, value_enum, default_value = "none")]
+    redirect: Rules,
+    /// In explicit mode, also listen on every service address (outbound).
+    #[arg(long)]
+    bind_services: bool,
+    #[arg(long, default_value = "0.0.0.0:15001")]
+    outbound: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    tunnel: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    plaintext: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics: SocketAddr,
+    /// SO_MARK for the proxy's own connections, so capture rules skip them (needs CAP_NET_ADMIN).
+    #[arg(long, value_parser = parse_mark)]
+    mark: Option<u32>,
+    /// Log lines as JSON (for log shippers) instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("{s:?} is not a mark: {e}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let log_control = strait_proxy::logging::init(args.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(args, log_control))
+}
+
+async fn run(args: Args, log_control: admin::LogControl) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let state = StateStore::new(&args.node);
+    let ca_dir = args.ca_dir.as_ref().context("--ca-dir is required until a control plane is configured")?;
+    let ca = MeshCa::load(ca_dir).with_context(|| format!("loading the mesh CA from {}", ca_dir.display()))?;
+    anyhow::ensure!(
+        ca.trust_domain() == args.trust_domain,
+        "the CA in {} is for trust domain {:?}, not {:?}",
+        ca_dir.display(),
+        ca.trust_domain(),
+        args.trust_domain
+    );
+    let certs = Arc::new(CertStore::new(Arc::new(ca.clone()), strait_certs::TrustBundle::from_ca(&ca)));
+
+    let mode = match args.mode {
+        Mode::Explicit => ListenMode::Explicit { bind_services: args.bind_services },
+        Mode::Transparent => ListenMode::Transparent {
+            redirect: match args.redirect {
+                Rules::None => None,
+                Rules::Redirect => Some(redirect::Mode::Redirect),
+                Rules::Tproxy => Some(redirect::Mode::Tproxy),
+            },
+        },
+    };
+    let options = ProxyOptions {
+        node: args.node.clone(),
+        mode,
+        outbound_addr: args.outbound,
+        tunnel_addr: args.tunnel,
+        plaintext_addr: args.plaintext,
+        mark: args.mark,
+        connect_timeout: Duration::from_secs(5),
+        pool: Default::default(),
+    };
+
+    if let Some(path) = &args.config {
+        config_file::load(path, &state)?;
+        tokio::spawn(config_file::watch(path.clone(), state.clone()));
+    }
+    let admin = Admin {
+        state: state.clone(),
+        certs: certs.clone(),
+        metrics: metrics.clone(),
+        log_control: Some(log_control),
+        metrics_only: false,
+    };
+    admin::spawn(admin, args.admin, args.metrics)?;
+    let proxy = Proxy::new(&options, state, certs, metrics);
+    proxy.start(&options).await?;
+    tracing::info!(node = %args.node, admin = %args.admin, metrics = %args.metrics, "strait-proxy started");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    Ok(())
+}

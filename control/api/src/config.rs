@@ -9,7 +9,7 @@ use crate::resources::{AuthorizationPolicySpec, DestinationPolicySpec, TrafficRo
 
 /// Everything a node proxy needs to know about the mesh. The same type is read from a file and pushed by the
 /// control plane.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MeshConfig {
     /// SPIFFE trust domain of every workload identity, e.g. `cluster.local`.
@@ -28,6 +28,20 @@ pub struct MeshConfig {
     pub traffic_routes: Vec<Named<TrafficRouteSpec>>,
     #[serde(default)]
     pub destination_policies: Vec<Named<DestinationPolicySpec>>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            trust_domain: default_trust_domain(),
+            namespaces: Vec::new(),
+            workloads: Vec::new(),
+            services: Vec::new(),
+            authorization_policies: Vec::new(),
+            traffic_routes: Vec::new(),
+            destination_policies: Vec::new(),
+        }
+    }
 }
 
 pub fn default_trust_domain() -> String {

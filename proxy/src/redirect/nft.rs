@@ -108,6 +108,22 @@ fn render_tproxy(out: &mut String, spec: &RedirectSpec) {
             );
         }
     }
+    // nft's tproxy falls through when no socket listens (proxy down or restarting): without these rules the
+    // packet would be routed on to the pod, failing open. Drop instead, so a pod is never reached around the
+    // proxy. Replies to the proxy's own connections to pods (which tproxy hands back with no verdict, their
+    // sockets not being transparent) are the reply direction of their conntrack entry and pass.
+    let _ = writeln!(
+        out,
+        "\t\tmeta l4proto tcp ct direction reply accept comment \"replies to the proxy's own connections\""
+    );
+    for (family, n) in FAMILIES {
+        for direction in ["saddr", "daddr"] {
+            let _ = writeln!(
+                out,
+                "		meta l4proto tcp {family} {direction} @pods{n} drop comment \"fail closed while the proxy is down\""
+            );
+        }
+    }
 }
 
 fn render_redirect(out: &mut String, spec: &RedirectSpec) {
@@ -151,6 +167,11 @@ mod tests {
 		ip6 daddr @pods6 tcp dport 15008 tproxy ip6 to :15008 meta mark set 0x111 accept comment "mesh tunnel to local pods"
 		meta l4proto tcp ip daddr @pods4 tproxy ip to :15006 meta mark set 0x111 accept comment "plaintext to local pods"
 		meta l4proto tcp ip6 daddr @pods6 tproxy ip6 to :15006 meta mark set 0x111 accept comment "plaintext to local pods"
+		meta l4proto tcp ct direction reply accept comment "replies to the proxy's own connections"
+		meta l4proto tcp ip saddr @pods4 drop comment "fail closed while the proxy is down"
+		meta l4proto tcp ip daddr @pods4 drop comment "fail closed while the proxy is down"
+		meta l4proto tcp ip6 saddr @pods6 drop comment "fail closed while the proxy is down"
+		meta l4proto tcp ip6 daddr @pods6 drop comment "fail closed while the proxy is down"
 	}
 }
 "#;

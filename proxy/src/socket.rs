@@ -1,0 +1,83 @@
+//! Socket options of a transparent proxy: original destination, transparent listeners, marked sockets.
+//! socket2 exposes all of them safely, so this crate needs no unsafe code.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// How the node's rules hand a connection to a listener, which decides where its original destination is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// Explicit listeners (the local mesh) or TPROXY: the accepted socket's local address is the destination.
+    LocalAddress,
+    /// iptables/nftables REDIRECT rewrote the destination; the kernel keeps the original (SO_ORIGINAL_DST).
+    OriginalDst,
+}
+
+/// The address the client meant to reach.
+pub fn original_destination(stream: &TcpStream, capture: Capture) -> io::Result<SocketAddr> {
+    match capture {
+        Capture::LocalAddress => stream.local_addr(),
+        Capture::OriginalDst => {
+            let sock = SockRef::from(stream);
+            let local = stream.local_addr()?;
+            let addr = if local.is_ipv4() { sock.original_dst_v4()? } else { sock.original_dst_v6()? };
+            let addr = addr.as_socket().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address")
+            })?;
+            Ok(canonical(addr))
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are the IPv4 workload they name.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(addr.ip()), addr.port())
+}
+
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Binds a listener; `transparent` lets it accept connections TPROXY hands it for addresses that are not
+/// local (needs CAP_NET_ADMIN).
+pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if transparent {
+        if addr.is_ipv4() {
+            socket.set_ip_transparent_v4(true)?;
+        } else {
+            socket.set_ip_transparent_v6(true)?;
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Options for the proxy's own outgoing connections.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outgoing {
+    /// SO_MARK so the node's rules never capture the proxy's own traffic again.
+    pub mark: Option<u32>,
+}
+
+impl Outgoing {
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if let Some(mark) = self.mark {
+            socket.set_mark(mark)?;
+        }
+        socket.set_tcp_nodelay(true)?;
+        socket.set_nonblocking(true)?;
+        let socket = TcpSocket::from_std_stream(socket.into());
+        socket.connect(addr).await
+    }
+}

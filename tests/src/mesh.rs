@@ -1,0 +1,268 @@
+//! A running mesh on a namespace cluster: a mesh CA, one `strait-proxy` per node (the real binary, installing
+//! its own redirection rules in its node's namespace), and helpers to read their admin and metrics ports.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use strait_api::{Endpoint, MeshConfig, Named, NamespaceConfig, Service, ServicePort, Workload};
+use strait_certs::MeshCa;
+
+use crate::exec::{self, ChildGuard};
+use crate::netns::Cluster;
+
+/// The namespace every pod of [`default_config`] lives in.
+pub const NAMESPACE: &str = "shop";
+/// The VIP of the `echo` service of [`default_config`], which fronts pod b1 on port 7000.
+pub const ECHO_VIP: &str = "10.96.0.10";
+pub const ECHO_PORT: u16 = 7000;
+pub const PROXY_MARK: &str = "0x539";
+
+/// How the proxies capture pod traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    Redirect,
+    Tproxy,
+}
+
+impl Capture {
+    fn flag(self) -> &'static str {
+        match self {
+            Capture::Redirect => "redirect",
+            Capture::Tproxy => "tproxy",
+        }
+    }
+}
+
+/// Finds a binary of this workspace next to the running test executable (cargo builds a package's binaries
+/// before its integration tests, and `cargo test --workspace` / `cargo nextest run --workspace` build them
+/// all into `target/<profile>/`).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the current executable")?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        let candidate = d.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent().filter(|p| p.file_name().is_some_and(|n| n != "target"));
+    }
+    bail!("cannot find the {name} binary near {}; run the tests with `cargo nextest run --workspace`", exe.display())
+}
+
+/// Every pod of the cluster as a meshed workload in [`NAMESPACE`] with service account `sa-<pod>` and labels
+/// `app: <pod>`; one service `echo` (VIP [`ECHO_VIP`]:[`ECHO_PORT`]) in front of pod b1 when it exists.
+pub fn default_config(cluster: &Cluster) -> MeshConfig {
+    let workloads: Vec<Workload> = cluster
+        .pods()
+        .iter()
+        .map(|pod| Workload {
+            name: pod.name().to_string(),
+            namespace: NAMESPACE.to_string(),
+            service_account: format!("sa-{}", pod.name()),
+            node: pod.node().to_string(),
+            address: IpAddr::V4(pod.ip()),
+            labels: BTreeMap::from([("app".to_string(), pod.name().to_string())]),
+            meshed: true,
+            tunnel_port: strait_api::DEFAULT_TUNNEL_PORT,
+        })
+        .collect();
+    let services = cluster
+        .try_pod("b1")
+        .map(|b1| Service {
+            name: "echo".into(),
+            namespace: NAMESPACE.into(),
+            addresses: vec![ECHO_VIP.parse().expect("a valid constant address")],
+            ports: vec![ServicePort {
+                name: Some("tcp-echo".into()),
+                port: ECHO_PORT,
+                target_port: None,
+                app_protocol: None,
+            }],
+            endpoints: vec![Endpoint { address: IpAddr::V4(b1.ip()), ready: true }],
+        })
+        .into_iter()
+        .collect();
+    MeshConfig {
+        namespaces: vec![NamespaceConfig { name: NAMESPACE.into(), mtls_mode: strait_api::MtlsMode::Strict }],
+        workloads,
+        services,
+        ..MeshConfig::default()
+    }
+}
+
+/// A DENY policy for one workload of [`NAMESPACE`] against one source principal.
+pub fn deny_from(name: &str, target_app: &str, source_principal: &str) -> Named<strait_api::AuthorizationPolicySpec> {
+    let yaml = format!(
+        "selector: {{matchLabels: {{app: {target_app}}}}}\naction: DENY\nrules:\n- from: [{{source: {{principals: [\"{source_principal}\"]}}}}]\n"
+    );
+    Named { name: name.into(), namespace: NAMESPACE.into(), spec: serde_yaml::from_str(&yaml).expect("a valid policy") }
+}
+
+pub struct Mesh {
+    dir: tempfile::TempDir,
+    pub ca: MeshCa,
+    capture: Capture,
+    proxies: BTreeMap<String, ChildGuard>,
+    // Last: the cluster goes after the proxies running in it.
+    pub cluster: Cluster,
+}
+
+impl Mesh {
+    /// Starts one proxy per node, every one with `config`, and waits until all are ready.
+    pub fn start(cluster: Cluster, config: &MeshConfig, capture: Capture) -> Result<Mesh> {
+        let dir = tempfile::tempdir().context("creating the mesh's state directory")?;
+        let ca = MeshCa::generate(&config.trust_domain).context("creating the mesh CA")?;
+        ca.save(&dir.path().join("ca")).context("saving the mesh CA")?;
+        let mut mesh = Mesh { dir, ca, capture, proxies: BTreeMap::new(), cluster };
+        let nodes: Vec<String> = mesh.cluster.nodes().iter().map(|n| n.name().to_string()).collect();
+        for node in &nodes {
+            mesh.write_config(node, config)?;
+            mesh.start_proxy(node)?;
+        }
+        for node in &nodes {
+            mesh.wait_ready(node)?;
+        }
+        Ok(mesh)
+    }
+
+    fn config_path(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.yaml"))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replaces one node's configuration file; the proxy picks it up within a second.
+    pub fn write_config(&self, node: &str, config: &MeshConfig) -> Result<()> {
+        let text = serde_yaml::to_string(config).context("rendering the mesh configuration")?;
+        // Write then rename, so the proxy never reads half a file.
+        let tmp = self.dir.path().join(format!(".{node}.yaml.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.config_path(node))?;
+        Ok(())
+    }
+
+    /// Writes a configuration to every node and waits until every proxy reports it.
+    pub fn update_config(&self, config: &MeshConfig) -> Result<()> {
+        let before: Vec<(String, String)> =
+            self.proxies.keys().map(|n| Ok((n.clone(), self.config_version(n)?))).collect::<Result<_>>()?;
+        for (node, _) in &before {
+            self.write_config(node, config)?;
+        }
+        for (node, version) in before {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.config_version(&node)? == version {
+                if Instant::now() > deadline {
+                    bail!("proxy on {node} did not load the new configuration within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    fn start_proxy(&mut self, node: &str) -> Result<()> {
+        let bin = workspace_binary("strait-proxy")?;
+        let mut cmd = Command::new(bin);
+        cmd.env("RUST_LOG", std::env::var("STRAIT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .arg("--node")
+            .arg(node)
+            .arg("--config")
+            .arg(self.config_path(node))
+            .arg("--ca-dir")
+            .arg(self.dir.path().join("ca"))
+            .args(["--redirect", self.capture.flag(), "--mark", PROXY_MARK]);
+        let netns = self.cluster.node(node).netns_name().to_string();
+        let child = exec::spawn_in(&netns, cmd)?;
+        self.proxies.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    /// Stops a node's proxy; its redirection rules stay, as in production (fail closed).
+    pub fn stop_proxy(&mut self, node: &str) -> Result<()> {
+        if let Some(mut child) = self.proxies.remove(node) {
+            child.terminate(Duration::from_secs(5))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped node proxy again and waits until it is ready.
+    pub fn resume_proxy(&mut self, node: &str) -> Result<()> {
+        self.start_proxy(node)?;
+        self.wait_ready(node)
+    }
+
+    pub fn proxy_logs(&self, node: &str) -> String {
+        self.proxies.get(node).map(|c| c.stderr()).unwrap_or_default()
+    }
+
+    /// GET on a node proxy's admin (15000) or metrics (15020) port, from inside the node's namespace.
+    pub fn admin_get(&self, node: &str, port: u16, path: &str) -> Result<(u16, String)> {
+        let netns = self.cluster.node(node).netns_name().to_string();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let request_path = path.to_string();
+        exec::in_netns(&netns, move || -> std::io::Result<(u16, String)> {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(stream, "GET {request_path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+            Ok((status, body))
+        })
+        .with_context(|| format!("GET {path} on {node}'s port {port}"))
+    }
+
+    pub fn wait_ready(&self, node: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let last = self.admin_get(node, 15000, "/ready");
+            if let Ok((200, _)) = last {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("proxy on {node} not ready after 20 s ({last:?}); its log:\n{}", self.proxy_logs(node));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn config_version(&self, node: &str) -> Result<String> {
+        let (_, body) = self.admin_get(node, 15000, "/config_dump")?;
+        let dump: serde_json::Value = serde_json::from_str(&body).context("parsing /config_dump")?;
+        Ok(dump["version"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// The sum of every series of metric `name` whose labels include all of `labels`.
+    pub fn metric(&self, node: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+        let (_, text) = self.admin_get(node, 15020, "/metrics")?;
+        Ok(sum_metric(&text, name, labels))
+    }
+}
+
+/// Sums the samples of `name` in a Prometheus text exposition whose labels include `labels`.
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let label_text = format!(",{label_text}");
+            let matches = labels.iter().all(|(k, v)| label_text.contains(&format!(",{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
