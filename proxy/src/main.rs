@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use strait_certs::{CertStore, MeshCa};
+use strait_certs::{CertStore, Identity, MeshCa};
 use strait_proxy::admin::{self, Admin};
+use strait_proxy::client::ControlPlaneClient;
 use strait_proxy::metrics::Metrics;
 use strait_proxy::proxy::{ListenMode, Proxy, ProxyOptions};
 use strait_proxy::state::StateStore;
@@ -43,8 +44,21 @@ struct Args {
     config: Option<PathBuf>,
     /// Directory of a mesh CA that issues this proxy's workload certificates directly (development and tests;
     /// in a cluster the control plane signs them).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "control_plane")]
     ca_dir: Option<PathBuf>,
+    /// The control plane (`host:port`): configuration is pushed from there and workload certificates are
+    /// signed there. Replaces --config and --ca-dir.
+    #[arg(long, env = "STRAIT_CONTROL_PLANE", conflicts_with = "config")]
+    control_plane: Option<String>,
+    /// The identity the control plane must present.
+    #[arg(long)]
+    control_plane_identity: Option<String>,
+    /// Bearer token for the control plane (in Kubernetes: a projected ServiceAccount token).
+    #[arg(long, env = "STRAIT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM file with the mesh root certificate(s), to verify the control plane.
+    #[arg(long, env = "STRAIT_ROOT_CERT")]
+    root_cert: Option<PathBuf>,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
     #[arg(long, value_enum, default_value = "transparent")]
@@ -80,6 +94,26 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     parsed.map_err(|e| format!("{s:?} is not a mark: {e}"))
 }
 
+fn trust_bundle(args: &Args) -> anyhow::Result<strait_certs::TrustBundle> {
+    let path = args.root_cert.as_ref().context("--root-cert is required with --control-plane")?;
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    strait_certs::TrustBundle::from_pem(&args.trust_domain, &pem)
+        .with_context(|| format!("{} holds no usable root certificate", path.display()))
+}
+
+fn control_plane_client(args: &Args, addr: &str) -> anyhow::Result<ControlPlaneClient> {
+    let identity = match &args.control_plane_identity {
+        Some(id) => id.parse::<Identity>().context("--control-plane-identity")?,
+        None => Identity::new(&args.trust_domain, "strait-system", "strait-control")
+            .context("the default control-plane identity for this trust domain")?,
+    };
+    let token_path = args.token_file.as_ref().context("--token-file is required with --control-plane")?;
+    let token = std::fs::read_to_string(token_path).with_context(|| format!("reading {}", token_path.display()))?;
+    let root_path = args.root_cert.as_ref().context("--root-cert is required with --control-plane")?;
+    let root = std::fs::read_to_string(root_path).with_context(|| format!("reading {}", root_path.display()))?;
+    ControlPlaneClient::new(addr, identity, &root, &token, &args.node).context("configuring the control-plane client")
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let log_control = strait_proxy::logging::init(args.log_json);
@@ -90,16 +124,31 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args, log_control: admin::LogControl) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let state = StateStore::new(&args.node);
-    let ca_dir = args.ca_dir.as_ref().context("--ca-dir is required until a control plane is configured")?;
-    let ca = MeshCa::load(ca_dir).with_context(|| format!("loading the mesh CA from {}", ca_dir.display()))?;
-    anyhow::ensure!(
-        ca.trust_domain() == args.trust_domain,
-        "the CA in {} is for trust domain {:?}, not {:?}",
-        ca_dir.display(),
-        ca.trust_domain(),
-        args.trust_domain
-    );
-    let certs = Arc::new(CertStore::new(Arc::new(ca.clone()), strait_certs::TrustBundle::from_ca(&ca)));
+    let certs = match &args.control_plane {
+        Some(addr) => {
+            let client = control_plane_client(&args, addr)?;
+            let certs = Arc::new(CertStore::new(Arc::new(client.issuer()), trust_bundle(&args)?));
+            let store = state.clone();
+            let mut received = 0u64;
+            tokio::spawn(client.run(move |config| {
+                received += 1;
+                store.apply(config, format!("control-plane#{received}")).map(|_| ()).map_err(|e| e.to_string())
+            }));
+            certs
+        }
+        None => {
+            let ca_dir = args.ca_dir.as_ref().context("either --control-plane or --ca-dir is required")?;
+            let ca = MeshCa::load(ca_dir).with_context(|| format!("loading the mesh CA from {}", ca_dir.display()))?;
+            anyhow::ensure!(
+                ca.trust_domain() == args.trust_domain,
+                "the CA in {} is for trust domain {:?}, not {:?}",
+                ca_dir.display(),
+                ca.trust_domain(),
+                args.trust_domain
+            );
+            Arc::new(CertStore::new(Arc::new(ca.clone()), strait_certs::TrustBundle::from_ca(&ca)))
+        }
+    };
 
     let mode = match args.mode {
         Mode::Explicit => ListenMode::Explicit { bind_services: args.bind_services },
