@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod cli;
 pub mod client;
 pub mod config_file;
 pub mod copy;

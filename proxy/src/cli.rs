@@ -1,0 +1,209 @@
+//! Flags and environment -> options; start the runtime; nothing else. Shared by the `strait-proxy` binary and the
+//! `strait proxy` subcommand of the local mesh.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use strait_certs::{CertStore, Identity, MeshCa};
+use crate::admin::{self, Admin};
+use crate::client::ControlPlaneClient;
+use crate::metrics::Metrics;
+use crate::proxy::{ListenMode, Proxy, ProxyOptions};
+use crate::state::StateStore;
+use crate::{config_file, redirect};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// Pod traffic is captured by the node's rules (production).
+    Transparent,
+    /// No interception: bind per-workload tunnel listeners and (with --bind-services) service addresses.
+    Explicit,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Rules {
+    /// Someone else installs the capture rules.
+    None,
+    /// nftables REDIRECT; the original destination comes from SO_ORIGINAL_DST.
+    Redirect,
+    /// nftables TPROXY with transparent listeners.
+    Tproxy,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "strait-proxy", version, about = "Strait node proxy")]
+pub struct Args {
+    /// This node's name, as workloads' `node` fields name it.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// Mesh configuration file (YAML), watched for changes.
+    #[arg(long, env = "STRAIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of a mesh CA that issues this proxy's workload certificates directly (development and tests;
+    /// in a cluster the control plane signs them).
+    #[arg(long, conflicts_with = "control_plane")]
+    ca_dir: Option<PathBuf>,
+    /// The control plane (`host:port`): configuration is pushed from there and workload certificates are
+    /// signed there. Replaces --config and --ca-dir.
+    #[arg(long, env = "STRAIT_CONTROL_PLANE", conflicts_with = "config")]
+    control_plane: Option<String>,
+    /// The identity the control plane must present.
+    #[arg(long)]
+    control_plane_identity: Option<String>,
+    /// Bearer token for the control plane (in Kubernetes: a projected ServiceAccount token).
+    #[arg(long, env = "STRAIT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM file with the mesh root certificate(s), to verify the control plane.
+    #[arg(long, env = "STRAIT_ROOT_CERT")]
+    root_cert: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, value_enum, default_value = "transparent")]
+    mode: Mode,
+    #[arg(long, value_enum, default_value = "none")]
+    redirect: Rules,
+    /// In explicit mode, also listen on every service address (outbound).
+    #[arg(long)]
+    bind_services: bool,
+    #[arg(long, default_value = "0.0.0.0:15001")]
+    outbound: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    tunnel: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    plaintext: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics: SocketAddr,
+    /// SO_MARK for the proxy's own connections, so capture rules skip them (needs CAP_NET_ADMIN).
+    #[arg(long, value_parser = parse_mark)]
+    mark: Option<u32>,
+    /// Log lines as JSON (for log shippers) instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    parsed.map_err(|e| format!("{s:?} is not a mark: {e}"))
+}
+
+fn trust_bundle(args: &Args) -> anyhow::Result<strait_certs::TrustBundle> {
+    let path = args.root_cert.as_ref().context("--root-cert is required with --control-plane")?;
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    strait_certs::TrustBundle::from_pem(&args.trust_domain, &pem)
+        .with_context(|| format!("{} holds no usable root certificate", path.display()))
+}
+
+fn control_plane_client(args: &Args, addr: &str) -> anyhow::Result<ControlPlaneClient> {
+    let identity = match &args.control_plane_identity {
+        Some(id) => id.parse::<Identity>().context("--control-plane-identity")?,
+        None => Identity::new(&args.trust_domain, "strait-system", "strait-control")
+            .context("the default control-plane identity for this trust domain")?,
+    };
+    let token_path = args.token_file.as_ref().context("--token-file is required with --control-plane")?;
+    let token = std::fs::read_to_string(token_path).with_context(|| format!("reading {}", token_path.display()))?;
+    let root_path = args.root_cert.as_ref().context("--root-cert is required with --control-plane")?;
+    let root = std::fs::read_to_string(root_path).with_context(|| format!("reading {}", root_path.display()))?;
+    ControlPlaneClient::new(addr, identity, &root, &token, &args.node).context("configuring the control-plane client")
+}
+
+/// Parses the command line and runs the proxy until Ctrl-C.
+pub fn main() -> anyhow::Result<()> {
+    run_with(Args::parse())
+}
+
+/// Runs the proxy with already-parsed flags until Ctrl-C (or SIGTERM).
+pub fn run_with(args: Args) -> anyhow::Result<()> {
+    let log_control = crate::logging::init(args.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(args, log_control))
+}
+
+async fn run(args: Args, log_control: admin::LogControl) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let state = StateStore::new(&args.node);
+    let certs = match &args.control_plane {
+        Some(addr) => {
+            let client = control_plane_client(&args, addr)?;
+            let certs = Arc::new(CertStore::new(Arc::new(client.issuer()), trust_bundle(&args)?));
+            let store = state.clone();
+            let mut received = 0u64;
+            tokio::spawn(client.run(move |config| {
+                received += 1;
+                store.apply(config, format!("control-plane#{received}")).map(|_| ()).map_err(|e| e.to_string())
+            }));
+            certs
+        }
+        None => {
+            let ca_dir = args.ca_dir.as_ref().context("either --control-plane or --ca-dir is required")?;
+            let ca = MeshCa::load(ca_dir).with_context(|| format!("loading the mesh CA from {}", ca_dir.display()))?;
+            anyhow::ensure!(
+                ca.trust_domain() == args.trust_domain,
+                "the CA in {} is for trust domain {:?}, not {:?}",
+                ca_dir.display(),
+                ca.trust_domain(),
+                args.trust_domain
+            );
+            Arc::new(CertStore::new(Arc::new(ca.clone()), strait_certs::TrustBundle::from_ca(&ca)))
+        }
+    };
+
+    let mode = match args.mode {
+        Mode::Explicit => ListenMode::Explicit { bind_services: args.bind_services },
+        Mode::Transparent => ListenMode::Transparent {
+            redirect: match args.redirect {
+                Rules::None => None,
+                Rules::Redirect => Some(redirect::Mode::Redirect),
+                Rules::Tproxy => Some(redirect::Mode::Tproxy),
+            },
+        },
+    };
+    let options = ProxyOptions {
+        node: args.node.clone(),
+        mode,
+        outbound_addr: args.outbound,
+        tunnel_addr: args.tunnel,
+        plaintext_addr: args.plaintext,
+        mark: args.mark,
+        connect_timeout: Duration::from_secs(5),
+        pool: Default::default(),
+    };
+
+    if let Some(path) = &args.config {
+        config_file::load(path, &state)?;
+        tokio::spawn(config_file::watch(path.clone(), state.clone()));
+    }
+    let admin = Admin {
+        state: state.clone(),
+        certs: certs.clone(),
+        metrics: metrics.clone(),
+        log_control: Some(log_control),
+        metrics_only: false,
+    };
+    admin::spawn(admin, args.admin, args.metrics)?;
+    let proxy = Proxy::new(&options, state, certs, metrics);
+    proxy.start(&options).await?;
+    tracing::info!(node = %args.node, admin = %args.admin, metrics = %args.metrics, "strait-proxy started");
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM as Kubernetes and process supervisors send it.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
