@@ -1,0 +1,247 @@
+//! Request bodies that a retry can send again.
+//!
+//! A body is made replayable only when that costs no waiting that could deadlock: it is empty, or it
+//! announces an exact length (`Content-Length`) no larger than the cap, so the client is committed to sending
+//! it all without waiting for a response. Such a body is read in full before the first attempt; every attempt
+//! then yields the same bytes. Anything else (streams of unknown length such as gRPC streams, or bodies
+//! over the cap) is sent once, unbuffered, and that request is not retried. (linkerd2-proxy tees the body
+//! while the first attempt streams it instead; that also covers unknown lengths, at the price of shared
+//! state between attempts. A later improvement if unary gRPC retries matter.)
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+
+/// The default cap on a body buffered for replay, per request.
+pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
+
+/// A fully read body: each call to [`Replay::body`] yields the same bytes and trailers.
+#[derive(Clone, Debug, Default)]
+pub struct Replay {
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Replay {
+    /// A fresh body for one attempt. Cheap: the bytes are reference-counted.
+    pub fn body<B>(&self) -> RetryBody<B> {
+        RetryBody(Inner::Buffered { data: Some(self.data.clone()), trailers: self.trailers.clone() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// What [`buffer`] made of a body.
+pub enum Prepared<B> {
+    /// May be sent any number of times.
+    Replayable(Replay),
+    /// Must be sent exactly once (what was already read is sent first).
+    Once(RetryBody<B>),
+}
+
+/// The body an attempt sends: replayed bytes, or the original stream (possibly after a prefix already read).
+pub struct RetryBody<B>(Inner<B>);
+
+enum Inner<B> {
+    Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
+    Streaming { prefix: VecDeque<Bytes>, rest: B },
+}
+
+impl<B> RetryBody<B> {
+    /// The original body, sent once and unbuffered (for requests that will not be retried).
+    pub fn once(body: B) -> Self {
+        RetryBody(Inner::Streaming { prefix: VecDeque::new(), rest: body })
+    }
+}
+
+/// Reads `body` for replay if that is possible without waiting on the client indefinitely (see module docs).
+pub async fn buffer<B>(mut body: B, cap: usize) -> Result<Prepared<B>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    if body.is_end_stream() {
+        return Ok(Prepared::Replayable(Replay::default()));
+    }
+    match body.size_hint().exact() {
+        Some(len) if len <= cap as u64 => {}
+        _ => return Ok(Prepared::Once(RetryBody::once(body))),
+    }
+    let mut chunks = VecDeque::new();
+    let mut len = 0;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(data) => {
+                len += data.len();
+                chunks.push_back(data);
+                if len > cap {
+                    // The length was announced wrongly; hyper normally refuses that before we see it.
+                    return Ok(Prepared::Once(RetryBody(Inner::Streaming { prefix: chunks, rest: body })));
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                    break;
+                }
+            }
+        }
+    }
+    let data = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop_front().unwrap_or_default(),
+        _ => chunks
+            .iter()
+            .fold(BytesMut::with_capacity(len), |mut all, c| {
+                all.extend_from_slice(c);
+                all
+            })
+            .freeze(),
+    };
+    Ok(Prepared::Replayable(Replay { data, trailers }))
+}
+
+impl<B> Body for RetryBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match &mut self.get_mut().0 {
+            Inner::Buffered { data, trailers } => {
+                if let Some(data) = data.take().filter(|d| !d.is_empty()) {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            Inner::Streaming { prefix, rest } => match prefix.pop_front() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Buffered { data, trailers } => data.as_ref().is_none_or(Bytes::is_empty) && trailers.is_none(),
+            Inner::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Buffered { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Streaming { prefix, rest } => {
+                let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + buffered);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Empty, Full, StreamBody};
+    use std::convert::Infallible;
+
+    async fn collect<B: Body<Data = Bytes> + Unpin>(body: B) -> (Bytes, Option<HeaderMap>)
+    where
+        B::Error: std::fmt::Debug,
+    {
+        let collected = body.collect().await.expect("body");
+        let trailers = collected.trailers().cloned();
+        (collected.to_bytes(), trailers)
+    }
+
+    #[tokio::test]
+    async fn a_small_body_replays_the_same_bytes_and_trailers() {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello "))),
+            Ok(Frame::data(Bytes::from_static(b"world"))),
+            Ok(Frame::trailers(HeaderMap::from_iter([(
+                http::header::HeaderName::from_static("grpc-status"),
+                http::HeaderValue::from_static("0"),
+            )]))),
+        ];
+        // A stream with an announced length, as hyper presents a Content-Length body.
+        let body = WithLength(StreamBody::new(futures_util::stream::iter(frames)), 11);
+        let Ok(Prepared::Replayable(replay)) = buffer(body, DEFAULT_REPLAY_CAP).await else {
+            panic!("expected a replayable body");
+        };
+        for _ in 0..3 {
+            let (data, trailers) = collect(replay.body::<Empty<Bytes>>()).await;
+            assert_eq!(&data[..], b"hello world");
+            assert_eq!(trailers.and_then(|t| t.get("grpc-status").cloned()), Some(http::HeaderValue::from_static("0")));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_is_replayable() {
+        let Ok(Prepared::Replayable(replay)) = buffer(Empty::<Bytes>::new(), 0).await else {
+            panic!("expected replayable");
+        };
+        assert!(replay.is_empty());
+        assert!(replay.body::<Empty<Bytes>>().is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_cap_streams_once_intact() {
+        let body = Full::new(Bytes::from(vec![7u8; 100]));
+        let Ok(Prepared::Once(once)) = buffer(body, 99).await else { panic!("expected a streamed body") };
+        let (data, _) = collect(once).await;
+        assert_eq!(data.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_not_waited_for() {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![Ok(Frame::data(Bytes::from_static(b"x")))];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        assert!(matches!(buffer(body, DEFAULT_REPLAY_CAP).await, Ok(Prepared::Once(_))));
+    }
+
+    #[tokio::test]
+    async fn a_lying_length_falls_back_to_streaming_with_the_prefix() {
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"abc"))), Ok(Frame::data(Bytes::from_static(b"def")))];
+        let body = WithLength(StreamBody::new(futures_util::stream::iter(frames)), 2);
+        let Ok(Prepared::Once(once)) = buffer(body, 4).await else { panic!("expected a streamed body") };
+        assert_eq!(&collect(once).await.0[..], b"abcdef");
+    }
+
+    /// Gives a body an exact size hint, as hyper does for a request with Content-Length.
+    struct WithLength<B>(B, u64);
+
+    impl<B: Body + Unpin> Body for WithLength<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.1)
+        }
+    }
+}
