@@ -14,3 +14,8 @@ mod validate;
 pub use config::*;
 pub use resources::*;
 pub use validate::ValidationError;
+
+/// The Kubernetes custom resources (`strait.dev/v1alpha1`) wrapping the specs, with their status types and
+/// the CRD generator's post-processing. Only with the `kube` feature (the control plane's).
+#[cfg(feature = "kube")]
+pub mod crd;
