@@ -1,0 +1,377 @@
+//! `strait local`: check every address up front, create the mesh CA and the proxies' token on first run, start
+//! the control plane, the node proxies and the demo backends as child processes, wait until the mesh answers,
+//! say where to send requests, and stop everything on Ctrl-C.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::children::Children;
+use crate::plan::{Base, Binding, Plan};
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// Where the mesh CA, the proxies' token and the logs are kept (created on first run).
+    #[arg(long, default_value = ".strait-local")]
+    state_dir: PathBuf,
+    /// The mesh description (kind: Mesh) and the TrafficRoute, DestinationPolicy and AuthorizationPolicy
+    /// resources. Watched: saved edits are pushed to the proxies live.
+    #[arg(long, default_value = "deploy/local")]
+    config_dir: PathBuf,
+    /// First two octets of the addresses `strait local` picks for the control plane (<base>.0.2:15012) and the
+    /// node proxies (<base>.1.1, <base>.2.1, ... ports 15000 admin and 15020 metrics). Workload and service
+    /// addresses come from the files.
+    #[arg(long, default_value = "127.0")]
+    base_ip: Base,
+    /// How long to wait for the mesh to come up, in seconds.
+    #[arg(long, default_value_t = 60)]
+    start_timeout: u64,
+}
+
+pub fn run(args: LocalArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.config_dir.is_dir(),
+        "--config-dir {}: not a directory. Run `strait local` from the repository root (where deploy/local/ is), \
+         or pass --config-dir",
+        args.config_dir.display()
+    );
+    let trust_domain = strait_api::default_trust_domain();
+    let plan = Plan::read(&args.config_dir, args.base_ip, &trust_domain)?;
+    for rejected in &plan.rejected {
+        eprintln!("warning: {rejected}");
+    }
+    check_addresses(&plan.bindings(), &args.config_dir)?;
+
+    let state_dir = absolute(&args.state_dir)?;
+    let config_dir = absolute(&args.config_dir)?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let ca_dir = state_dir.join("ca");
+    let created = !ca_dir.join(strait_certs::CA_CERT_FILE).exists();
+    strait_certs::MeshCa::load_or_generate(&ca_dir, &trust_domain)
+        .with_context(|| format!("creating or loading the mesh CA in {}", ca_dir.display()))?;
+    let token_file = state_dir.join("token");
+    ensure_token(&token_file)?;
+
+    // One thread for everything: the children's death signal is tied to the thread that started them.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let mut signals = Signals::new()?;
+        let mut children = Children::new(&state_dir.join("logs"))?;
+        let s = |p: &Path| p.display().to_string();
+        children.spawn(
+            "control",
+            &[
+                "control".into(),
+                "--files".into(),
+                s(&config_dir),
+                "--ca-dir".into(),
+                s(&ca_dir),
+                "--token-file".into(),
+                s(&token_file),
+                "--trust-domain".into(),
+                trust_domain.clone(),
+                "--listen".into(),
+                plan.control.to_string(),
+            ],
+        )?;
+        for node in &plan.nodes {
+            let mut proxy_args: Vec<String> = vec![
+                "proxy".into(),
+                "--node".into(),
+                node.name.clone(),
+                "--mode".into(),
+                "explicit".into(),
+                "--control-plane".into(),
+                plan.control.to_string(),
+                "--token-file".into(),
+                s(&token_file),
+                "--root-cert".into(),
+                s(&ca_dir.join(strait_certs::CA_CERT_FILE)),
+                "--trust-domain".into(),
+                trust_domain.clone(),
+                "--admin".into(),
+                node.admin.to_string(),
+                "--metrics".into(),
+                node.metrics.to_string(),
+            ];
+            if node.bind_services {
+                proxy_args.push("--bind-services".into());
+            }
+            children.spawn(&node.name, &proxy_args)?;
+        }
+        for b in &plan.backends {
+            let name = if plan.backends.iter().filter(|o| o.workload.name == b.workload.name).count() > 1 {
+                format!("{}-{}", b.workload.name, b.listen.port())
+            } else {
+                b.workload.name.clone()
+            };
+            children.spawn(
+                &name,
+                &[
+                    "demo-backend".into(),
+                    "--listen".into(),
+                    b.listen.to_string(),
+                    "--version".into(),
+                    b.version.clone(),
+                    "--identity".into(),
+                    b.identity.clone(),
+                    "--name".into(),
+                    b.workload.name.clone(),
+                ],
+            )?;
+        }
+
+        let deadline = Instant::now() + Duration::from_secs(args.start_timeout);
+        tokio::select! {
+            ready = wait_until_up(&plan, &mut children, deadline) => ready?,
+            _ = signals.recv() => {
+                children.stop(Duration::from_secs(5));
+                anyhow::bail!("interrupted while starting");
+            }
+        }
+        print_summary(&plan, &args, &state_dir, created);
+
+        let outcome = loop {
+            tokio::select! {
+                _ = signals.recv() => break Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if let Some((name, status, tail)) = children.exited() {
+                        break Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping the mesh\n{tail}"));
+                    }
+                }
+            }
+        };
+        println!("stopping the local mesh...");
+        children.stop(Duration::from_secs(5));
+        println!("stopped.");
+        outcome
+    })
+}
+
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir().context("reading the current directory")?.join(path))
+}
+
+/// The bearer token the proxies present to the control plane: random, made on first run, mode 0600.
+fn ensure_token(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    strait_certs::write_private_file(path, token.as_bytes())
+        .with_context(|| format!("writing the proxies' token to {}", path.display()))
+}
+
+/// Binds every address once, before anything starts, so that a taken port is one clear error instead of a
+/// child failing later (or, for addresses a proxy binds only after configuration arrives, a log line).
+fn check_addresses(bindings: &[Binding], config_dir: &Path) -> anyhow::Result<()> {
+    let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
+    for b in bindings {
+        if let Some(other) = seen.insert(b.addr, &b.what) {
+            anyhow::bail!(
+                "{} is wanted twice, by {other} and by {}: give them distinct addresses in {}",
+                b.addr,
+                b.what,
+                config_dir.display()
+            );
+        }
+    }
+    let mut taken = Vec::new();
+    let mut hints = Vec::new();
+    for b in bindings {
+        let Err(e) = std::net::TcpListener::bind(b.addr) else { continue };
+        taken.push(format!("  {b}: {e}"));
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "Is `strait local` already running? Stop it (Ctrl-C), or run this one elsewhere with --base-ip and \
+                 other addresses in the files of {}.",
+                config_dir.display()
+            ),
+            std::io::ErrorKind::PermissionDenied => {
+                let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "1024".into());
+                format!(
+                    "Ports below {start} need privileges: allow them with \
+                     `sudo sysctl net.ipv4.ip_unprivileged_port_start=80`, or use a higher service port in {}.",
+                    config_dir.display()
+                )
+            }
+            std::io::ErrorKind::AddrNotAvailable => "The local mesh needs the whole 127.0.0.0/8 on loopback (as Linux \
+                                                     has it); elsewhere add the addresses to the loopback interface."
+                .to_string(),
+            _ => String::new(),
+        };
+        if !hint.is_empty() && !hints.contains(&hint) {
+            hints.push(hint);
+        }
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "cannot start the local mesh; these addresses cannot be bound:\n{}\n{}",
+        taken.join("\n"),
+        hints.join("\n")
+    )
+}
+
+/// Waits until every proxy is ready (configuration and certificates received), every demo backend listens and
+/// every service address accepts connections.
+async fn wait_until_up(plan: &Plan, children: &mut Children, deadline: Instant) -> anyhow::Result<()> {
+    let mut waiting_for: String;
+    loop {
+        if let Some((name, status, tail)) = children.exited() {
+            anyhow::bail!("{name} exited while the mesh was starting ({status})\n{tail}");
+        }
+        waiting_for = String::new();
+        for node in &plan.nodes {
+            match get(node.admin, "/ready").await {
+                Some((200, _)) => {}
+                Some((_, body)) => waiting_for = format!("{} ({})", node.name, body.trim()),
+                None => waiting_for = format!("{} (admin port not answering yet)", node.name),
+            }
+            if !waiting_for.is_empty() {
+                break;
+            }
+        }
+        if waiting_for.is_empty() {
+            let services = plan.services.iter().flat_map(|s| {
+                s.addresses.iter().flat_map(move |a| s.ports.iter().map(move |p| SocketAddr::new(*a, p.port)))
+            });
+            let backends = plan.backends.iter().map(|b| b.listen);
+            for addr in backends.chain(services) {
+                if !connects(addr).await {
+                    waiting_for = format!("{addr} to accept connections");
+                    break;
+                }
+            }
+        }
+        if waiting_for.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the local mesh did not come up in time: still waiting for {waiting_for}. Logs are in {}",
+                children.log_path().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn connects(addr: SocketAddr) -> bool {
+    matches!(tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
+}
+
+/// A plain HTTP/1.1 GET; `None` when nothing answers.
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        Some((status, text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()))
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange).await.ok().flatten()
+}
+
+fn url(addr: SocketAddr) -> String {
+    if addr.port() == 80 {
+        format!("http://{}/", addr.ip())
+    } else {
+        format!("http://{addr}/")
+    }
+}
+
+fn print_summary(plan: &Plan, args: &LocalArgs, state_dir: &Path, created_ca: bool) {
+    let nodes: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut out = String::new();
+    let shown_state = args.state_dir.display();
+    out.push_str(&format!(
+        "strait local mesh is up: control plane {}, node proxies {} (mTLS between them), {} demo backend(s); logs in {}/logs/\n",
+        plan.control,
+        nodes.join(" and "),
+        plan.backends.len(),
+        shown_state,
+    ));
+    let service =
+        plan.services.iter().find_map(|s| Some(SocketAddr::new(*s.addresses.first()?, s.ports.first()?.port)));
+    if let Some(vip) = service {
+        let client =
+            plan.clients.iter().find(|c| Some(c.node.as_str()) == plan.service_node().map(|n| n.name.as_str()));
+        match client {
+            Some(c) if c.address == std::net::IpAddr::from([127, 0, 0, 1]) => {
+                out.push_str(&format!(
+                    "  send requests:  curl {}   (you are workload {}/{})\n",
+                    url(vip),
+                    c.namespace,
+                    c.name
+                ));
+                out.push_str(&format!("  load:           oha -n 2000 -c 20 {}\n", url(vip)));
+            }
+            Some(c) => out.push_str(&format!(
+                "  send requests:  curl --interface {} {}   (as workload {}/{})\n",
+                c.address,
+                url(vip),
+                c.namespace,
+                c.name
+            )),
+            None => out.push_str(&format!("  service:        {}\n", url(vip))),
+        }
+    }
+    if let Some(route) = &plan.route_file {
+        out.push_str(&format!(
+            "  canary weight:  edit {} and save; the proxies get the change within a second\n",
+            args.config_dir.join(route).display()
+        ));
+    }
+    let admin: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/config_dump", n.name, n.admin)).collect();
+    let metrics: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/metrics", n.name, n.metrics)).collect();
+    out.push_str(&format!("  admin:          {}\n", admin.join("  ")));
+    out.push_str(&format!("  metrics:        {}\n", metrics.join("  ")));
+    out.push_str(&format!(
+        "  mesh CA:        {} ({})\n",
+        state_dir.join("ca").display(),
+        if created_ca { "created now" } else { "kept from an earlier run" }
+    ));
+    out.push_str("Ctrl-C stops everything.\n");
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+}

@@ -1,0 +1,48 @@
+//! `strait`: one binary for running Strait on one machine.
+//!
+//! - `strait local` starts a whole mesh (control plane, two node proxies, demo backends) as child processes of
+//!   itself, on loopback addresses, without Kubernetes or root;
+//! - `strait proxy`, `strait control` and `strait demo-backend` are those children (and usable on their own).
+
+mod children;
+mod control;
+mod demo;
+mod launch;
+mod plan;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "strait", version, about = "Strait service mesh on one machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole mesh locally: control plane, node proxies node-a and node-b, demo backends.
+    Local(launch::LocalArgs),
+    /// Run a node proxy (the same flags as `strait-proxy`).
+    Proxy(Box<strait_proxy::cli::Args>),
+    /// Run the control plane with the file provider (as `strait-control`).
+    Control(control::ControlArgs),
+    /// A small HTTP server answering JSON with its version, its identity and the caller's identity.
+    DemoBackend(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Command::Local(args) => launch::run(args),
+        Command::Proxy(args) => strait_proxy::cli::run_with(*args),
+        Command::Control(args) => control::run(args),
+        Command::DemoBackend(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
