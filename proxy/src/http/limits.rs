@@ -1,0 +1,279 @@
+//! Connection-pool limits (Istio `connectionPool.http`): at most `maxRequests` requests in flight to a
+//! destination, at most `maxPendingRequests` waiting for one of those slots, and anything beyond that fails at
+//! once with [`Overflow`] (answer 503 with response flag `UO`). Like linkerd's fail-fast queue in front of the
+//! balancer: overload becomes a fast, visible error, never an unbounded queue.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use strait_api::HttpPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service, ServiceExt};
+
+/// A bound on waiting requests when `maxRequests` is set but `maxPendingRequests` is not (Istio's default is
+/// effectively unlimited; an unbounded queue only turns overload into latency and memory).
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// `None`: no limit on requests in flight (and so nothing ever waits).
+    pub max_requests: Option<usize>,
+    pub max_pending: usize,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits { max_requests: None, max_pending: DEFAULT_MAX_PENDING }
+    }
+}
+
+impl PoolLimits {
+    /// As Istio, zero means "not set".
+    pub fn from_spec(pool: Option<&HttpPool>) -> Self {
+        let set = |v: Option<u32>| v.filter(|v| *v > 0).map(|v| v as usize);
+        let Some(pool) = pool else { return PoolLimits::default() };
+        PoolLimits {
+            max_requests: set(pool.max_requests),
+            max_pending: set(pool.max_pending_requests).unwrap_or(DEFAULT_MAX_PENDING),
+        }
+    }
+}
+
+/// The request was refused because the destination's limits are full: 503, response flag `UO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("upstream overflow: {max_requests} requests in flight and {max_pending} waiting (connectionPool.http limits)")]
+pub struct Overflow {
+    pub max_requests: usize,
+    pub max_pending: usize,
+}
+
+/// The shared state of one destination's limits. Cheap to check; no lock on the fast path.
+#[derive(Debug)]
+pub struct Limiter {
+    limits: PoolLimits,
+    permits: Option<Arc<Semaphore>>,
+    pending: AtomicUsize,
+    overflows: AtomicU64,
+}
+
+/// Held while a request is in flight; dropping it frees the slot. Attach it to the response body to count the
+/// request until its body ends.
+#[derive(Debug)]
+pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl Limiter {
+    pub fn new(limits: PoolLimits) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            limits,
+            permits: limits.max_requests.map(|n| Arc::new(Semaphore::new(n))),
+            pending: AtomicUsize::new(0),
+            overflows: AtomicU64::new(0),
+        })
+    }
+
+    /// A slot for one request: at once if one is free, after waiting if fewer than `max_pending` already
+    /// wait, else `Overflow` immediately.
+    pub async fn acquire(&self) -> Result<Permit, Overflow> {
+        let Some(permits) = &self.permits else { return Ok(Permit(None)) };
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return Ok(Permit(Some(permit)));
+        }
+        let waiting = Pending::enter(&self.pending, self.limits.max_pending).ok_or_else(|| {
+            self.overflows.fetch_add(1, Relaxed);
+            Overflow { max_requests: permits_max(&self.limits), max_pending: self.limits.max_pending }
+        })?;
+        // The semaphore is never closed, so this only fails if it were; treat that as an overflow too.
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Overflow { max_requests: permits_max(&self.limits), max_pending: self.limits.max_pending });
+        drop(waiting);
+        Ok(Permit(Some(permit?)))
+    }
+
+    pub fn limits(&self) -> PoolLimits {
+        self.limits
+    }
+
+    /// Requests refused so far (for the `UO` metric).
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Relaxed)
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.load(Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        match (&self.permits, self.limits.max_requests) {
+            (Some(permits), Some(max)) => max.saturating_sub(permits.available_permits()),
+            _ => 0,
+        }
+    }
+}
+
+fn permits_max(limits: &PoolLimits) -> usize {
+    limits.max_requests.unwrap_or(0)
+}
+
+/// One place in the pending count, given back on drop (also when the waiting request is cancelled).
+struct Pending<'a>(&'a AtomicUsize);
+
+impl<'a> Pending<'a> {
+    fn enter(pending: &'a AtomicUsize, max: usize) -> Option<Self> {
+        pending.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1)).ok().map(|_| Pending(pending))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A tower layer applying a shared [`Limiter`]. Errors are boxed; an [`Overflow`] downcasts from them.
+#[derive(Clone, Debug)]
+pub struct PoolLimitLayer {
+    limiter: Arc<Limiter>,
+}
+
+impl PoolLimitLayer {
+    pub fn new(limiter: Arc<Limiter>) -> Self {
+        PoolLimitLayer { limiter }
+    }
+}
+
+impl<S> Layer<S> for PoolLimitLayer {
+    type Service = PoolLimit<S>;
+
+    fn layer(&self, inner: S) -> PoolLimit<S> {
+        PoolLimit { inner, limiter: self.limiter.clone() }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolLimit<S> {
+    inner: S,
+    limiter: Arc<Limiter>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, R> Service<R> for PoolLimit<S>
+where
+    S: Service<R> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    /// Always ready: the decision to admit, wait or refuse is made per request in `call`, so that refusing
+    /// is immediate rather than a stalled `poll_ready`.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// The slot is held until the response head arrives. To count streaming bodies, use
+    /// [`Limiter::acquire`] directly and keep the [`Permit`] with the body.
+    fn call(&mut self, request: R) -> Self::Future {
+        let limiter = self.limiter.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let _permit = limiter.acquire().await?;
+            inner.oneshot(request).await.map_err(Into::into)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::time::{sleep, Instant};
+
+    fn limiter(max_requests: usize, max_pending: usize) -> Arc<Limiter> {
+        Limiter::new(PoolLimits { max_requests: Some(max_requests), max_pending })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beyond_in_flight_and_pending_requests_fail_at_once() {
+        let limiter = limiter(2, 1);
+        let a = limiter.acquire().await.expect("first");
+        let _b = limiter.acquire().await.expect("second");
+        assert_eq!(limiter.in_flight(), 2);
+
+        let waiter = tokio::spawn({
+            let limiter = limiter.clone();
+            async move { limiter.acquire().await.map(|_| Instant::now()) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(limiter.pending(), 1);
+
+        let start = Instant::now();
+        let refused = limiter.acquire().await.expect_err("the fourth overflows");
+        assert_eq!(start.elapsed(), Duration::ZERO, "refusing never waits");
+        assert_eq!(refused, Overflow { max_requests: 2, max_pending: 1 });
+        assert_eq!(limiter.overflows(), 1);
+
+        sleep(Duration::from_secs(1)).await;
+        drop(a);
+        let admitted_at = waiter.await.expect("task").expect("admitted once a slot frees");
+        assert_eq!(admitted_at - start, Duration::from_secs(1));
+        assert_eq!(limiter.pending(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_gives_its_place_back() {
+        let limiter = limiter(1, 1);
+        let _held = limiter.acquire().await.expect("first");
+        let timed_out = tokio::time::timeout(Duration::from_millis(10), limiter.acquire()).await;
+        assert!(timed_out.is_err());
+        assert_eq!(limiter.pending(), 0);
+        // The place is free again: a new waiter is accepted (and times out), not refused.
+        assert!(tokio::time::timeout(Duration::from_millis(10), limiter.acquire()).await.is_err());
+        assert_eq!(limiter.overflows(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_limits_admit_everything() {
+        let limiter = Limiter::new(PoolLimits::from_spec(None));
+        let permits: Vec<Permit> =
+            futures_util::future::try_join_all((0..10_000).map(|_| limiter.acquire())).await.expect("all");
+        assert_eq!((permits.len(), limiter.overflows()), (10_000, 0));
+    }
+
+    #[test]
+    fn limits_from_the_spec_treat_zero_as_unset() {
+        let pool = HttpPool { max_requests: Some(100), max_pending_requests: Some(50), ..Default::default() };
+        assert_eq!(PoolLimits::from_spec(Some(&pool)), PoolLimits { max_requests: Some(100), max_pending: 50 });
+        let pool = HttpPool { max_requests: Some(0), max_pending_requests: Some(0), ..Default::default() };
+        assert_eq!(
+            PoolLimits::from_spec(Some(&pool)),
+            PoolLimits { max_requests: None, max_pending: DEFAULT_MAX_PENDING }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_sheds_overflow_as_a_downcastable_error() {
+        let limiter = limiter(1, 0);
+        let slow = tower::service_fn(|delay: Duration| async move {
+            sleep(delay).await;
+            Ok::<_, std::convert::Infallible>(delay)
+        });
+        let service = PoolLimitLayer::new(limiter.clone()).layer(slow);
+        let first = tokio::spawn(service.clone().oneshot(Duration::from_secs(1)));
+        tokio::task::yield_now().await;
+        let error = service.clone().oneshot(Duration::ZERO).await.expect_err("overflow");
+        assert!(error.downcast_ref::<Overflow>().is_some(), "{error}");
+        assert_eq!(first.await.expect("task").expect("served"), Duration::from_secs(1));
+        assert_eq!(service.oneshot(Duration::ZERO).await.expect("a slot is free again"), Duration::ZERO);
+        assert_eq!(limiter.overflows(), 1);
+    }
+}
