@@ -1,8 +1,10 @@
-//! `strait-control`: flags -> [`strait_control::Options`] -> run until interrupted.
+//! `strait-control`: flags -> [`strait_control::Options`] (files) or [`strait_control::kube::KubeOptions`]
+//! (`--kubernetes`) -> run until interrupted.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -11,13 +13,17 @@ use clap::Parser;
     about = "Strait control plane: pushes mesh configuration to node proxies and signs their workload certificates"
 )]
 struct Args {
+    /// Kubernetes mode: discover the mesh from the API server (in-cluster config, else KUBECONFIG), verify
+    /// proxies with TokenReview and keep the CA in a Secret. Replaces --files, --ca-dir and --token-file.
+    #[arg(long, env = "STRAIT_KUBERNETES", conflicts_with_all = ["files", "ca_dir", "token_file"])]
+    kubernetes: bool,
     /// Directory of YAML files: the mesh description (kind: Mesh) and TrafficRoute, DestinationPolicy,
     /// AuthorizationPolicy resources. Watched for changes.
-    #[arg(long, env = "STRAIT_FILES")]
-    files: PathBuf,
+    #[arg(long, env = "STRAIT_FILES", required_unless_present = "kubernetes")]
+    files: Option<PathBuf>,
     /// Directory of the mesh CA (ca.pem, ca-key.pem); created with a new CA if absent.
-    #[arg(long, env = "STRAIT_CA_DIR")]
-    ca_dir: PathBuf,
+    #[arg(long, env = "STRAIT_CA_DIR", required_unless_present = "kubernetes")]
+    ca_dir: Option<PathBuf>,
     /// SPIFFE trust domain of the mesh (must match an existing CA's).
     #[arg(long, env = "STRAIT_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
@@ -25,8 +31,20 @@ struct Args {
     #[arg(long, env = "STRAIT_LISTEN", default_value = "0.0.0.0:15012")]
     listen: SocketAddr,
     /// File holding the bearer token proxies present (one token for the whole local mesh).
-    #[arg(long, env = "STRAIT_TOKEN_FILE")]
-    token_file: PathBuf,
+    #[arg(long, env = "STRAIT_TOKEN_FILE", required_unless_present = "kubernetes")]
+    token_file: Option<PathBuf>,
+    /// Kubernetes mode: the namespace Strait runs in (the CA Secret and the proxies' ServiceAccount).
+    #[arg(long, env = "STRAIT_NAMESPACE", default_value = "strait-system")]
+    namespace: String,
+    /// Kubernetes mode: the Secret holding the mesh CA (keys ca.pem, ca-key.pem); created if absent.
+    #[arg(long, env = "STRAIT_CA_SECRET", default_value = "strait-ca")]
+    ca_secret: String,
+    /// Kubernetes mode: the ServiceAccount (in --namespace) whose tokens node proxies present.
+    #[arg(long, env = "STRAIT_PROXY_SERVICE_ACCOUNT", default_value = "strait-proxy")]
+    proxy_service_account: String,
+    /// Kubernetes mode: the audience of the proxies' projected ServiceAccount tokens.
+    #[arg(long, env = "STRAIT_TOKEN_AUDIENCE", default_value = "strait-control")]
+    token_audience: String,
 }
 
 #[tokio::main]
@@ -38,10 +56,30 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let mut options = strait_control::Options::new(args.files, args.ca_dir, args.token_file);
-    options.trust_domain = args.trust_domain;
-    options.listen = args.listen;
-    let running = strait_control::start(options).await?;
+    let running = if args.kubernetes {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster configuration, else KUBECONFIG)")?;
+        let options = strait_control::kube::KubeOptions {
+            listen: args.listen,
+            trust_domain: args.trust_domain,
+            namespace: args.namespace,
+            ca_secret: args.ca_secret,
+            proxy_service_account: args.proxy_service_account,
+            audience: args.token_audience,
+            ..Default::default()
+        };
+        strait_control::kube::start(client, options).await?
+    } else {
+        // clap enforces these outside Kubernetes mode.
+        let (Some(files), Some(ca_dir), Some(token_file)) = (args.files, args.ca_dir, args.token_file) else {
+            anyhow::bail!("--files, --ca-dir and --token-file are required unless --kubernetes is given");
+        };
+        let mut options = strait_control::Options::new(files, ca_dir, token_file);
+        options.trust_domain = args.trust_domain;
+        options.listen = args.listen;
+        strait_control::start(options).await?
+    };
     tokio::select! {
         result = running.wait() => result,
         _ = tokio::signal::ctrl_c() => {

@@ -22,6 +22,7 @@
 pub mod backend;
 pub mod capture;
 pub mod exec;
+pub mod fake_kube;
 pub mod mesh;
 pub mod netns;
 

@@ -1,0 +1,80 @@
+//! Kubernetes mode: the mesh's inputs come from the API server, proxies authenticate with their
+//! ServiceAccount tokens, and the mesh CA lives in a Secret.
+//!
+//! - [`KubeDiscovery`]: reflectors on Namespaces (meshed with `strait.dev/mesh=enabled`, mTLS mode from
+//!   `strait.dev/mtls-mode`), Pods, Services, EndpointSlices and the three `strait.dev` resources, building the
+//!   same [`crate::model::Discovered`] the file provider builds; it also writes each resource's `Accepted` /
+//!   `ResolvedRefs` conditions.
+//! - [`TokenReviewVerifier`]: TokenReview (audience `strait-control`), only the proxies' ServiceAccount, bound
+//!   to the node of the token's pod.
+//! - [`ca_secret::load_or_create`]: the CA Secret, created at first start.
+//!
+//! [`start`] puts them together; the rest of the control plane (admission, translation, push, signing) is the
+//! one the file mode uses.
+
+pub mod ca_secret;
+pub mod convert;
+pub mod crds;
+pub mod discovery;
+pub mod status;
+pub mod token_review;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+pub use discovery::KubeDiscovery;
+pub use token_review::TokenReviewVerifier;
+
+use crate::{Parts, Running};
+
+/// How to run against a cluster; see the binary's `--help` for each.
+#[derive(Clone, Debug)]
+pub struct KubeOptions {
+    pub listen: SocketAddr,
+    pub trust_domain: String,
+    pub cert_ttl: Duration,
+    /// The namespace Strait runs in: the CA Secret and the proxies' ServiceAccount are there.
+    pub namespace: String,
+    pub ca_secret: String,
+    /// The ServiceAccount whose tokens the node proxies present.
+    pub proxy_service_account: String,
+    /// The audience proxies' projected tokens are issued for.
+    pub audience: String,
+    pub debounce: Duration,
+    pub write_status: bool,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            listen: SocketAddr::from(([0, 0, 0, 0], 15012)),
+            trust_domain: strait_api::default_trust_domain(),
+            cert_ttl: strait_certs::DEFAULT_WORKLOAD_TTL,
+            namespace: "strait-system".to_string(),
+            ca_secret: "strait-ca".to_string(),
+            proxy_service_account: "strait-proxy".to_string(),
+            audience: "strait-control".to_string(),
+            debounce: discovery::DEFAULT_DEBOUNCE,
+            write_status: true,
+        }
+    }
+}
+
+/// Starts the control plane against the cluster `client` talks to: loads or creates the CA Secret, then
+/// serves as [`crate::start_with`] does. Returns once listening; discovery fills in the configuration as the
+/// first lists arrive (proxies get nothing until every kind has been listed once).
+pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result<Running> {
+    let ca = ca_secret::load_or_create(client.clone(), &options.namespace, &options.ca_secret, &options.trust_domain)
+        .await
+        .context("the mesh CA")?;
+    let verifier =
+        TokenReviewVerifier::new(client.clone(), &options.audience, &options.namespace, &options.proxy_service_account);
+    let discovery = KubeDiscovery::new(client, options.trust_domain.clone())
+        .with_debounce(options.debounce)
+        .with_status(options.write_status);
+    let parts = Parts { discovery: Box::new(discovery), verifier: Arc::new(verifier), ca };
+    crate::start_with(options.listen, options.cert_ttl, parts).await
+}
