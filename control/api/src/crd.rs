@@ -184,11 +184,17 @@ fn common_columns() -> Vec<Value> {
     ]
 }
 
+// The API server shows only the FIRST match of a column's JSONPath (`.spec.http[*].route[*].weight` would show
+// one weight), so list-valued columns name a whole list, which it prints as compact JSON.
 fn traffic_route_columns() -> Vec<Value> {
     let mut columns = vec![
         column("Hosts", "string", ".spec.hosts", "The services this route applies to"),
-        column("Subsets", "string", ".spec.http[*].route[*].destination.subset", "Destination subsets, rule by rule"),
-        column("Weights", "string", ".spec.http[*].route[*].weight", "Destination weights, in the same order"),
+        column(
+            "Backends",
+            "string",
+            ".spec.http[-1:].route",
+            "Destinations (host, subset) and weights of the last rule, the catch-all of a canary",
+        ),
     ];
     columns.extend(common_columns());
     columns
@@ -197,7 +203,7 @@ fn traffic_route_columns() -> Vec<Value> {
 fn destination_policy_columns() -> Vec<Value> {
     let mut columns = vec![
         column("Host", "string", ".spec.host", "The service this policy applies to"),
-        column("Subsets", "string", ".spec.subsets[*].name", "Subsets defined for the host"),
+        column("Subsets", "string", ".spec.subsets", "Subsets defined for the host, with their labels"),
         column("LB", "string", ".spec.loadBalancer.simple", "Load-balancing algorithm"),
     ];
     columns.extend(common_columns());
