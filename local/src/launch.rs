@@ -137,7 +137,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 anyhow::bail!("interrupted while starting");
             }
         }
-        print_summary(&plan, &args, &state_dir, created);
+        print_summary(&plan, &args, created);
 
         let outcome = loop {
             tokio::select! {
@@ -319,7 +319,7 @@ fn url(addr: SocketAddr) -> String {
     }
 }
 
-fn print_summary(plan: &Plan, args: &LocalArgs, state_dir: &Path, created_ca: bool) {
+fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool) {
     let nodes: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
     let mut out = String::new();
     let shown_state = args.state_dir.display();
@@ -367,7 +367,7 @@ fn print_summary(plan: &Plan, args: &LocalArgs, state_dir: &Path, created_ca: bo
     out.push_str(&format!("  metrics:        {}\n", metrics.join("  ")));
     out.push_str(&format!(
         "  mesh CA:        {} ({})\n",
-        state_dir.join("ca").display(),
+        args.state_dir.join("ca").display(),
         if created_ca { "created now" } else { "kept from an earlier run" }
     ));
     out.push_str("Ctrl-C stops everything.\n");
