@@ -24,6 +24,7 @@ pub mod capture;
 pub mod exec;
 pub mod fake_kube;
 pub mod mesh;
+pub mod mesh_http;
 pub mod netns;
 
 pub use capture::{Capture, Captured};

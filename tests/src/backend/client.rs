@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -93,12 +95,14 @@ pub struct HttpGetArgs {
     pub method: String,
     pub data: Option<String>,
     pub timeout: Duration,
+    /// Requests in flight at once (1: one after another).
+    pub concurrency: u32,
 }
 
-/// Sends the requests one after another; with `print_each`, prints one JSON line per request as it
-/// completes (so a test that kills the client still sees the finished ones).
+/// Sends the requests, `concurrency` at a time (one after another by default); with `print_each`, prints
+/// one JSON line per request as it completes (so a test that kills the client still sees the finished
+/// ones).
 pub async fn http_get(args: HttpGetArgs, print_each: bool) -> Result<Vec<HttpResult>> {
-    let mut results = Vec::new();
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let mut builder = Client::builder(TokioExecutor::new());
@@ -108,48 +112,70 @@ pub async fn http_get(args: HttpGetArgs, print_each: bool) -> Result<Vec<HttpRes
     }
     let client: Client<HttpConnector, Full<Bytes>> = builder.build(connector);
     let method = Method::from_bytes(args.method.as_bytes()).context("bad --method")?;
-    for _ in 0..args.count.max(1) {
-        let mut req = Request::builder().method(method.clone()).uri(&args.url);
-        for (k, v) in &args.headers {
-            req = req.header(k, v);
-        }
-        let body = Full::new(Bytes::from(args.data.clone().unwrap_or_default()));
-        let req = req.body(body).with_context(|| format!("building a request for {}", args.url))?;
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(args.timeout, async {
-            let resp = client.request(req).await?;
-            let status = resp.status().as_u16();
-            let mut headers: BTreeMap<String, String> = BTreeMap::new();
-            for (name, value) in resp.headers() {
-                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                headers.entry(name.as_str().to_owned()).and_modify(|v| *v = format!("{v}, {value}")).or_insert(value);
+    let args = Arc::new(args);
+    let left = Arc::new(AtomicU32::new(args.count.max(1)));
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (client, method, args, left) = (client.clone(), method.clone(), args.clone(), left.clone());
+        workers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while left.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
+                let result = one_request(&client, &method, &args).await?;
+                if print_each {
+                    println!("{}", serde_json::to_string(&result)?);
+                }
+                results.push(result);
             }
-            let body = resp.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, headers, body))
-        })
-        .await;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let result = match outcome {
-            Ok(Ok((status, headers, body))) => HttpResult {
-                status: Some(status),
-                body_len: body.len() as u64,
-                body: serde_json::from_slice(&body).unwrap_or_else(|_| {
-                    let cut = &body[..body.len().min(4096)];
-                    serde_json::Value::String(String::from_utf8_lossy(cut).into_owned())
-                }),
-                headers,
-                error: None,
-                elapsed_ms,
-            },
-            Ok(Err(e)) => failed(format!("{e:#}"), elapsed_ms),
-            Err(_) => failed(format!("timed out after {:?}", args.timeout), elapsed_ms),
-        };
-        if print_each {
-            println!("{}", serde_json::to_string(&result)?);
-        }
-        results.push(result);
+            anyhow::Ok(results)
+        }));
+    }
+    let mut results = Vec::new();
+    for worker in workers {
+        results.extend(worker.await.context("http-get worker")??);
     }
     Ok(results)
+}
+
+async fn one_request(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &Method,
+    args: &HttpGetArgs,
+) -> Result<HttpResult> {
+    let mut req = Request::builder().method(method.clone()).uri(&args.url);
+    for (k, v) in &args.headers {
+        req = req.header(k, v);
+    }
+    let body = Full::new(Bytes::from(args.data.clone().unwrap_or_default()));
+    let req = req.body(body).with_context(|| format!("building a request for {}", args.url))?;
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(args.timeout, async {
+        let resp = client.request(req).await?;
+        let status = resp.status().as_u16();
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        for (name, value) in resp.headers() {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            headers.entry(name.as_str().to_owned()).and_modify(|v| *v = format!("{v}, {value}")).or_insert(value);
+        }
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, headers, body))
+    })
+    .await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(match outcome {
+        Ok(Ok((status, headers, body))) => HttpResult {
+            status: Some(status),
+            body_len: body.len() as u64,
+            body: serde_json::from_slice(&body).unwrap_or_else(|_| {
+                let cut = &body[..body.len().min(4096)];
+                serde_json::Value::String(String::from_utf8_lossy(cut).into_owned())
+            }),
+            headers,
+            error: None,
+            elapsed_ms,
+        },
+        Ok(Err(e)) => failed(format!("{e:#}"), elapsed_ms),
+        Err(_) => failed(format!("timed out after {:?}", args.timeout), elapsed_ms),
+    })
 }
 
 fn failed(error: String, elapsed_ms: f64) -> HttpResult {

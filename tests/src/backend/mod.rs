@@ -4,6 +4,7 @@
 //! client in a pod and parsing what it printed.
 
 pub mod client;
+pub mod grpc;
 pub mod server;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,26 @@ pub fn tcp_sink(netns: &str, listen: SocketAddr) -> Result<Server> {
 /// `http --listen <addr> --name <name> --version <version>` in `netns`.
 pub fn http(netns: &str, listen: SocketAddr, name: &str, version: &str) -> Result<Server> {
     start_in(netns, &["http", "--listen", &listen.to_string(), "--name", name, "--version", version])
+}
+
+/// `http --listen <addr> --name <name> --version <version> <extra...>` in `netns`, e.g. with
+/// `["--fail-percent", "50"]` or `["--hang"]`.
+pub fn http_with(netns: &str, listen: SocketAddr, name: &str, version: &str, extra: &[&str]) -> Result<Server> {
+    let listen = listen.to_string();
+    let mut args = vec!["http", "--listen", &listen, "--name", name, "--version", version];
+    args.extend_from_slice(extra);
+    start_in(netns, &args)
+}
+
+/// Sends `<method> /control/<what>` to an `http` backend from `netns` (use the backend's own pod namespace
+/// so the request never passes a proxy) and returns the backend's JSON answer, e.g.
+/// `control(b1_netns, addr, "POST", "fail-percent/0")` or `control(.., "GET", "stats")`.
+pub fn control(netns: &str, addr: SocketAddr, method: &str, what: &str) -> Result<serde_json::Value> {
+    let result = single(http_get(netns, &HttpGet::new(format!("http://{addr}/control/{what}")).method(method))?)?;
+    if result.status != Some(200) {
+        bail!("{method} /control/{what} on {addr}: {result:?}");
+    }
+    Ok(result.body)
 }
 
 /// What `tcp-send` prints: one JSON line.
@@ -178,6 +199,8 @@ pub struct HttpGet {
     pub body: Option<String>,
     /// Per-request timeout (default 10 s in the client).
     pub timeout: Option<Duration>,
+    /// Requests in flight at once (default 1: one after another).
+    pub concurrency: u32,
 }
 
 impl HttpGet {
@@ -204,6 +227,18 @@ impl HttpGet {
         self.timeout = Some(t);
         self
     }
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_owned());
+        self
+    }
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = Some(body.to_owned());
+        self
+    }
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
 
     /// The command line arguments after the binary's name.
     pub fn to_args(&self) -> Vec<String> {
@@ -227,6 +262,9 @@ impl HttpGet {
         if let Some(t) = self.timeout {
             args.extend(["--timeout-ms".to_owned(), t.as_millis().to_string()]);
         }
+        if self.concurrency > 1 {
+            args.extend(["--concurrency".to_owned(), self.concurrency.to_string()]);
+        }
         args
     }
 }
@@ -243,6 +281,20 @@ pub fn http_get(netns: &str, opts: &HttpGet) -> Result<Vec<HttpResult>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).with_context(|| format!("parsing http-get line {l:?}")))
         .collect()
+}
+
+/// Runs `http-get --summary` in `netns`: only the counts come back, which keeps thousands of requests cheap.
+pub fn http_summary(netns: &str, opts: &HttpGet) -> Result<HttpSummary> {
+    let bin = testbackend_path()?;
+    let mut args = vec![bin.to_string_lossy().into_owned()];
+    args.extend(opts.to_args());
+    args.push("--summary".to_owned());
+    let out = exec::output_in(netns, &args, Duration::from_secs(300))?;
+    if !out.status.success() {
+        bail!("http-get --summary failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("parsing http-get summary {text:?}"))
 }
 
 /// Counts of results by status, by backend name and by backend version ("error" for failed requests).

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,11 +87,33 @@ pub async fn tcp_sink(addr: SocketAddr) -> Result<()> {
     }
 }
 
-/// Identity of an HTTP backend, echoed in every answer.
-#[derive(Clone)]
+/// Identity of an HTTP backend, echoed in every answer, and its instance-wide behaviour.
+#[derive(Clone, Default)]
 pub struct HttpConfig {
     pub name: String,
     pub version: String,
+    /// Answer 503 this percentage of requests (changeable at run time: `POST /control/fail-percent/<n>`).
+    pub fail_percent: u32,
+    /// Never answer (changeable at run time: `POST /control/hang/<0|1>`).
+    pub hang: bool,
+}
+
+impl HttpConfig {
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        HttpConfig { name: name.into(), version: version.into(), ..Default::default() }
+    }
+}
+
+/// The body type the `http` backend answers with (full bodies, streamed gRPC bodies with trailers).
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Instance-wide state: behaviour a test can flip at run time, and counters it can read.
+struct Instance {
+    config: HttpConfig,
+    fail_percent: AtomicU32,
+    hang: AtomicBool,
+    /// Requests seen, control requests excluded.
+    requests: AtomicU64,
 }
 
 /// Serves HTTP/1.1 and h2c (hyper-util's auto builder picks by the connection preface). Every answer is a
@@ -101,10 +124,23 @@ pub struct HttpConfig {
 /// - `/hang`: never answer;
 /// - `/reset`: reset the TCP connection (RST; on HTTP/2 this kills every stream of the connection);
 /// - `/echo`: answer the request body;
-/// - `/bytes/<n>`: answer n bytes.
+/// - `/bytes/<n>`: answer n bytes;
+/// - `GET /upgrade` with `Connection: upgrade`: `101 Switching Protocols`, then the line `HELLO <name>\n`
+///   and an echo of every byte on the upgraded connection;
+/// - `content-type: application/grpc` on `/strait.test.Echo/*`: the gRPC echo service ([`super::grpc`]).
+///
+/// Instance-wide (from the flags, changeable at run time; control requests are never failed or hung):
+/// - `POST /control/fail-percent/<n>`: answer 503 n% of the requests from now on;
+/// - `POST /control/hang/<0|1>`: stop (1) or resume (0) answering;
+/// - `GET /control/stats`: `{"name":..,"requests":N}`, requests seen so far (control requests excluded).
 pub async fn http(addr: SocketAddr, config: HttpConfig) -> Result<()> {
     let listener = bind(addr).await?;
-    let config = Arc::new(config);
+    let config = Arc::new(Instance {
+        fail_percent: AtomicU32::new(config.fail_percent),
+        hang: AtomicBool::new(config.hang),
+        requests: AtomicU64::new(0),
+        config,
+    });
     loop {
         let (stream, peer) = listener.accept().await?;
         let config = config.clone();
@@ -116,7 +152,7 @@ pub async fn http(addr: SocketAddr, config: HttpConfig) -> Result<()> {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, config: Arc<HttpConfig>) -> Result<()> {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, config: Arc<Instance>) -> Result<()> {
     let local = stream.local_addr()?;
     // A second descriptor of the same socket, so `/reset` can set SO_LINGER=0 after hyper has taken the
     // stream: closing a socket with a zero linger sends RST instead of FIN.
@@ -125,7 +161,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, config: Arc<HttpC
     let ctx = Arc::new(Ctx { config, peer, local, reset: reset.clone() });
     let service = service_fn(move |req| handle(req, ctx.clone()));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::select! {
         result = conn => result.map_err(|e| anyhow::anyhow!(e))?,
         _ = reset.notified() => {
@@ -137,7 +173,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, config: Arc<HttpC
 }
 
 struct Ctx {
-    config: Arc<HttpConfig>,
+    config: Arc<Instance>,
     peer: SocketAddr,
     local: SocketAddr,
     reset: Arc<Notify>,
@@ -147,10 +183,69 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Full<Bytes>>, Infallible> {
+fn full(body: impl Into<Bytes>) -> BoxBody {
+    Full::new(body.into()).boxed()
+}
+
+async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<BoxBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').splitn(2, '/').collect();
     let (first, arg) = (segments.first().copied().unwrap_or(""), segments.get(1).copied());
+    let instance = &ctx.config;
+
+    if first == "control" {
+        return Ok(control(&req, arg.unwrap_or(""), instance));
+    }
+    instance.requests.fetch_add(1, Ordering::Relaxed);
+    if instance.hang.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+    let fail_percent = instance.fail_percent.load(Ordering::Relaxed);
+    if fail_percent > 0 && rand::random_range(0..100) < fail_percent {
+        let response = Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header("content-type", "application/json")
+            .header("x-backend-name", &instance.config.name)
+            .header("x-backend-version", &instance.config.version)
+            .body(full(describe(&req, &ctx)))
+            .unwrap_or_else(|_| Response::new(full("bad response")));
+        return Ok(response);
+    }
+    if super::grpc::is_grpc(&req) {
+        return Ok(super::grpc::serve(req));
+    }
+    if first == "upgrade" && is_upgrade(&req) {
+        let on = hyper::upgrade::on(&mut req);
+        let greeting = format!("HELLO {}\n", instance.config.name);
+        tokio::spawn(async move {
+            let result = async {
+                let mut io = TokioIo::new(on.await?);
+                io.write_all(greeting.as_bytes()).await?;
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = io.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    io.write_all(&buf[..n]).await?;
+                }
+                io.shutdown().await?;
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                eprintln!("http: upgraded connection: {e:#}");
+            }
+        });
+        let response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", header(&req, "upgrade").unwrap_or("websocket"))
+            .header("x-backend-name", &instance.config.name)
+            .body(full(Bytes::new()))
+            .unwrap_or_else(|_| Response::new(full("bad response")));
+        return Ok(response);
+    }
 
     if first == "hang" {
         std::future::pending::<()>().await;
@@ -192,11 +287,51 @@ async fn handle(req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Full<B
     let response = Response::builder()
         .status(status)
         .header("content-type", content_type)
-        .header("x-backend-name", &ctx.config.name)
-        .header("x-backend-version", &ctx.config.version)
-        .body(Full::new(body))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"bad response"))));
+        .header("x-backend-name", &instance.config.name)
+        .header("x-backend-version", &instance.config.version)
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("bad response")));
     Ok(response)
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let connection = header(req, "connection").unwrap_or("").to_ascii_lowercase();
+    connection.split(',').any(|t| t.trim() == "upgrade") && req.headers().contains_key("upgrade")
+}
+
+/// `/control/...`: flip the instance's behaviour or read its counters.
+fn control(req: &Request<Incoming>, what: &str, instance: &Instance) -> Response<BoxBody> {
+    let (knob, value) = what.split_once('/').unwrap_or((what, ""));
+    let status = match (req.method().as_str(), knob) {
+        ("POST", "fail-percent") => match value.parse::<u32>() {
+            Ok(n) if n <= 100 => {
+                instance.fail_percent.store(n, Ordering::Relaxed);
+                StatusCode::OK
+            }
+            _ => StatusCode::BAD_REQUEST,
+        },
+        ("POST", "hang") => match value {
+            "0" | "1" => {
+                instance.hang.store(value == "1", Ordering::Relaxed);
+                StatusCode::OK
+            }
+            _ => StatusCode::BAD_REQUEST,
+        },
+        ("GET", "stats") => StatusCode::OK,
+        _ => StatusCode::NOT_FOUND,
+    };
+    let body = serde_json::json!({
+        "name": instance.config.name,
+        "version": instance.config.version,
+        "requests": instance.requests.load(Ordering::Relaxed),
+        "fail_percent": instance.fail_percent.load(Ordering::Relaxed),
+        "hang": instance.hang.load(Ordering::Relaxed),
+    });
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(format!("{body}\n")))
+        .unwrap_or_else(|_| Response::new(full("bad response")))
 }
 
 /// The JSON answer: who answered, and what arrived (the proxy may add caller identity headers such as
@@ -208,8 +343,8 @@ fn describe(req: &Request<Incoming>, ctx: &Ctx) -> Vec<u8> {
         headers.entry(name.as_str().to_owned()).and_modify(|v| *v = format!("{v}, {value}")).or_insert(value);
     }
     let body = serde_json::json!({
-        "name": ctx.config.name,
-        "version": ctx.config.version,
+        "name": ctx.config.config.name,
+        "version": ctx.config.config.version,
         "path": req.uri().path(),
         "query": req.uri().query(),
         "method": req.method().as_str(),

@@ -28,8 +28,10 @@ enum Cmd {
         listen: SocketAddr,
     },
     /// HTTP/1.1 + h2c server answering a JSON description of each request. Per request: /status/<code>,
-    /// /delay/<ms>, /hang, /reset, /echo, /bytes/<n>; headers x-backend-status, x-backend-delay-ms,
-    /// x-backend-fail-percent.
+    /// /delay/<ms>, /hang, /reset, /echo, /bytes/<n>, /upgrade (101, then echo); headers x-backend-status,
+    /// x-backend-delay-ms, x-backend-fail-percent; gRPC echo service /strait.test.Echo/{Unary,Stream,Fail}.
+    /// Instance-wide: --fail-percent, --hang, and POST /control/fail-percent/<n>, /control/hang/<0|1>,
+    /// GET /control/stats.
     Http {
         #[arg(long)]
         listen: SocketAddr,
@@ -37,6 +39,12 @@ enum Cmd {
         name: String,
         #[arg(long, default_value = "v1")]
         version: String,
+        /// Answer 503 this percentage of requests (`POST /control/fail-percent/<n>` changes it).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        fail_percent: u32,
+        /// Never answer (`POST /control/hang/0` resumes).
+        #[arg(long)]
+        hang: bool,
     },
     /// Connect, send the marker then N filler bytes, half-close, read to EOF; print a JSON report.
     TcpSend {
@@ -75,6 +83,9 @@ enum Cmd {
         /// Print only counts by status, backend name and version.
         #[arg(long)]
         summary: bool,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: u32,
     },
 }
 
@@ -88,13 +99,15 @@ async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::TcpEcho { listen } => server::tcp_echo(listen).await,
         Cmd::TcpSink { listen } => server::tcp_sink(listen).await,
-        Cmd::Http { listen, name, version } => server::http(listen, server::HttpConfig { name, version }).await,
+        Cmd::Http { listen, name, version, fail_percent, hang } => {
+            server::http(listen, server::HttpConfig { name, version, fail_percent, hang }).await
+        }
         Cmd::TcpSend { connect, bytes, marker, timeout_ms } => {
             let report = client::tcp_send(connect, bytes, &marker, Duration::from_millis(timeout_ms)).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Cmd::HttpGet { url, count, headers, http2, fresh, method, data, timeout_ms, summary } => {
+        Cmd::HttpGet { url, count, headers, http2, fresh, method, data, timeout_ms, summary, concurrency } => {
             let mut parsed = Vec::new();
             for h in headers {
                 let Some((k, v)) = h.split_once(':') else { bail!("--header {h:?}: expected name:value") };
@@ -109,6 +122,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 method,
                 data,
                 timeout: Duration::from_millis(timeout_ms),
+                concurrency,
             };
             let results = client::http_get(args, !summary).await?;
             if summary {
