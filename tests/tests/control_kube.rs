@@ -1,0 +1,443 @@
+//! The control plane in Kubernetes mode, with the real kube client and kube-runtime watchers against the
+//! fake API server (`strait_tests::fake_kube`), and the node proxy's real control-plane client on loopback.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use strait_api::MeshConfig;
+use strait_certs::{CertIssuer, Identity};
+use strait_control::kube::KubeOptions;
+use strait_control::Running;
+use strait_proxy::client::{Backoff, ControlPlaneClient};
+use strait_tests::fake_kube::{FakeKube, TokenUser};
+use tokio::sync::mpsc;
+
+const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// Bound to node-a by the token itself.
+const TOKEN_A: &str = "proxy-token-node-a";
+/// Bound to node-b through its pod (older clusters name only the pod).
+const TOKEN_B: &str = "proxy-token-node-b";
+/// A valid token of another ServiceAccount.
+const TOKEN_OTHER: &str = "token-of-someone-else";
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info,kube=warn").try_init();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Objects
+// ---------------------------------------------------------------------------------------------------------
+
+fn namespace(name: &str, meshed: bool) -> Value {
+    let labels = if meshed { json!({"strait.dev/mesh": "enabled"}) } else { json!({}) };
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(ns: &str, name: &str, node: &str, ip: &str, sa: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"nodeName": node, "serviceAccountName": sa, "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+fn proxy_pod(name: &str, node: &str, ip: &str) -> Value {
+    let mut p = pod("strait-system", name, node, ip, "strait-proxy", json!({"app": "strait-proxy"}));
+    p["spec"]["hostNetwork"] = json!(true);
+    p
+}
+
+fn service(ns: &str, name: &str, cluster_ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+            "ports": [{"name": "http", "port": 9080, "targetPort": 9080, "appProtocol": "http"}],
+            "selector": {"app": name},
+        },
+    })
+}
+
+fn slice(ns: &str, service: &str, addresses: &[&str]) -> Value {
+    let endpoints: Vec<Value> =
+        addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-1"), "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+fn destination_policy() -> Value {
+    json!({
+        "apiVersion": "strait.dev/v1alpha1", "kind": "DestinationPolicy",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]},
+    })
+}
+
+fn route(name: &str, subset: &str, regex: &str) -> Value {
+    json!({
+        "apiVersion": "strait.dev/v1alpha1", "kind": "TrafficRoute",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {
+            "hosts": ["reviews"],
+            "http": [
+                {"match": [{"uri": {"regex": regex}}], "route": [{"destination": {"host": "reviews", "subset": "v1"}}]},
+                {"route": [{"destination": {"host": "reviews", "subset": subset}}]},
+            ],
+        },
+    })
+}
+
+/// A small cluster: meshed namespace `shop` with reviews v1 (node-a), reviews v2 and productpage (node-b),
+/// an unmeshed `legacy` namespace, the proxies' pods in strait-system, and a route with its policy.
+async fn cluster() -> FakeKube {
+    let fake = FakeKube::start().await.expect("fake API server");
+    let put = |o: Value| {
+        fake.apply(o).expect("stored");
+    };
+    put(namespace("strait-system", false));
+    put(namespace("shop", true));
+    put(namespace("legacy", false));
+    put(pod("shop", "reviews-v1", "node-a", "10.0.1.1", "reviews", json!({"app": "reviews", "version": "v1"})));
+    put(pod("shop", "reviews-v2", "node-b", "10.0.2.1", "reviews", json!({"app": "reviews", "version": "v2"})));
+    put(pod("shop", "productpage", "node-b", "10.0.2.2", "productpage", json!({"app": "productpage"})));
+    put(pod("legacy", "old", "node-a", "10.0.1.9", "default", json!({"app": "old"})));
+    put(proxy_pod("strait-proxy-a", "node-a", "192.168.0.1"));
+    put(proxy_pod("strait-proxy-b", "node-b", "192.168.0.2"));
+    put(service("shop", "reviews", "10.96.0.10"));
+    put(slice("shop", "reviews", &["10.0.1.1", "10.0.2.1"]));
+    put(destination_policy());
+    put(route("reviews", "v1", "/api/.*"));
+    let proxy = |extra: (&str, &str)| {
+        TokenUser::service_account("strait-system", "strait-proxy", "strait-control").with_extra(extra.0, extra.1)
+    };
+    fake.add_token(TOKEN_A, proxy((NODE_NAME_EXTRA, "node-a")));
+    fake.add_token(TOKEN_B, proxy((POD_NAME_EXTRA, "strait-proxy-b")));
+    fake.add_token(
+        TOKEN_OTHER,
+        TokenUser::service_account("shop", "reviews", "strait-control").with_extra(NODE_NAME_EXTRA, "node-a"),
+    );
+    fake
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Control plane and proxies
+// ---------------------------------------------------------------------------------------------------------
+
+async fn start_control(fake: &FakeKube, listen: SocketAddr) -> Running {
+    let options = KubeOptions { listen, ..Default::default() };
+    strait_control::kube::start(fake.client().expect("kube client"), options).await.expect("control plane starts")
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn client(running: &Running, token: &str, node: &str) -> ControlPlaneClient {
+    let identity = strait_control::tls::control_identity("cluster.local").expect("identity");
+    ControlPlaneClient::new(running.local_addr().to_string(), identity, running.root_pem(), token, node)
+        .expect("client")
+        .with_backoff(Backoff { initial: Duration::from_millis(50), max: Duration::from_millis(400) })
+}
+
+/// Runs a proxy's client; every configuration it applies comes out of the receiver.
+fn spawn_client(client: ControlPlaneClient) -> (mpsc::UnboundedReceiver<MeshConfig>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(client.run(move |config: MeshConfig| {
+        let _ = tx.send(config);
+        Ok(())
+    }));
+    (rx, task)
+}
+
+/// The first configuration received within `within` that satisfies `check` (earlier ones are skipped).
+async fn until(
+    rx: &mut mpsc::UnboundedReceiver<MeshConfig>,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&MeshConfig) -> bool,
+) -> MeshConfig {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(config)) if check(&config) => return config,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the client stopped while waiting for {what}"),
+            Err(_) => panic!("timed out after {within:?} waiting for {what}"),
+        }
+    }
+}
+
+fn default_subset(config: &MeshConfig, route: &str) -> Option<String> {
+    let r = config.traffic_routes.iter().find(|r| r.name == route)?;
+    r.spec.http.get(1)?.route.first()?.destination.subset.clone()
+}
+
+fn node_of(config: &MeshConfig, workload: &str) -> Option<String> {
+    config.workloads.iter().find(|w| w.name == workload).map(|w| w.node.clone())
+}
+
+async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The condition `type_` of a resource's status, as stored in the fake API server.
+fn condition(fake: &FakeKube, kind: &str, name: &str, type_: &str) -> Option<Value> {
+    let object = fake.get(kind, "shop", name)?;
+    let conditions = object.pointer("/status/conditions")?.as_array()?.clone();
+    conditions.into_iter().find(|c| c["type"] == type_)
+}
+
+fn generation(fake: &FakeKube, kind: &str, name: &str) -> Option<i64> {
+    fake.get(kind, "shop", name)?.pointer("/metadata/generation")?.as_i64()
+}
+
+fn status_writes(fake: &FakeKube) -> usize {
+    fake.requests().iter().filter(|r| r.method == "PATCH" && r.path.ends_with("/status")).count()
+}
+
+async fn issue(running: &Running, token: &str, node: &str, sa: &str) -> Result<(), String> {
+    let identity = Identity::new("cluster.local", "shop", sa).expect("identity");
+    client(running, token, node).issuer().issue(&identity).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn routes_reach_proxies_and_invalid_ones_are_reported_in_status_not_pushed() {
+    init_tracing();
+    let fake = cluster().await;
+    let running = start_control(&fake, loopback()).await;
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+
+    let first = until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
+    let names: Vec<&str> = first.workloads.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["old", "productpage", "reviews-v1", "reviews-v2"], "host-network pods are not workloads");
+    let meshed = |name: &str| first.workloads.iter().find(|w| w.name == name).map(|w| w.meshed);
+    assert_eq!((meshed("reviews-v1"), meshed("old")), (Some(true), Some(false)), "only meshed namespaces' pods");
+    let reviews = first.services.iter().find(|s| s.name == "reviews").expect("the reviews service");
+    assert_eq!(reviews.endpoints.len(), 2, "endpoints from the EndpointSlice");
+    assert_eq!(reviews.ports[0].app_protocol.as_deref(), Some("http"));
+    assert_eq!(default_subset(&first, "reviews").as_deref(), Some("v1"));
+    let accepted = eventually("Accepted=True", Duration::from_secs(5), || {
+        condition(&fake, "TrafficRoute", "reviews", "Accepted").filter(|c| c["status"] == "True")
+    })
+    .await;
+    assert_eq!(accepted["observedGeneration"], 1);
+
+    // An edit through the API reaches the proxy within a second.
+    let started = Instant::now();
+    fake.apply(route("reviews", "v2", "/api/.*")).expect("edit");
+    let second = until(&mut rx, Duration::from_secs(1), "the edited route", |c| {
+        default_subset(c, "reviews").as_deref() == Some("v2")
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert_eq!(second.workloads.len(), first.workloads.len());
+
+    // A subset that does not exist: refused in status, its last good version stays, and a change made at the
+    // same time (a new pod) still flows.
+    fake.apply(route("reviews", "v3", "/api/.*")).expect("edit");
+    fake.apply(pod("shop", "ratings", "node-a", "10.0.1.2", "ratings", json!({"app": "ratings"}))).expect("pod");
+    let third = until(&mut rx, Duration::from_secs(2), "the new pod", |c| node_of(c, "ratings").is_some()).await;
+    assert_eq!(default_subset(&third, "reviews").as_deref(), Some("v2"), "the route kept its last good version");
+    let refs = eventually("ResolvedRefs=False", Duration::from_secs(5), || {
+        condition(&fake, "TrafficRoute", "reviews", "ResolvedRefs").filter(|c| c["status"] == "False")
+    })
+    .await;
+    let message = refs["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.http[1].route[0].destination.subset: subset \"v3\""), "{message}");
+    assert_eq!(refs["observedGeneration"].as_i64(), generation(&fake, "TrafficRoute", "reviews"));
+    let accepted = condition(&fake, "TrafficRoute", "reviews", "Accepted").expect("Accepted");
+    assert_eq!(accepted["status"], "False", "{accepted}");
+
+    // A bad regex: Accepted=False naming the field; nothing is pushed.
+    fake.apply(route("reviews", "v1", "/api/(v1")).expect("edit");
+    let invalid = eventually("Accepted=False for the regex", Duration::from_secs(5), || {
+        condition(&fake, "TrafficRoute", "reviews", "Accepted")
+            .filter(|c| c["message"].as_str().unwrap_or_default().contains("spec.http[0].match[0].uri.regex"))
+    })
+    .await;
+    assert_eq!(invalid["status"], "False");
+    assert_eq!(invalid["reason"], "Invalid");
+    assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv()).await.is_err(), "nothing was pushed");
+
+    // A new route that is invalid from the start is never pushed, while the others still are.
+    fake.apply(route("ghost", "nope", "/x")).expect("new route");
+    eventually("the new route's status", Duration::from_secs(5), || {
+        condition(&fake, "TrafficRoute", "ghost", "ResolvedRefs").filter(|c| c["status"] == "False")
+    })
+    .await;
+    fake.apply(route("reviews", "v1", "/api/v[0-9]+")).expect("fix");
+    let fixed = until(&mut rx, Duration::from_secs(1), "the fixed route", |c| {
+        default_subset(c, "reviews").as_deref() == Some("v1")
+    })
+    .await;
+    assert!(fixed.traffic_routes.iter().all(|r| r.name != "ghost"), "the invalid route is not pushed");
+    eventually("Accepted=True again", Duration::from_secs(5), || {
+        condition(&fake, "TrafficRoute", "reviews", "Accepted").filter(|c| c["status"] == "True")
+    })
+    .await;
+
+    // Statuses are written only when they change: our own writes do not cause more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = status_writes(&fake);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(status_writes(&fake), writes, "no status writes while nothing changes");
+
+    task.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn workloads_follow_their_pods_across_nodes_and_certificates_only_the_asking_node() {
+    init_tracing();
+    let fake = cluster().await;
+    let running = start_control(&fake, loopback()).await;
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+    let first = until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
+    assert_eq!(node_of(&first, "reviews-v1").as_deref(), Some("node-a"));
+
+    // Node binding by the token's node name (node-a) and through the token's pod (strait-proxy-b: node-b).
+    issue(&running, TOKEN_A, "node-a", "reviews").await.expect("reviews-v1 runs on node-a");
+    let refused = issue(&running, TOKEN_A, "node-a", "productpage").await.expect_err("productpage is on node-b");
+    assert!(refused.contains("403"), "{refused}");
+    issue(&running, TOKEN_B, "node-b", "productpage").await.expect("productpage runs on node-b");
+    let wrong_node = issue(&running, TOKEN_A, "node-b", "productpage").await.expect_err("node-a's token");
+    assert!(wrong_node.contains("403"), "{wrong_node}");
+
+    // The pod is rescheduled: deleted, and recreated on node-b with a new address.
+    fake.delete("Pod", "shop", "reviews-v1").expect("delete");
+    fake.apply(pod("shop", "reviews-v1", "node-b", "10.0.2.7", "reviews", json!({"app": "reviews", "version": "v1"})))
+        .expect("recreate");
+    let moved = until(&mut rx, Duration::from_secs(2), "the workload on node-b", |c| {
+        node_of(c, "reviews-v1").as_deref() == Some("node-b")
+    })
+    .await;
+    assert_eq!(
+        moved.workloads.iter().find(|w| w.name == "reviews-v1").map(|w| w.address.to_string()).as_deref(),
+        Some("10.0.2.7")
+    );
+    // Signing follows the configuration the proxies get.
+    let refused = issue(&running, TOKEN_A, "node-a", "reviews").await.expect_err("no reviews pod on node-a now");
+    assert!(refused.contains("403"), "{refused}");
+    issue(&running, TOKEN_B, "node-b", "reviews").await.expect("reviews runs on node-b now");
+
+    task.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_the_api_server_does_not_vouch_for_are_refused() {
+    init_tracing();
+    let fake = cluster().await;
+    let running = start_control(&fake, loopback()).await;
+    let unknown = issue(&running, "not-a-token", "node-a", "reviews").await.expect_err("unknown token");
+    assert!(unknown.contains("401"), "{unknown}");
+    let other = issue(&running, TOKEN_OTHER, "node-a", "reviews").await.expect_err("not the proxies' account");
+    assert!(other.contains("401"), "{other}");
+    // No configuration for them either.
+    let (mut rx, task) = spawn_client(client(&running, "not-a-token", "node-a"));
+    assert!(tokio::time::timeout(Duration::from_millis(800), rx.recv()).await.is_err(), "no configuration");
+    assert_eq!(running.stats().node("node-a"), None, "no stream was opened");
+    let reviews = fake.requests().iter().filter(|r| r.path.ends_with("/tokenreviews")).count();
+    assert!(reviews >= 2, "every refusal came from a TokenReview ({reviews})");
+    task.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_control_plane_keeps_its_ca_and_proxies_keep_their_config_until_it_is_back() {
+    init_tracing();
+    let fake = cluster().await;
+    assert!(fake.get("Secret", "strait-system", "strait-ca").is_none());
+    let running = start_control(&fake, loopback()).await;
+    let addr = running.local_addr();
+    let secret = fake.get("Secret", "strait-system", "strait-ca").expect("the CA Secret was created");
+    assert!(secret.pointer("/data/ca.pem").is_some() && secret.pointer("/data/ca-key.pem").is_some());
+    let root = running.root_pem().to_string();
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+    let first = until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
+
+    running.shutdown().await;
+    fake.apply(route("reviews", "v2", "/api/.*")).expect("edit while down");
+    assert!(tokio::time::timeout(Duration::from_millis(700), rx.recv()).await.is_err(), "nothing applied while down");
+
+    let restarted = start_control(&fake, addr).await;
+    assert_eq!(restarted.root_pem(), root, "the same CA, from the Secret");
+    let again = until(&mut rx, Duration::from_secs(10), "the configuration after the restart", |_| true).await;
+    assert!(!again.workloads.is_empty() && !again.services.is_empty(), "never an empty configuration");
+    assert_eq!(again.workloads, first.workloads);
+    assert_eq!(default_subset(&again, "reviews").as_deref(), Some("v2"), "resynced with the edit");
+
+    task.abort();
+    restarted.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_control_planes_starting_together_agree_on_one_ca() {
+    init_tracing();
+    let fake = cluster().await;
+    let (a, b) = tokio::join!(start_control(&fake, loopback()), start_control(&fake, loopback()));
+    assert_eq!(a.root_pem(), b.root_pem(), "the loser of the create race uses the winner's CA");
+    let creates = fake.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/secrets")).count();
+    assert!(creates >= 1, "{creates}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_watch_relists_without_losing_changes() {
+    init_tracing();
+    let fake = cluster().await;
+    let running = start_control(&fake, loopback()).await;
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+    until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
+    let lists_before = fake.requests().iter().filter(|r| r.method == "GET" && !r.query.contains("watch=")).count();
+
+    // Changes the watches never see as events: made while they are down, then the history is compacted.
+    fake.hold_watches();
+    fake.apply(route("reviews", "v2", "/api/.*")).expect("edit");
+    fake.delete("Pod", "shop", "productpage").expect("delete");
+    fake.apply(pod("shop", "details", "node-a", "10.0.1.3", "details", json!({"app": "details"}))).expect("pod");
+    fake.compact();
+    fake.release_watches();
+
+    let config = until(&mut rx, Duration::from_secs(10), "every change made during the expiry", |c| {
+        default_subset(c, "reviews").as_deref() == Some("v2")
+            && node_of(c, "productpage").is_none()
+            && node_of(c, "details").is_some()
+    })
+    .await;
+    assert!(node_of(&config, "reviews-v1").is_some(), "nothing else was lost");
+    assert!(fake.gone_sent() > 0, "the watches were answered 410 Gone");
+    let lists_after = fake.requests().iter().filter(|r| r.method == "GET" && !r.query.contains("watch=")).count();
+    assert!(lists_after > lists_before, "the watchers relisted");
+
+    // Events flow again after the relist.
+    fake.apply(route("reviews", "v1", "/api/.*")).expect("edit");
+    until(&mut rx, Duration::from_secs(2), "a change after the relist", |c| {
+        default_subset(c, "reviews").as_deref() == Some("v1")
+    })
+    .await;
+
+    task.abort();
+    running.shutdown().await;
+}
