@@ -441,3 +441,30 @@ async fn an_expired_watch_relists_without_losing_changes() {
     task.abort();
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn namespace_labels_mesh_pods_and_choose_the_mtls_mode() {
+    init_tracing();
+    let fake = cluster().await;
+    let running = start_control(&fake, loopback()).await;
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+    let meshed = |c: &MeshConfig, name: &str| c.workloads.iter().find(|w| w.name == name).map(|w| w.meshed);
+    let first = until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
+    assert_eq!(meshed(&first, "old"), Some(false));
+    assert_eq!(first.mtls_mode("shop"), strait_api::MtlsMode::Strict, "STRICT by default");
+    let legacy_default = Identity::new("cluster.local", "legacy", "default").expect("identity");
+    let refused = client(&running, TOKEN_A, "node-a").issuer().issue(&legacy_default).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("403")), "pods of unmeshed namespaces get no identity");
+
+    let mut legacy = namespace("legacy", true);
+    legacy["metadata"]["labels"]["strait.dev/mtls-mode"] = json!("PERMISSIVE");
+    fake.apply(legacy).expect("label the namespace");
+    let config =
+        until(&mut rx, Duration::from_secs(2), "the namespace joining the mesh", |c| meshed(c, "old") == Some(true))
+            .await;
+    assert_eq!(config.mtls_mode("legacy"), strait_api::MtlsMode::Permissive);
+    client(&running, TOKEN_A, "node-a").issuer().issue(&legacy_default).await.expect("now meshed: signed");
+
+    task.abort();
+    running.shutdown().await;
+}
