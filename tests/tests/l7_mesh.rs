@@ -24,8 +24,9 @@ fn count_name(results: &[HttpResult], name: &str) -> usize {
     results.iter().filter(|r| r.name() == Some(name)).count()
 }
 
-/// Statuses in order, for assertion messages.
+/// Counts by status and backend, then the first 40 outcomes in order, for assertion messages.
 fn statuses(results: &[HttpResult]) -> String {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
     let list: Vec<String> = results
         .iter()
         .map(|r| match (r.status, r.name()) {
@@ -34,7 +35,11 @@ fn statuses(results: &[HttpResult]) -> String {
             (None, _) => format!("error({})", r.error.as_deref().unwrap_or("?")),
         })
         .collect();
-    list.join(" ")
+    for outcome in &list {
+        *counts.entry(outcome.clone()).or_default() += 1;
+    }
+    let first: Vec<&str> = list.iter().take(40).map(String::as_str).collect();
+    format!("{counts:?}; in order: {}{}", first.join(" "), if list.len() > 40 { " ..." } else { "" })
 }
 
 fn retries(mesh: &HttpMesh, result: &str) -> Result<f64> {
@@ -189,25 +194,28 @@ fn retry_budget_caps_retries_to_a_failing_service() -> Result<()> {
     Ok(())
 }
 
-/// perTryTimeout 200ms with b1 hanging: every request succeeds on b2. Then b2 hangs too: the overall
-/// `timeout: 1s` answers 504 after about a second.
+/// A route to `reviews` with a per-try timeout of 200 ms, 20 retries on 5xx/reset/connect failures, and
+/// the given overall timeout.
+fn per_try_route(timeout: &str) -> strait_api::Named<strait_api::TrafficRouteSpec> {
+    traffic_route(
+        "reviews",
+        &format!(
+            "hosts: [reviews]\nhttp:\n- route:\n  - destination: {{host: reviews}}\n  timeout: {timeout}\n  \
+             retries: {{attempts: 20, perTryTimeout: 200ms, retryOn: \"5xx,reset,connect-failure\"}}\n"
+        ),
+    )
+}
+
+/// perTryTimeout 200ms with b1 hanging: every request succeeds on b2 (20 retries and a 10 s timeout, so
+/// even an unlucky run of picks of b1 ends on b2). Then b2 hangs too and the route's timeout becomes 1 s:
+/// the overall timeout answers 504 after about a second, although the retries would go on longer.
 #[test]
 fn per_try_timeout_and_overall_timeout() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
     let mesh = HttpMesh::start(&["--hang"], &[], |config| {
-        config.traffic_routes.push(traffic_route(
-            "reviews",
-            r#"
-hosts: [reviews]
-http:
-- route:
-  - destination: {host: reviews}
-  timeout: 1s
-  retries: {attempts: 10, perTryTimeout: 200ms, retryOn: "5xx,reset,connect-failure"}
-"#,
-        ));
+        config.traffic_routes.push(per_try_route("10s"));
     })?;
     let n = 40;
     let results = mesh.get(&HttpGet::new(url("/slow-b1")).count(n))?;
@@ -221,6 +229,9 @@ http:
     );
 
     mesh.control("b2", "POST", "hang/1")?;
+    let mut config = strait_tests::mesh_http::config(&mesh.mesh.cluster);
+    config.traffic_routes.push(per_try_route("1s"));
+    mesh.mesh.update_config(&config)?;
     let results = mesh.get(&HttpGet::new(url("/slow-all")).count(3).timeout(Duration::from_secs(10)))?;
     for r in &results {
         assert_eq!(r.status, Some(504), "{r:?}\n{}", mesh.logs());
