@@ -348,7 +348,6 @@ fn a_taken_port_fails_fast_with_a_clear_message() {
 /// switch to 0/100 and the DENY policy's 403. Needs L7 HTTP handling in the proxy (routing by TrafficRoute,
 /// x-forwarded-client-cert, L7 authorization); until it lands, HTTP is carried as TCP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "waits on L7 HTTP in the proxy (weighted routing, x-forwarded-client-cert, 403); run with --ignored"]
 async fn local_mesh_canary_split_caller_identity_live_switch_and_403() {
     let layout = Layout { octet: octet(2) };
     let tmp = tempfile::tempdir().expect("tempdir");

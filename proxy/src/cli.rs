@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
-use strait_certs::{CertStore, Identity, MeshCa};
 use crate::admin::{self, Admin};
 use crate::client::ControlPlaneClient;
 use crate::metrics::Metrics;
 use crate::proxy::{ListenMode, Proxy, ProxyOptions};
 use crate::state::StateStore;
 use crate::{config_file, redirect};
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use strait_certs::{CertStore, Identity, MeshCa};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Mode {

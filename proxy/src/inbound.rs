@@ -177,6 +177,13 @@ async fn tunnel_stream(
         .with_source_principal(caller.identity.as_ref().map(|i| i.uri()).unwrap_or_default())
         .mutual_tls(true);
     let labels = source_labels_from_state(&state, &caller, labels);
+    if state.is_http_endpoint(target) {
+        // HTTP is authorized per request (a denial is a 403 the caller can read), so the tunnel opens first.
+        let Ok(send) = respond.send_response(Response::new(()), false) else { return };
+        let downstream = H2Stream::new(send, request.into_body());
+        crate::http::inbound::serve(&ctx, downstream, caller, destination, target, labels).await;
+        return;
+    }
     if let Err(reason) = authorize(&ctx, &state, &caller, &destination, target.port()) {
         respond_status(&mut respond, StatusCode::UNAUTHORIZED, &reason);
         ctx.metrics.connection_opened(&labels);
@@ -366,25 +373,30 @@ async fn plaintext_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyCo
 }
 
 /// A pod connecting to another pod on the same node: the destination's checks apply, with the source's
-/// identity, but no tunnel is needed.
-pub async fn deliver_local(
-    ctx: &ProxyContext,
-    client: TcpStream,
-    source: &WorkloadInfo,
+/// identity, but no tunnel is needed. `stream` is the client's connection (or one end of an in-memory pipe).
+pub async fn serve_stream<S>(
+    ctx: &Arc<ProxyContext>,
+    stream: S,
+    caller: Caller,
     destination: Arc<WorkloadInfo>,
     target: SocketAddr,
     labels: ConnectionLabels,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = ctx.state.current();
-    let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
-    let labels = ConnectionLabels { reporter: "destination", ..labels }.mutual_tls(true);
+    let labels = ConnectionLabels { reporter: "destination", ..labels }.mutual_tls(caller.identity.is_some());
+    if state.is_http_endpoint(target) {
+        crate::http::inbound::serve(ctx, stream, caller, destination, target, labels).await;
+        return;
+    }
     if authorize(ctx, &state, &caller, &destination, target.port()).is_err() {
         ctx.metrics.connection_opened(&labels);
         ctx.metrics.connection_closed(&labels, "UAEX", 0, 0);
         return;
     }
     match connect_pod(ctx, target).await {
-        Ok(upstream) => relay(ctx, client, upstream, caller, destination, target.port(), labels).await,
+        Ok(upstream) => relay(ctx, stream, upstream, caller, destination, target.port(), labels).await,
         Err(e) => {
             ctx.metrics.refused("outbound", Refusal::UpstreamUnreachable);
             warn!(%target, error = %e, "local pod unreachable");

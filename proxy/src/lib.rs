@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config_file;
 pub mod copy;
+pub mod http;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;

@@ -1,7 +1,7 @@
 //! Prometheus metrics. TCP families carry Istio's standard names and labels so existing dashboards work;
 //! Strait's own families are prefixed `strait_`. No label ever holds a peer port, a path or a request id.
 
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use strait_certs::TlsFailureReason;
 
 use crate::state::WorkloadInfo;
@@ -26,8 +26,58 @@ const TCP_LABELS: &[&str] = &[
     "connection_security_policy",
 ];
 
+/// Istio's standard HTTP labels: the TCP set plus the response's code and gRPC status.
+const HTTP_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// Istio's buckets, so its dashboards' quantile queries read the same.
+const DURATION_BUCKETS_MS: &[f64] =
+    &[0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0];
+const SIZE_BUCKETS: &[f64] = &[1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
+/// What one HTTP request's metrics need besides the connection's labels.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestOutcome<'a> {
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
+    pub status: u16,
+    /// gRPC status from the trailers or headers; empty when not gRPC or not known.
+    pub grpc_status: &'a str,
+    /// Envoy-style flags (`-` when clean): UT timeout, UO overflow, UF connect failure, UH no healthy upstream,
+    /// URX retries exhausted, UAEX denied, DI/FI fault injection.
+    pub flags: &'a str,
+    pub duration: std::time::Duration,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
+    pub retries: IntCounterVec,
+    pub circuit: IntCounterVec,
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     tcp_sent: IntCounterVec,
@@ -176,7 +226,33 @@ impl Metrics {
         let tunnel_connections = IntGauge::new("strait_tunnel_pool_connections", "Open outbound tunnel connections")
             .expect("metric definition is static and valid");
         registry.register(Box::new(tunnel_connections.clone())).expect("each metric is registered once");
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), HTTP_LABELS)
+                .expect("metric definition is static and valid");
+            registry.register(Box::new(h.clone())).expect("each metric is registered once");
+            h
+        };
         Metrics {
+            requests: counter(&registry, "istio_requests_total", "HTTP requests", HTTP_LABELS),
+            request_duration: histogram(
+                "istio_request_duration_milliseconds",
+                "HTTP request duration in milliseconds",
+                DURATION_BUCKETS_MS,
+            ),
+            request_bytes: histogram("istio_request_bytes", "HTTP request body sizes", SIZE_BUCKETS),
+            response_bytes: histogram("istio_response_bytes", "HTTP response body sizes", SIZE_BUCKETS),
+            retries: counter(
+                &registry,
+                "strait_retries_total",
+                "Retries by destination service and result (attempted, succeeded, budget_exhausted)",
+                &["destination_service", "result"],
+            ),
+            circuit: counter(
+                &registry,
+                "strait_circuit_breaker_total",
+                "Circuit-breaker events by destination service (ejection, overflow)",
+                &["destination_service", "event"],
+            ),
             tcp_opened: counter(&registry, "istio_tcp_connections_opened_total", "TCP connections opened", TCP_LABELS),
             tcp_closed: counter(&registry, "istio_tcp_connections_closed_total", "TCP connections closed", TCP_LABELS),
             tcp_sent: counter(&registry, "istio_tcp_sent_bytes_total", "Bytes sent to the destination", TCP_LABELS),
@@ -219,6 +295,36 @@ impl Metrics {
         self.tcp_closed.with_label_values(&values).inc();
         self.tcp_sent.with_label_values(&values).inc_by(sent);
         self.tcp_received.with_label_values(&values).inc_by(received);
+    }
+
+    pub fn request(&self, labels: &ConnectionLabels, outcome: &RequestOutcome<'_>) {
+        let code = outcome.status.to_string();
+        let base = labels.values(outcome.flags);
+        let values: [&str; 19] = [
+            base[0],
+            base[1],
+            base[2],
+            base[3],
+            base[4],
+            base[5],
+            base[6],
+            base[7],
+            base[8],
+            base[9],
+            base[10],
+            base[11],
+            base[12],
+            base[13],
+            outcome.protocol,
+            &code,
+            if outcome.grpc_status.is_empty() { "-" } else { outcome.grpc_status },
+            base[15],
+            base[16],
+        ];
+        self.requests.with_label_values(&values).inc();
+        self.request_duration.with_label_values(&values).observe(outcome.duration.as_secs_f64() * 1000.0);
+        self.request_bytes.with_label_values(&values).observe(outcome.request_bytes as f64);
+        self.response_bytes.with_label_values(&values).observe(outcome.response_bytes as f64);
     }
 
     pub fn refused(&self, listener: &str, refusal: Refusal) {

@@ -4,10 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand::Rng;
+use strait_api::Protocol;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::inbound::{accept_error, deliver_local};
+use crate::inbound::{accept_error, serve_stream, Caller};
 use crate::metrics::{ConnectionLabels, Refusal};
 use crate::proxy::ProxyContext;
 use crate::socket::{canonical, original_destination};
@@ -51,6 +52,10 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
     };
     let mut labels = ConnectionLabels::new("source").with_source(&source);
     if let Some(service) = state.service(original) {
+        if is_http(&tcp, service.port.protocol()).await {
+            crate::http::outbound::serve(ctx.clone(), tcp, source, service.clone()).await;
+            return;
+        }
         labels = labels.with_service(&service.service);
     }
     let route = match resolve(&state, original) {
@@ -68,11 +73,21 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         Route::Mesh { destination, target } => {
             let labels = labels.with_destination(&destination);
             if destination.workload.node == state.node {
-                deliver_local(&ctx, tcp, &source, destination, target, labels).await;
+                let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
+                serve_stream(&ctx, tcp, caller, destination, target, labels).await;
             } else {
                 tunnel(&ctx, tcp, &source, &destination, target, labels.mutual_tls(true)).await;
             }
         }
+    }
+}
+
+/// Declared ports decide; undeclared ones are sniffed.
+async fn is_http(tcp: &TcpStream, protocol: Protocol) -> bool {
+    match protocol {
+        Protocol::Http | Protocol::Http2 => true,
+        Protocol::Tcp => false,
+        Protocol::Unknown => crate::http::detect::sniff(tcp).await != crate::http::detect::Detected::Other,
     }
 }
 

@@ -26,6 +26,7 @@ pub struct ProxyContext {
     pub outgoing: Outgoing,
     pub capture: Capture,
     pub connect_timeout: Duration,
+    pub http: crate::http::HttpContext,
 }
 
 /// How traffic reaches the proxy.
@@ -81,6 +82,7 @@ impl Proxy {
             outgoing,
             capture: options.capture(),
             connect_timeout: options.connect_timeout,
+            http: Default::default(),
         });
         Proxy { ctx }
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use strait_api::{MeshConfig, MtlsMode, Service, ServicePort, Workload};
+use strait_api::{MeshConfig, MtlsMode, Protocol, Service, ServicePort, Workload};
 use strait_certs::Identity;
 use tokio::sync::watch;
 
@@ -40,6 +40,9 @@ pub struct State {
     pub node: String,
     workloads_by_ip: HashMap<IpAddr, Arc<WorkloadInfo>>,
     services_by_addr: HashMap<SocketAddr, ServiceTarget>,
+    services_by_name: HashMap<(String, String), Arc<Service>>,
+    /// Declared protocol of each endpoint port (pod IP, target port), from the services in front of it.
+    endpoint_protocols: HashMap<SocketAddr, Protocol>,
     pub policies: Policies,
 }
 
@@ -59,6 +62,8 @@ impl State {
             node: node.to_string(),
             workloads_by_ip: HashMap::new(),
             services_by_addr: HashMap::new(),
+            services_by_name: HashMap::new(),
+            endpoint_protocols: HashMap::new(),
             policies: Policies::new(&[]),
         })
     }
@@ -84,14 +89,27 @@ impl State {
             workloads_by_ip.insert(w.address, Arc::new(WorkloadInfo { workload: w.clone(), identity }));
         }
         let mut services_by_addr = HashMap::new();
+        let mut services_by_name = HashMap::new();
         for s in &config.services {
             let service = Arc::new(s.clone());
+            services_by_name.insert((s.namespace.clone(), s.name.clone()), service.clone());
             for addr in &s.addresses {
                 for port in &s.ports {
                     services_by_addr.insert(
                         SocketAddr::new(*addr, port.port),
                         ServiceTarget { service: service.clone(), port: port.clone() },
                     );
+                }
+            }
+        }
+        let mut endpoint_protocols = HashMap::new();
+        for s in &config.services {
+            for port in &s.ports {
+                let protocol = port.protocol();
+                if matches!(protocol, Protocol::Http | Protocol::Http2) {
+                    for endpoint in &s.endpoints {
+                        endpoint_protocols.insert(SocketAddr::new(endpoint.address, port.target()), protocol);
+                    }
                 }
             }
         }
@@ -102,6 +120,8 @@ impl State {
             node: node.to_string(),
             workloads_by_ip,
             services_by_addr,
+            services_by_name,
+            endpoint_protocols,
             policies,
         })
     }
@@ -123,8 +143,17 @@ impl State {
         self.services_by_addr.get(&addr)
     }
 
+    pub fn service_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        self.services_by_name.get(&(namespace.to_string(), name.to_string()))
+    }
+
     pub fn services(&self) -> impl Iterator<Item = (&SocketAddr, &ServiceTarget)> {
         self.services_by_addr.iter()
+    }
+
+    /// Whether traffic arriving for this pod port is HTTP, as the services in front of it declare.
+    pub fn is_http_endpoint(&self, target: SocketAddr) -> bool {
+        self.endpoint_protocols.contains_key(&target)
     }
 
     pub fn mtls_mode(&self, namespace: &str) -> MtlsMode {

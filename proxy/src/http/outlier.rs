@@ -150,7 +150,8 @@ impl OutlierDetector {
     /// Whether one more endpoint may be ejected without exceeding `maxEjectionPercent`.
     fn may_eject(&self, states: &HashMap<SocketAddr, EndpointState>, now: Instant) -> bool {
         let ejected = states.values().filter(|s| s.ejected_at(now)).count();
-        (ejected + 1) * 100 <= self.config.max_ejection_percent as usize * states.len()
+        // As Envoy: at least one endpoint may always be ejected, whatever the percentage.
+        ejected == 0 || (ejected + 1) * 100 <= self.config.max_ejection_percent as usize * states.len()
     }
 
     pub fn is_ejected(&self, endpoint: SocketAddr, now: Instant) -> bool {
@@ -272,10 +273,11 @@ mod tests {
         let mut available = Vec::new();
         d.retain_available(&eps, t0, &mut available);
         assert_eq!(available, eps[2..]);
-        // 10 % of 3 endpoints is not one endpoint: nothing is ejected.
+        // 10 % of 3 endpoints is less than one endpoint, but as in Envoy one may always be ejected; not two.
         let (d, eps) = detector(10, 3);
         fail(&d, eps[0], 10, S500, t0);
-        assert_eq!((d.ejected_count(t0), d.ejections()), (0, 0));
+        fail(&d, eps[1], 10, S500, t0);
+        assert_eq!((d.ejected_count(t0), d.ejections()), (1, 1));
     }
 
     #[test]

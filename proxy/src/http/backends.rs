@@ -1,0 +1,227 @@
+//! Per-destination state that outlives configuration versions: the balancer's load estimates, outlier
+//! detection, the retry budget and the connection-pool limiter. A new configuration rebuilds what it changed
+//! and keeps the rest, so an ejected endpoint stays ejected across an unrelated route edit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use strait_api::{DestinationPolicySpec, Service};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::resilience::{
+    Balancer, BudgetConfig, HashOn, Limiter, OutlierConfig, OutlierDetector, PoolLimits, RetryBudget, RouteTable,
+    ServiceRef, Strategy,
+};
+use super::route::RouteDestination;
+use crate::state::{ServiceTarget, State};
+
+/// Compiled route tables per service, rebuilt when the configuration version changes.
+#[derive(Default)]
+pub struct Routes {
+    cache: Mutex<HashMap<ServiceRef, (String, Arc<RouteTable>)>>,
+}
+
+impl Routes {
+    pub fn table(&self, state: &State, service: &ServiceRef) -> Arc<RouteTable> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((version, table)) = cache.get(service) {
+            if *version == state.version {
+                return table.clone();
+            }
+        }
+        let (table, problems) = RouteTable::for_service(&state.config.traffic_routes, service);
+        for problem in problems {
+            warn!(service = %format!("{}/{}", service.namespace, service.name), %problem, "route problem");
+        }
+        let table = Arc::new(table);
+        cache.insert(service.clone(), (state.version.clone(), table.clone()));
+        table
+    }
+}
+
+/// One destination service port: where requests for it go, and what is remembered about its endpoints.
+pub struct Backend {
+    name: String,
+    service: Arc<Service>,
+    target_port: u16,
+    policy: Option<DestinationPolicySpec>,
+    subsets: HashMap<String, BTreeMap<String, String>>,
+    hash_on: Option<HashOn>,
+    pub balancer: Arc<Balancer>,
+    pub outlier: Arc<OutlierDetector>,
+    outlier_interval: std::time::Duration,
+    last_sweep: Mutex<Instant>,
+    pub limiter: Arc<Limiter>,
+    pub budget: Arc<RetryBudget>,
+    ejections_reported: AtomicU64,
+}
+
+impl Backend {
+    /// `destination_service` label value.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn hash_on(&self) -> Option<&HashOn> {
+        self.hash_on.as_ref()
+    }
+
+    /// Ready endpoints, narrowed to a subset's labels when one is named (an unknown subset has none).
+    pub fn endpoints(&self, state: &State, subset: Option<&str>) -> Vec<SocketAddr> {
+        let labels = match subset {
+            Some(name) => match self.subsets.get(name) {
+                Some(labels) => Some(labels),
+                None => return Vec::new(),
+            },
+            None => None,
+        };
+        self.service
+            .endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter(|e| match labels {
+                None => true,
+                Some(wanted) => state
+                    .workload(e.address)
+                    .is_some_and(|w| wanted.iter().all(|(k, v)| w.workload.labels.get(k) == Some(v))),
+            })
+            .map(|e| SocketAddr::new(e.address, self.target_port))
+            .collect()
+    }
+
+    /// Picks among the endpoints outlier detection has not ejected; if it ejected all of them, among all
+    /// (Envoy's panic mode: some traffic beats none).
+    pub fn pick(&self, endpoints: &[SocketAddr], hash_key: Option<&[u8]>) -> Option<SocketAddr> {
+        let now = Instant::now();
+        self.sweep(now);
+        let mut available = Vec::with_capacity(endpoints.len());
+        self.outlier.retain_available(endpoints, now, &mut available);
+        let candidates = if available.is_empty() { endpoints } else { &available };
+        self.balancer.pick(candidates, hash_key, &mut rand::rng())
+    }
+
+    fn sweep(&self, now: Instant) {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        if now.duration_since(*last) >= self.outlier_interval {
+            *last = now;
+            self.outlier.sweep(now);
+        }
+    }
+
+    /// Ejections since the last call, for the metrics counter.
+    pub fn take_new_ejections(&self) -> u64 {
+        let total = self.outlier.ejections();
+        total.saturating_sub(self.ejections_reported.swap(total, Ordering::AcqRel))
+    }
+}
+
+/// A backend and the configuration version it was built from.
+type Versioned = (String, Arc<Backend>);
+
+/// Backends per (service, port), kept across configuration versions.
+#[derive(Default)]
+pub struct Backends {
+    cache: Mutex<HashMap<(ServiceRef, u16), Versioned>>,
+}
+
+impl Backends {
+    /// The backend a route destination names, or `None` if the configuration has no such service or port.
+    pub fn backend(
+        &self,
+        state: &State,
+        destination: &RouteDestination,
+        front: &ServiceTarget,
+    ) -> Option<Arc<Backend>> {
+        let reference = destination.service.as_ref()?;
+        let service = state.service_by_name(&reference.namespace, &reference.name)?;
+        let same_service = service.name == front.service.name && service.namespace == front.service.namespace;
+        let port = match destination.port {
+            Some(p) => service.ports.iter().find(|sp| sp.port == p)?,
+            None if same_service => service.ports.iter().find(|sp| sp.port == front.port.port)?,
+            None => service.ports.iter().find(|sp| sp.port == front.port.port).or(service.ports.first())?,
+        };
+        let key = (reference.clone(), port.port);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = match cache.get(&key) {
+            Some((version, backend)) if *version == state.version => return Some(backend.clone()),
+            Some((_, backend)) => Some(backend.clone()),
+            None => None,
+        };
+        let backend = Arc::new(build(state, service, port.target(), previous.as_deref()));
+        cache.insert(key, (state.version.clone(), backend.clone()));
+        Some(backend)
+    }
+}
+
+fn policy_for<'a>(state: &'a State, service: &Service) -> Option<&'a DestinationPolicySpec> {
+    let wanted = ServiceRef::new(&service.name, &service.namespace);
+    state
+        .config
+        .destination_policies
+        .iter()
+        .find(|p| ServiceRef::parse(&p.spec.host, &p.namespace).as_ref() == Some(&wanted))
+        .map(|p| &p.spec)
+}
+
+fn build(state: &State, service: &Arc<Service>, target_port: u16, previous: Option<&Backend>) -> Backend {
+    let policy = policy_for(state, service).cloned();
+    let name = service.hostname();
+    let lb = policy.as_ref().and_then(|p| p.load_balancer.as_ref());
+    let strategy = Strategy::from_spec(lb).unwrap_or_else(|e| {
+        warn!(service = %name, error = %e, "load balancer setting ignored");
+        Strategy::PeakEwma
+    });
+    let hash_on = match &strategy {
+        Strategy::ConsistentHash(on) => Some(on.clone()),
+        _ => None,
+    };
+    let outlier_spec = policy.as_ref().and_then(|p| p.outlier_detection.clone()).unwrap_or_default();
+    let outlier_config = OutlierConfig::from_spec(&outlier_spec).unwrap_or_else(|e| {
+        warn!(service = %name, error = %e, "outlier detection setting ignored");
+        OutlierConfig::default()
+    });
+    let limits =
+        PoolLimits::from_spec(policy.as_ref().and_then(|p| p.connection_pool.as_ref()).and_then(|c| c.http.as_ref()));
+    let same = |f: fn(&DestinationPolicySpec) -> String| {
+        previous.is_some_and(|p| p.policy.as_ref().map(f) == policy.as_ref().map(f))
+    };
+    let endpoints: Vec<SocketAddr> =
+        service.endpoints.iter().map(|e| SocketAddr::new(e.address, target_port)).collect();
+    let (balancer, outlier, budget, ejections) = match previous {
+        Some(p) if same(|s| format!("{:?}{:?}", s.load_balancer, s.outlier_detection)) => {
+            p.outlier.set_endpoints(&endpoints);
+            p.balancer.retain(&endpoints);
+            (p.balancer.clone(), p.outlier.clone(), p.budget.clone(), p.ejections_reported.load(Ordering::Acquire))
+        }
+        _ => {
+            let outlier = OutlierDetector::new(outlier_config);
+            outlier.set_endpoints(&endpoints);
+            let budget = previous
+                .map(|p| p.budget.clone())
+                .unwrap_or_else(|| Arc::new(RetryBudget::new(BudgetConfig::default())));
+            (Arc::new(Balancer::new(strategy)), Arc::new(outlier), budget, 0)
+        }
+    };
+    let limiter = match previous {
+        Some(p) if p.limiter.limits() == limits => p.limiter.clone(),
+        _ => Limiter::new(limits),
+    };
+    Backend {
+        name,
+        service: service.clone(),
+        target_port,
+        subsets: policy.iter().flat_map(|p| p.subsets.iter()).map(|s| (s.name.clone(), s.labels.clone())).collect(),
+        policy,
+        hash_on,
+        balancer,
+        outlier,
+        outlier_interval: outlier_config.interval,
+        last_sweep: Mutex::new(Instant::now()),
+        limiter,
+        budget,
+        ejections_reported: AtomicU64::new(ejections),
+    }
+}

@@ -1,0 +1,143 @@
+//! L7: HTTP/1.1 and HTTP/2 handled in the node proxy itself, in one hop. `outbound` serves a pod's connection
+//! to an HTTP service and routes each request; `inbound` authorizes each request at the destination;
+//! `upstream` holds the pooled connections; the resilience pieces (routes, retries, budgets, limits, outlier
+//! detection, balancing) are small modules of their own.
+
+pub mod backends;
+pub mod backoff;
+pub mod balance;
+pub mod body;
+pub mod budget;
+pub mod detect;
+pub mod inbound;
+pub mod limits;
+pub mod outbound;
+pub mod outlier;
+pub mod resilience;
+pub mod retry;
+pub mod route;
+pub mod trace;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
+use tracing::debug;
+
+pub use upstream::Version;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type every HTTP layer in the proxy passes along.
+pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn boxed<B>(body: B) -> BoxBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// A short plain-text response the proxy generates itself (403, 503, 504...).
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<BoxBody> {
+    let mut response = Response::new(boxed(Full::new(body.into())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert("server", http::HeaderValue::from_static("strait"));
+    response
+}
+
+/// The body's length when it is known up front; streamed bodies of unknown length count as their lower bound.
+pub fn body_size_hint<B: Body>(body: &B) -> u64 {
+    let hint = body.size_hint();
+    hint.exact().unwrap_or(hint.lower())
+}
+
+/// `grpc` for gRPC requests (by content type), else `http`: Istio's `request_protocol` label.
+pub fn protocol_label<B>(request: &Request<B>) -> &'static str {
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc {
+        "grpc"
+    } else {
+        "http"
+    }
+}
+
+/// gRPC status from response headers (trailers-only responses); trailers on streamed bodies are not waited for.
+pub fn grpc_status(headers: &HeaderMap) -> String {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket and friends).
+pub fn wants_upgrade<B>(request: &Request<B>) -> bool {
+    request.version() <= http::Version::HTTP_11
+        && request.headers().contains_key(http::header::UPGRADE)
+        && request
+            .headers()
+            .get(http::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// After a 101, the bytes of both upgraded connections are copied to each other.
+pub fn splice_upgrade(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut down = hyper_util::rt::TokioIo::new(down);
+        let mut up = hyper_util::rt::TokioIo::new(up);
+        if let Err(e) = crate::copy::bidirectional(&mut down, &mut up).await {
+            debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}
+
+/// What the proxy keeps for HTTP between requests: clients, compiled routes, per-destination state.
+#[derive(Default)]
+pub struct HttpContext {
+    pub clients: HttpClients,
+    pub routes: backends::Routes,
+    pub backends: backends::Backends,
+}
+
+impl HttpContext {
+    pub fn pod_client(&self, ctx: &Arc<crate::proxy::ProxyContext>, version: Version) -> upstream::PodClient {
+        self.clients.pod_client(ctx, version)
+    }
+}
+
+/// HTTP clients the proxy keeps: per source workload towards the mesh, and towards local pods.
+#[derive(Default)]
+pub struct HttpClients {
+    mesh: upstream::Clients,
+    pods: std::sync::Mutex<std::collections::HashMap<Version, upstream::PodClient>>,
+}
+
+impl HttpClients {
+    pub fn mesh_client(
+        &self,
+        ctx: &Arc<crate::proxy::ProxyContext>,
+        source: &Arc<crate::state::WorkloadInfo>,
+        version: Version,
+    ) -> upstream::UpstreamClient {
+        self.mesh.get(ctx, source, version)
+    }
+
+    pub fn pod_client(&self, ctx: &Arc<crate::proxy::ProxyContext>, version: Version) -> upstream::PodClient {
+        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        pods.entry(version).or_insert_with(|| upstream::pod_client(ctx.outgoing, version)).clone()
+    }
+}

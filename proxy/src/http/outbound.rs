@@ -1,0 +1,315 @@
+//! HTTP from a local pod to a service, served by the source proxy: every request is routed (TrafficRoute),
+//! split by weight over subsets, retried within a budget, bounded by timeouts and connection-pool limits, and
+//! balanced over the endpoints that outlier detection has not ejected. The order of the steps is the one
+//! `resilience.rs` describes; each step is a small function below.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use super::backends::Backend;
+use super::resilience::{retry_loop, Action, FaultAction, Outcome, RetryError, RetryParams, RetryStats};
+use super::route::{RouteDestination, ServiceRef};
+use super::{body_size_hint, boxed, grpc_status, protocol_label, text, BoxBody, Version};
+use crate::metrics::{ConnectionLabels, RequestOutcome};
+use crate::proxy::ProxyContext;
+use crate::state::{ServiceTarget, State, WorkloadInfo};
+
+/// One pod connection to one service port.
+struct Downstream {
+    ctx: Arc<ProxyContext>,
+    source: Arc<WorkloadInfo>,
+    front: ServiceTarget,
+    labels: ConnectionLabels,
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on the pod's connection until it closes.
+pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadInfo>, front: ServiceTarget) {
+    let labels = ConnectionLabels::new("source").with_source(&source).with_service(&front.service).mutual_tls(true);
+    let downstream = Arc::new(Downstream { ctx, source, front, labels });
+    let service = service_fn(move |request| {
+        let downstream = downstream.clone();
+        async move { Ok::<_, Infallible>(handle(&downstream, request).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
+        .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await {
+        debug!(error = %e, "outbound HTTP connection ended with an error");
+    }
+}
+
+/// What a request's metrics and access log say about it.
+struct Record {
+    flags: &'static str,
+    route: String,
+    upstream: Option<SocketAddr>,
+    destination: Option<Arc<WorkloadInfo>>,
+    retries: u64,
+}
+
+async fn handle(d: &Downstream, mut request: Request<Incoming>) -> Response<BoxBody> {
+    let start = Instant::now();
+    let protocol = protocol_label(&request);
+    let request_bytes = body_size_hint(request.body());
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let trace = super::trace::add_hop(request.headers_mut());
+    let state = d.ctx.state.current();
+    let mut record = Record { flags: "-", route: "default".into(), upstream: None, destination: None, retries: 0 };
+    let response = route_request(d, &state, request, &mut record).await;
+    let status = response.status().as_u16();
+    let grpc = grpc_status(response.headers());
+    let mut labels = d.labels.clone();
+    if let Some(destination) = &record.destination {
+        labels = labels.with_destination(destination);
+    }
+    let response_bytes = body_size_hint(response.body());
+    d.ctx.metrics.request(
+        &labels,
+        &RequestOutcome {
+            protocol,
+            status,
+            grpc_status: &grpc,
+            flags: record.flags,
+            duration: start.elapsed(),
+            request_bytes,
+            response_bytes,
+        },
+    );
+    info!(
+        target: "access",
+        reporter = "source",
+        source = %d.source.workload.name,
+        source_identity = %labels.source_principal,
+        destination_service = %d.front.service.hostname(),
+        destination_identity = %labels.destination_principal,
+        route = %record.route,
+        upstream = %record.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+        %method,
+        %path,
+        status,
+        flags = record.flags,
+        retries = record.retries,
+        request_bytes,
+        duration_ms = start.elapsed().as_millis() as u64,
+        trace_id = %trace,
+        "request"
+    );
+    response
+}
+
+async fn route_request(
+    d: &Downstream,
+    state: &Arc<State>,
+    mut request: Request<Incoming>,
+    record: &mut Record,
+) -> Response<BoxBody> {
+    let front = ServiceRef::new(&d.front.service.name, &d.front.service.namespace);
+    let table = d.ctx.http.routes.table(state, &front);
+    let (parts, body) = request.into_parts();
+    let route = table.route(&parts);
+    request = Request::from_parts(parts, body);
+    let Some(route) = route else {
+        // No TrafficRoute: the service itself, all of its endpoints.
+        let destination = RouteDestination {
+            host: front.name.clone(),
+            service: Some(front.clone()),
+            subset: None,
+            port: None,
+            weight: super::route::Weight(1),
+        };
+        return forward(d, state, &destination, request, None, None, record).await;
+    };
+    record.route = route.name().to_string();
+    let split = match route.action() {
+        Action::Forward(split) => split,
+        Action::Redirect(redirect) => {
+            let (parts, _) = request.into_parts();
+            return redirect.response(&parts).map(boxed);
+        }
+        Action::Respond(direct) => return direct.response().map(boxed),
+    };
+    route.headers().request.apply(request.headers_mut());
+    let fault = route.fault_decision(&mut rand::rng());
+    let abort = match fault {
+        FaultAction::None => None,
+        FaultAction::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            record.flags = "DI";
+            None
+        }
+        FaultAction::Abort(status) => Some(status),
+        FaultAction::DelayThenAbort(delay, status) => {
+            tokio::time::sleep(delay).await;
+            Some(status)
+        }
+    };
+    if let Some(status) = abort {
+        record.flags = "FI";
+        return text(status, "fault filter abort\n");
+    }
+    let destination = split.pick(&mut rand::rng()).clone();
+    let mut response = forward(d, state, &destination, request, route.timeout(), route.retry_policy(), record).await;
+    route.headers().response.apply(response.headers_mut());
+    response
+}
+
+/// Why a try produced no response.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("connection pool overflow")]
+    Overflow,
+    #[error("no healthy endpoint")]
+    NoEndpoint,
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+}
+
+fn classify(e: &SendError) -> Outcome {
+    match e {
+        // Local back-pressure or nothing to send to: another try would meet the same.
+        SendError::Overflow | SendError::NoEndpoint => Outcome::Response(StatusCode::SERVICE_UNAVAILABLE),
+        SendError::Client(e) if e.is_connect() => Outcome::ConnectFailure,
+        SendError::Client(_) => Outcome::Reset,
+    }
+}
+
+async fn forward(
+    d: &Downstream,
+    state: &Arc<State>,
+    destination: &RouteDestination,
+    mut request: Request<Incoming>,
+    timeout: Option<Duration>,
+    policy: Option<&super::resilience::RetryPolicy>,
+    record: &mut Record,
+) -> Response<BoxBody> {
+    let Some(backend) = d.ctx.http.backends.backend(state, destination, &d.front) else {
+        record.flags = "NR";
+        return text(StatusCode::SERVICE_UNAVAILABLE, format!("no service for destination {}\n", destination.host));
+    };
+    let endpoints = backend.endpoints(state, destination.subset.as_deref());
+    if endpoints.is_empty() {
+        record.flags = "UH";
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+    }
+    let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
+    let upgrade = super::wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    let hash_key: Option<Vec<u8>> = backend.hash_on().and_then(|h| h.key(request.headers())).map(<[u8]>::to_vec);
+    let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version);
+    let stats = RetryStats::default();
+    let params = RetryParams {
+        // An upgraded connection cannot be replayed.
+        policy: if upgrade.is_some() { None } else { policy },
+        budget: &backend.budget,
+        stats: &stats,
+        replay_cap: super::resilience::DEFAULT_REPLAY_CAP,
+    };
+    let last_upstream = std::sync::Mutex::new(None);
+    let send = |mut request: Request<super::body::RetryBody<Incoming>>| {
+        let client = client.clone();
+        let backend = backend.clone();
+        let endpoints = &endpoints;
+        let hash_key = hash_key.as_deref();
+        let last_upstream = &last_upstream;
+        async move {
+            let _permit = backend.limiter.acquire().await.map_err(|_| SendError::Overflow)?;
+            let endpoint = backend.pick(endpoints, hash_key).ok_or(SendError::NoEndpoint)?;
+            if let Ok(mut last) = last_upstream.lock() {
+                *last = Some(endpoint);
+            }
+            let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+            if let Ok(uri) = format!("http://{endpoint}{path}").parse() {
+                *request.uri_mut() = uri;
+            }
+            let guard = backend.balancer.start(endpoint);
+            let result = client.request(request.map(boxed)).await.map_err(SendError::from);
+            let outcome = match &result {
+                Ok(response) => Outcome::Response(response.status()),
+                Err(e) => classify(e),
+            };
+            backend.outlier.record(endpoint, &outcome, tokio::time::Instant::now());
+            drop(guard);
+            result
+        }
+    };
+    let attempt = retry_loop(request, params, send, classify);
+    let result = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                record.flags = "UT";
+                record_retries(d, &backend, &stats, record);
+                return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
+            }
+        },
+        None => attempt.await,
+    };
+    record.upstream = last_upstream.lock().ok().and_then(|l| *l);
+    record.destination = record.upstream.and_then(|u| state.workload(u.ip()).cloned());
+    record_retries(d, &backend, &stats, record);
+    match result {
+        Ok(mut response) => {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(downstream) = upgrade {
+                    super::splice_upgrade(downstream, hyper::upgrade::on(&mut response));
+                }
+            }
+            if stats.retries() > 0 && response.status().is_server_error() {
+                record.flags = "URX";
+            }
+            response.map(boxed)
+        }
+        Err(RetryError::PerTryTimeout(_)) => {
+            record.flags = "UT";
+            text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
+        }
+        Err(RetryError::Upstream(SendError::Overflow)) => {
+            record.flags = "UO";
+            d.ctx.metrics.circuit.with_label_values(&[backend.name(), "overflow"]).inc();
+            text(StatusCode::SERVICE_UNAVAILABLE, "upstream connection pool overflow\n")
+        }
+        Err(RetryError::Upstream(SendError::NoEndpoint)) => {
+            record.flags = "UH";
+            text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n")
+        }
+        Err(RetryError::Upstream(SendError::Client(e))) => {
+            record.flags = if e.is_connect() { "UF" } else { "UC" };
+            debug!(error = %e, "upstream request failed");
+            text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers\n")
+        }
+        Err(RetryError::RequestBody(e)) => {
+            record.flags = "DPE";
+            text(StatusCode::BAD_REQUEST, format!("reading the request body: {e}\n"))
+        }
+    }
+}
+
+fn record_retries(d: &Downstream, backend: &Backend, stats: &RetryStats, record: &mut Record) {
+    let service = backend.name();
+    record.retries = stats.retries();
+    let retries = &d.ctx.metrics.retries;
+    if stats.retries() > 0 {
+        retries.with_label_values(&[service, "attempted"]).inc_by(stats.retries());
+    }
+    if stats.succeeded() > 0 {
+        retries.with_label_values(&[service, "succeeded"]).inc_by(stats.succeeded());
+    }
+    if stats.budget_exhausted() > 0 {
+        retries.with_label_values(&[service, "budget_exhausted"]).inc_by(stats.budget_exhausted());
+    }
+    let ejections = backend.take_new_ejections();
+    if ejections > 0 {
+        d.ctx.metrics.circuit.with_label_values(&[service, "ejection"]).inc_by(ejections);
+    }
+}

@@ -1,0 +1,232 @@
+//! Connections from the proxy to an HTTP endpoint, pooled by hyper's client: through the mTLS tunnel for a pod
+//! on another node, through the destination-side checks in memory for a pod on this node, straight over TCP
+//! for an address outside the mesh.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::BoxBody;
+use crate::inbound::Caller;
+use crate::metrics::ConnectionLabels;
+use crate::proxy::ProxyContext;
+use crate::state::WorkloadInfo;
+use crate::tunnel::{H2Stream, PoolKey};
+
+/// In-memory pipe size for same-node requests.
+const LOCAL_PIPE: usize = 256 * 1024;
+
+/// One upstream transport.
+pub enum Conn {
+    Tunnel(H2Stream),
+    Local(DuplexStream),
+    Tcp(TcpStream),
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Conn::Tunnel($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Conn::Local($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Conn::Tcp($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// The connector behind one source workload's client: the URI's authority is the endpoint (`podIP:port`).
+#[derive(Clone)]
+pub struct MeshConnector {
+    ctx: Arc<ProxyContext>,
+    source: Arc<WorkloadInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("the request has no endpoint address")]
+    NoAuthority,
+    #[error("{0}")]
+    Tunnel(#[from] crate::tunnel::TunnelError),
+    #[error("connecting to {addr}: {source}")]
+    Tcp { addr: SocketAddr, source: io::Error },
+}
+
+fn endpoint_of(uri: &Uri) -> Option<SocketAddr> {
+    uri.authority()?.as_str().parse().ok()
+}
+
+impl tower::Service<Uri> for MeshConnector {
+    type Response = TokioIo<Conn>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let ctx = self.ctx.clone();
+        let source = self.source.clone();
+        Box::pin(async move {
+            let target = endpoint_of(&uri).ok_or(ConnectError::NoAuthority)?;
+            connect(&ctx, &source, target).await.map(TokioIo::new)
+        })
+    }
+}
+
+async fn connect(
+    ctx: &Arc<ProxyContext>,
+    source: &Arc<WorkloadInfo>,
+    target: SocketAddr,
+) -> Result<Conn, ConnectError> {
+    let state = ctx.state.current();
+    let destination = state.workload(target.ip()).filter(|w| w.identity.is_some()).cloned();
+    let (Some(destination), Some(source_id)) = (destination, source.identity.clone()) else {
+        let tcp = ctx.outgoing.connect(target).await.map_err(|source| ConnectError::Tcp { addr: target, source })?;
+        return Ok(Conn::Tcp(tcp));
+    };
+    if destination.workload.node == state.node {
+        // Same node: run the destination side's checks on one end of an in-memory pipe.
+        let (client, server) = tokio::io::duplex(LOCAL_PIPE);
+        let caller = Caller { identity: Some(source_id), address: source.workload.address };
+        let labels = ConnectionLabels::new("destination").with_destination(&destination).with_source(source);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            crate::inbound::serve_stream(&ctx, server, caller, destination, target, labels).await;
+        });
+        return Ok(Conn::Local(client));
+    }
+    let Some(destination_id) = destination.identity.clone() else {
+        return Err(ConnectError::NoAuthority);
+    };
+    let key = PoolKey { source: source_id, node: destination.workload.node.clone(), destination: destination_id };
+    let dial = SocketAddr::new(destination.workload.address, destination.workload.tunnel_port);
+    let stream = ctx.pool.open(&key, dial, target, source.workload.address).await?;
+    Ok(Conn::Tunnel(stream))
+}
+
+/// HTTP version spoken to the upstream: the same as the downstream request's, so gRPC stays HTTP/2 and an
+/// HTTP/1.1 upgrade stays HTTP/1.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+pub type UpstreamClient = Client<MeshConnector, BoxBody>;
+
+/// hyper clients (with their connection pools) per source workload and HTTP version.
+#[derive(Default)]
+pub struct Clients {
+    clients: Mutex<HashMap<(std::net::IpAddr, Version), UpstreamClient>>,
+}
+
+/// Idle upstream HTTP connections close after this long.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+impl Clients {
+    pub fn get(&self, ctx: &Arc<ProxyContext>, source: &Arc<WorkloadInfo>, version: Version) -> UpstreamClient {
+        let key = (source.workload.address, version);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        let connector = MeshConnector { ctx: ctx.clone(), source: source.clone() };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(POOL_IDLE).pool_timer(hyper_util::rt::TokioTimer::new());
+        if version == Version::Http2 {
+            builder
+                .http2_only(true)
+                .http2_initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
+                .http2_initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
+        }
+        let client = builder.build(connector);
+        clients.insert(key, client.clone());
+        client
+    }
+
+    /// Drops the clients of sources that left this node (their pools go with them).
+    pub fn retain(&self, keep: impl Fn(std::net::IpAddr) -> bool) {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|(ip, _), _| keep(*ip));
+    }
+}
+
+/// Plain TCP to a pod on this node, with the proxy's mark so the node's rules let it through.
+#[derive(Clone)]
+pub struct PodConnector {
+    outgoing: crate::socket::Outgoing,
+}
+
+impl tower::Service<Uri> for PodConnector {
+    type Response = TokioIo<Conn>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let outgoing = self.outgoing;
+        Box::pin(async move {
+            let target = endpoint_of(&uri).ok_or(ConnectError::NoAuthority)?;
+            let tcp = outgoing.connect(target).await.map_err(|source| ConnectError::Tcp { addr: target, source })?;
+            Ok(TokioIo::new(Conn::Tcp(tcp)))
+        })
+    }
+}
+
+pub type PodClient = Client<PodConnector, BoxBody>;
+
+pub fn pod_client(outgoing: crate::socket::Outgoing, version: Version) -> PodClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(POOL_IDLE).pool_timer(hyper_util::rt::TokioTimer::new());
+    if version == Version::Http2 {
+        builder.http2_only(true);
+    }
+    builder.build(PodConnector { outgoing })
+}
