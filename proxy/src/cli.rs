@@ -112,7 +112,9 @@ fn control_plane_client(args: &Args, addr: &str) -> anyhow::Result<ControlPlaneC
     let token = std::fs::read_to_string(token_path).with_context(|| format!("reading {}", token_path.display()))?;
     let root_path = args.root_cert.as_ref().context("--root-cert is required with --control-plane")?;
     let root = std::fs::read_to_string(root_path).with_context(|| format!("reading {}", root_path.display()))?;
-    ControlPlaneClient::new(addr, identity, &root, &token, &args.node).context("configuring the control-plane client")
+    let client = ControlPlaneClient::new(addr, identity, &root, &token, &args.node)
+        .context("configuring the control-plane client")?;
+    Ok(client.with_token_file(token_path.clone()))
 }
 
 /// Parses the command line and runs the proxy until Ctrl-C.

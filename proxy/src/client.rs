@@ -77,6 +77,9 @@ struct Inner {
     addr: String,
     tls: TlsConnector,
     authorization: header::HeaderValue,
+    /// Kubernetes rotates projected ServiceAccount tokens: when set, the token is re-read from this file for
+    /// every request, so a long-lived proxy never presents an expired one.
+    token_file: Option<std::path::PathBuf>,
     node: header::HeaderValue,
 }
 
@@ -97,9 +100,18 @@ impl ControlPlaneClient {
             header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| ClientError::BadHeader)?;
         let node = header::HeaderValue::from_str(node).map_err(|_| ClientError::BadHeader)?;
         Ok(ControlPlaneClient {
-            inner: Arc::new(Inner { addr: addr.into(), tls, authorization, node }),
+            inner: Arc::new(Inner { addr: addr.into(), tls, authorization, token_file: None, node }),
             backoff: Backoff::default(),
         })
+    }
+
+    /// Re-reads the bearer token from `path` for every request (the token given to `new` is the fallback when
+    /// the file cannot be read).
+    pub fn with_token_file(mut self, path: std::path::PathBuf) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.token_file = Some(path);
+        }
+        self
     }
 
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
@@ -235,9 +247,20 @@ impl Inner {
         Ok((sender, ConnTask(task)))
     }
 
+    fn current_authorization(&self) -> header::HeaderValue {
+        let fresh = self.token_file.as_ref().and_then(|path| match std::fs::read_to_string(path) {
+            Ok(token) => header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).ok(),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not re-read the token; using the last one");
+                None
+            }
+        });
+        fresh.unwrap_or_else(|| self.authorization.clone())
+    }
+
     fn request<B>(&self, path: &str, body: B) -> Result<Request<B>, ClientError> {
         Request::post(format!("https://{}{path}", self.addr))
-            .header(header::AUTHORIZATION, self.authorization.clone())
+            .header(header::AUTHORIZATION, self.current_authorization())
             .header(NODE_HEADER, self.node.clone())
             .body(body)
             .map_err(|_| ClientError::BadHeader)
