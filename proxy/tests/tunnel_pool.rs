@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use strait_certs::{CertStore, Identity, MeshCa, TrustBundle};
 use strait_proxy::metrics::Metrics;
 use strait_proxy::tunnel::{H2Stream, Pool, PoolConfig, PoolKey, TunnelError};
