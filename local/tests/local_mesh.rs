@@ -1,6 +1,6 @@
 //! `strait local` as a user runs it: the built binary, a copy of deploy/local as the configuration directory, a
 //! fresh state directory. Each test moves the whole 127.0.x.x layout to its own 127.N.x.x (and the service port
-//! from 80 to 18080, so no privileges are needed), so tests neither collide with each other nor with a
+//! from 8080 to 18080, so no privileges are needed), so tests neither collide with each other nor with a
 //! developer's running local mesh.
 
 use std::io::{BufRead as _, BufReader};
@@ -48,7 +48,7 @@ impl Layout {
 
     /// deploy/local with this layout's addresses.
     fn rewrite(&self, text: &str) -> String {
-        text.replace("127.0.", &format!("127.{}.", self.octet)).replace("port: 80,", &format!("port: {SERVICE_PORT},"))
+        text.replace("127.0.", &format!("127.{}.", self.octet)).replace("port: 8080,", &format!("port: {SERVICE_PORT},"))
     }
 }
 
