@@ -144,9 +144,21 @@ fn retries_mask_a_flaky_endpoint() -> Result<()> {
     }
     let mesh = HttpMesh::start(&["--fail-percent", "50"], &[], |config| {
         config.traffic_routes.push(traffic_route("reviews", RETRY_5XX));
+        // Round robin: b1 gets every other first try whatever the latencies (this tests retries, not the
+        // balancer), and a retry goes to the other endpoint.
+        config.destination_policies.push(reviews_policy("loadBalancer: {simple: ROUND_ROBIN}"));
     })?;
     let n = 400;
     let results = mesh.get(&HttpGet::new(url("/flaky")).count(n))?;
+    // No outlierDetection is configured, so (as in Istio) no endpoint may be ejected for its 503s.
+    let ejections = mesh.mesh.metric("node-a", "strait_circuit_breaker_total", &[("event", "ejection")])?;
+    assert_eq!(
+        ejections,
+        0.0,
+        "b1 was ejected without an outlierDetection setting (b1 saw {} requests): {}",
+        mesh.backend_requests("b1")?,
+        statuses(&results)
+    );
     let ok = count_status(&results, 200);
     let failed_at_b1 = mesh.backend_requests("b1")?;
     assert!(ok * 100 >= n as usize * 99, "{ok}/{n} succeeded with retries: {}\n{}", statuses(&results), mesh.logs());
@@ -214,14 +226,19 @@ fn per_try_timeout_and_overall_timeout() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
+    // Round robin, so b1 is tried first by every other request whatever the latencies (the default P2C
+    // would avoid b1 after one slow try: this tests timeouts, not the balancer).
+    let round_robin = || reviews_policy("loadBalancer: {simple: ROUND_ROBIN}");
     let mesh = HttpMesh::start(&["--hang"], &[], |config| {
         config.traffic_routes.push(per_try_route("10s"));
+        config.destination_policies.push(round_robin());
     })?;
     let n = 40;
     let results = mesh.get(&HttpGet::new(url("/slow-b1")).count(n))?;
     assert_eq!(count_status(&results, 200), n as usize, "{}\n{}", statuses(&results), mesh.logs());
     assert_eq!(count_name(&results, "reviews-b2"), n as usize, "{}", statuses(&results));
-    assert!(mesh.backend_requests("b1")? >= 1, "the hanging endpoint was never tried");
+    let tried_b1 = mesh.backend_requests("b1")?;
+    assert!(tried_b1 >= u64::from(n) / 2 - 1, "the hanging endpoint was tried only {tried_b1} times");
     assert!(
         results.iter().any(|r| r.elapsed_ms >= 190.0),
         "no request waited out a per-try timeout on b1: {:?}",
@@ -231,6 +248,7 @@ fn per_try_timeout_and_overall_timeout() -> Result<()> {
     mesh.control("b2", "POST", "hang/1")?;
     let mut config = strait_tests::mesh_http::config(&mesh.mesh.cluster);
     config.traffic_routes.push(per_try_route("1s"));
+    config.destination_policies.push(round_robin());
     mesh.mesh.update_config(&config)?;
     let results = mesh.get(&HttpGet::new(url("/slow-all")).count(3).timeout(Duration::from_secs(10)))?;
     for r in &results {
@@ -254,6 +272,23 @@ fn per_try_timeout_and_overall_timeout() -> Result<()> {
 // Outlier detection and connection-pool limits
 // ---------------------------------------------------------------------------------------------------------
 
+/// With no DestinationPolicy (the default balancer), two equally fast endpoints both get a share of
+/// sequential traffic: neither is starved.
+#[test]
+fn default_balancer_spreads_sequential_requests() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mesh = HttpMesh::start(&[], &[], |_| {})?;
+    let summary = mesh.summary(&HttpGet::new(url("/spread")).count(400))?;
+    assert_eq!(summary.by_status.get("200").copied(), Some(400), "{summary:?}");
+    for name in ["reviews-b1", "reviews-b2"] {
+        let got = summary.by_name.get(name).copied().unwrap_or(0);
+        assert!(got >= 40, "{name} got {got} of 400 sequential requests (under 10 %): {summary:?}");
+    }
+    Ok(())
+}
+
 /// b1 answers 503 to everything: after 3 consecutive 5xx it is ejected and b2 takes all traffic; once b1
 /// recovers and the ejection time has passed, it gets traffic again.
 #[test]
@@ -263,7 +298,8 @@ fn outlier_detection_ejects_and_readmits() -> Result<()> {
     }
     let mesh = HttpMesh::start(&["--fail-percent", "100"], &[], |config| {
         config.destination_policies.push(reviews_policy(
-            "outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 50}",
+            "outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 50}\n\
+             loadBalancer: {simple: ROUND_ROBIN}",
         ));
     })?;
     // No retries: the client sees b1's 503s until b1 is ejected.
