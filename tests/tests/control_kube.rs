@@ -410,10 +410,13 @@ async fn an_expired_watch_relists_without_losing_changes() {
     let running = start_control(&fake, loopback()).await;
     let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
     until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
-    let lists_before = fake.requests().iter().filter(|r| r.method == "GET" && !r.query.contains("watch=")).count();
+    // One watch per kind: namespaces, pods, services, endpointslices and the three resources.
+    eventually("every watch to be open", Duration::from_secs(5), || (fake.open_watches() == 7).then_some(())).await;
+    let seen_before = fake.requests().len();
 
     // Changes the watches never see as events: made while they are down, then the history is compacted.
     fake.hold_watches();
+    eventually("every watch to end", Duration::from_secs(5), || (fake.open_watches() == 0).then_some(())).await;
     fake.apply(route("reviews", "v2", "/api/.*")).expect("edit");
     fake.delete("Pod", "shop", "productpage").expect("delete");
     fake.apply(pod("shop", "details", "node-a", "10.0.1.3", "details", json!({"app": "details"}))).expect("pod");
@@ -428,8 +431,9 @@ async fn an_expired_watch_relists_without_losing_changes() {
     .await;
     assert!(node_of(&config, "reviews-v1").is_some(), "nothing else was lost");
     assert!(fake.gone_sent() > 0, "the watches were answered 410 Gone");
-    let lists_after = fake.requests().iter().filter(|r| r.method == "GET" && !r.query.contains("watch=")).count();
-    assert!(lists_after > lists_before, "the watchers relisted");
+    let since: Vec<_> = fake.requests().into_iter().skip(seen_before).collect();
+    let relists = since.iter().filter(|r| r.method == "GET" && !r.query.contains("watch=")).count();
+    assert!(relists > 0, "the watchers relisted: {since:#?}");
 
     // Events flow again after the relist.
     fake.apply(route("reviews", "v1", "/api/.*")).expect("edit");

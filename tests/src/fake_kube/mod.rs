@@ -32,7 +32,7 @@ mod watch;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,6 +101,7 @@ pub(crate) struct Shared {
     bookmark_interval: Duration,
     requests: Mutex<Vec<RequestRecord>>,
     gone: AtomicU64,
+    open_watches: AtomicUsize,
 }
 
 impl Shared {
@@ -176,6 +177,7 @@ impl FakeKube {
             bookmark_interval,
             requests: Mutex::new(Vec::new()),
             gone: AtomicU64::new(0),
+            open_watches: AtomicUsize::new(0),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         Ok(FakeKube { shared, addr, task })
@@ -239,7 +241,8 @@ impl FakeKube {
     }
 
     /// Ends every open watch and answers no new one until [`FakeKube::release_watches`]: changes made
-    /// meanwhile reach clients only when they resume (or, after [`FakeKube::compact`], relist).
+    /// meanwhile reach clients only when they resume (or, after [`FakeKube::compact`], relist). Watches end
+    /// asynchronously: wait for [`FakeKube::open_watches`] to reach 0 before changing anything.
     pub fn hold_watches(&self) {
         self.shared.gate.send_modify(|g| {
             g.held = true;
@@ -249,6 +252,12 @@ impl FakeKube {
 
     pub fn release_watches(&self) {
         self.shared.gate.send_modify(|g| g.held = false);
+    }
+
+    /// How many watches are streaming live events now (replay sent, not yet ended): a test that steers
+    /// watches waits for the client's to be open first.
+    pub fn open_watches(&self) -> usize {
+        self.shared.open_watches.load(Ordering::SeqCst)
     }
 
     /// How many watches were refused with 410 Gone.

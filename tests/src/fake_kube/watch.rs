@@ -29,12 +29,18 @@ pub struct WatchRequest {
 pub async fn run(shared: Arc<Shared>, request: WatchRequest, tx: mpsc::Sender<Bytes>) {
     let mut gate = shared.gate.subscribe();
     // A held watch gets no answer until the test releases it: a controller reconnecting meanwhile waits, as
-    // it would for an API server that is restarting.
-    tokio::select! {
-        released = gate.wait_for(|g| !g.held) => if released.is_err() { return },
-        _ = tx.closed() => return,
-    }
-    let closes = gate.borrow_and_update().closes;
+    // it would for an API server that is restarting. `closes` is read together with `held`, so a hold that
+    // comes after this point ends this watch too.
+    let closes = loop {
+        let g = *gate.borrow_and_update();
+        if !g.held {
+            break g.closes;
+        }
+        tokio::select! {
+            changed = gate.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    };
     let start = shared.store.watch(request.rt, request.namespace.as_deref(), &request.selector, request.from);
     let start = match start {
         Ok(start) => start,
@@ -50,6 +56,7 @@ pub async fn run(shared: Arc<Shared>, request: WatchRequest, tx: mpsc::Sender<By
         }
     }
     let mut live = start.live;
+    let _open = OpenWatch::new(&shared);
     let deadline = tokio::time::Instant::now() + request.timeout;
     let mut bookmark = tokio::time::interval(shared.bookmark_interval);
     bookmark.tick().await;
@@ -98,6 +105,22 @@ pub async fn run(shared: Arc<Shared>, request: WatchRequest, tx: mpsc::Sender<By
             _ = tokio::time::sleep_until(deadline) => return,
             _ = tx.closed() => return,
         }
+    }
+}
+
+/// Counts the watches that are streaming live events, for [`super::FakeKube::open_watches`].
+struct OpenWatch<'a>(&'a Shared);
+
+impl<'a> OpenWatch<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.open_watches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenWatch(shared)
+    }
+}
+
+impl Drop for OpenWatch<'_> {
+    fn drop(&mut self) {
+        self.0.open_watches.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
