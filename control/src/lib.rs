@@ -1,4 +1,4 @@
-//! The Strait control plane: discovery (files, or Kubernetes: [`kube`]) -> admission -> translation -> push to
+//! The Strait control plane: discovery (files, or Kubernetes: [`crate::kube`]) -> admission -> translation -> push to
 //! node proxies over TLS + HTTP/2, and CSR signing for the workloads on each node.
 //!
 //! [`start`] runs it all inside the caller's runtime and returns a [`Running`] handle (bound address,
