@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_certs::CertStore;
 use tokio::net::TcpListener;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
 use crate::state::StateStore;
@@ -65,8 +65,45 @@ impl Admin {
         }
     }
 
+    /// The configuration as installed, for `/config_dump`. It holds no secret by construction: the mesh
+    /// configuration carries none (no keys, no tokens), and certificates are summarised by [`Admin::certs_dump`]
+    /// without their keys.
+    pub fn config_dump(&self) -> serde_json::Value {
+        let state = self.state.current();
+        serde_json::json!({
+            "node": state.node,
+            "version": state.version,
+            "config": &*state.config,
+            "certificates": self.certs_dump(),
+        })
+    }
+
+    /// Identity, serial and expiry of each certificate held, for `/certs`; never a private key.
+    pub fn certs_dump(&self) -> serde_json::Value {
+        let now = std::time::SystemTime::now();
+        let certs: Vec<_> = self
+            .certs
+            .certs()
+            .iter()
+            .map(|c| {
+                let expiry =
+                    c.not_after().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+                let remaining = c.not_after().duration_since(now).map(|d| d.as_secs()).unwrap_or_default();
+                serde_json::json!({
+                    "identity": c.identity().to_string(),
+                    "serial": c.serial(),
+                    "notAfterUnix": expiry,
+                    "expiresInSeconds": remaining,
+                    "expired": c.is_expired(now),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(certs)
+    }
+
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let path = request.uri().path().to_string();
+        debug!(method = %request.method(), %path, metrics_port = self.metrics_only, "admin request");
         if self.metrics_only && path != "/metrics" {
             return reply(StatusCode::NOT_FOUND, "text/plain", "only /metrics is served on this port\n");
         }
@@ -76,35 +113,16 @@ impl Admin {
                 Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
             },
             (Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
-            (Method::GET, "/config_dump") => {
-                let state = self.state.current();
-                let dump = serde_json::json!({
-                    "node": state.node,
-                    "version": state.version,
-                    "config": &*state.config,
-                });
-                reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&dump).unwrap_or_default())
-            }
-            (Method::GET, "/certs") => {
-                let certs: Vec<_> = self
-                    .certs
-                    .certs()
-                    .iter()
-                    .map(|c| {
-                        let expiry = c
-                            .not_after()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or_default();
-                        serde_json::json!({
-                            "identity": c.identity().to_string(),
-                            "serial": c.serial(),
-                            "notAfterUnix": expiry,
-                        })
-                    })
-                    .collect();
-                reply(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&certs).unwrap_or_default())
-            }
+            (Method::GET, "/config_dump") => reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&self.config_dump()).unwrap_or_default(),
+            ),
+            (Method::GET, "/certs") => reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&self.certs_dump()).unwrap_or_default(),
+            ),
             (Method::POST, "/logging") => {
                 let level = request
                     .uri()
@@ -121,7 +139,10 @@ impl Admin {
                     None => reply(StatusCode::NOT_IMPLEMENTED, "text/plain", "log level is fixed\n"),
                 }
             }
-            (Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.encode()),
+            (Method::GET, "/metrics") => {
+                self.metrics.refresh_certificates(&self.certs);
+                reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.encode())
+            }
             _ => reply(StatusCode::NOT_FOUND, "text/plain", "unknown admin path\n"),
         }
     }
@@ -172,4 +193,73 @@ pub fn spawn(admin: Admin, admin_addr: SocketAddr, metrics_addr: SocketAddr) -> 
         })
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_api::{MeshConfig, Workload};
+    use strait_certs::{Identity, MeshCa, TrustBundle};
+
+    fn admin() -> (Admin, Identity) {
+        let ca = MeshCa::generate("cluster.local").expect("a CA");
+        let certs = Arc::new(CertStore::new(Arc::new(ca.clone()), TrustBundle::from_ca(&ca)));
+        let identity = Identity::new("cluster.local", "shop", "sa-a1").expect("an identity");
+        let admin = Admin {
+            state: StateStore::new("node-a"),
+            certs,
+            metrics: Arc::new(Metrics::new()),
+            log_control: None,
+            metrics_only: false,
+        };
+        (admin, identity)
+    }
+
+    fn config() -> MeshConfig {
+        MeshConfig {
+            workloads: vec![Workload {
+                name: "a1".into(),
+                namespace: "shop".into(),
+                service_account: "sa-a1".into(),
+                node: "node-a".into(),
+                address: "10.1.0.2".parse().expect("an address"),
+                labels: Default::default(),
+                meshed: true,
+                tunnel_port: strait_api::DEFAULT_TUNNEL_PORT,
+            }],
+            ..MeshConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_only_with_configuration_and_certificates() {
+        let (admin, identity) = admin();
+        assert!(admin.readiness().is_err_and(|e| e.contains("no configuration")));
+        admin.state.apply(config(), "v1".into()).expect("a valid configuration");
+        assert!(admin.readiness().is_err_and(|e| e.contains("waiting for certificates")));
+        admin.certs.get_or_fetch(&identity).await.expect("a certificate");
+        assert_eq!(admin.readiness(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn dumps_never_hold_a_private_key() {
+        let (admin, identity) = admin();
+        admin.state.apply(config(), "v1".into()).expect("a valid configuration");
+        let cert = admin.certs.get_or_fetch(&identity).await.expect("a certificate");
+        let dump = serde_json::to_string(&admin.config_dump()).expect("json");
+        let certs = serde_json::to_string(&admin.certs_dump()).expect("json");
+        for text in [&dump, &certs] {
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+            assert!(!text.contains("BEGIN"), "no PEM at all: {text}");
+        }
+        assert!(certs.contains(&identity.to_string()) && certs.contains(cert.serial()), "{certs}");
+        assert!(dump.contains("\"version\":\"v1\""), "{dump}");
+
+        // The metrics port exports the expiry, read from the store at scrape time.
+        admin.metrics.refresh_certificates(&admin.certs);
+        let expiry = cert.not_after().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+        let text = admin.metrics.encode();
+        let line = format!("strait_certificate_expiry_timestamp_seconds{{identity=\"{identity}\"}} {expiry}");
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
 }

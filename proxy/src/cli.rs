@@ -137,10 +137,14 @@ async fn run(args: Args, log_control: admin::LogControl) -> anyhow::Result<()> {
             let client = control_plane_client(&args, addr)?;
             let certs = Arc::new(CertStore::new(Arc::new(client.issuer()), trust_bundle(&args)?));
             let store = state.clone();
+            let updates = metrics.clone();
             let mut received = 0u64;
             tokio::spawn(client.run(move |config| {
                 received += 1;
-                store.apply(config, format!("control-plane#{received}")).map(|_| ()).map_err(|e| e.to_string())
+                let result =
+                    store.apply(config, format!("control-plane#{received}")).map(|_| ()).map_err(|e| e.to_string());
+                updates.config_update(&result);
+                result
             }));
             certs
         }
@@ -180,8 +184,14 @@ async fn run(args: Args, log_control: admin::LogControl) -> anyhow::Result<()> {
     };
 
     if let Some(path) = &args.config {
-        config_file::load(path, &state)?;
-        tokio::spawn(config_file::watch(path.clone(), state.clone()));
+        // A file that is not there yet (a volume still being written) is waited for: not ready until then.
+        let loaded = if path.exists() {
+            Some(config_file::load(path, &state, &metrics)?)
+        } else {
+            tracing::warn!(file = %path.display(), "configuration file does not exist yet; not ready until it does");
+            None
+        };
+        tokio::spawn(config_file::watch(path.clone(), state.clone(), metrics.clone(), loaded));
     }
     let admin = Admin {
         state: state.clone(),

@@ -2,17 +2,23 @@
 //! changes. A file that does not parse or validate is reported and the last good configuration stays.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use strait_api::MeshConfig;
 use tracing::{info, warn};
 
+use crate::metrics::Metrics;
 use crate::state::StateStore;
 
-/// Loads the file once; the error says which field is wrong.
-pub fn load(path: &std::path::Path, state: &StateStore) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    apply(&text, path, state, 1).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+/// Loads the file once and returns what it read (for [`watch`]); the error says which field is wrong.
+pub fn load(path: &std::path::Path, state: &StateStore, metrics: &Metrics) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let result = apply(&text, path, state, 1);
+    metrics.config_update(&result);
+    result.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(bytes)
 }
 
 fn apply(text: &str, path: &std::path::Path, state: &StateStore, generation: u64) -> Result<(), String> {
@@ -23,10 +29,10 @@ fn apply(text: &str, path: &std::path::Path, state: &StateStore, generation: u64
     Ok(())
 }
 
-/// Polls the file and applies each new content; runs forever.
-pub async fn watch(path: PathBuf, state: StateStore) {
-    let mut last = std::fs::read(&path).ok();
-    let mut generation = 1;
+/// Polls the file and applies each new content; runs forever. `last` is what [`load`] already applied (`None`
+/// when the file did not exist yet: the proxy then stays not ready until it appears).
+pub async fn watch(path: PathBuf, state: StateStore, metrics: Arc<Metrics>, mut last: Option<Vec<u8>>) {
+    let mut generation = u64::from(last.is_some());
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let Ok(current) = std::fs::read(&path) else { continue };
@@ -36,7 +42,9 @@ pub async fn watch(path: PathBuf, state: StateStore) {
         last = Some(current.clone());
         generation += 1;
         let text = String::from_utf8_lossy(&current);
-        if let Err(e) = apply(&text, &path, &state, generation) {
+        let result = apply(&text, &path, &state, generation);
+        metrics.config_update(&result);
+        if let Err(e) = result {
             warn!(file = %path.display(), error = %e, "configuration rejected; keeping the last good one");
         }
     }

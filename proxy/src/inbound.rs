@@ -177,6 +177,7 @@ async fn tunnel_stream(
         .with_source_principal(caller.identity.as_ref().map(|i| i.uri()).unwrap_or_default())
         .mutual_tls(true);
     let labels = source_labels_from_state(&state, &caller, labels);
+    let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
     if state.is_http_endpoint(target) {
         // HTTP is authorized per request (a denial is a 403 the caller can read), so the tunnel opens first.
         let Ok(send) = respond.send_response(Response::new(()), false) else { return };
@@ -224,6 +225,14 @@ fn forwarded_caller(state: &State, request: &http::Request<h2::RecvStream>, call
             Caller { address: ip, ..caller }
         }
         _ => caller,
+    }
+}
+
+/// Names the service in front of the destination endpoint, when the caller's side did not already.
+fn with_endpoint_service(state: &State, target: SocketAddr, labels: ConnectionLabels) -> ConnectionLabels {
+    match state.endpoint_service(target) {
+        Some(service) if labels.destination_service.is_empty() => labels.with_service(service),
+        _ => labels,
     }
 }
 
@@ -350,6 +359,7 @@ async fn plaintext_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyCo
         return;
     };
     let labels = ConnectionLabels::new("destination").with_destination(&destination).mutual_tls(false);
+    let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
     if state.mtls_mode(&destination.workload.namespace) == MtlsMode::Strict {
         ctx.metrics.refused("inbound_plaintext", Refusal::PlaintextInStrict);
         ctx.metrics.connection_opened(&labels);
@@ -386,6 +396,7 @@ pub async fn serve_stream<S>(
 {
     let state = ctx.state.current();
     let labels = ConnectionLabels { reporter: "destination", ..labels }.mutual_tls(caller.identity.is_some());
+    let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
     if state.is_http_endpoint(target) {
         crate::http::inbound::serve(ctx, stream, caller, destination, target, labels).await;
         return;

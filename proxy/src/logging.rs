@@ -21,3 +21,28 @@ pub fn init(json: bool) -> LogControl {
         handle.reload(filter).map_err(|e| e.to_string())
     })
 }
+
+/// The access log line for one TCP connection, written when it ends (target `access`, so it can be routed or
+/// filtered apart from the proxy's own logs: `RUST_LOG=info,access=off` silences it).
+pub fn tcp_access(labels: &crate::metrics::ConnectionLabels, flags: &str, sent: u64, received: u64) {
+    let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+    tracing::info!(
+        target: "access",
+        reporter = labels.reporter,
+        protocol = "tcp",
+        source_workload = %or_dash(&labels.source_workload),
+        source_namespace = %or_dash(&labels.source_namespace),
+        source_identity = %or_dash(&labels.source_principal),
+        destination_workload = %or_dash(&labels.destination_workload),
+        destination_namespace = %or_dash(&labels.destination_namespace),
+        destination_identity = %or_dash(&labels.destination_principal),
+        destination_service = %or_dash(&labels.destination_service),
+        upstream = %labels.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+        mtls = labels.mutual_tls,
+        flags,
+        sent_bytes = sent,
+        received_bytes = received,
+        duration_ms = labels.started.map(|s| s.elapsed().as_millis() as u64).unwrap_or_default(),
+        "connection"
+    );
+}

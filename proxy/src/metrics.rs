@@ -1,8 +1,13 @@
-//! Prometheus metrics. TCP families carry Istio's standard names and labels so existing dashboards work;
-//! Strait's own families are prefixed `strait_`. No label ever holds a peer port, a path or a request id.
+//! Prometheus metrics. The TCP and HTTP families carry Istio's standard names and labels so existing
+//! dashboards and alerts work; Strait's own families are prefixed `strait_`. No label ever holds a peer port, a
+//! path or a request id (a unit test scans every family for such labels): those go to the access log, which
+//! [`Metrics::connection_closed`] and the HTTP paths write at the end of each connection and request.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-use strait_certs::TlsFailureReason;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use strait_certs::{CertStore, TlsFailureReason};
 
 use crate::state::WorkloadInfo;
 
@@ -60,7 +65,8 @@ pub struct RequestOutcome<'a> {
     /// `http` or `grpc`.
     pub protocol: &'static str,
     pub status: u16,
-    /// gRPC status from the trailers or headers; empty when not gRPC or not known.
+    /// gRPC status from the headers (trailers-only answers) or the trailers; empty when not gRPC or not known,
+    /// as Istio reports it.
     pub grpc_status: &'a str,
     /// Envoy-style flags (`-` when clean): UT timeout, UO overflow, UF connect failure, UH no healthy upstream,
     /// URX retries exhausted, UAEX denied, DI/FI fault injection.
@@ -86,7 +92,33 @@ pub struct Metrics {
     policy_denials: IntCounterVec,
     tls_failures: IntCounterVec,
     pub tunnel_connections: IntGauge,
+    ejected_endpoints: IntGaugeVec,
+    config_updates: IntCounterVec,
+    config_last_update: prometheus::Gauge,
+    certificate_expiry: GaugeVec,
 }
+
+/// Every family this registry exports, for tests and for the dashboard's checks.
+pub const FAMILIES: &[&str] = &[
+    "istio_requests_total",
+    "istio_request_duration_milliseconds",
+    "istio_request_bytes",
+    "istio_response_bytes",
+    "istio_tcp_connections_opened_total",
+    "istio_tcp_connections_closed_total",
+    "istio_tcp_sent_bytes_total",
+    "istio_tcp_received_bytes_total",
+    "strait_retries_total",
+    "strait_circuit_breaker_total",
+    "strait_outlier_ejected_endpoints",
+    "strait_connections_refused_total",
+    "strait_policy_denials_total",
+    "strait_tls_handshake_failures_total",
+    "strait_tunnel_pool_connections",
+    "strait_config_updates_total",
+    "strait_config_last_update_timestamp_seconds",
+    "strait_certificate_expiry_timestamp_seconds",
+];
 
 /// Why a connection was refused before any byte reached a workload; also the access log's response flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,13 +178,22 @@ pub struct ConnectionLabels {
     pub destination_service_name: String,
     pub destination_service_namespace: String,
     pub mutual_tls: bool,
+    /// Not a label: the pod address the connection went to, for the access log.
+    pub upstream: Option<SocketAddr>,
+    /// Not a label: when the connection was accepted, for the access log's duration.
+    pub started: Option<Instant>,
 }
 
 const UNKNOWN: &str = "unknown";
 
 impl ConnectionLabels {
     pub fn new(reporter: &'static str) -> Self {
-        ConnectionLabels { reporter, ..Default::default() }
+        ConnectionLabels { reporter, started: Some(Instant::now()), ..Default::default() }
+    }
+
+    pub fn with_upstream(mut self, upstream: SocketAddr) -> Self {
+        self.upstream = Some(upstream);
+        self
     }
 
     pub fn with_source(mut self, w: &WorkloadInfo) -> Self {
@@ -212,6 +253,11 @@ impl ConnectionLabels {
             if self.mutual_tls { "mutual_tls" } else { "none" },
         ]
     }
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry.register(Box::new(metric.clone())).expect("each metric is registered once");
+    metric
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -281,6 +327,42 @@ impl Metrics {
                 &["direction", "reason"],
             ),
             tunnel_connections,
+            ejected_endpoints: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "strait_outlier_ejected_endpoints",
+                        "Endpoints currently ejected by outlier detection (open circuit breakers), by destination service",
+                    ),
+                    &["destination_service"],
+                )
+                .expect("metric definition is static and valid"),
+            ),
+            config_updates: counter(
+                &registry,
+                "strait_config_updates_total",
+                "Configuration versions received, by result (acked: installed; nacked: refused, the last good one stays)",
+                &["result"],
+            ),
+            config_last_update: register(
+                &registry,
+                prometheus::Gauge::new(
+                    "strait_config_last_update_timestamp_seconds",
+                    "Unix time the last configuration version was installed (0 before the first)",
+                )
+                .expect("metric definition is static and valid"),
+            ),
+            certificate_expiry: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "strait_certificate_expiry_timestamp_seconds",
+                        "Unix time each local workload certificate expires (read from the certificate store at scrape time)",
+                    ),
+                    &["identity"],
+                )
+                .expect("metric definition is static and valid"),
+            ),
             registry,
         }
     }
@@ -289,12 +371,14 @@ impl Metrics {
         self.tcp_opened.with_label_values(&labels.values("-")).inc();
     }
 
-    /// Records the end of a connection; `flags` is "-" for a clean one.
+    /// Records the end of a connection and writes its access log line (target `access`); `flags` is "-" for a
+    /// clean one. `sent` went to the destination, `received` came back from it.
     pub fn connection_closed(&self, labels: &ConnectionLabels, flags: &str, sent: u64, received: u64) {
         let values = labels.values(flags);
         self.tcp_closed.with_label_values(&values).inc();
         self.tcp_sent.with_label_values(&values).inc_by(sent);
         self.tcp_received.with_label_values(&values).inc_by(received);
+        crate::logging::tcp_access(labels, flags, sent, received);
     }
 
     pub fn request(&self, labels: &ConnectionLabels, outcome: &RequestOutcome<'_>) {
@@ -317,7 +401,7 @@ impl Metrics {
             base[13],
             outcome.protocol,
             &code,
-            if outcome.grpc_status.is_empty() { "-" } else { outcome.grpc_status },
+            outcome.grpc_status,
             base[15],
             base[16],
         ];
@@ -339,6 +423,34 @@ impl Metrics {
         self.tls_failures.with_label_values(&[direction, reason.as_str()]).inc();
     }
 
+    /// The number of endpoints of `service` that outlier detection holds ejected right now.
+    pub fn set_ejected_endpoints(&self, service: &str, ejected: usize) {
+        self.ejected_endpoints.with_label_values(&[service]).set(i64::try_from(ejected).unwrap_or(i64::MAX));
+    }
+
+    /// A configuration version was received (from the control plane or the file) and installed (`Ok`) or
+    /// refused (`Err`).
+    pub fn config_update<E>(&self, result: &Result<(), E>) {
+        match result {
+            Ok(()) => {
+                self.config_updates.with_label_values(&["acked"]).inc();
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                self.config_last_update.set(now.as_secs_f64());
+            }
+            Err(_) => self.config_updates.with_label_values(&["nacked"]).inc(),
+        }
+    }
+
+    /// Reads the certificates' expiry from the store (at scrape time, so the values are never stale and
+    /// identities that left the node disappear).
+    pub fn refresh_certificates(&self, certs: &CertStore) {
+        self.certificate_expiry.reset();
+        for cert in certs.certs() {
+            let expiry = cert.not_after().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            self.certificate_expiry.with_label_values(&[&cert.identity().to_string()]).set(expiry.as_secs() as f64);
+        }
+    }
+
     /// The text exposition format, for `/metrics`.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -353,5 +465,117 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Label names that would let cardinality grow with traffic rather than with the mesh's size.
+    const FORBIDDEN: &[&str] = &[
+        "path",
+        "request_path",
+        "url",
+        "uri",
+        "authority",
+        "host",
+        "port",
+        "peer_port",
+        "source_port",
+        "destination_port",
+        "peer",
+        "peer_address",
+        "source_ip",
+        "destination_ip",
+        "upstream",
+        "upstream_host",
+        "endpoint",
+        "request_id",
+        "x_request_id",
+        "trace_id",
+        "span_id",
+        "traceparent",
+        "serial",
+        "user_agent",
+    ];
+
+    /// Records one sample of every family, so that `gather` shows all of them with their labels.
+    fn exercised() -> Metrics {
+        let m = Metrics::new();
+        let labels = ConnectionLabels::new("source").with_upstream(([10, 0, 0, 1], 8080).into()).mutual_tls(true);
+        m.connection_opened(&labels);
+        m.connection_closed(&labels, "-", 10, 20);
+        m.request(
+            &labels,
+            &RequestOutcome {
+                protocol: "http",
+                status: 200,
+                grpc_status: "",
+                flags: "-",
+                duration: std::time::Duration::from_millis(3),
+                request_bytes: 1,
+                response_bytes: 2,
+            },
+        );
+        m.retries.with_label_values(&["reviews.shop.svc.cluster.local", "attempted"]).inc();
+        m.circuit.with_label_values(&["reviews.shop.svc.cluster.local", "overflow"]).inc();
+        m.set_ejected_endpoints("reviews.shop.svc.cluster.local", 1);
+        m.refused("outbound", Refusal::UnknownSource);
+        m.policy_denied("destination", "shop/deny", "deny_matched");
+        m.tls_handshake_failure("outbound", TlsFailureReason::WrongIdentity);
+        m.tunnel_connections.inc();
+        m.config_update::<String>(&Ok(()));
+        m.config_update(&Err("bad".to_string()));
+        m.certificate_expiry.with_label_values(&["spiffe://cluster.local/ns/shop/sa/a"]).set(1.0);
+        m
+    }
+
+    #[test]
+    fn no_family_has_an_unbounded_label() {
+        let m = exercised();
+        let families = m.registry.gather();
+        let names: std::collections::BTreeSet<&str> = families.iter().map(|f| f.name()).collect();
+        let expected: std::collections::BTreeSet<&str> = FAMILIES.iter().copied().collect();
+        assert_eq!(names, expected, "every registered family is exercised and listed in FAMILIES");
+        for family in &families {
+            for metric in family.get_metric() {
+                for label in metric.get_label() {
+                    assert!(
+                        !FORBIDDEN.contains(&label.name()),
+                        "{} has the unbounded label {:?}",
+                        family.name(),
+                        label.name()
+                    );
+                    // No value carries an address with a port either (the upstream is for the access log only).
+                    assert!(
+                        !label.value().contains(":80"),
+                        "{} label {} = {:?}",
+                        family.name(),
+                        label.name(),
+                        label.value()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn istio_families_carry_istio_labels() {
+        let m = exercised();
+        let text = m.encode();
+        let requests = text.lines().find(|l| l.starts_with("istio_requests_total{")).expect("a request series");
+        for label in HTTP_LABELS {
+            assert!(requests.contains(&format!("{label}=\"")), "{label} missing: {requests}");
+        }
+        assert!(requests.contains("grpc_response_status=\"\""), "empty for plain HTTP, as Istio: {requests}");
+        assert!(requests.contains("connection_security_policy=\"mutual_tls\""), "{requests}");
+        let tcp = text.lines().find(|l| l.starts_with("istio_tcp_sent_bytes_total{")).expect("a TCP series");
+        for label in TCP_LABELS {
+            assert!(tcp.contains(&format!("{label}=\"")), "{label} missing: {tcp}");
+        }
+        assert!(tcp.ends_with(" 10"), "{tcp}");
+        assert!(text.contains("strait_config_updates_total{result=\"acked\"} 1"), "{text}");
+        assert!(text.contains("strait_config_updates_total{result=\"nacked\"} 1"), "{text}");
     }
 }

@@ -69,9 +69,9 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         }
     };
     match route {
-        Route::Passthrough { target } => passthrough(&ctx, tcp, target, labels).await,
+        Route::Passthrough { target } => passthrough(&ctx, tcp, target, labels.with_upstream(target)).await,
         Route::Mesh { destination, target } => {
-            let labels = labels.with_destination(&destination);
+            let labels = labels.with_destination(&destination).with_upstream(target);
             if destination.workload.node == state.node {
                 let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
                 serve_stream(&ctx, tcp, caller, destination, target, labels).await;

@@ -43,6 +43,9 @@ pub struct State {
     services_by_name: HashMap<(String, String), Arc<Service>>,
     /// Declared protocol of each endpoint port (pod IP, target port), from the services in front of it.
     endpoint_protocols: HashMap<SocketAddr, Protocol>,
+    /// The service in front of each endpoint port (the first declared, if several), for the destination side's
+    /// `destination_service` labels.
+    endpoint_services: HashMap<SocketAddr, Arc<Service>>,
     pub policies: Policies,
 }
 
@@ -64,6 +67,7 @@ impl State {
             services_by_addr: HashMap::new(),
             services_by_name: HashMap::new(),
             endpoint_protocols: HashMap::new(),
+            endpoint_services: HashMap::new(),
             policies: Policies::new(&[]),
         })
     }
@@ -113,6 +117,17 @@ impl State {
                 }
             }
         }
+        let mut endpoint_services = HashMap::new();
+        for s in &config.services {
+            let Some(service) = services_by_name.get(&(s.namespace.clone(), s.name.clone())) else { continue };
+            for port in &s.ports {
+                for endpoint in &s.endpoints {
+                    endpoint_services
+                        .entry(SocketAddr::new(endpoint.address, port.target()))
+                        .or_insert(service.clone());
+                }
+            }
+        }
         let policies = Policies::new(&config.authorization_policies);
         Ok(State {
             config: Arc::new(config),
@@ -122,6 +137,7 @@ impl State {
             services_by_addr,
             services_by_name,
             endpoint_protocols,
+            endpoint_services,
             policies,
         })
     }
@@ -154,6 +170,11 @@ impl State {
     /// Whether traffic arriving for this pod port is HTTP, as the services in front of it declare.
     pub fn is_http_endpoint(&self, target: SocketAddr) -> bool {
         self.endpoint_protocols.contains_key(&target)
+    }
+
+    /// The service whose endpoint `target` (pod address, target port) is.
+    pub fn endpoint_service(&self, target: SocketAddr) -> Option<&Arc<Service>> {
+        self.endpoint_services.get(&target)
     }
 
     pub fn mtls_mode(&self, namespace: &str) -> MtlsMode {

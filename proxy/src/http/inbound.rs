@@ -14,10 +14,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
-use super::{body_size_hint, boxed, grpc_status, protocol_label, text, BoxBody, Version};
+use super::observe::{Access, CountedRequest, Observed};
+use super::{boxed, grpc_status, protocol_label, text, BoxBody, Version};
 use crate::authz::{Decision, HttpAttributes, Request as AuthzRequest};
 use crate::inbound::Caller;
-use crate::metrics::{ConnectionLabels, RequestOutcome};
+use crate::metrics::ConnectionLabels;
 use crate::proxy::ProxyContext;
 use crate::state::WorkloadInfo;
 
@@ -58,10 +59,34 @@ pub async fn serve<S>(
     }
 }
 
-async fn handle(d: &Destination, mut request: Request<Incoming>) -> Response<BoxBody> {
+async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody> {
     let start = Instant::now();
     let protocol = protocol_label(&request);
-    let request_bytes = body_size_hint(request.body());
+    let (mut request, request_bytes) = {
+        let (parts, body) = request.into_parts();
+        let (body, counter) = CountedRequest::new(body);
+        (Request::from_parts(parts, body), counter)
+    };
+    let trace_id = super::trace::add_hop(request.headers_mut());
+    // Recorded (metrics and the access line) when the response body has been sent.
+    let (method, log_path) = (request.method().clone(), request.uri().path().to_string());
+    let access = |response: &Response<BoxBody>, flags: &'static str| Access {
+        metrics: d.ctx.metrics.clone(),
+        labels: d.labels.clone(),
+        protocol,
+        status: response.status().as_u16(),
+        grpc_status: grpc_status(response.headers()),
+        flags,
+        route: "-".into(),
+        upstream: Some(d.target),
+        retries: 0,
+        method: method.clone(),
+        path: log_path.clone(),
+        trace_id: trace_id.clone(),
+        start,
+        request_bytes: request_bytes.clone(),
+    };
+    let observed = |response: Response<BoxBody>, access: Access| response.map(|b| boxed(Observed::new(b, access)));
     let state = d.ctx.state.current();
     let principal = d.caller.identity.as_ref().map(|i| i.principal());
     let decision = state.policies.evaluate(&AuthzRequest {
@@ -84,8 +109,8 @@ async fn handle(d: &Destination, mut request: Request<Incoming>) -> Response<Box
             "request denied by policy"
         );
         let response = text(StatusCode::FORBIDDEN, format!("{denial}\n"));
-        record(d, protocol, &response, "UAEX", start, request_bytes);
-        return response;
+        let access = access(&response, "UAEX");
+        return observed(response, access);
     }
 
     // Whatever the caller claimed is replaced by what the handshake proved.
@@ -96,23 +121,26 @@ async fn handle(d: &Destination, mut request: Request<Incoming>) -> Response<Box
             request.headers_mut().insert(XFCC, value);
         }
     }
-    super::trace::add_hop(request.headers_mut());
     let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
     let upgrade = super::wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
     let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let uri = match format!("http://{}{path}", d.target).parse() {
         Ok(uri) => uri,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "request target is not valid\n"),
+        Err(_) => {
+            let response = text(StatusCode::BAD_REQUEST, "request target is not valid\n");
+            let access = access(&response, "DPE");
+            return observed(response, access);
+        }
     };
     *request.uri_mut() = uri;
     let client = d.ctx.http.pod_client(&d.ctx, version);
     let mut response = match client.request(request.map(boxed)).await {
-        Ok(response) => response,
+        Ok(response) => response.map(boxed),
         Err(e) => {
             debug!(target = %d.target, error = %e, "pod did not answer");
             let response = text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error: the pod did not answer\n");
-            record(d, protocol, &response, "UF", start, request_bytes);
-            return response;
+            let access = access(&response, "UF");
+            return observed(response, access);
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -120,31 +148,6 @@ async fn handle(d: &Destination, mut request: Request<Incoming>) -> Response<Box
             super::splice_upgrade(downstream, hyper::upgrade::on(&mut response));
         }
     }
-    let response = response.map(boxed);
-    record(d, protocol, &response, "-", start, request_bytes);
-    response
-}
-
-fn record(
-    d: &Destination,
-    protocol: &'static str,
-    response: &Response<BoxBody>,
-    flags: &str,
-    start: Instant,
-    request_bytes: u64,
-) {
-    let grpc = grpc_status(response.headers());
-    let response_bytes = body_size_hint(response.body());
-    d.ctx.metrics.request(
-        &d.labels,
-        &RequestOutcome {
-            protocol,
-            status: response.status().as_u16(),
-            grpc_status: &grpc,
-            flags,
-            duration: start.elapsed(),
-            request_bytes,
-            response_bytes,
-        },
-    );
+    let access = access(&response, "-");
+    observed(response, access)
 }

@@ -11,6 +11,7 @@ pub mod budget;
 pub mod detect;
 pub mod inbound;
 pub mod limits;
+pub mod observe;
 pub mod outbound;
 pub mod outlier;
 pub mod resilience;
@@ -71,7 +72,7 @@ pub fn protocol_label<B>(request: &Request<B>) -> &'static str {
     }
 }
 
-/// gRPC status from response headers (trailers-only responses); trailers on streamed bodies are not waited for.
+/// gRPC status from response headers (trailers-only responses) or trailers (`observe` reads them as they pass).
 pub fn grpc_status(headers: &HeaderMap) -> String {
     headers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }

@@ -13,13 +13,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::backends::Backend;
+use super::observe::{Access, CountedRequest, Observed};
 use super::resilience::{retry_loop, Action, FaultAction, Outcome, RetryError, RetryParams, RetryStats};
 use super::route::{RouteDestination, ServiceRef};
-use super::{body_size_hint, boxed, grpc_status, protocol_label, text, BoxBody, Version};
-use crate::metrics::{ConnectionLabels, RequestOutcome};
+use super::{boxed, grpc_status, protocol_label, text, BoxBody, Version};
+use crate::metrics::ConnectionLabels;
 use crate::proxy::ProxyContext;
 use crate::state::{ServiceTarget, State, WorkloadInfo};
 
@@ -49,6 +50,9 @@ pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadI
     }
 }
 
+/// The request body as the pod sends it, counted for `istio_request_bytes`.
+type ReqBody = CountedRequest<Incoming>;
+
 /// What a request's metrics and access log say about it.
 struct Record {
     flags: &'static str,
@@ -58,61 +62,48 @@ struct Record {
     retries: u64,
 }
 
-async fn handle(d: &Downstream, mut request: Request<Incoming>) -> Response<BoxBody> {
+async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody> {
     let start = Instant::now();
     let protocol = protocol_label(&request);
-    let request_bytes = body_size_hint(request.body());
+    let (mut request, request_bytes) = {
+        let (parts, body) = request.into_parts();
+        let (body, counter) = CountedRequest::new(body);
+        (Request::from_parts(parts, body), counter)
+    };
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let trace = super::trace::add_hop(request.headers_mut());
     let state = d.ctx.state.current();
     let mut record = Record { flags: "-", route: "default".into(), upstream: None, destination: None, retries: 0 };
     let response = route_request(d, &state, request, &mut record).await;
-    let status = response.status().as_u16();
-    let grpc = grpc_status(response.headers());
     let mut labels = d.labels.clone();
     if let Some(destination) = &record.destination {
         labels = labels.with_destination(destination);
     }
-    let response_bytes = body_size_hint(response.body());
-    d.ctx.metrics.request(
-        &labels,
-        &RequestOutcome {
-            protocol,
-            status,
-            grpc_status: &grpc,
-            flags: record.flags,
-            duration: start.elapsed(),
-            request_bytes,
-            response_bytes,
-        },
-    );
-    info!(
-        target: "access",
-        reporter = "source",
-        source = %d.source.workload.name,
-        source_identity = %labels.source_principal,
-        destination_service = %d.front.service.hostname(),
-        destination_identity = %labels.destination_principal,
-        route = %record.route,
-        upstream = %record.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
-        %method,
-        %path,
-        status,
-        flags = record.flags,
-        retries = record.retries,
+    // Recorded (metrics and the access line) when the response body has been sent.
+    let access = Access {
+        metrics: d.ctx.metrics.clone(),
+        labels,
+        protocol,
+        status: response.status().as_u16(),
+        grpc_status: grpc_status(response.headers()),
+        flags: record.flags,
+        route: record.route,
+        upstream: record.upstream,
+        retries: record.retries,
+        method,
+        path,
+        trace_id: trace,
+        start,
         request_bytes,
-        duration_ms = start.elapsed().as_millis() as u64,
-        trace_id = %trace,
-        "request"
-    );
-    response
+    };
+    response.map(|body| boxed(Observed::new(body, access)))
 }
 
 async fn route_request(
     d: &Downstream,
     state: &Arc<State>,
-    mut request: Request<Incoming>,
+    mut request: Request<ReqBody>,
     record: &mut Record,
 ) -> Response<BoxBody> {
     let front = ServiceRef::new(&d.front.service.name, &d.front.service.namespace);
@@ -189,7 +180,7 @@ async fn forward(
     d: &Downstream,
     state: &Arc<State>,
     destination: &RouteDestination,
-    mut request: Request<Incoming>,
+    mut request: Request<ReqBody>,
     timeout: Option<Duration>,
     policy: Option<&super::resilience::RetryPolicy>,
     record: &mut Record,
@@ -216,7 +207,7 @@ async fn forward(
         replay_cap: super::resilience::DEFAULT_REPLAY_CAP,
     };
     let last_upstream = std::sync::Mutex::new(None);
-    let send = |mut request: Request<super::body::RetryBody<Incoming>>| {
+    let send = |mut request: Request<super::body::RetryBody<ReqBody>>| {
         let client = client.clone();
         let backend = backend.clone();
         let endpoints = &endpoints;
@@ -312,4 +303,5 @@ fn record_retries(d: &Downstream, backend: &Backend, stats: &RetryStats, record:
     if ejections > 0 {
         d.ctx.metrics.circuit.with_label_values(&[service, "ejection"]).inc_by(ejections);
     }
+    d.ctx.metrics.set_ejected_endpoints(service, backend.outlier.ejected_count(tokio::time::Instant::now()));
 }
