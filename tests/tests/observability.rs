@@ -25,11 +25,13 @@ const ECHO_HOST: &str = "echo.shop.svc.cluster.local";
 const BODY: &str =
     "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqr";
 
-/// DENY `/admin` and `/admin/*` on the `reviews` pods: such requests get 403 (flag UAEX) from node-b.
+/// DENY `/admin` and `/admin/*` on the `reviews` pods' HTTP port: such requests get 403 (flag UAEX) from
+/// node-b. The port keeps the rule off the TCP echo port (on a bare connection a DENY rule's L7 fields are
+/// ignored, failing closed, and the port alone decides).
 fn deny_admin() -> strait_api::Named<strait_api::AuthorizationPolicySpec> {
     authorization_policy(
         "reviews-deny-admin",
-        "selector: {matchLabels: {app: reviews}}\naction: DENY\nrules:\n- to: [{operation: {paths: [\"/admin\", \"/admin/*\"]}}]\n",
+        "selector: {matchLabels: {app: reviews}}\naction: DENY\nrules:\n- to: [{operation: {ports: [8080], paths: [\"/admin\", \"/admin/*\"]}}]\n",
     )
 }
 
