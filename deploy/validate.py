@@ -8,14 +8,19 @@
    `x-kubernetes-validations` CEL rule evaluated with cel-python, and list-type=map keys checked for
    uniqueness, as the API server would.
 3. Deliberately broken resources must be refused, so a rule that stops working fails this check.
-4. kustomization.yaml lists files that exist, and every manifest here is listed.
+4. kustomization.yaml lists files that exist, and every manifest here is listed (but examples/ and the
+   optional observability/ extras, whose monitors need the Prometheus Operator's CRDs).
+5. observability/: PodMonitor / ServiceMonitor select the proxies' metrics port; dashboards query only metric
+   families the proxy exports.
 
 What it cannot do: the API server's CEL cost estimation (the lists under CEL rules carry maxItems for it).
 """
 
 import copy
 import glob
+import json
 import os
+import re
 import sys
 
 import celpy
@@ -27,6 +32,10 @@ KUBERNETES_VERSION = "1.33.0"  # the k8s-openapi version feature the control pla
 DEPLOY = os.path.dirname(os.path.abspath(__file__))
 # deploy/local/ is the local mesh's input for the files provider (kind: Mesh), not Kubernetes objects.
 NOT_MANIFESTS = {"local"}
+# deploy/observability/ holds optional extras (Prometheus Operator monitors, a Grafana dashboard): built-in kinds
+# there are validated like the rest, the Operator's kinds structurally, and none is in the kustomization.
+OPTIONAL = "observability"
+MONITOR_KINDS = {"PodMonitor", "ServiceMonitor"}
 
 problems = []
 
@@ -184,6 +193,49 @@ def broken_resources(examples):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def monitor_errors(doc):
+    """A PodMonitor / ServiceMonitor must select the node proxies and scrape their named metrics port."""
+    errors = []
+    spec = doc.get("spec", {})
+    if spec.get("selector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") != "strait-proxy":
+        errors.append("spec.selector must match app.kubernetes.io/name: strait-proxy")
+    endpoints = spec.get("podMetricsEndpoints" if doc["kind"] == "PodMonitor" else "endpoints") or []
+    if not endpoints or any(e.get("port") != "metrics" or e.get("path", "/metrics") != "/metrics" for e in endpoints):
+        errors.append("every endpoint must scrape port 'metrics' at /metrics")
+    return errors
+
+
+def exported_families():
+    """The metric families the node proxy registers (proxy/src/metrics.rs, FAMILIES)."""
+    source = open(os.path.join(DEPLOY, "..", "proxy", "src", "metrics.rs")).read()
+    block = source.split("pub const FAMILIES: &[&str] = &[", 1)[1].split("];", 1)[0]
+    return set(re.findall(r'"([a-z_]+)"', block))
+
+
+def check_dashboards():
+    """Dashboards parse, and every metric their queries name is one the proxy exports."""
+    families = exported_families()
+    checked = 0
+    for path in sorted(glob.glob(os.path.join(DEPLOY, OPTIONAL, "*.json"))):
+        rel = os.path.relpath(path, DEPLOY)
+        try:
+            dashboard = json.load(open(path))
+        except ValueError as e:
+            fail(rel, f"not JSON: {e}")
+            continue
+        exprs = [t.get("expr", "") for p in dashboard.get("panels", []) for t in p.get("targets", [])]
+        exprs += [str(v.get("query", "")) for v in dashboard.get("templating", {}).get("list", [])]
+        if not exprs:
+            fail(rel, "no queries")
+        for expr in exprs:
+            for name in re.findall(r"\b((?:istio|strait)_[a-z_]+)", expr):
+                base = re.sub(r"_(bucket|sum|count)$", "", name)
+                if name not in families and base not in families:
+                    fail(rel, f"query uses {name}, which the proxy does not export: {expr}")
+        checked += 1
+    return checked
+
+
 def main():
     schemas = crd_schemas()
     if len(schemas) != 3:
@@ -198,7 +250,10 @@ def main():
             continue
         for i, doc in enumerate(docs):
             where = f"{rel}[{i}] {doc.get('kind')} {doc.get('metadata', {}).get('name')}"
-            if str(doc.get("apiVersion", "")).startswith("strait.dev/"):
+            if doc.get("apiVersion") == "monitoring.coreos.com/v1" and doc.get("kind") in MONITOR_KINDS:
+                for e in monitor_errors(doc):
+                    fail(where, e)
+            elif str(doc.get("apiVersion", "")).startswith("strait.dev/"):
                 examples.append(doc)
                 for e in custom_resource_errors(doc, schemas):
                     fail(where, e)
@@ -226,8 +281,11 @@ def main():
         if not os.path.exists(os.path.join(DEPLOY, rel)):
             fail("kustomization.yaml", f"lists {rel}, which does not exist")
     for rel in manifest_files():
-        if not rel.startswith("examples" + os.sep) and rel not in listed:
+        optional = rel.startswith("examples" + os.sep) or rel.startswith(OPTIONAL + os.sep)
+        if not optional and rel not in listed:
             fail("kustomization.yaml", f"does not list {rel}")
+
+    checked += check_dashboards()
 
     for p in problems:
         print(f"deploy: {p}", file=sys.stderr)
