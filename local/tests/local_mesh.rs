@@ -48,7 +48,8 @@ impl Layout {
 
     /// deploy/local with this layout's addresses.
     fn rewrite(&self, text: &str) -> String {
-        text.replace("127.0.", &format!("127.{}.", self.octet)).replace("port: 8080,", &format!("port: {SERVICE_PORT},"))
+        text.replace("127.0.", &format!("127.{}.", self.octet))
+            .replace("port: 8080,", &format!("port: {SERVICE_PORT},"))
     }
 }
 

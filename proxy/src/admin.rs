@@ -30,6 +30,8 @@ pub struct Admin {
     pub log_control: Option<LogControl>,
     /// The metrics port answers `/metrics` only: it is usually reachable from outside the node.
     pub metrics_only: bool,
+    /// The configuration version the proxy has fully put in place (rules, listeners, certificates).
+    pub synced: Option<Arc<std::sync::Mutex<String>>>,
 }
 
 type Body = Full<Bytes>;
@@ -58,11 +60,16 @@ impl Admin {
             .filter(|id| !held.iter().any(|c| c.identity() == *id))
             .map(|id| id.to_string())
             .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("waiting for certificates: {}", missing.join(", ")))
+        if !missing.is_empty() {
+            return Err(format!("waiting for certificates: {}", missing.join(", ")));
         }
+        if let Some(synced) = &self.synced {
+            let synced = synced.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if synced != state.version {
+                return Err(format!("configuration {} not yet in place (rules and listeners)", state.version));
+            }
+        }
+        Ok(())
     }
 
     /// The configuration as installed, for `/config_dump`. It holds no secret by construction: the mesh
@@ -211,6 +218,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             log_control: None,
             metrics_only: false,
+            synced: None,
         };
         (admin, identity)
     }

@@ -193,15 +193,16 @@ async fn run(args: Args, log_control: admin::LogControl) -> anyhow::Result<()> {
         };
         tokio::spawn(config_file::watch(path.clone(), state.clone(), metrics.clone(), loaded));
     }
+    let proxy = Proxy::new(&options, state.clone(), certs.clone(), metrics.clone());
     let admin = Admin {
-        state: state.clone(),
-        certs: certs.clone(),
-        metrics: metrics.clone(),
+        state,
+        certs,
+        metrics,
         log_control: Some(log_control),
         metrics_only: false,
+        synced: Some(proxy.ctx.synced.clone()),
     };
     admin::spawn(admin, args.admin, args.metrics)?;
-    let proxy = Proxy::new(&options, state, certs, metrics);
     proxy.start(&options).await?;
     tracing::info!(node = %args.node, admin = %args.admin, metrics = %args.metrics, "strait-proxy started");
     shutdown_signal().await?;

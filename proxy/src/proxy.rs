@@ -27,6 +27,9 @@ pub struct ProxyContext {
     pub capture: Capture,
     pub connect_timeout: Duration,
     pub http: crate::http::HttpContext,
+    /// The configuration version whose certificates, listeners and redirection rules are all in place;
+    /// readiness waits for it to catch up with the current version.
+    pub synced: Arc<std::sync::Mutex<String>>,
 }
 
 /// How traffic reaches the proxy.
@@ -83,6 +86,7 @@ impl Proxy {
             capture: options.capture(),
             connect_timeout: options.connect_timeout,
             http: Default::default(),
+            synced: Default::default(),
         });
         Proxy { ctx }
     }
@@ -130,20 +134,27 @@ async fn reconcile(
     loop {
         let state = states.borrow_and_update().clone();
         prefetch_certificates(&ctx, &state).await;
+        let mut in_place = true;
         if let Some(listeners) = listeners.as_mut() {
             if let Err(e) = listeners.reconcile(&ctx, &state) {
                 warn!(error = %format!("{e:#}"), "could not bind every listener");
+                in_place = false;
             }
         }
         if let Some(mut reconciler) = rules.take() {
             // nft and ip are child processes: keep them off the runtime's worker threads.
             let current = state.clone();
-            rules = tokio::task::spawn_blocking(move || {
-                reconciler.reconcile(&current);
-                reconciler
+            let done = tokio::task::spawn_blocking(move || {
+                let ok = reconciler.reconcile(&current);
+                (reconciler, ok)
             })
             .await
             .ok();
+            in_place &= done.as_ref().is_some_and(|(_, ok)| *ok);
+            rules = done.map(|(reconciler, _)| reconciler);
+        }
+        if in_place {
+            *ctx.synced.lock().unwrap_or_else(|e| e.into_inner()) = state.version.clone();
         }
         if states.changed().await.is_err() {
             return;
@@ -168,7 +179,8 @@ struct RulesReconciler {
 }
 
 impl RulesReconciler {
-    fn reconcile(&mut self, state: &State) {
+    /// Applies the rules for `state`; false if they could not be applied.
+    fn reconcile(&mut self, state: &State) -> bool {
         let pods: BTreeSet<_> = state.local_workloads().map(|w| w.workload.address).collect();
         let spec = redirect::RedirectSpec {
             mode: self.mode,
@@ -180,9 +192,16 @@ impl RulesReconciler {
             ..redirect::RedirectSpec::default()
         };
         match self.inner.reconcile(&spec) {
-            Ok(true) => info!(pods = spec.local_pods.len(), "redirection rules updated"),
-            Ok(false) => {}
-            Err(e) => warn!(error = %e, "could not update redirection rules; the previous rules stay in place"),
+            Ok(changed) => {
+                if changed {
+                    info!(pods = spec.local_pods.len(), "redirection rules updated");
+                }
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "could not update redirection rules; the previous rules stay in place");
+                false
+            }
         }
     }
 }

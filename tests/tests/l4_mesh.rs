@@ -31,6 +31,27 @@ fn vip() -> SocketAddr {
     SocketAddr::new(ECHO_VIP.parse().expect("constant"), ECHO_PORT)
 }
 
+/// Sends a marker and a few bytes from `netns` to `addr` and says whether the echo came back whole. A refused,
+/// reset or dropped connection is `false`, not an error (2 s client timeout, for rules that drop).
+fn gets_through(netns: &str, addr: SocketAddr, marker: &str) -> Result<bool> {
+    let bin = backend::testbackend_path()?;
+    let bin = bin.to_string_lossy();
+    let args = [
+        bin.as_ref(),
+        "tcp-send",
+        "--connect",
+        &addr.to_string(),
+        "--bytes",
+        "100",
+        "--marker",
+        marker,
+        "--timeout-ms",
+        "2000",
+    ];
+    let out = exec::output_in(netns, &args, Duration::from_secs(20))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("\"echoed\":true"))
+}
+
 /// Pod to pod across nodes, by pod address and by service VIP; the node-to-node link carries only TLS; the
 /// client half-closes and still gets every byte back.
 fn cross_node_is_encrypted(mode: Mode) -> Result<()> {
@@ -135,22 +156,7 @@ fn deny_policy_blocks_and_is_reported() -> Result<()> {
     })?;
     let allowed = backend::tcp_send(mesh.cluster.pod("a1").netns_name(), echo.addr, 1000, "ALLOWED")?;
     assert!(allowed.echoed, "a1 is not denied: {allowed:?}");
-    let denied = exec::output_in(
-        mesh.cluster.pod("a2").netns_name(),
-        &[
-            backend::testbackend_path()?.to_string_lossy().as_ref(),
-            "tcp-send",
-            "--connect",
-            &echo.addr.to_string(),
-            "--bytes",
-            "1000",
-            "--marker",
-            "DENIED",
-        ],
-        Duration::from_secs(20),
-    )?;
-    let stdout = String::from_utf8_lossy(&denied.stdout);
-    assert!(!stdout.contains("\"echoed\":true"), "a2 got through a DENY policy: {stdout}");
+    assert!(!gets_through(mesh.cluster.pod("a2").netns_name(), echo.addr, "DENIED")?, "a2 got through a DENY policy");
     let denials = mesh.metric("node-b", "strait_policy_denials_total", &[("policy", "shop/no-a2")])?;
     assert_eq!(denials, 1.0, "denials reported by node-b");
     let closed = mesh.metric(
@@ -170,34 +176,14 @@ fn strict_refuses_plaintext_and_permissive_passes_it() -> Result<()> {
     let (mesh, echo) = start(Mode::Tproxy, |_| {})?;
     // The node itself is outside the mesh: its traffic to b1 reaches node-b as plaintext.
     let outsider = mesh.cluster.node("node-a").netns_name().to_string();
-    let bin = backend::testbackend_path()?;
-    let send = |marker: &str| -> Result<String> {
-        let out = exec::output_in(
-            &outsider,
-            &[
-                bin.to_string_lossy().as_ref(),
-                "tcp-send",
-                "--connect",
-                &echo.addr.to_string(),
-                "--bytes",
-                "100",
-                "--marker",
-                marker,
-            ],
-            Duration::from_secs(20),
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let strict = send("STRICT")?;
-    assert!(!strict.contains("\"echoed\":true"), "plaintext passed a STRICT namespace: {strict}");
+    assert!(!gets_through(&outsider, echo.addr, "STRICT")?, "plaintext passed a STRICT namespace");
     let refused = mesh.metric("node-b", "strait_connections_refused_total", &[("reason", "plaintext_in_strict")])?;
     assert_eq!(refused, 1.0);
 
     let mut config = mesh::default_config(&mesh.cluster);
     config.namespaces[0].mtls_mode = MtlsMode::Permissive;
     mesh.update_config(&config)?;
-    let permissive = send("PERMISSIVE")?;
-    assert!(permissive.contains("\"echoed\":true"), "plaintext refused in a PERMISSIVE namespace: {permissive}");
+    assert!(gets_through(&outsider, echo.addr, "PERMISSIVE")?, "plaintext refused in a PERMISSIVE namespace");
     let passed = mesh.metric(
         "node-b",
         "istio_tcp_connections_opened_total",
@@ -223,23 +209,8 @@ fn a_proxy_presenting_the_wrong_identity_is_refused() -> Result<()> {
     while mesh.config_version("node-a")? == version {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let bin = backend::testbackend_path()?;
-    let out = exec::output_in(
-        mesh.cluster.pod("a1").netns_name(),
-        &[
-            bin.to_string_lossy().as_ref(),
-            "tcp-send",
-            "--connect",
-            &echo.addr.to_string(),
-            "--bytes",
-            "100",
-            "--marker",
-            "X",
-        ],
-        Duration::from_secs(20),
-    )?;
     assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("\"echoed\":true"),
+        !gets_through(mesh.cluster.pod("a1").netns_name(), echo.addr, "X")?,
         "reached a peer with the wrong identity"
     );
     let failures = mesh.metric(
@@ -344,29 +315,9 @@ fn rules_stay_and_fail_closed_while_the_proxy_restarts() -> Result<()> {
     assert!(String::from_utf8_lossy(&table.stdout).contains("10.2.0.2"), "b1 is in node-b's rules");
     mesh.stop_proxy("node-b")?;
     // With no proxy, nothing reaches b1: not through the tunnel, not as plaintext around it.
-    let bin = backend::testbackend_path()?;
     for from in [mesh.cluster.pod("a1").netns_name().to_string(), mesh.cluster.node("node-a").netns_name().to_string()]
     {
-        let out = exec::output_in(
-            &from,
-            &[
-                bin.to_string_lossy().as_ref(),
-                "tcp-send",
-                "--connect",
-                &echo.addr.to_string(),
-                "--bytes",
-                "100",
-                "--marker",
-                "DOWN",
-                "--timeout-ms",
-                "2000",
-            ],
-            Duration::from_secs(20),
-        )?;
-        assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("\"echoed\":true"),
-            "b1 reachable from {from} with its proxy down"
-        );
+        assert!(!gets_through(&from, echo.addr, "DOWN")?, "b1 reachable from {from} with its proxy down");
     }
     mesh.resume_proxy("node-b")?;
     let after = exec::run_in(&node_b, &["nft", "list", "table", "inet", "strait"])?;

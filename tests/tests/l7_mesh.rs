@@ -272,14 +272,32 @@ fn per_try_timeout_and_overall_timeout() -> Result<()> {
 // Outlier detection and connection-pool limits
 // ---------------------------------------------------------------------------------------------------------
 
-/// With no DestinationPolicy (the default balancer), two equally fast endpoints both get a share of
-/// sequential traffic: neither is starved.
+/// With no DestinationPolicy the balancer is P2C over peak-EWMA latency: every endpoint is probed, and
+/// sequential traffic goes to the fast endpoint rather than the one 40 ms slower.
 #[test]
-fn default_balancer_spreads_sequential_requests() -> Result<()> {
+fn default_balancer_prefers_the_faster_endpoint() -> Result<()> {
     if !require_root() {
         return Ok(());
     }
-    let mesh = HttpMesh::start(&[], &[], |_| {})?;
+    let mesh = HttpMesh::start(&[], &["--delay-ms", "40"], |_| {})?;
+    let summary = mesh.summary(&HttpGet::new(url("/spread")).count(200))?;
+    assert_eq!(summary.by_status.get("200").copied(), Some(200), "{summary:?}");
+    let fast = summary.by_name.get("reviews-b1").copied().unwrap_or(0);
+    let slow = summary.by_name.get("reviews-b2").copied().unwrap_or(0);
+    assert!(slow >= 1, "the slow endpoint was never probed: {summary:?}");
+    assert!(fast >= 180, "the fast endpoint got only {fast} of 200: {summary:?}");
+    Ok(())
+}
+
+/// LEAST_REQUEST with two equally fast endpoints: ties are broken at random, so sequential requests spread.
+#[test]
+fn least_request_spreads_sequential_requests() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mesh = HttpMesh::start(&[], &[], |config| {
+        config.destination_policies.push(reviews_policy("loadBalancer: {simple: LEAST_REQUEST}"));
+    })?;
     let summary = mesh.summary(&HttpGet::new(url("/spread")).count(400))?;
     assert_eq!(summary.by_status.get("200").copied(), Some(400), "{summary:?}");
     for name in ["reviews-b1", "reviews-b2"] {

@@ -178,11 +178,14 @@ fn build(state: &State, service: &Arc<Service>, target_port: u16, previous: Opti
         Strategy::ConsistentHash(on) => Some(on.clone()),
         _ => None,
     };
-    let outlier_spec = policy.as_ref().and_then(|p| p.outlier_detection.clone()).unwrap_or_default();
-    let outlier_config = OutlierConfig::from_spec(&outlier_spec).unwrap_or_else(|e| {
-        warn!(service = %name, error = %e, "outlier detection setting ignored");
-        OutlierConfig::default()
-    });
+    // As in Istio, outlier detection is off unless the DestinationPolicy asks for it.
+    let outlier_config = match policy.as_ref().and_then(|p| p.outlier_detection.as_ref()) {
+        Some(spec) => OutlierConfig::from_spec(spec).unwrap_or_else(|e| {
+            warn!(service = %name, error = %e, "outlier detection setting ignored");
+            OutlierConfig::disabled()
+        }),
+        None => OutlierConfig::disabled(),
+    };
     let limits =
         PoolLimits::from_spec(policy.as_ref().and_then(|p| p.connection_pool.as_ref()).and_then(|c| c.http.as_ref()));
     let same = |f: fn(&DestinationPolicySpec) -> String| {

@@ -103,6 +103,10 @@ struct Load {
 struct Ewma {
     rtt_ns: f64,
     at: Instant,
+    /// Until the first answer, the estimate is a guess (`default_rtt`); the first real latency replaces it
+    /// outright instead of being averaged into the guess, so a fast new endpoint does not look slow for the
+    /// whole decay time.
+    observed: bool,
 }
 
 impl Ewma {
@@ -115,6 +119,12 @@ impl Ewma {
 
     fn observe(&mut self, rtt: Duration, now: Instant, decay_ns: f64) {
         let rtt_ns = rtt.as_nanos() as f64;
+        if !self.observed {
+            self.observed = true;
+            self.rtt_ns = rtt_ns;
+            self.at = now;
+            return;
+        }
         let current = self.at(now, decay_ns);
         self.rtt_ns = if rtt_ns > current {
             rtt_ns
@@ -183,16 +193,18 @@ impl Balancer {
     }
 
     fn cost(&self, load: Option<&Arc<Load>>, now: Instant) -> f64 {
-        let default_ns = self.ewma.default_rtt.as_nanos() as f64;
-        let Some(load) = load else {
-            return if self.strategy == Strategy::LeastRequest { 0.0 } else { default_ns };
-        };
+        // Never tried: free, so it gets its one probe; while that probe is out it costs the default guess times
+        // the requests in flight, so a new endpoint is neither starved nor flooded.
+        let Some(load) = load else { return 0.0 };
         let in_flight = load.in_flight.load(Relaxed) as f64;
         if self.strategy == Strategy::LeastRequest {
             return in_flight;
         }
-        let estimate = load.ewma.lock().unwrap_or_else(|e| e.into_inner()).at(now, self.decay_ns());
-        estimate * (in_flight + 1.0)
+        let ewma = *load.ewma.lock().unwrap_or_else(|e| e.into_inner());
+        if !ewma.observed && in_flight == 0.0 {
+            return 0.0;
+        }
+        ewma.at(now, self.decay_ns()) * (in_flight + 1.0)
     }
 
     fn decay_ns(&self) -> f64 {
@@ -208,7 +220,8 @@ impl Balancer {
             .entry(endpoint)
             .or_insert_with(|| {
                 let rtt_ns = self.ewma.default_rtt.as_nanos() as f64;
-                Arc::new(Load { in_flight: AtomicUsize::new(0), ewma: Mutex::new(Ewma { rtt_ns, at: now }) })
+                let ewma = Ewma { rtt_ns, at: now, observed: false };
+                Arc::new(Load { in_flight: AtomicUsize::new(0), ewma: Mutex::new(ewma) })
             })
             .clone();
         load.in_flight.fetch_add(1, Relaxed);
@@ -347,7 +360,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_new_endpoint_starts_at_the_default_estimate() {
+    async fn a_new_endpoint_is_probed_then_judged_by_its_first_answer() {
         let b = Balancer::new(Strategy::PeakEwma);
         let eps = addrs(3);
         let mut rng = StdRng::seed_from_u64(3);
@@ -356,10 +369,18 @@ mod tests {
             b.start(eps[0]).finish(Duration::from_millis(100));
             b.start(eps[1]).finish(Duration::from_millis(1));
         }
-        // eps[2] has no data: 30 ms, better than ~100 ms and worse than eps[1]'s ~5 ms.
+        // Never tried: it wins every comparison it is drawn into (2 of 3 pairs), so it is not starved.
+        let untried = count(&b, &eps, eps[2], 3000, &mut rng);
+        assert!((1850..=2150).contains(&untried), "{untried}");
+        // Its probe in flight: it costs the 30 ms guess twice, better than ~100 ms, worse than ~1 ms: not flooded.
+        let probe = b.start(eps[2]);
         assert_eq!(count(&b, &eps, eps[0], 1000, &mut rng), 0);
-        let new = count(&b, &eps, eps[2], 3000, &mut rng);
-        assert!((900..=1100).contains(&new), "{new}: wins only against eps[0]");
+        let during = count(&b, &eps, eps[2], 3000, &mut rng);
+        assert!((900..=1100).contains(&during), "{during}: wins only against eps[0]");
+        // A 1 ms first answer replaces the guess outright: now it ties with the fast endpoint.
+        probe.finish(Duration::from_millis(1));
+        let after = count(&b, &eps, eps[2], 3000, &mut rng);
+        assert!(after > 1200, "{after}: judged by its first answer");
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub struct OutlierConfig {
     pub max_ejection_percent: u32,
 }
 
+impl OutlierConfig {
+    /// Never ejects anything: what a destination without an `outlierDetection` block gets.
+    pub fn disabled() -> Self {
+        OutlierConfig { consecutive_5xx: None, consecutive_gateway_errors: None, ..OutlierConfig::default() }
+    }
+}
+
 impl Default for OutlierConfig {
     /// Istio's defaults for an `outlierDetection` block that sets nothing.
     fn default() -> Self {

@@ -96,6 +96,8 @@ pub struct HttpConfig {
     pub fail_percent: u32,
     /// Never answer (changeable at run time: `POST /control/hang/<0|1>`).
     pub hang: bool,
+    /// Wait this long before every answer (a uniformly slow endpoint).
+    pub delay_ms: u64,
 }
 
 impl HttpConfig {
@@ -129,7 +131,8 @@ struct Instance {
 ///   and an echo of every byte on the upgraded connection;
 /// - `content-type: application/grpc` on `/strait.test.Echo/*`: the gRPC echo service ([`super::grpc`]).
 ///
-/// Instance-wide (from the flags, changeable at run time; control requests are never failed or hung):
+/// Instance-wide (from the flags; `--delay-ms` slows every answer; changeable at run time; control requests
+/// are never failed or hung):
 /// - `POST /control/fail-percent/<n>`: answer 503 n% of the requests from now on;
 /// - `POST /control/hang/<0|1>`: stop (1) or resume (0) answering;
 /// - `GET /control/stats`: `{"name":..,"requests":N}`, requests seen so far (control requests excluded).
@@ -199,6 +202,9 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
     instance.requests.fetch_add(1, Ordering::Relaxed);
     if instance.hang.load(Ordering::Relaxed) {
         std::future::pending::<()>().await;
+    }
+    if instance.config.delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(instance.config.delay_ms)).await;
     }
     let fail_percent = instance.fail_percent.load(Ordering::Relaxed);
     if fail_percent > 0 && rand::random_range(0..100) < fail_percent {

@@ -45,6 +45,9 @@ enum Cmd {
         /// Never answer (`POST /control/hang/0` resumes).
         #[arg(long)]
         hang: bool,
+        /// Wait this many milliseconds before every answer.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// Connect, send the marker then N filler bytes, half-close, read to EOF; print a JSON report.
     TcpSend {
@@ -99,8 +102,8 @@ async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::TcpEcho { listen } => server::tcp_echo(listen).await,
         Cmd::TcpSink { listen } => server::tcp_sink(listen).await,
-        Cmd::Http { listen, name, version, fail_percent, hang } => {
-            server::http(listen, server::HttpConfig { name, version, fail_percent, hang }).await
+        Cmd::Http { listen, name, version, fail_percent, hang, delay_ms } => {
+            server::http(listen, server::HttpConfig { name, version, fail_percent, hang, delay_ms }).await
         }
         Cmd::TcpSend { connect, bytes, marker, timeout_ms } => {
             let report = client::tcp_send(connect, bytes, &marker, Duration::from_millis(timeout_ms)).await?;
