@@ -373,6 +373,10 @@ async fn a_restarted_control_plane_keeps_its_ca_and_proxies_keep_their_config_un
     let secret = fake.get("Secret", "strait-system", "strait-ca").expect("the CA Secret was created");
     assert!(secret.pointer("/data/ca.pem").is_some() && secret.pointer("/data/ca-key.pem").is_some());
     let root = running.root_pem().to_string();
+    // The proxies' trust anchor is published for them: the root certificate, and nothing else.
+    let published = fake.get("ConfigMap", "strait-system", "strait-root-cert").expect("the root ConfigMap");
+    assert_eq!(published.pointer("/data/root.pem").and_then(|v| v.as_str()), Some(root.as_str()));
+    assert_eq!(published.pointer("/data").and_then(|d| d.as_object()).map(|d| d.len()), Some(1), "{published}");
     let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
     let first = until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
 

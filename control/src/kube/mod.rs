@@ -16,6 +16,7 @@ pub mod ca_secret;
 pub mod convert;
 pub mod crds;
 pub mod discovery;
+pub mod root_configmap;
 pub mod status;
 pub mod token_review;
 
@@ -39,6 +40,8 @@ pub struct KubeOptions {
     /// The namespace Strait runs in: the CA Secret and the proxies' ServiceAccount are there.
     pub namespace: String,
     pub ca_secret: String,
+    /// The ConfigMap where the mesh root certificate is published for the node proxies.
+    pub root_configmap: String,
     /// The ServiceAccount whose tokens the node proxies present.
     pub proxy_service_account: String,
     /// The audience proxies' projected tokens are issued for.
@@ -55,6 +58,7 @@ impl Default for KubeOptions {
             cert_ttl: strait_certs::DEFAULT_WORKLOAD_TTL,
             namespace: "strait-system".to_string(),
             ca_secret: "strait-ca".to_string(),
+            root_configmap: "strait-root-cert".to_string(),
             proxy_service_account: "strait-proxy".to_string(),
             audience: "strait-control".to_string(),
             debounce: discovery::DEFAULT_DEBOUNCE,
@@ -70,6 +74,9 @@ pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result
     let ca = ca_secret::load_or_create(client.clone(), &options.namespace, &options.ca_secret, &options.trust_domain)
         .await
         .context("the mesh CA")?;
+    root_configmap::publish(client.clone(), &options.namespace, &options.root_configmap, ca.root_pem())
+        .await
+        .context("the root certificate for the node proxies")?;
     let verifier =
         TokenReviewVerifier::new(client.clone(), &options.audience, &options.namespace, &options.proxy_service_account);
     let discovery = KubeDiscovery::new(client, options.trust_domain.clone())
