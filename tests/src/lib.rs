@@ -21,33 +21,18 @@
 
 pub mod backend;
 pub mod capture;
-pub mod exec;
 pub mod fake_kube;
 pub mod mesh;
 pub mod mesh_http;
-pub mod netns;
+
+// The namespace cluster and the process/namespace helpers live in `strait-netns` (shared with
+// `strait local --netns`); these re-exports keep the `strait_tests::netns` and `strait_tests::exec` paths.
+pub use strait_netns::cluster as netns;
+pub use strait_netns::exec;
+pub use strait_netns::{require_root, REQUIRE_ROOT_ENV};
 
 pub use capture::{Capture, Captured};
 pub use exec::{
     connect_from, connect_from_async, in_netns, listen_in, listen_in_tokio, output_in, run_in, spawn_in, ChildGuard,
 };
 pub use netns::{Cluster, ClusterBuilder, Node, Pod};
-
-/// Set (to anything but "0") where the root-only tests must run, as in CI: then a missing root privilege
-/// fails the test instead of skipping it.
-pub const REQUIRE_ROOT_ENV: &str = "STRAIT_REQUIRE_ROOT_TESTS";
-
-/// True when running as root. Tests call it first and return early (printing "skipping: needs root") when
-/// it is false, so a developer's unprivileged `cargo test` stays green. Panics instead when
-/// [`REQUIRE_ROOT_ENV`] is set, so CI can never pass by skipping.
-pub fn require_root() -> bool {
-    // SAFETY: geteuid(2) has no arguments and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var(REQUIRE_ROOT_ENV).is_ok_and(|v| v != "0") {
-            panic!("this test needs root and {REQUIRE_ROOT_ENV} is set");
-        }
-        eprintln!("skipping: needs root");
-    }
-    root
-}

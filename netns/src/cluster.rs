@@ -93,7 +93,7 @@ fn remove_namespaces(namespaces: &[String]) {
     let script: String = namespaces.iter().map(|ns| format!("netns del {ns}\n")).collect();
     // -force: keep deleting after one failure; this is cleanup, so errors are reported, not raised.
     if let Err(e) = ip_batch(&[], &script, true) {
-        eprintln!("strait-tests: cleanup of {namespaces:?} incomplete: {e:#}");
+        eprintln!("strait-netns: cleanup of {namespaces:?} incomplete: {e:#}");
     }
 }
 

@@ -189,7 +189,7 @@ impl Drop for ChildGuard {
 
 /// Sends `sig` to `pid`; errors (no such process) are ignored because every caller treats "already gone"
 /// as success.
-pub(crate) fn signal(pid: u32, sig: libc::c_int) {
+pub fn signal(pid: u32, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(pid) else { return };
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe {
