@@ -32,13 +32,27 @@ impl Children {
     /// Must be called from the thread that lives as long as the launcher: the death signal is tied to the
     /// thread that started the child.
     pub fn spawn(&mut self, name: &str, args: &[String]) -> anyhow::Result<()> {
+        self.start(name, None, args)
+    }
+
+    /// [`Children::spawn`] inside the network namespace `netns` (under `ip netns exec`, which execs in place:
+    /// the child is still our direct child, and its death signal survives the exec).
+    pub fn spawn_in(&mut self, netns: &str, name: &str, args: &[String]) -> anyhow::Result<()> {
+        self.start(name, Some(netns), args)
+    }
+
+    fn start(&mut self, name: &str, netns: Option<&str>, args: &[String]) -> anyhow::Result<()> {
         let log = self.log_dir.join(format!("{name}.log"));
         let out = File::create(&log).with_context(|| format!("creating the log file {}", log.display()))?;
         let err = out.try_clone().with_context(|| format!("opening {} twice", log.display()))?;
         let parent = std::process::id() as libc::pid_t;
         let mut command = Command::new(&self.exe);
+        command.args(args);
+        if let Some(netns) = netns {
+            command = strait_netns::exec::command_in(netns, &command);
+        }
         // Log files, not terminals: no colour codes.
-        command.args(args).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(out).stderr(err);
+        command.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(out).stderr(err);
         // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl and getppid are.
         unsafe {
             command.pre_exec(move || {
@@ -52,8 +66,10 @@ impl Children {
                 Ok(())
             });
         }
-        let child =
-            command.spawn().with_context(|| format!("starting {name} ({} {})", self.exe.display(), args.join(" ")))?;
+        let child = command.spawn().with_context(|| match netns {
+            Some(ns) => format!("starting {name} (ip netns exec {ns} {} {})", self.exe.display(), args.join(" ")),
+            None => format!("starting {name} ({} {})", self.exe.display(), args.join(" ")),
+        })?;
         self.running.push(Running { name: name.to_string(), log, child });
         Ok(())
     }

@@ -3,9 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
+use strait_control::discovery::BoxFuture;
+use strait_control::model::Discovered;
+use strait_control::{Discovery, FileDiscovery};
+use tokio::sync::watch;
 
 #[derive(Args, Debug)]
 pub struct ControlArgs {
@@ -25,6 +30,11 @@ pub struct ControlArgs {
     /// File holding the bearer token proxies present.
     #[arg(long)]
     token_file: PathBuf,
+    /// A file read (once, at start) in place of the --files directory's file of the same name; the other files
+    /// stay live-watched. `strait local --netns` passes the mesh description translated to its namespace
+    /// cluster's addresses this way. Repeatable.
+    #[arg(long = "replace", value_name = "FILE")]
+    replace: Vec<PathBuf>,
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<()> {
@@ -35,10 +45,15 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        let replacements = read_replacements(&args.replace)?;
         let mut options = strait_control::Options::new(args.files, args.ca_dir, args.token_file);
         options.trust_domain = args.trust_domain;
         options.listen = args.listen;
-        let running = strait_control::start(options).await?;
+        let running = if replacements.is_empty() {
+            strait_control::start(options).await?
+        } else {
+            start_replacing(options, replacements).await?
+        };
         tokio::select! {
             result = running.wait() => result,
             result = shutdown_signal() => {
@@ -48,6 +63,93 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// (file name, contents) of every `--replace` file.
+fn read_replacements(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    paths
+        .iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .with_context(|| format!("--replace {}: not a file name", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("--replace: reading {}", path.display()))?;
+            Ok((name, text))
+        })
+        .collect()
+}
+
+/// [`strait_control::start`], with the file provider's view of the replaced files swapped for the replacements.
+async fn start_replacing(
+    options: strait_control::Options,
+    replacements: Vec<(String, String)>,
+) -> anyhow::Result<strait_control::Running> {
+    anyhow::ensure!(
+        options.files.is_dir(),
+        "--files {}: not a directory (it should hold the mesh description and resource YAML files)",
+        options.files.display()
+    );
+    let ca = strait_certs::MeshCa::load_or_generate(&options.ca_dir, &options.trust_domain)
+        .with_context(|| format!("loading the mesh CA from {}", options.ca_dir.display()))?;
+    let verifier = strait_control::StaticTokenVerifier::from_file(&options.token_file)
+        .with_context(|| format!("reading the token file {}", options.token_file.display()))?;
+    let parts = strait_control::Parts {
+        discovery: Box::new(Replacing {
+            inner: FileDiscovery::new(&options.files, options.poll_interval),
+            replacements: Replacements(replacements),
+        }),
+        verifier: Arc::new(verifier),
+        ca,
+    };
+    strait_control::start_with(options.listen, options.cert_ttl, parts).await
+}
+
+/// The file provider, with some files' contents replaced: whatever it read from a replaced file (objects and
+/// rejections) is dropped and the replacement's parsed instead, each time the directory changes.
+struct Replacing {
+    inner: FileDiscovery,
+    replacements: Replacements,
+}
+
+/// (file name, contents) pairs.
+struct Replacements(Vec<(String, String)>);
+
+impl Replacements {
+    fn apply(&self, read: &Discovered) -> Discovered {
+        let replaced = |source: &str| self.0.iter().any(|(name, _)| name == source);
+        let mut out = read.clone();
+        out.objects.retain(|o| !replaced(&o.source));
+        out.rejected.retain(|r| !replaced(&r.source));
+        for (name, text) in &self.0 {
+            strait_control::files::parse_file(name, text, &mut out);
+        }
+        out
+    }
+}
+
+impl Discovery for Replacing {
+    fn run(self: Box<Self>, out: watch::Sender<Arc<Discovered>>) -> BoxFuture<()> {
+        Box::pin(async move {
+            let Replacing { inner, replacements } = *self;
+            let (tx, mut rx) = watch::channel(Arc::new(Discovered::default()));
+            let files = Box::new(inner).run(tx);
+            let forward = async move {
+                while rx.changed().await.is_ok() {
+                    let read = rx.borrow_and_update().clone();
+                    if out.is_closed() {
+                        return;
+                    }
+                    out.send_replace(Arc::new(replacements.apply(&read)));
+                }
+            };
+            tokio::select! {
+                _ = files => {}
+                _ = forward => {}
+            }
+        })
+    }
 }
 
 pub fn init_logging() {

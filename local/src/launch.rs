@@ -20,11 +20,11 @@ use crate::plan::{Base, Binding, Plan};
 pub struct LocalArgs {
     /// Where the mesh CA, the proxies' token and the logs are kept (created on first run).
     #[arg(long, default_value = ".strait-local")]
-    state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// The mesh description (kind: Mesh) and the TrafficRoute, DestinationPolicy and AuthorizationPolicy
     /// resources. Watched: saved edits are pushed to the proxies live.
     #[arg(long, default_value = "deploy/local")]
-    config_dir: PathBuf,
+    pub(crate) config_dir: PathBuf,
     /// First two octets of the addresses `strait local` picks for the control plane (<base>.0.2:15012) and the
     /// node proxies (<base>.1.1, <base>.2.1, ... ports 15000 admin and 15020 metrics). Workload and service
     /// addresses come from the files.
@@ -32,7 +32,13 @@ pub struct LocalArgs {
     base_ip: Base,
     /// How long to wait for the mesh to come up, in seconds.
     #[arg(long, default_value_t = 60)]
-    start_timeout: u64,
+    pub(crate) start_timeout: u64,
+    /// Linux, as root: run the mesh in network namespaces (a node namespace per node, a pod namespace per
+    /// workload, the control plane on the underlay) with the proxies capturing pod traffic transparently
+    /// (nftables TPROXY), as in a cluster. Workloads get pod addresses (10.1.0.x on the first node, ...), services
+    /// 10.96.0.x; --base-ip does not apply.
+    #[arg(long)]
+    pub(crate) netns: bool,
 }
 
 pub fn run(args: LocalArgs) -> anyhow::Result<()> {
@@ -42,6 +48,9 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
          or pass --config-dir",
         args.config_dir.display()
     );
+    if args.netns {
+        return crate::netns_mesh::run(args);
+    }
     let trust_domain = strait_api::default_trust_domain();
     let plan = Plan::read(&args.config_dir, args.base_ip, &trust_domain)?;
     for rejected in &plan.rejected {
@@ -49,16 +58,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     check_addresses(&plan.bindings(), &args.config_dir)?;
 
-    let state_dir = absolute(&args.state_dir)?;
-    let config_dir = absolute(&args.config_dir)?;
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
-    let ca_dir = state_dir.join("ca");
-    let created = !ca_dir.join(strait_certs::CA_CERT_FILE).exists();
-    strait_certs::MeshCa::load_or_generate(&ca_dir, &trust_domain)
-        .with_context(|| format!("creating or loading the mesh CA in {}", ca_dir.display()))?;
-    let token_file = state_dir.join("token");
-    ensure_token(&token_file)?;
+    let State { dir: state_dir, config_dir, ca_dir, token_file, created_ca: created } =
+        State::prepare(&args, &trust_domain)?;
 
     // One thread for everything: the children's death signal is tied to the thread that started them.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
@@ -156,20 +157,45 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     })
 }
 
-struct Signals {
+/// The state directory, made ready: the mesh CA (created on first run) and the proxies' token.
+pub(crate) struct State {
+    pub dir: PathBuf,
+    /// The configuration directory, absolute.
+    pub config_dir: PathBuf,
+    pub ca_dir: PathBuf,
+    pub token_file: PathBuf,
+    pub created_ca: bool,
+}
+
+impl State {
+    pub(crate) fn prepare(args: &LocalArgs, trust_domain: &str) -> anyhow::Result<State> {
+        let dir = absolute(&args.state_dir)?;
+        let config_dir = absolute(&args.config_dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let ca_dir = dir.join("ca");
+        let created_ca = !ca_dir.join(strait_certs::CA_CERT_FILE).exists();
+        strait_certs::MeshCa::load_or_generate(&ca_dir, trust_domain)
+            .with_context(|| format!("creating or loading the mesh CA in {}", ca_dir.display()))?;
+        let token_file = dir.join("token");
+        ensure_token(&token_file)?;
+        Ok(State { dir, config_dir, ca_dir, token_file, created_ca })
+    }
+}
+
+pub(crate) struct Signals {
     interrupt: Signal,
     terminate: Signal,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
             terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
         })
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
@@ -177,7 +203,7 @@ impl Signals {
     }
 }
 
-fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     if path.is_absolute() {
         return Ok(path.to_path_buf());
     }
@@ -299,19 +325,24 @@ async fn connects(addr: SocketAddr) -> bool {
 
 /// A plain HTTP/1.1 GET; `None` when nothing answers.
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.ok()?;
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        Some((status, text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()))
+    let get = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        exchange(stream, addr, path).await
     };
-    tokio::time::timeout(Duration::from_secs(2), exchange).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(2), get).await.ok().flatten()
 }
 
-fn url(addr: SocketAddr) -> String {
+/// A plain HTTP/1.1 GET on a connected stream: (status, body).
+pub(crate) async fn exchange(mut stream: tokio::net::TcpStream, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()))
+}
+
+pub(crate) fn url(addr: SocketAddr) -> String {
     if addr.port() == 80 {
         format!("http://{}/", addr.ip())
     } else {

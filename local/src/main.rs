@@ -1,14 +1,18 @@
 //! `strait`: one binary for running Strait on one machine.
 //!
 //! - `strait local` starts a whole mesh (control plane, two node proxies, demo backends) as child processes of
-//!   itself, on loopback addresses, without Kubernetes or root;
+//!   itself, on loopback addresses, without Kubernetes or root; `strait local --netns` runs it in network
+//!   namespaces with transparent capture instead (root, Linux);
 //! - `strait proxy`, `strait control` and `strait demo-backend` are those children (and usable on their own).
 
 mod children;
 mod control;
 mod demo;
+mod http_get;
 mod launch;
+mod netns_mesh;
 mod plan;
+mod pods;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +33,9 @@ enum Command {
     Control(control::ControlArgs),
     /// A small HTTP server answering JSON with its version, its identity and the caller's identity.
     DemoBackend(demo::DemoArgs),
+    /// A tiny HTTP client for checks from inside a pod's network namespace (tests).
+    #[command(hide = true)]
+    HttpGet(http_get::HttpGetArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(args) => strait_proxy::cli::run_with(*args),
         Command::Control(args) => control::run(args),
         Command::DemoBackend(args) => demo::run(args),
+        Command::HttpGet(args) => http_get::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,7 +8,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use anyhow::Context as _;
+use strait_control::files::FileContents;
 use strait_control::model::{Object, Service, Workload};
+
+/// Every configuration file of `config_dir`, as the control plane's file provider reads them.
+pub fn read_config_dir(config_dir: &Path) -> anyhow::Result<FileContents> {
+    strait_control::files::read_dir(config_dir)
+        .with_context(|| format!("reading the configuration directory {}", config_dir.display()))
+}
 
 /// The `127.A.B` layout of the addresses `strait local` picks itself (the rest come from the files).
 #[derive(Clone, Copy, Debug)]
@@ -77,9 +84,13 @@ impl fmt::Display for Binding {
 
 impl Plan {
     pub fn read(config_dir: &Path, base: Base, trust_domain: &str) -> anyhow::Result<Plan> {
-        let files = strait_control::files::read_dir(config_dir)
-            .with_context(|| format!("reading the configuration directory {}", config_dir.display()))?;
-        let discovered = strait_control::files::parse_files(&files);
+        let files = read_config_dir(config_dir)?;
+        Plan::from_files(&files, config_dir, base, trust_domain)
+    }
+
+    /// The plan for the configuration files `files` (of `config_dir`, named in messages).
+    pub fn from_files(files: &FileContents, config_dir: &Path, base: Base, trust_domain: &str) -> anyhow::Result<Plan> {
+        let discovered = strait_control::files::parse_files(files);
         let mut workloads = Vec::new();
         let mut services = Vec::new();
         let mut route_file = None;

@@ -49,15 +49,19 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static SWEEP_ONCE: Once = Once::new();
 
-fn process_prefix() -> String {
-    format!("{NETNS_PREFIX}{}-", std::process::id())
+fn process_prefix(prefix: &str) -> String {
+    format!("{prefix}{}-", std::process::id())
 }
 
 /// Best-effort removal of namespaces left by a crashed earlier process that had this process's pid (the
 /// tag includes the pid), skipping clusters alive in this process. Processes still running in them are
 /// killed. Never touches other processes' namespaces. Runs automatically before the first cluster.
 pub fn sweep_stale() {
-    let prefix = process_prefix();
+    sweep_stale_with(NETNS_PREFIX);
+}
+
+fn sweep_stale_with(prefix: &str) {
+    let prefix = process_prefix(prefix);
     let live: Vec<String> = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let stale: Vec<String> = list_netns()
         .into_iter()
@@ -74,6 +78,27 @@ pub fn list_netns() -> Vec<String> {
         // Lines look like "name (id: 3)" or just "name".
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect()
+}
+
+/// Removes the namespaces named `<prefix><pid>-...` whose owner, process `<pid>`, no longer exists: what a
+/// killed (SIGKILL) or crashed earlier program left behind, since only a clean exit runs `Drop`. Processes
+/// still running in them are killed. Returns the names removed.
+///
+/// For a program with its own [`ClusterBuilder::prefix`] (the harness's parallel test processes use
+/// [`NETNS_PREFIX`] and sweep only their own pid's leftovers, see [`sweep_stale`]).
+pub fn sweep_dead_owners(prefix: &str) -> Vec<String> {
+    let me = std::process::id();
+    let stale: Vec<String> = list_netns()
+        .into_iter()
+        .filter(|ns| {
+            let Some(rest) = ns.strip_prefix(prefix) else { return false };
+            let Some((pid, _)) = rest.split_once('-') else { return false };
+            let Ok(pid) = pid.parse::<u32>() else { return false };
+            pid != me && !exec::process_exists(pid)
+        })
+        .collect();
+    remove_namespaces(&stale);
+    stale
 }
 
 /// Kills every process in the namespaces, then deletes them (which also removes their veths).
@@ -253,9 +278,17 @@ pub const UNDERLAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 
 #[derive(Default)]
 pub struct ClusterBuilder {
     nodes: Vec<(String, Vec<String>)>,
+    prefix: Option<String>,
 }
 
 impl ClusterBuilder {
+    /// Names the namespaces `<prefix><pid>-<counter>-<name>` instead of [`NETNS_PREFIX`]`<pid>-...`, so a
+    /// program can find (and [`sweep_dead_owners`]) its own. 1-8 lowercase ASCII letters.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Some(prefix.to_owned());
+        self
+    }
+
     /// Adds a node with the given pods (in order: the first pod gets .2, the next .3, ...).
     pub fn node(mut self, name: &str, pods: &[&str]) -> Self {
         self.nodes.push((name.to_owned(), pods.iter().map(|p| (*p).to_owned()).collect()));
@@ -265,8 +298,13 @@ impl ClusterBuilder {
     /// Creates every namespace, link, address and route. On error, whatever was created is removed.
     pub fn build(self) -> Result<Cluster> {
         self.validate()?;
-        SWEEP_ONCE.call_once(sweep_stale);
-        let tag = format!("{}{}-", process_prefix(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let prefix = self.prefix.as_deref().unwrap_or(NETNS_PREFIX);
+        if prefix == NETNS_PREFIX {
+            SWEEP_ONCE.call_once(sweep_stale);
+        } else {
+            sweep_stale_with(prefix);
+        }
+        let tag = format!("{}{}-", process_prefix(prefix), COUNTER.fetch_add(1, Ordering::Relaxed));
         LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(tag.clone());
         let mut cluster =
             Cluster { tag: tag.clone(), underlay: format!("{tag}ul"), nodes: vec![], pods: vec![], created: vec![] };
@@ -295,6 +333,11 @@ impl ClusterBuilder {
     fn validate(&self) -> Result<()> {
         if self.nodes.is_empty() {
             bail!("a cluster needs at least one node");
+        }
+        if let Some(prefix) = &self.prefix {
+            if prefix.is_empty() || prefix.len() > 8 || !prefix.chars().all(|c| c.is_ascii_lowercase()) {
+                bail!("invalid namespace prefix {prefix:?}: use 1-8 lowercase ASCII letters");
+            }
         }
         if self.nodes.len() > 250 {
             bail!("at most 250 nodes (node i gets 10.(i+1).0.0/24)");

@@ -27,8 +27,13 @@ pub fn netns_path(netns: &str) -> String {
     format!("/var/run/netns/{netns}")
 }
 
-/// Rewrites `cmd` as `ip netns exec <netns> <program> <args...>`, keeping its environment and directory.
-/// (`ip netns exec` execs the program in place, so the child's pid is the program's pid.)
+/// Rewrites `cmd` as `ip netns exec <netns> <program> <args...>`, keeping its environment and directory
+/// (not its stdio or pre-exec hooks: set those on the result). `ip netns exec` execs the program in place,
+/// so the child's pid is the program's pid.
+pub fn command_in(netns: &str, cmd: &Command) -> Command {
+    wrap(netns, cmd)
+}
+
 fn wrap(netns: &str, cmd: &Command) -> Command {
     let mut wrapped = Command::new("ip");
     wrapped.arg("netns").arg("exec").arg(netns).arg(cmd.get_program()).args(cmd.get_args());
@@ -185,6 +190,20 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.kill();
     }
+}
+
+/// True if a process `pid` is alive (it may belong to someone else: kill(2) then says EPERM). A zombie, dead
+/// but not yet reaped (a killed process whose parent is slow to wait), is not.
+pub fn process_exists(pid: u32) -> bool {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) state ...": comm may hold anything, so the state follows the last ')'.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        return !matches!(state, Some('Z' | 'X'));
+    }
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill(2) with signal 0 only checks that the process exists; it touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Sends `sig` to `pid`; errors (no such process) are ignored because every caller treats "already gone"
