@@ -22,6 +22,7 @@
 //!
 //! Environment: `STRAIT_BENCH_LONG=1` for longer runs (more bytes, more rounds, longer windows);
 //! `STRAIT_BENCH_ROUNDS=N`, `STRAIT_BENCH_SECS=S` override; `STRAIT_BENCH_ONLY=tcp,conn,http1,h2` picks figures;
+//! `STRAIT_BENCH_PATHS=l4,l7` picks the mesh paths (the direct path always runs; handy under `perf record`);
 //! `STRAIT_TEST_LOG` is the proxies' `RUST_LOG` (default `info`, which writes one access-log line per request).
 //! Needs root (network namespaces); without it the benchmark prints why and exits successfully.
 
@@ -70,6 +71,8 @@ struct Settings {
     http_concurrency: usize,
     h2_streams: usize,
     only: Option<Vec<String>>,
+    /// Mesh paths to measure (`l4`, `l7`); the direct path always runs.
+    paths: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -84,19 +87,33 @@ impl Settings {
             conn_concurrency: 4,
             http_concurrency: 16,
             h2_streams: 32,
-            only: std::env::var("STRAIT_BENCH_ONLY")
-                .ok()
-                .map(|s| s.split(',').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect()),
+            only: env_list("STRAIT_BENCH_ONLY"),
+            paths: env_list("STRAIT_BENCH_PATHS"),
         }
     }
 
     fn wants(&self, figure: &str) -> bool {
         self.only.as_ref().is_none_or(|only| only.iter().any(|o| o == figure))
     }
+
+    /// The paths of a figure that this run measures.
+    fn pick(&self, paths: &[Path]) -> Vec<Path> {
+        let keep = |p: &Path| match (p, &self.paths) {
+            (Path::Direct, _) | (_, None) => true,
+            (Path::MeshL4, Some(list)) => list.iter().any(|w| w == "l4"),
+            (Path::MeshL7, Some(list)) => list.iter().any(|w| w == "l7"),
+        };
+        paths.iter().copied().filter(keep).collect()
+    }
 }
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    let value = std::env::var(name).ok()?;
+    Some(value.split(',').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect())
 }
 
 fn env_num(name: &str) -> Option<u64> {
@@ -127,9 +144,10 @@ fn main() -> Result<()> {
 
     let bench = Bench::start()?;
     println!(
-        "  clusters: direct {} and mesh {} (TPROXY), a1 (node-a) -> b1 (node-b)",
+        "  clusters: direct {} and mesh {} (TPROXY), a1 (node-a) -> b1 (node-b); proxy pids: {}",
         bench.direct.tag(),
-        bench.mesh.cluster.tag()
+        bench.mesh.cluster.tag(),
+        bench.proxy_pids.iter().map(|(n, p)| format!("{n} {p}")).collect::<Vec<_>>().join(", ")
     );
     if settings.wants("tcp") {
         bench.tcp_throughput(&settings)?;
@@ -256,7 +274,7 @@ impl Bench {
         let mut gbps: BTreeMap<Path, Vec<f64>> = BTreeMap::new();
         let mut cpu_per_gib: BTreeMap<Path, Vec<Vec<f64>>> = BTreeMap::new();
         for _ in 0..s.rounds {
-            for path in [Path::Direct, Path::MeshL4] {
+            for path in s.pick(&[Path::Direct, Path::MeshL4]) {
                 let target = SocketAddr::new(self.b1(path), SINK_PORT);
                 let (elapsed, cpu) = self.measured(path, || bulk_send(&self.a1(path), target, s.bulk_bytes))?;
                 gbps.entry(path).or_default().push(s.bulk_bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9);
@@ -269,8 +287,9 @@ impl Bench {
         for (path, values) in &gbps {
             println!("{:<22} {:>22}   {}", path.label(), median_range(values, 2), cpu_cells(&cpu_per_gib[path], 2));
         }
-        let ratio = median(&gbps[&Path::MeshL4]) / median(&gbps[&Path::Direct]);
-        println!("ratio mesh/direct: {ratio:.2}");
+        if let Some(mesh) = gbps.get(&Path::MeshL4) {
+            println!("ratio mesh/direct: {:.2}", median(mesh) / median(&gbps[&Path::Direct]));
+        }
         Ok(())
     }
 
@@ -281,7 +300,7 @@ impl Bench {
         );
         let mut runs: BTreeMap<Path, Vec<RunStats>> = BTreeMap::new();
         for _ in 0..s.rounds {
-            for path in [Path::Direct, Path::MeshL4] {
+            for path in s.pick(&[Path::Direct, Path::MeshL4]) {
                 let target = SocketAddr::new(self.b1(path), ECHO_PORT);
                 let (mut run, cpu) =
                     self.measured(path, || connection_run(&self.a1(path), target, s.conn_concurrency, s.window))?;
@@ -298,7 +317,7 @@ impl Bench {
             println!("\n== 3. HTTP/1.1 keep-alive GET, {concurrency} connection(s), {:?} per run ==", s.window);
             let mut runs: BTreeMap<Path, Vec<RunStats>> = BTreeMap::new();
             for _ in 0..s.rounds {
-                for path in [Path::Direct, Path::MeshL4, Path::MeshL7] {
+                for path in s.pick(&[Path::Direct, Path::MeshL4, Path::MeshL7]) {
                     let target = self.http_target(path);
                     let (mut run, cpu) = self.measured(path, || {
                         http_run(&self.a1(path), target, HttpMode::H1 { connections: concurrency }, s.window)
@@ -319,7 +338,7 @@ impl Bench {
         );
         let mut runs: BTreeMap<Path, Vec<RunStats>> = BTreeMap::new();
         for _ in 0..s.rounds {
-            for path in [Path::Direct, Path::MeshL7] {
+            for path in s.pick(&[Path::Direct, Path::MeshL7]) {
                 let target = self.http_target(path);
                 let (mut run, cpu) = self.measured(path, || {
                     http_run(&self.a1(path), target, HttpMode::H2 { streams: s.h2_streams }, s.window)
