@@ -1,0 +1,231 @@
+//! `strait local --netns` as a user runs it (root only): the built binary, a copy of deploy/local as the
+//! configuration directory, a fresh state directory. Requests come from inside the client pod's namespace
+//! (`ip netns exec <pod> strait http-get ...`), so they reach the service only through node-a's transparent
+//! capture (TPROXY), node-a's L7 routing, the mTLS tunnel to node-b and node-b's authorization.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const SERVICE: &str = "http://10.96.0.10:8080";
+const CLIENT: &str = "spiffe://cluster.local/ns/demo/sa/client";
+const REVIEWS: &str = "spiffe://cluster.local/ns/demo/sa/reviews";
+
+fn deploy_local() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local")
+}
+
+fn copy_config(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("create the config dir");
+    for entry in std::fs::read_dir(deploy_local()).expect("read deploy/local") {
+        let entry = entry.expect("read deploy/local");
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy a deploy/local file");
+    }
+}
+
+/// A running `strait local --netns`; stopped with SIGTERM (so it removes its namespaces) when dropped, also
+/// when the test fails.
+struct Mesh {
+    child: Child,
+    banner: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Mesh {
+    fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The banner line starting with `label`, after the label.
+    fn banner_line(&self, label: &str) -> &str {
+        self.banner
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no {label:?} line in the banner:\n{}", self.banner))
+            .trim()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if self.terminate(Duration::from_secs(20)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn start(config: &Path, state: &Path) -> Mesh {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .arg("local")
+        .arg("--netns")
+        .arg("--config-dir")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--start-timeout", "90"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start strait local --netns");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut mesh = Mesh { child, banner: String::new(), lines };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match mesh.lines.recv_timeout(left) {
+            Ok(line) => {
+                mesh.banner.push_str(&line);
+                mesh.banner.push('\n');
+                if line.starts_with("Ctrl-C stops everything") {
+                    return mesh;
+                }
+            }
+            Err(_) => {
+                panic!("strait local --netns did not come up ({:?}); printed:\n{}", mesh.child.try_wait(), mesh.banner)
+            }
+        }
+    }
+}
+
+/// `count` requests from inside `netns` with the hidden `strait http-get`: (status, body) each.
+fn http_get(netns: &str, url: &str, count: u32) -> Vec<(u16, String)> {
+    let count = count.to_string();
+    let args = [env!("CARGO_BIN_EXE_strait"), "http-get", "--url", url, "--count", &count];
+    let out = strait_netns::exec::output_in(netns, &args, Duration::from_secs(120)).expect("run strait http-get");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "strait http-get {url} in {netns} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            (v["status"].as_u64().unwrap_or(0) as u16, v["body"].as_str().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+/// (version, identity, caller) of each successful answer; panics on any other status.
+fn answers(netns: &str, count: u32) -> Vec<(String, String, String)> {
+    http_get(netns, &format!("{SERVICE}/"), count)
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, 200, "GET / through the mesh: {body}");
+            let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {body}"));
+            let field = |name: &str| json[name].as_str().unwrap_or_default().to_string();
+            (field("version"), field("identity"), field("caller"))
+        })
+        .collect()
+}
+
+fn set_weights(config_dir: &Path, v1: u32, v2: u32) {
+    let path = config_dir.join("reviews-route.yaml");
+    let text = std::fs::read_to_string(&path).expect("route file");
+    let edited = text.replace("weight: 90", &format!("weight: {v1}")).replace("weight: 10", &format!("weight: {v2}"));
+    assert_ne!(text, edited, "the route file has no 90/10 weights to edit");
+    std::fs::write(&path, edited).expect("write the route file");
+}
+
+fn namespaces_with(prefix: &str) -> Vec<String> {
+    strait_netns::cluster::list_netns().into_iter().filter(|ns| ns.starts_with(prefix)).collect()
+}
+
+/// The mesh comes up in namespaces; requests from the client pod reach both versions (90/10) with the
+/// client's verified identity; `/admin` is denied (403) by node-b's L7 policy; an edit of the route file in the
+/// configuration directory is pushed live (0/100: only v2); SIGTERM stops everything and removes every
+/// namespace.
+#[test]
+fn netns_mesh_captures_transparently_routes_authorizes_and_cleans_up() {
+    if !strait_netns::require_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (config, state) = (tmp.path().join("config"), tmp.path().join("state"));
+    copy_config(&config);
+
+    let mut mesh = start(&config, &state);
+    let banner = mesh.banner.clone();
+    let tag =
+        mesh.banner_line("namespaces:").split_whitespace().next().expect("a tag").trim_end_matches('*').to_string();
+    assert!(tag.starts_with("sl"), "{banner}");
+    let send = mesh.banner_line("send requests:");
+    assert!(send.contains(&format!("curl {SERVICE}/")), "{banner}");
+    let client_ns = send
+        .split_whitespace()
+        .skip_while(|w| *w != "exec")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no `ip netns exec <namespace>` in the banner:\n{banner}"))
+        .to_string();
+    assert!(client_ns.starts_with(&tag), "{banner}");
+    let created = namespaces_with(&tag);
+    for name in ["ul", "node-a", "node-b", "client", "reviews-v1", "reviews-v2"] {
+        assert!(created.contains(&format!("{tag}{name}")), "no namespace {tag}{name} in {created:?}");
+    }
+    let mesh_copy = std::fs::read_to_string(state.join("netns/mesh.yaml")).expect("the translated mesh.yaml");
+    assert!(mesh_copy.contains("10.96.0.10") && mesh_copy.contains("10.2.0.3"), "{mesh_copy}");
+
+    // Both versions, always with the client's identity, verified by mTLS and passed on by node-b.
+    let got = answers(&client_ns, 100);
+    for (version, identity, caller) in &got {
+        assert_eq!(caller, CLIENT, "the caller's identity, as node-b verified it");
+        assert_eq!(identity, REVIEWS);
+        assert!(version == "v1" || version == "v2", "{version}");
+    }
+    let v2 = got.iter().filter(|(v, ..)| v == "v2").count();
+    assert!(v2 > 0 && v2 < 40, "90/10 split: {v2} of 100 answers from v2");
+
+    // Denied at L7 by node-b's AuthorizationPolicy.
+    let denied = http_get(&client_ns, &format!("{SERVICE}/admin"), 1);
+    assert_eq!(denied[0].0, 403, "{denied:?}");
+    assert!(denied[0].1.contains("RBAC: access denied"), "{denied:?}");
+
+    // The route file stays live-watched in the configuration directory.
+    set_weights(&config, 0, 100);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = answers(&client_ns, 20);
+        if got.iter().all(|(v, ..)| v == "v2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the 0/100 edit did not take effect within 20 s: {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let status = mesh.terminate(Duration::from_secs(30)).expect("strait local --netns stops on SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let mut rest = String::new();
+    while let Ok(line) = mesh.lines.recv_timeout(Duration::from_secs(1)) {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    assert!(rest.contains("stopped"), "{rest}");
+    let left = namespaces_with(&tag);
+    assert!(left.is_empty(), "namespaces left after SIGTERM: {left:?}");
+}
