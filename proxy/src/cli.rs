@@ -124,7 +124,7 @@ pub fn main() -> anyhow::Result<()> {
 
 /// Runs the proxy with already-parsed flags until Ctrl-C (or SIGTERM).
 pub fn run_with(args: Args) -> anyhow::Result<()> {
-    let log_control = crate::logging::init(args.log_json);
+    let (log_control, _log_guard) = crate::logging::init(args.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(args, log_control))
 }
