@@ -134,6 +134,23 @@ async fn explicit_mode_tunnels_between_two_proxies_and_applies_policy_edits() {
             && l.ends_with(" 1")),
         "node-b did not count the tunnelled connection:\n{metrics}"
     );
+    // A connection from an address that is no workload of node-a is refused, and counted.
+    let stranger = TcpSocket::new_v4().expect("socket");
+    stranger.bind((ip(1, 9), 0).into()).expect("bind a non-workload address");
+    let mut refused = stranger.connect((ip(0, 10), 7000).into()).await.expect("the listener accepts first");
+    let _ = refused.write_all(b"hello").await;
+    let mut nothing = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut nothing)).await;
+    assert!(nothing.is_empty(), "an unknown source got an answer");
+    let (_, metrics) = get((ip(1, 1), 15020).into(), "/metrics").await.expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("strait_connections_refused_total{")
+            && l.contains("listener=\"outbound\"")
+            && l.contains("reason=\"unknown_source\"")
+            && l.ends_with(" 1")),
+        "the unknown source was not counted:\n{metrics}"
+    );
+
     // The metrics port serves only metrics.
     assert_eq!(get((ip(2, 1), 15020).into(), "/config_dump").await.map(|r| r.0), Some(404));
 
