@@ -7,6 +7,7 @@ pub mod authz;
 pub mod cli;
 pub mod client;
 pub mod config_file;
+pub mod conn_limits;
 pub mod copy;
 pub mod http;
 pub mod inbound;

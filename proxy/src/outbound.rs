@@ -51,12 +51,24 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         return;
     };
     let mut labels = ConnectionLabels::new("source").with_source(&source);
+    let mut _slot = None;
     if let Some(service) = state.service(original) {
         if is_http(&tcp, service.port.protocol()).await {
             crate::http::outbound::serve(ctx.clone(), tcp, source, service.clone()).await;
             return;
         }
         labels = labels.with_service(&service.service);
+        match ctx.connection_limits.acquire(&state, &service.service) {
+            Ok(slot) => _slot = slot,
+            Err(max) => {
+                let name = service.service.hostname();
+                ctx.metrics.circuit.with_label_values(&[name.as_str(), "overflow"]).inc();
+                ctx.metrics.connection_opened(&labels);
+                ctx.metrics.connection_closed(&labels, "UO", 0, 0);
+                warn!(source = %source.name(), service = %name, max, "refused: connectionPool.tcp.maxConnections reached");
+                return;
+            }
+        }
     }
     let route = match resolve(&state, original) {
         Ok(route) => route,

@@ -27,6 +27,7 @@ pub struct ProxyContext {
     pub capture: Capture,
     pub connect_timeout: Duration,
     pub http: crate::http::HttpContext,
+    pub connection_limits: crate::conn_limits::ConnectionLimits,
     /// The configuration version whose certificates, listeners and redirection rules are all in place;
     /// readiness waits for it to catch up with the current version.
     pub synced: Arc<std::sync::Mutex<String>>,
@@ -86,6 +87,7 @@ impl Proxy {
             capture: options.capture(),
             connect_timeout: options.connect_timeout,
             http: Default::default(),
+            connection_limits: Default::default(),
             synced: Default::default(),
         });
         Proxy { ctx }

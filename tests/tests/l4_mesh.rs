@@ -326,3 +326,40 @@ fn rules_stay_and_fail_closed_while_the_proxy_restarts() -> Result<()> {
     assert!(report.echoed, "{report:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_max_connections_refuses_the_extra_connection_at_once() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (mesh, _echo) = tokio::task::block_in_place(|| {
+        start(Mode::Tproxy, |config| {
+            let spec = serde_yaml::from_str("host: echo\nconnectionPool: {tcp: {maxConnections: 1}}\n")
+                .expect("a valid DestinationPolicy");
+            config.destination_policies.push(strait_api::Named { name: "echo".into(), namespace: "shop".into(), spec });
+        })
+    })?;
+    let a1 = mesh.cluster.pod("a1").netns_name().to_string();
+    let mut first = connect_from_async(&a1, vip()).await?;
+    first.write_all(b"ping").await?;
+    let mut buf = [0u8; 4];
+    first.read_exact(&mut buf).await?;
+    assert_eq!(&buf, b"ping", "the first connection is served");
+
+    let second = tokio::task::block_in_place(|| gets_through(&a1, vip(), "SECOND"))?;
+    assert!(!second, "a second connection got through a limit of one");
+    let overflows = tokio::task::block_in_place(|| {
+        mesh.metric(
+            "node-a",
+            "strait_circuit_breaker_total",
+            &[("destination_service", "echo.shop.svc.cluster.local"), ("event", "overflow")],
+        )
+    })?;
+    assert_eq!(overflows, 1.0);
+
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = tokio::task::block_in_place(|| gets_through(&a1, vip(), "THIRD"))?;
+    assert!(third, "the slot is free again once the first connection closed");
+    Ok(())
+}

@@ -156,7 +156,8 @@ impl Backends {
     }
 }
 
-fn policy_for<'a>(state: &'a State, service: &Service) -> Option<&'a DestinationPolicySpec> {
+/// The DestinationPolicy whose host is `service`, if any.
+pub fn policy_for<'a>(state: &'a State, service: &Service) -> Option<&'a DestinationPolicySpec> {
     let wanted = ServiceRef::new(&service.name, &service.namespace);
     state
         .config
