@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::redirect;
-use crate::socket::{bind_listener, Capture, Outgoing};
+use crate::socket::{bind_dual_stack, bind_listener, Capture, Outgoing};
 use crate::state::{State, StateStore};
 use crate::tunnel::{Pool, PoolConfig};
 
@@ -99,16 +99,22 @@ impl Proxy {
         match &options.mode {
             ListenMode::Transparent { redirect } => {
                 let transparent = options.transparent_sockets();
-                let outbound = bind_listener(options.outbound_addr, transparent)
+                let outbound = bind_dual_stack(options.outbound_addr, transparent)
                     .with_context(|| format!("binding the outbound listener on {}", options.outbound_addr))?;
-                let tunnel = bind_listener(options.tunnel_addr, transparent)
+                let tunnel = bind_dual_stack(options.tunnel_addr, transparent)
                     .with_context(|| format!("binding the tunnel listener on {}", options.tunnel_addr))?;
-                let plaintext = bind_listener(options.plaintext_addr, transparent)
+                let plaintext = bind_dual_stack(options.plaintext_addr, transparent)
                     .with_context(|| format!("binding the inbound plaintext listener on {}", options.plaintext_addr))?;
-                info!(outbound = %options.outbound_addr, tunnel = %options.tunnel_addr, plaintext = %options.plaintext_addr, "listening (transparent)");
-                tokio::spawn(crate::outbound::serve(outbound, ctx.clone()));
-                tokio::spawn(crate::inbound::serve_tunnel(tunnel, ctx.clone()));
-                tokio::spawn(crate::inbound::serve_plaintext(plaintext, ctx.clone()));
+                info!(outbound = %options.outbound_addr, tunnel = %options.tunnel_addr, plaintext = %options.plaintext_addr, ipv6 = outbound.len() > 1, "listening (transparent)");
+                for listener in outbound {
+                    tokio::spawn(crate::outbound::serve(listener, ctx.clone()));
+                }
+                for listener in tunnel {
+                    tokio::spawn(crate::inbound::serve_tunnel(listener, ctx.clone()));
+                }
+                for listener in plaintext {
+                    tokio::spawn(crate::inbound::serve_plaintext(listener, ctx.clone()));
+                }
                 let rules =
                     redirect.map(|mode| RulesReconciler { mode, options: options.clone(), inner: Default::default() });
                 tokio::spawn(reconcile(ctx, None, rules));

@@ -19,7 +19,7 @@ pub enum Capture {
 /// The address the client meant to reach.
 pub fn original_destination(stream: &TcpStream, capture: Capture) -> io::Result<SocketAddr> {
     match capture {
-        Capture::LocalAddress => stream.local_addr(),
+        Capture::LocalAddress => stream.local_addr().map(canonical),
         Capture::OriginalDst => {
             let sock = SockRef::from(stream);
             let local = stream.local_addr()?;
@@ -49,6 +49,10 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // IPv4 has its own listener (see `bind_dual_stack`); this one takes IPv6 only.
+        socket.set_only_v6(true)?;
+    }
     if transparent {
         if addr.is_ipv4() {
             socket.set_ip_transparent_v4(true)?;
@@ -60,6 +64,20 @@ pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListe
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Binds `addr`, and when it is the IPv4 wildcard also the IPv6 wildcard on the same port, so IPv6 pods are
+/// captured too. A node without IPv6 just gets the IPv4 listener.
+pub fn bind_dual_stack(addr: SocketAddr, transparent: bool) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = vec![bind_listener(addr, transparent)?];
+    if addr.ip() == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
+        let v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), addr.port());
+        match bind_listener(v6, transparent) {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => tracing::info!(%v6, error = %e, "no IPv6 listener (IPv6 unavailable on this node?)"),
+        }
+    }
+    Ok(listeners)
 }
 
 /// Options for the proxy's own outgoing connections.

@@ -363,3 +363,52 @@ async fn tcp_max_connections_refuses_the_extra_connection_at_once() -> Result<()
     assert!(third, "the slot is free again once the first connection closed");
     Ok(())
 }
+
+/// The same path over IPv6: pods known by their IPv6 addresses, an IPv6 service address, the proxies' IPv6
+/// listeners and `ip6` capture rules.
+fn cross_node_over_ipv6(mode: Mode) -> Result<()> {
+    let cluster = cluster()?;
+    let mut config = mesh::default_config(&cluster);
+    for w in &mut config.workloads {
+        w.address = std::net::IpAddr::V6(cluster.pod(&w.name).ip6());
+    }
+    let b1 = std::net::IpAddr::V6(cluster.pod("b1").ip6());
+    let vip6: std::net::IpAddr = "fd00:96::10".parse()?;
+    config.services[0].addresses = vec![vip6];
+    config.services[0].endpoints[0].address = b1;
+    let echo = backend::tcp_echo(cluster.pod("b1").netns_name(), SocketAddr::new(b1, ECHO_PORT))?;
+    let mesh = Mesh::start(cluster, &config, mode)?;
+    let a1 = mesh.cluster.pod("a1").netns_name().to_string();
+    let direct = backend::tcp_send(&a1, echo.addr, 50_000, "V6-DIRECT")?;
+    assert!(direct.echoed, "pod address over IPv6: {direct:?}\nnode-a log:\n{}", mesh.proxy_logs("node-a"));
+    let via_vip = backend::tcp_send(&a1, SocketAddr::new(vip6, ECHO_PORT), 50_000, "V6-VIP")?;
+    assert!(via_vip.echoed, "service address over IPv6: {via_vip:?}");
+    let opened = mesh.metric(
+        "node-b",
+        "istio_tcp_connections_opened_total",
+        &[
+            ("reporter", "destination"),
+            ("source_workload", "a1"),
+            ("destination_workload", "b1"),
+            ("connection_security_policy", "mutual_tls"),
+        ],
+    )?;
+    assert_eq!(opened, 2.0, "node-b counted {opened} mTLS connections from a1 over IPv6");
+    Ok(())
+}
+
+#[test]
+fn cross_node_over_ipv6_with_tproxy() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    cross_node_over_ipv6(Mode::Tproxy)
+}
+
+#[test]
+fn cross_node_over_ipv6_with_redirect() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    cross_node_over_ipv6(Mode::Redirect)
+}
