@@ -109,3 +109,28 @@ async fn a_peer_with_the_wrong_identity_is_refused() {
     }
     assert_eq!(pool.connection_count(), 0);
 }
+
+#[tokio::test]
+async fn a_peer_that_never_finishes_the_handshake_times_out() {
+    let ca = MeshCa::generate("cluster.local").expect("CA");
+    let certs = Arc::new(CertStore::new(Arc::new(ca.clone()), TrustBundle::from_ca(&ca)));
+    let config = PoolConfig { connect_timeout: Duration::from_millis(300), ..PoolConfig::default() };
+    let pool = Pool::new(config, certs, Arc::new(Metrics::new()));
+    // Accepts TCP, then says nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let key = PoolKey { source: id("client"), node: "node-b".into(), destination: id("server") };
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        pool.open(&key, peer, "10.0.0.9:8080".parse().expect("addr"), "10.0.0.1".parse().expect("ip")),
+    )
+    .await
+    .expect("open() gave up by itself");
+    assert!(matches!(result, Err(TunnelError::ConnectTimeout(addr)) if addr == peer), "{:?}", result.err());
+}

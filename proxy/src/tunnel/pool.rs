@@ -174,19 +174,26 @@ impl Pool {
             .await
             .map_err(|e| TunnelError::Certificate { identity: key.source.clone(), message: e.to_string() })?;
         let tls_config = self.inner.certs.client_config(&key.source, key.destination.clone());
-        let tls =
-            TlsConnector::from(tls_config).connect(strait_certs::mesh_server_name(), tcp).await.map_err(|source| {
-                let reason = strait_certs::classify_tls_error(&source);
-                self.inner.metrics.tls_handshake_failure("outbound", reason);
-                TunnelError::Tls { addr: dial, reason, source }
-            })?;
-        let (send, mut connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-            .handshake::<_, Bytes>(tls)
+        // A peer that accepts TCP but never finishes the handshakes must not hold the caller forever.
+        let handshakes = async {
+            let tls = TlsConnector::from(tls_config).connect(strait_certs::mesh_server_name(), tcp).await.map_err(
+                |source| {
+                    let reason = strait_certs::classify_tls_error(&source);
+                    self.inner.metrics.tls_handshake_failure("outbound", reason);
+                    TunnelError::Tls { addr: dial, reason, source }
+                },
+            )?;
+            h2::client::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME_SIZE)
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(|source| TunnelError::Http2 { addr: dial, source })
+        };
+        let (send, mut connection) = tokio::time::timeout(config.connect_timeout, handshakes)
             .await
-            .map_err(|source| TunnelError::Http2 { addr: dial, source })?;
+            .map_err(|_| TunnelError::ConnectTimeout(dial))??;
         let closed = Arc::new(AtomicBool::new(false));
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let ping = connection.ping_pong();
