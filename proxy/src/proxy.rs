@@ -76,7 +76,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(options: &ProxyOptions, state: StateStore, certs: Arc<CertStore>, metrics: Arc<Metrics>) -> Self {
-        let outgoing = Outgoing { mark: options.mark };
+        let outgoing = Outgoing { mark: options.mark, connect_timeout: options.connect_timeout };
         let pool_config = PoolConfig { outgoing, ..options.pool.clone() };
         let ctx = Arc::new(ProxyContext {
             pool: Pool::new(pool_config, certs.clone(), metrics.clone()),

@@ -81,14 +81,29 @@ pub fn bind_dual_stack(addr: SocketAddr, transparent: bool) -> io::Result<Vec<Tc
 }
 
 /// Options for the proxy's own outgoing connections.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Outgoing {
     /// SO_MARK so the node's rules never capture the proxy's own traffic again.
     pub mark: Option<u32>,
+    /// A destination that drops SYNs must not hold a caller for the kernel's two minutes.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for Outgoing {
+    fn default() -> Self {
+        Outgoing { mark: None, connect_timeout: std::time::Duration::from_secs(5) }
+    }
 }
 
 impl Outgoing {
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        match tokio::time::timeout(self.connect_timeout, self.connect_now(addr)).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out"))),
+        }
+    }
+
+    async fn connect_now(&self, addr: SocketAddr) -> io::Result<TcpStream> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         if let Some(mark) = self.mark {
             socket.set_mark(mark)?;
