@@ -258,6 +258,12 @@ impl MeshCa {
         Ok(())
     }
 
+    /// The CA's private key as PEM, for storing the CA somewhere other than a directory (a Kubernetes Secret).
+    /// Whoever holds it can mint any identity of the mesh: never log it, never serve it.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// Loads `ca.pem` and `ca-key.pem` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, CaError> {
         let cert_path = dir.join(CA_CERT_FILE);

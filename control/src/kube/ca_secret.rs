@@ -91,39 +91,12 @@ fn parse(secret: &Secret, namespace: &str, name: &str) -> Result<MeshCa, CaSecre
     })
 }
 
-/// A new CA and its PEM files, made in memory: the control plane runs with a read-only root filesystem, and
-/// `MeshCa` hands out its key only by saving it to a directory. The parameters are `MeshCa::generate`'s
-/// (ECDSA P-256, path length 0, the trust domain's SPIFFE URI), and the result is loaded back through
-/// `MeshCa::from_pem`, so anything `strait-certs` would refuse is refused here too.
+/// A new CA and its PEM files, made in memory (the control plane runs with a read-only root filesystem).
 fn generate(trust_domain: &str) -> Result<(MeshCa, String, String), CaSecretError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose, SanType,
-    };
-    let failed = |e: &dyn std::fmt::Display| CaSecretError::Generate(e.to_string());
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| failed(&e))?;
-    let now = std::time::SystemTime::now();
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, trust_domain);
-    dn.push(DnType::CommonName, "Strait mesh root CA");
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let uri = format!("spiffe://{trust_domain}").try_into().map_err(|e: rcgen::Error| failed(&e))?;
-    params.subject_alt_names = vec![SanType::URI(uri)];
-    // Backdated for clock skew between nodes; as long-lived as the file mode's CA.
-    params.not_before = (now - CA_BACKDATE).into();
-    params.not_after = (now + strait_certs::ca::DEFAULT_CA_TTL).into();
-    let mut serial: [u8; 16] = rand::random();
-    serial[0] = (serial[0] & 0x7f) | 0x40;
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-    let cert = params.self_signed(&key).map_err(|e| failed(&e))?;
-    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
-    let ca = MeshCa::from_pem(&cert_pem, &key_pem).map_err(|e| failed(&e))?;
+    let ca = MeshCa::generate(trust_domain).map_err(|e| CaSecretError::Generate(e.to_string()))?;
+    let (cert_pem, key_pem) = (ca.root_pem().to_string(), ca.key_pem());
     Ok((ca, cert_pem, key_pem))
 }
-
-const CA_BACKDATE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[cfg(test)]
 mod tests {

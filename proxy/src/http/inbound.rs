@@ -2,15 +2,12 @@
 //! authorized with its method and path, gets the caller's verified identity in `x-forwarded-client-cert`, and is
 //! forwarded to the pod. A denied request is answered 403 with the reason, not a reset.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
@@ -45,18 +42,11 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let destination = Arc::new(Destination { ctx: ctx.clone(), caller, workload, target, labels });
-    let service = service_fn(move |request| {
+    let handler = move |request| {
         let destination = destination.clone();
-        async move { Ok::<_, Infallible>(handle(&destination, request).await) }
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
-        .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
-        debug!(error = %e, "inbound HTTP connection ended with an error");
-    }
+        async move { handle(&destination, request).await }
+    };
+    super::serve_connection(io, handler, "inbound").await;
 }
 
 async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody> {

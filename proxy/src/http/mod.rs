@@ -77,6 +77,29 @@ pub fn grpc_status(headers: &HeaderMap) -> String {
     headers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
+/// Serves HTTP/1.1 or HTTP/2 (told apart by the connection preface) with upgrades on `io` until it closes,
+/// with the tunnel's flow-control windows so a proxied stream is not capped at 64 KiB in flight.
+pub async fn serve_connection<S, F, Fut>(io: S, handle: F, side: &'static str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let service = hyper::service::service_fn(move |request| {
+        let handle = handle.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(request).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http2()
+        .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
+        .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
+    if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await {
+        debug!(side, error = %e, "HTTP connection ended with an error");
+    }
+}
+
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and friends).
 pub fn wants_upgrade<B>(request: &Request<B>) -> bool {
     request.version() <= http::Version::HTTP_11

@@ -3,15 +3,12 @@
 //! balanced over the endpoints that outlier detection has not ejected. The order of the steps is the one
 //! `resilience.rs` describes; each step is a small function below.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -36,18 +33,11 @@ struct Downstream {
 pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadInfo>, front: ServiceTarget) {
     let labels = ConnectionLabels::new("source").with_source(&source).with_service(&front.service).mutual_tls(true);
     let downstream = Arc::new(Downstream { ctx, source, front, labels });
-    let service = service_fn(move |request| {
+    let handler = move |request| {
         let downstream = downstream.clone();
-        async move { Ok::<_, Infallible>(handle(&downstream, request).await) }
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
-        .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service).await {
-        debug!(error = %e, "outbound HTTP connection ended with an error");
-    }
+        async move { handle(&downstream, request).await }
+    };
+    super::serve_connection(tcp, handler, "outbound").await;
 }
 
 /// The request body as the pod sends it, counted for `istio_request_bytes`.

@@ -175,16 +175,7 @@ impl Clients {
         if let Some(client) = clients.get(&key) {
             return client.clone();
         }
-        let connector = MeshConnector { ctx: ctx.clone(), source: source.clone() };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(POOL_IDLE).pool_timer(hyper_util::rt::TokioTimer::new());
-        if version == Version::Http2 {
-            builder
-                .http2_only(true)
-                .http2_initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
-                .http2_initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
-        }
-        let client = builder.build(connector);
+        let client = build_client(MeshConnector { ctx: ctx.clone(), source: source.clone() }, version);
         clients.insert(key, client.clone());
         client
     }
@@ -223,10 +214,21 @@ impl tower::Service<Uri> for PodConnector {
 pub type PodClient = Client<PodConnector, BoxBody>;
 
 pub fn pod_client(outgoing: crate::socket::Outgoing, version: Version) -> PodClient {
+    build_client(PodConnector { outgoing }, version)
+}
+
+/// A pooling client that speaks `version`, with the tunnel's windows for HTTP/2.
+fn build_client<C>(connector: C, version: Version) -> Client<C, BoxBody>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_idle_timeout(POOL_IDLE).pool_timer(hyper_util::rt::TokioTimer::new());
     if version == Version::Http2 {
-        builder.http2_only(true);
+        builder
+            .http2_only(true)
+            .http2_initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
+            .http2_initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
     }
-    builder.build(PodConnector { outgoing })
+    builder.build(connector)
 }
