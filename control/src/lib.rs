@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod files;
 pub mod kube;
 pub mod model;
+pub mod monitoring;
 pub mod push;
 pub mod server;
 pub mod signer;

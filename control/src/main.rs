@@ -45,6 +45,9 @@ struct Args {
     /// Kubernetes mode: the audience of the proxies' projected ServiceAccount tokens.
     #[arg(long, env = "STRAIT_TOKEN_AUDIENCE", default_value = "strait-control")]
     token_audience: String,
+    /// Monitoring port (plain HTTP): /metrics, /ready, /live.
+    #[arg(long, env = "STRAIT_MONITORING", default_value = "0.0.0.0:15014")]
+    monitoring: SocketAddr,
 }
 
 #[tokio::main]
@@ -80,6 +83,10 @@ async fn main() -> anyhow::Result<()> {
         options.listen = args.listen;
         strait_control::start(options).await?
     };
+    let monitoring = tokio::net::TcpListener::bind(args.monitoring)
+        .await
+        .with_context(|| format!("binding the monitoring port {}", args.monitoring))?;
+    tokio::spawn(strait_control::monitoring::serve(monitoring, running.stats().clone()));
     tokio::select! {
         result = running.wait() => result,
         _ = tokio::signal::ctrl_c() => {
