@@ -109,25 +109,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
             children.spawn(&node.name, &proxy_args)?;
         }
         for b in &plan.backends {
-            let name = if plan.backends.iter().filter(|o| o.workload.name == b.workload.name).count() > 1 {
-                format!("{}-{}", b.workload.name, b.listen.port())
-            } else {
-                b.workload.name.clone()
-            };
-            children.spawn(
-                &name,
-                &[
-                    "demo-backend".into(),
-                    "--listen".into(),
-                    b.listen.to_string(),
-                    "--version".into(),
-                    b.version.clone(),
-                    "--identity".into(),
-                    b.identity.clone(),
-                    "--name".into(),
-                    b.workload.name.clone(),
-                ],
-            )?;
+            children.spawn(&plan.backend_name(b), &b.args())?;
         }
 
         let deadline = Instant::now() + Duration::from_secs(args.start_timeout);

@@ -152,26 +152,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         for b in &plan.backends {
             let netns = pod_netns(&b.workload)
                 .with_context(|| format!("no pod for workload {}/{}", b.workload.namespace, b.workload.name))?;
-            let name = if plan.backends.iter().filter(|o| o.workload.name == b.workload.name).count() > 1 {
-                format!("{}-{}", b.workload.name, b.listen.port())
-            } else {
-                b.workload.name.clone()
-            };
-            children.spawn_in(
-                &netns,
-                &name,
-                &[
-                    "demo-backend".into(),
-                    "--listen".into(),
-                    b.listen.to_string(),
-                    "--version".into(),
-                    b.version.clone(),
-                    "--identity".into(),
-                    b.identity.clone(),
-                    "--name".into(),
-                    b.workload.name.clone(),
-                ],
-            )?;
+            children.spawn_in(&netns, &plan.backend_name(b), &b.args())?;
             backends.push((netns, b.listen));
         }
         let client = plan.clients.iter().find_map(|c| Some((c, pod_netns(c)?)));

@@ -70,6 +70,35 @@ pub struct Backend {
     pub identity: String,
 }
 
+impl Plan {
+    /// The child-process name of a demo backend: its workload's, with the port when that workload serves
+    /// several ports (one process each).
+    pub fn backend_name(&self, backend: &Backend) -> String {
+        if self.backends.iter().filter(|o| o.workload.name == backend.workload.name).count() > 1 {
+            format!("{}-{}", backend.workload.name, backend.listen.port())
+        } else {
+            backend.workload.name.clone()
+        }
+    }
+}
+
+impl Backend {
+    /// `strait demo-backend ...` arguments for this backend.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "demo-backend".into(),
+            "--listen".into(),
+            self.listen.to_string(),
+            "--version".into(),
+            self.version.clone(),
+            "--identity".into(),
+            self.identity.clone(),
+            "--name".into(),
+            self.workload.name.clone(),
+        ]
+    }
+}
+
 /// An address something will bind, and what.
 pub struct Binding {
     pub addr: SocketAddr,

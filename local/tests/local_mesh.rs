@@ -3,7 +3,8 @@
 //! from 8080 to 18080, so no privileges are needed), so tests neither collide with each other nor with a
 //! developer's running local mesh.
 
-use std::io::{BufRead as _, BufReader};
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -105,30 +106,12 @@ fn start(layout: &Layout, config: &Path, state: &Path) -> Mesh {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start strait local");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = common::lines_of(child.stdout.take().expect("stdout"));
     let mut mesh = Mesh { child, banner: String::new(), lines };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match mesh.lines.recv_timeout(left) {
-            Ok(line) => {
-                mesh.banner.push_str(&line);
-                mesh.banner.push('\n');
-                if line.starts_with("Ctrl-C stops everything") {
-                    return mesh;
-                }
-            }
-            Err(_) => panic!("strait local did not come up ({:?}); printed:\n{}", mesh.child.try_wait(), mesh.banner),
-        }
+    if !common::read_banner(&mesh.lines, &mut mesh.banner) {
+        panic!("strait local did not come up ({:?}); printed:\n{}", mesh.child.try_wait(), mesh.banner);
     }
+    mesh
 }
 
 /// One request from the client workload's address to the service, on its own connection.

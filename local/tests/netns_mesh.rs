@@ -3,7 +3,8 @@
 //! (`ip netns exec <pod> strait http-get ...`), so they reach the service only through node-a's transparent
 //! capture (TPROXY), node-a's L7 routing, the mTLS tunnel to node-b and node-b's authorization.
 
-use std::io::{BufRead as _, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -83,32 +84,12 @@ fn start(config: &Path, state: &Path) -> Mesh {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start strait local --netns");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = common::lines_of(child.stdout.take().expect("stdout"));
     let mut mesh = Mesh { child, banner: String::new(), lines };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match mesh.lines.recv_timeout(left) {
-            Ok(line) => {
-                mesh.banner.push_str(&line);
-                mesh.banner.push('\n');
-                if line.starts_with("Ctrl-C stops everything") {
-                    return mesh;
-                }
-            }
-            Err(_) => {
-                panic!("strait local --netns did not come up ({:?}); printed:\n{}", mesh.child.try_wait(), mesh.banner)
-            }
-        }
+    if !common::read_banner(&mesh.lines, &mut mesh.banner) {
+        panic!("strait local --netns did not come up ({:?}); printed:\n{}", mesh.child.try_wait(), mesh.banner);
     }
+    mesh
 }
 
 /// `count` requests from inside `netns` with the hidden `strait http-get`: (status, body) each.
