@@ -11,7 +11,8 @@ use strait_certs::{CertStore, TlsFailureReason};
 
 use crate::state::WorkloadInfo;
 
-const TCP_LABELS: &[&str] = &[
+/// Istio's standard labels describing the two peers; the TCP and HTTP families add their own after these.
+const PEER_LABELS: [&str; 14] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -26,33 +27,32 @@ const TCP_LABELS: &[&str] = &[
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
-    "request_protocol",
-    "response_flags",
-    "connection_security_policy",
 ];
 
+const TCP_LABELS: [&str; 17] = join(PEER_LABELS, ["request_protocol", "response_flags", "connection_security_policy"]);
+
 /// Istio's standard HTTP labels: the TCP set plus the response's code and gRPC status.
-const HTTP_LABELS: &[&str] = &[
-    "reporter",
-    "source_workload",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_service_name",
-    "destination_service_namespace",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-];
+const HTTP_LABELS: [&str; 19] = join(
+    PEER_LABELS,
+    ["request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy"],
+);
+
+/// `a` then `b`: label names and their values are built the same way, so they cannot drift apart.
+const fn join<'a, const A: usize, const B: usize, const C: usize>(a: [&'a str; A], b: [&'a str; B]) -> [&'a str; C] {
+    assert!(A + B == C, "the joined length must be the sum of both");
+    let mut out = [""; C];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < B {
+        out[A + j] = b[j];
+        j += 1;
+    }
+    out
+}
 
 /// Istio's buckets, so its dashboards' quantile queries read the same.
 const DURATION_BUCKETS_MS: &[f64] =
@@ -231,7 +231,8 @@ impl ConnectionLabels {
         self
     }
 
-    fn values<'a>(&'a self, flags: &'a str) -> [&'a str; 17] {
+    /// Values for [`PEER_LABELS`], in order.
+    fn peer_values<'a>(&'a self) -> [&'a str; 14] {
         let or_unknown = |s: &'a str| if s.is_empty() { UNKNOWN } else { s };
         [
             self.reporter,
@@ -248,10 +249,20 @@ impl ConnectionLabels {
             or_unknown(&self.destination_service),
             or_unknown(&self.destination_service_name),
             or_unknown(&self.destination_service_namespace),
-            "tcp",
-            flags,
-            if self.mutual_tls { "mutual_tls" } else { "none" },
         ]
+    }
+
+    fn security_policy(&self) -> &'static str {
+        if self.mutual_tls {
+            "mutual_tls"
+        } else {
+            "none"
+        }
+    }
+
+    /// Values for [`TCP_LABELS`], in order.
+    fn values<'a>(&'a self, flags: &'a str) -> [&'a str; 17] {
+        join(self.peer_values(), ["tcp", flags, self.security_policy()])
     }
 }
 
@@ -261,25 +272,26 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is static and valid");
-    registry.register(Box::new(c.clone())).expect("each metric is registered once");
-    c
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition is static and valid"),
+    )
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let tunnel_connections = IntGauge::new("strait_tunnel_pool_connections", "Open outbound tunnel connections")
-            .expect("metric definition is static and valid");
-        registry.register(Box::new(tunnel_connections.clone())).expect("each metric is registered once");
+        let tunnel_connections = register(
+            &registry,
+            IntGauge::new("strait_tunnel_pool_connections", "Open outbound tunnel connections")
+                .expect("metric definition is static and valid"),
+        );
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), HTTP_LABELS)
-                .expect("metric definition is static and valid");
-            registry.register(Box::new(h.clone())).expect("each metric is registered once");
-            h
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            register(&registry, HistogramVec::new(opts, &HTTP_LABELS).expect("metric definition is static and valid"))
         };
         Metrics {
-            requests: counter(&registry, "istio_requests_total", "HTTP requests", HTTP_LABELS),
+            requests: counter(&registry, "istio_requests_total", "HTTP requests", &HTTP_LABELS),
             request_duration: histogram(
                 "istio_request_duration_milliseconds",
                 "HTTP request duration in milliseconds",
@@ -299,14 +311,14 @@ impl Metrics {
                 "Circuit-breaker events by destination service (ejection, overflow)",
                 &["destination_service", "event"],
             ),
-            tcp_opened: counter(&registry, "istio_tcp_connections_opened_total", "TCP connections opened", TCP_LABELS),
-            tcp_closed: counter(&registry, "istio_tcp_connections_closed_total", "TCP connections closed", TCP_LABELS),
-            tcp_sent: counter(&registry, "istio_tcp_sent_bytes_total", "Bytes sent to the destination", TCP_LABELS),
+            tcp_opened: counter(&registry, "istio_tcp_connections_opened_total", "TCP connections opened", &TCP_LABELS),
+            tcp_closed: counter(&registry, "istio_tcp_connections_closed_total", "TCP connections closed", &TCP_LABELS),
+            tcp_sent: counter(&registry, "istio_tcp_sent_bytes_total", "Bytes sent to the destination", &TCP_LABELS),
             tcp_received: counter(
                 &registry,
                 "istio_tcp_received_bytes_total",
                 "Bytes received from the destination",
-                TCP_LABELS,
+                &TCP_LABELS,
             ),
             refusals: counter(
                 &registry,
@@ -383,28 +395,10 @@ impl Metrics {
 
     pub fn request(&self, labels: &ConnectionLabels, outcome: &RequestOutcome<'_>) {
         let code = outcome.status.to_string();
-        let base = labels.values(outcome.flags);
-        let values: [&str; 19] = [
-            base[0],
-            base[1],
-            base[2],
-            base[3],
-            base[4],
-            base[5],
-            base[6],
-            base[7],
-            base[8],
-            base[9],
-            base[10],
-            base[11],
-            base[12],
-            base[13],
-            outcome.protocol,
-            &code,
-            outcome.grpc_status,
-            base[15],
-            base[16],
-        ];
+        let values: [&str; 19] = join(
+            labels.peer_values(),
+            [outcome.protocol, &code, outcome.grpc_status, outcome.flags, labels.security_policy()],
+        );
         self.requests.with_label_values(&values).inc();
         self.request_duration.with_label_values(&values).observe(outcome.duration.as_secs_f64() * 1000.0);
         self.request_bytes.with_label_values(&values).observe(outcome.request_bytes as f64);
