@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use strait_api::MeshConfig;
 use strait_certs::{CertIssuer, Identity, StaticCertResolver, TrustBundle};
 use strait_control::{Options, Running};
-use strait_proxy::client::{Backoff, ControlPlaneClient};
+use strait_proxy::control_plane::{Backoff, ControlPlaneClient};
 use tokio::sync::mpsc;
 
 const TOKEN: &str = "local-mesh-token";

@@ -16,8 +16,8 @@ use strait_certs::CertStore;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
 use crate::state::StateStore;
+use crate::telemetry::metrics::Metrics;
 
 /// Changes the log filter at run time (`POST /logging?level=debug`).
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -161,7 +161,7 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         let (tcp, _) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                crate::inbound::accept_error(&e).await;
+                crate::tcp::socket::accept_error(&e).await;
                 continue;
             }
         };

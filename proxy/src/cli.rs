@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::{self, Admin};
-use crate::client::ControlPlaneClient;
-use crate::metrics::Metrics;
-use crate::proxy::{ListenMode, Proxy, ProxyOptions};
+use crate::control_plane::ControlPlaneClient;
+use crate::serve::{ListenMode, Proxy, ProxyOptions};
 use crate::state::StateStore;
+use crate::telemetry::metrics::Metrics;
 use crate::{config_file, redirect};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
@@ -124,7 +124,7 @@ pub fn main() -> anyhow::Result<()> {
 
 /// Runs the proxy with already-parsed flags until Ctrl-C (or SIGTERM).
 pub fn run_with(args: Args) -> anyhow::Result<()> {
-    let (log_control, _log_guard) = crate::logging::init(args.log_json);
+    let (log_control, _log_guard) = crate::telemetry::logging::init(args.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(args, log_control))
 }
@@ -173,7 +173,6 @@ async fn run(args: Args, log_control: admin::LogControl) -> anyhow::Result<()> {
         },
     };
     let options = ProxyOptions {
-        node: args.node.clone(),
         mode,
         outbound_addr: args.outbound,
         tunnel_addr: args.tunnel,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use strait_api::MeshConfig;
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
 use crate::state::StateStore;
+use crate::telemetry::metrics::Metrics;
 
 /// Loads the file once and returns what it read (for [`watch`]); the error says which field is wrong.
 pub fn load(path: &std::path::Path, state: &StateStore, metrics: &Metrics) -> anyhow::Result<Vec<u8>> {

@@ -1,6 +1,8 @@
-//! The proxy's current view of the mesh: the last good configuration and the indexes the data path looks up.
-//! A new configuration is validated and indexed off the data path, then swapped in whole; connections hold an
-//! `Arc<State>` for as long as they need one consistent view, and can watch for the next.
+//! The proxy's current view of the mesh: the last good configuration, compiled whole when it arrives (route
+//! tables, authorization policies, destination settings) and indexed for the data path. A configuration any
+//! part of which does not compile is refused (the caller NACKs it, naming the resource and field) and the
+//! previous one keeps serving. Connections hold an `Arc<State>` for as long as they need one consistent view,
+//! and can watch for the next; the data path reads nothing else.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +12,9 @@ use strait_api::{MeshConfig, MtlsMode, Protocol, Service, ServicePort, Workload}
 use strait_certs::Identity;
 use tokio::sync::watch;
 
-use crate::authz::Policies;
+use crate::http::backends::{policy_for, DestinationSettings, SettingsError};
+use crate::http::route::{CompileError, RouteTable, ServiceRef};
+use crate::policy::{Policies, PolicyError};
 
 /// A workload with its identity parsed once.
 #[derive(Debug)]
@@ -47,12 +51,24 @@ pub struct State {
     /// `destination_service` labels.
     endpoint_services: HashMap<SocketAddr, Arc<Service>>,
     pub policies: Policies,
+    /// The compiled TrafficRoute rules of each service that has any.
+    routes: HashMap<ServiceRef, Arc<RouteTable>>,
+    no_routes: Arc<RouteTable>,
+    /// Each service's compiled DestinationPolicy settings.
+    destinations: HashMap<ServiceRef, Arc<DestinationSettings>>,
+    no_destination_policy: Arc<DestinationSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("invalid configuration: {0}")]
     Invalid(#[from] strait_api::ValidationError),
+    #[error("{0}")]
+    Route(#[from] CompileError),
+    #[error("{0}")]
+    Destination(#[from] SettingsError),
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
     #[error("workloads[{index}] ({namespace}/{name}): {source}")]
     Identity { index: usize, namespace: String, name: String, source: Box<strait_certs::IdentityError> },
 }
@@ -68,7 +84,11 @@ impl State {
             services_by_name: HashMap::new(),
             endpoint_protocols: HashMap::new(),
             endpoint_services: HashMap::new(),
-            policies: Policies::new(&[]),
+            policies: Policies::default(),
+            routes: HashMap::new(),
+            no_routes: Arc::default(),
+            destinations: HashMap::new(),
+            no_destination_policy: Arc::default(),
         })
     }
 
@@ -128,7 +148,27 @@ impl State {
                 }
             }
         }
-        let policies = Policies::new(&config.authorization_policies);
+        let policies = Policies::compile(&config.authorization_policies)?;
+        // Every rule of every TrafficRoute compiles, or the whole configuration is refused: a rule left out
+        // would change what is enforced without the control plane knowing.
+        let (_, problems) = RouteTable::compile(&config.traffic_routes);
+        if let Some(problem) = problems.into_iter().next() {
+            return Err(problem.into());
+        }
+        let mut routes = HashMap::new();
+        let mut destinations = HashMap::new();
+        for s in &config.services {
+            let service = ServiceRef::new(&s.name, &s.namespace);
+            let (table, _) = RouteTable::for_service(&config.traffic_routes, &service);
+            if !table.is_empty() {
+                routes.insert(service.clone(), Arc::new(table));
+            }
+            let settings = DestinationSettings::compile(policy_for(&config, s))?;
+            destinations.insert(service, Arc::new(settings));
+        }
+        for named in &config.destination_policies {
+            DestinationSettings::compile(Some(named))?;
+        }
         Ok(State {
             config: Arc::new(config),
             version,
@@ -139,7 +179,22 @@ impl State {
             endpoint_protocols,
             endpoint_services,
             policies,
+            routes,
+            no_routes: Arc::default(),
+            destinations,
+            no_destination_policy: Arc::default(),
         })
+    }
+
+    /// The compiled route rules for `service` (an empty table when no TrafficRoute names it).
+    pub fn route_table(&self, service: &ServiceRef) -> &Arc<RouteTable> {
+        self.routes.get(service).unwrap_or(&self.no_routes)
+    }
+
+    /// The compiled DestinationPolicy settings of `service` (defaults when it has none).
+    pub fn destination_settings(&self, service: &Service) -> &Arc<DestinationSettings> {
+        let key = ServiceRef::new(&service.name, &service.namespace);
+        self.destinations.get(&key).unwrap_or(&self.no_destination_policy)
     }
 
     pub fn workload(&self, ip: IpAddr) -> Option<&Arc<WorkloadInfo>> {
@@ -212,5 +267,101 @@ impl StateStore {
 
     pub fn loaded(&self) -> bool {
         self.current().version != "none"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "
+services:
+- {name: reviews, namespace: shop, addresses: [10.96.0.10], ports: [{port: 9080, name: http}]}
+";
+
+    fn config(extra: &str) -> MeshConfig {
+        serde_yaml::from_str(&format!("{BASE}{extra}")).expect("test configuration parses")
+    }
+
+    const GOOD: &str = "
+trafficRoutes:
+- name: r
+  namespace: shop
+  spec:
+    hosts: [reviews]
+    http:
+    - match: [{uri: {regex: '^/v[0-9]+/'}}]
+      route: [{destination: {host: reviews}}]
+      retries: {attempts: 2, retryOn: '5xx'}
+";
+
+    #[test]
+    fn routes_and_settings_are_compiled_when_the_configuration_arrives() {
+        let state = State::build(config(GOOD), "node-a", "1".into()).expect("valid");
+        let table = state.route_table(&ServiceRef::new("reviews", "shop"));
+        assert!(!table.is_empty(), "the route is compiled into the snapshot");
+        assert!(state.route_table(&ServiceRef::new("ratings", "shop")).is_empty());
+    }
+
+    #[test]
+    fn a_rule_that_fails_to_compile_refuses_the_whole_snapshot() {
+        let store = StateStore::new("node-a");
+        store.apply(config(GOOD), "1".into()).expect("the good configuration applies");
+        let cases = [
+            (
+                "an unsupported retryOn condition",
+                GOOD.replace("retryOn: '5xx'", "retryOn: 'bogus,5xx'"),
+                &["shop/r", "http[0]", "retryOn", "bogus"][..],
+            ),
+            (
+                "an ipBlock that is not a CIDR",
+                "
+authorizationPolicies:
+- name: p
+  namespace: shop
+  spec:
+    action: DENY
+    rules: [{from: [{source: {notIpBlocks: [10.0.0/8]}}]}]
+"
+                .to_string(),
+                &["shop/p", "rules[0].from[0].source.notIpBlocks[0]"],
+            ),
+            (
+                "a principal pattern with a star inside",
+                "
+authorizationPolicies:
+- name: p
+  namespace: shop
+  spec:
+    action: ALLOW
+    rules: [{from: [{source: {principals: ['cluster*local/ns/shop/sa/x']}}]}]
+"
+                .to_string(),
+                &["shop/p", "rules[0].from[0].source.principals[0]"],
+            ),
+            (
+                "two load balancers at once",
+                "
+destinationPolicies:
+- name: d
+  namespace: shop
+  spec:
+    host: reviews
+    loadBalancer: {simple: ROUND_ROBIN, consistentHash: {httpHeaderName: x-user}}
+"
+                .to_string(),
+                &["shop/d", "loadBalancer"],
+            ),
+        ];
+        for (what, extra, expected) in cases {
+            let refused = match store.apply(config(&extra), "2".into()) {
+                Ok(_) => panic!("{what}: applied"),
+                Err(e) => e.to_string(),
+            };
+            for part in expected {
+                assert!(refused.contains(part), "{what}: the refusal names the resource and field ({part}): {refused}");
+            }
+            assert_eq!(store.current().version, "1", "{what}: the previous snapshot keeps serving");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strait_certs::{CertStore, Identity, MeshCa, TrustBundle};
-use strait_proxy::metrics::Metrics;
+use strait_proxy::telemetry::metrics::Metrics;
 use strait_proxy::tunnel::{H2Stream, Pool, PoolConfig, PoolKey, TunnelError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

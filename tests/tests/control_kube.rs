@@ -9,7 +9,7 @@ use strait_api::MeshConfig;
 use strait_certs::{CertIssuer, Identity};
 use strait_control::kube::KubeOptions;
 use strait_control::Running;
-use strait_proxy::client::{Backoff, ControlPlaneClient};
+use strait_proxy::control_plane::{Backoff, ControlPlaneClient};
 use strait_tests::fake_kube::{FakeKube, TokenUser};
 use tokio::sync::mpsc;
 

@@ -7,40 +7,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use strait_api::{DestinationPolicySpec, Service};
+use strait_api::{DestinationPolicySpec, MeshConfig, Named, Service};
 use tokio::time::Instant;
-use tracing::warn;
 
 use super::resilience::{
-    Balancer, BudgetConfig, HashOn, Limiter, OutlierConfig, OutlierDetector, PoolLimits, RetryBudget, RouteTable,
-    ServiceRef, Strategy,
+    Balancer, BudgetConfig, HashOn, Limiter, OutlierConfig, OutlierDetector, PoolLimits, RetryBudget, ServiceRef,
+    Strategy,
 };
 use super::route::RouteDestination;
 use crate::state::{ServiceTarget, State};
-
-/// Compiled route tables per service, rebuilt when the configuration version changes.
-#[derive(Default)]
-pub struct Routes {
-    cache: Mutex<HashMap<ServiceRef, (String, Arc<RouteTable>)>>,
-}
-
-impl Routes {
-    pub fn table(&self, state: &State, service: &ServiceRef) -> Arc<RouteTable> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((version, table)) = cache.get(service) {
-            if *version == state.version {
-                return table.clone();
-            }
-        }
-        let (table, problems) = RouteTable::for_service(&state.config.traffic_routes, service);
-        for problem in problems {
-            warn!(service = %format!("{}/{}", service.namespace, service.name), %problem, "route problem");
-        }
-        let table = Arc::new(table);
-        cache.insert(service.clone(), (state.version.clone(), table.clone()));
-        table
-    }
-}
 
 /// One destination service port: where requests for it go, and what is remembered about its endpoints.
 pub struct Backend {
@@ -154,41 +129,84 @@ impl Backends {
         cache.insert(key, (state.version.clone(), backend.clone()));
         Some(backend)
     }
+
+    /// Forgets the state of services that are gone (their balancer loads, ejections and budgets).
+    pub fn retain(&self, keep: impl Fn(&ServiceRef) -> bool) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|(service, _), _| keep(service));
+    }
 }
 
 /// The DestinationPolicy whose host is `service`, if any.
-pub fn policy_for<'a>(state: &'a State, service: &Service) -> Option<&'a DestinationPolicySpec> {
+pub fn policy_for<'a>(config: &'a MeshConfig, service: &Service) -> Option<&'a Named<DestinationPolicySpec>> {
     let wanted = ServiceRef::new(&service.name, &service.namespace);
-    state
-        .config
-        .destination_policies
-        .iter()
-        .find(|p| ServiceRef::parse(&p.spec.host, &p.namespace).as_ref() == Some(&wanted))
-        .map(|p| &p.spec)
+    config.destination_policies.iter().find(|p| ServiceRef::parse(&p.spec.host, &p.namespace).as_ref() == Some(&wanted))
+}
+
+/// A service's DestinationPolicy, compiled when the configuration arrives: the data path never meets a setting
+/// it cannot apply.
+#[derive(Debug)]
+pub struct DestinationSettings {
+    policy: Option<DestinationPolicySpec>,
+    strategy: Strategy,
+    outlier: OutlierConfig,
+    limits: PoolLimits,
+    /// `connectionPool.tcp.maxConnections`, for TCP services.
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("destinationPolicy {policy}: {message}")]
+pub struct SettingsError {
+    /// `namespace/name` of the DestinationPolicy.
+    pub policy: String,
+    pub message: String,
+}
+
+impl DestinationSettings {
+    pub fn compile(named: Option<&Named<DestinationPolicySpec>>) -> Result<Self, SettingsError> {
+        let Some(named) = named else { return Ok(DestinationSettings::default()) };
+        let error = |message: String| SettingsError { policy: format!("{}/{}", named.namespace, named.name), message };
+        let spec = &named.spec;
+        let strategy = Strategy::from_spec(spec.load_balancer.as_ref()).map_err(error)?;
+        // As in Istio, outlier detection is off unless the DestinationPolicy asks for it.
+        let outlier = match spec.outlier_detection.as_ref() {
+            Some(outlier) => OutlierConfig::from_spec(outlier).map_err(|e| error(format!("outlierDetection: {e}")))?,
+            None => OutlierConfig::disabled(),
+        };
+        let pool = spec.connection_pool.as_ref();
+        Ok(DestinationSettings {
+            policy: Some(spec.clone()),
+            strategy,
+            outlier,
+            limits: PoolLimits::from_spec(pool.and_then(|c| c.http.as_ref())),
+            max_connections: pool.and_then(|c| c.tcp.as_ref()).and_then(|t| t.max_connections).filter(|m| *m > 0),
+        })
+    }
+}
+
+impl Default for DestinationSettings {
+    fn default() -> Self {
+        DestinationSettings {
+            policy: None,
+            strategy: Strategy::PeakEwma,
+            outlier: OutlierConfig::disabled(),
+            limits: PoolLimits::from_spec(None),
+            max_connections: None,
+        }
+    }
 }
 
 fn build(state: &State, service: &Arc<Service>, target_port: u16, previous: Option<&Backend>) -> Backend {
-    let policy = policy_for(state, service).cloned();
+    let settings = state.destination_settings(service);
+    let policy = settings.policy.clone();
     let name = service.hostname();
-    let lb = policy.as_ref().and_then(|p| p.load_balancer.as_ref());
-    let strategy = Strategy::from_spec(lb).unwrap_or_else(|e| {
-        warn!(service = %name, error = %e, "load balancer setting ignored");
-        Strategy::PeakEwma
-    });
+    let strategy = settings.strategy.clone();
     let hash_on = match &strategy {
         Strategy::ConsistentHash(on) => Some(on.clone()),
         _ => None,
     };
-    // As in Istio, outlier detection is off unless the DestinationPolicy asks for it.
-    let outlier_config = match policy.as_ref().and_then(|p| p.outlier_detection.as_ref()) {
-        Some(spec) => OutlierConfig::from_spec(spec).unwrap_or_else(|e| {
-            warn!(service = %name, error = %e, "outlier detection setting ignored");
-            OutlierConfig::disabled()
-        }),
-        None => OutlierConfig::disabled(),
-    };
-    let limits =
-        PoolLimits::from_spec(policy.as_ref().and_then(|p| p.connection_pool.as_ref()).and_then(|c| c.http.as_ref()));
+    let outlier_config = settings.outlier;
+    let limits = settings.limits;
     let same = |f: fn(&DestinationPolicySpec) -> String| {
         previous.is_some_and(|p| p.policy.as_ref().map(f) == policy.as_ref().map(f))
     };

@@ -21,14 +21,12 @@ impl Default for Backoff {
 
 impl Backoff {
     /// A `max` below `base` is raised to `base`, so the ceiling never shrinks as attempts grow.
+    #[cfg(test)]
     pub fn new(base: Duration, max: Duration) -> Self {
         Backoff { base, max: max.max(base) }
     }
 
-    pub fn base(&self) -> Duration {
-        self.base
-    }
-
+    #[cfg(test)]
     pub fn max(&self) -> Duration {
         self.max
     }

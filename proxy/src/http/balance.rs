@@ -154,10 +154,6 @@ impl Balancer {
         Balancer { strategy, ewma, loads: Mutex::new(HashMap::new()), next: AtomicUsize::new(0) }
     }
 
-    pub fn strategy(&self) -> &Strategy {
-        &self.strategy
-    }
-
     /// One of `endpoints`, or `None` if there are none. `hash_key` is used by consistent hashing only.
     pub fn pick(&self, endpoints: &[SocketAddr], hash_key: Option<&[u8]>, rng: &mut impl Rng) -> Option<SocketAddr> {
         match endpoints {
@@ -234,6 +230,7 @@ impl Balancer {
     }
 
     /// Requests in flight to `endpoint` (for /config_dump and tests).
+    #[cfg(test)]
     pub fn in_flight(&self, endpoint: SocketAddr) -> usize {
         self.lock().get(&endpoint).map_or(0, |l| l.in_flight.load(Relaxed))
     }
@@ -255,6 +252,7 @@ pub struct InFlightGuard {
 impl InFlightGuard {
     /// Ends the request with a measured latency (e.g. time to the response head, rather than to the end of
     /// a long streamed body).
+    #[cfg(test)]
     pub fn finish(mut self, latency: Duration) {
         self.latency = Some(latency);
     }

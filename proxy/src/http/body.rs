@@ -33,10 +33,7 @@ impl Replay {
         RetryBody(Inner::Buffered { data: Some(self.data.clone()), trailers: self.trailers.clone() })
     }
 
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

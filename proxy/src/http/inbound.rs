@@ -13,11 +13,12 @@ use tracing::{debug, info};
 
 use super::observe::{Access, CountedRequest, Observed};
 use super::{boxed, grpc_status, protocol_label, text, BoxBody, Version};
-use crate::authz::{Decision, HttpAttributes, Request as AuthzRequest};
-use crate::inbound::Caller;
-use crate::metrics::ConnectionLabels;
-use crate::proxy::ProxyContext;
+use crate::context::ProxyContext;
+use crate::policy::Caller;
+use crate::policy::{Decision, HttpAttributes, Request as AuthzRequest};
 use crate::state::WorkloadInfo;
+use crate::telemetry::flags::ResponseFlag;
+use crate::telemetry::metrics::ConnectionLabels;
 
 /// Istio's header for the caller's identity as the destination proxy verified it.
 pub const XFCC: &str = "x-forwarded-client-cert";
@@ -60,7 +61,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     let trace_id = super::trace::add_hop(request.headers_mut());
     // Recorded (metrics and the access line) when the response body has been sent.
     let (method, log_path) = (request.method().clone(), request.uri().path().to_string());
-    let access = |response: &Response<BoxBody>, flags: &'static str| Access {
+    let access = |response: &Response<BoxBody>, flags: ResponseFlag| Access {
         metrics: d.ctx.metrics.clone(),
         labels: d.labels.clone(),
         protocol,
@@ -99,7 +100,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
             "request denied by policy"
         );
         let response = text(StatusCode::FORBIDDEN, format!("{denial}\n"));
-        let access = access(&response, "UAEX");
+        let access = access(&response, ResponseFlag::Unauthorized);
         return observed(response, access);
     }
 
@@ -118,7 +119,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         Ok(uri) => uri,
         Err(_) => {
             let response = text(StatusCode::BAD_REQUEST, "request target is not valid\n");
-            let access = access(&response, "DPE");
+            let access = access(&response, ResponseFlag::DownstreamProtocolError);
             return observed(response, access);
         }
     };
@@ -129,7 +130,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         Err(e) => {
             debug!(target = %d.target, error = %e, "pod did not answer");
             let response = text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error: the pod did not answer\n");
-            let access = access(&response, "UF");
+            let access = access(&response, ResponseFlag::UpstreamConnectionFailure);
             return observed(response, access);
         }
     };
@@ -138,6 +139,6 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
             super::splice_upgrade(downstream, hyper::upgrade::on(&mut response));
         }
     }
-    let access = access(&response, "-");
+    let access = access(&response, ResponseFlag::None);
     observed(response, access)
 }

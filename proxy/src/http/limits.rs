@@ -3,15 +3,11 @@
 //! once with [`Overflow`] (answer 503 with response flag `UO`). Like linkerd's fail-fast queue in front of the
 //! balancer: overload becomes a fast, visible error, never an unbounded queue.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use strait_api::HttpPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::{Layer, Service, ServiceExt};
 
 /// A bound on waiting requests when `maxRequests` is set but `maxPendingRequests` is not (Istio's default is
 /// effectively unlimited; an unbounded queue only turns overload into latency and memory).
@@ -100,14 +96,17 @@ impl Limiter {
     }
 
     /// Requests refused so far (for the `UO` metric).
+    #[cfg(test)]
     pub fn overflows(&self) -> u64 {
         self.overflows.load(Relaxed)
     }
 
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.pending.load(Relaxed)
     }
 
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         match (&self.permits, self.limits.max_requests) {
             (Some(permits), Some(max)) => max.saturating_sub(permits.available_permits()),
@@ -132,63 +131,6 @@ impl<'a> Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// A tower layer applying a shared [`Limiter`]. Errors are boxed; an [`Overflow`] downcasts from them.
-#[derive(Clone, Debug)]
-pub struct PoolLimitLayer {
-    limiter: Arc<Limiter>,
-}
-
-impl PoolLimitLayer {
-    pub fn new(limiter: Arc<Limiter>) -> Self {
-        PoolLimitLayer { limiter }
-    }
-}
-
-impl<S> Layer<S> for PoolLimitLayer {
-    type Service = PoolLimit<S>;
-
-    fn layer(&self, inner: S) -> PoolLimit<S> {
-        PoolLimit { inner, limiter: self.limiter.clone() }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct PoolLimit<S> {
-    inner: S,
-    limiter: Arc<Limiter>,
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl<S, R> Service<R> for PoolLimit<S>
-where
-    S: Service<R> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send,
-    R: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
-
-    /// Always ready: the decision to admit, wait or refuse is made per request in `call`, so that refusing
-    /// is immediate rather than a stalled `poll_ready`.
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    /// The slot is held until the response head arrives. To count streaming bodies, use
-    /// [`Limiter::acquire`] directly and keep the [`Permit`] with the body.
-    fn call(&mut self, request: R) -> Self::Future {
-        let limiter = self.limiter.clone();
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let _permit = limiter.acquire().await?;
-            inner.oneshot(request).await.map_err(Into::into)
-        })
     }
 }
 
@@ -258,22 +200,5 @@ mod tests {
             PoolLimits::from_spec(Some(&pool)),
             PoolLimits { max_requests: None, max_pending: DEFAULT_MAX_PENDING }
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_layer_sheds_overflow_as_a_downcastable_error() {
-        let limiter = limiter(1, 0);
-        let slow = tower::service_fn(|delay: Duration| async move {
-            sleep(delay).await;
-            Ok::<_, std::convert::Infallible>(delay)
-        });
-        let service = PoolLimitLayer::new(limiter.clone()).layer(slow);
-        let first = tokio::spawn(service.clone().oneshot(Duration::from_secs(1)));
-        tokio::task::yield_now().await;
-        let error = service.clone().oneshot(Duration::ZERO).await.expect_err("overflow");
-        assert!(error.downcast_ref::<Overflow>().is_some(), "{error}");
-        assert_eq!(first.await.expect("task").expect("served"), Duration::from_secs(1));
-        assert_eq!(service.oneshot(Duration::ZERO).await.expect("a slot is free again"), Duration::ZERO);
-        assert_eq!(limiter.overflows(), 1);
     }
 }

@@ -52,12 +52,6 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<BoxBody> {
     response
 }
 
-/// The body's length when it is known up front; streamed bodies of unknown length count as their lower bound.
-pub fn body_size_hint<B: Body>(body: &B) -> u64 {
-    let hint = body.size_hint();
-    hint.exact().unwrap_or(hint.lower())
-}
-
 /// `grpc` for gRPC requests (by content type), else `http`: Istio's `request_protocol` label.
 pub fn protocol_label<B>(request: &Request<B>) -> &'static str {
     let grpc = request
@@ -123,22 +117,22 @@ pub fn splice_upgrade(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::up
         };
         let mut down = hyper_util::rt::TokioIo::new(down);
         let mut up = hyper_util::rt::TokioIo::new(up);
-        if let Err(e) = crate::copy::bidirectional(&mut down, &mut up).await {
+        if let Err(e) = crate::tcp::copy::bidirectional(&mut down, &mut up).await {
             debug!(error = %e, "upgraded connection ended with an error");
         }
     });
 }
 
-/// What the proxy keeps for HTTP between requests: clients, compiled routes, per-destination state.
+/// What the proxy keeps for HTTP between requests and configuration versions: clients and per-destination
+/// state (compiled routes live in the configuration's `State`).
 #[derive(Default)]
 pub struct HttpContext {
     pub clients: HttpClients,
-    pub routes: backends::Routes,
     pub backends: backends::Backends,
 }
 
 impl HttpContext {
-    pub fn pod_client(&self, ctx: &Arc<crate::proxy::ProxyContext>, version: Version) -> upstream::PodClient {
+    pub fn pod_client(&self, ctx: &Arc<crate::context::ProxyContext>, version: Version) -> upstream::PodClient {
         self.clients.pod_client(ctx, version)
     }
 }
@@ -153,14 +147,19 @@ pub struct HttpClients {
 impl HttpClients {
     pub fn mesh_client(
         &self,
-        ctx: &Arc<crate::proxy::ProxyContext>,
+        ctx: &Arc<crate::context::ProxyContext>,
         source: &Arc<crate::state::WorkloadInfo>,
         version: Version,
     ) -> upstream::UpstreamClient {
         self.mesh.get(ctx, source, version)
     }
 
-    pub fn pod_client(&self, ctx: &Arc<crate::proxy::ProxyContext>, version: Version) -> upstream::PodClient {
+    /// Drops the clients of sources `keep` refuses.
+    pub fn retain_sources(&self, keep: impl Fn(&upstream::SourceKey) -> bool) {
+        self.mesh.retain(keep);
+    }
+
+    pub fn pod_client(&self, ctx: &Arc<crate::context::ProxyContext>, version: Version) -> upstream::PodClient {
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         pods.entry(version).or_insert_with(|| upstream::pod_client(ctx.outgoing, version)).clone()
     }

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::metrics::{ConnectionLabels, Metrics, RequestOutcome};
+use crate::telemetry::flags::ResponseFlag;
+use crate::telemetry::metrics::{ConnectionLabels, Metrics, RequestOutcome};
 
 /// A request body that counts its data bytes into a counter shared with the request's [`Access`].
 pub struct CountedRequest<B> {
@@ -63,7 +64,7 @@ pub struct Access {
     pub status: u16,
     /// From the response headers (a trailers-only gRPC answer); empty otherwise.
     pub grpc_status: String,
-    pub flags: &'static str,
+    pub flags: ResponseFlag,
     /// The route's name (source side), `-` where no route applies (destination side).
     pub route: String,
     pub upstream: Option<SocketAddr>,
@@ -115,7 +116,7 @@ impl Access {
             path = %self.path,
             status = self.status,
             grpc_status = %or_dash(&grpc_status),
-            flags = self.flags,
+            flags = self.flags.as_str(),
             retries = self.retries,
             request_bytes,
             response_bytes,
@@ -195,7 +196,7 @@ mod tests {
             protocol: "grpc",
             status: 200,
             grpc_status: String::new(),
-            flags: "-",
+            flags: ResponseFlag::None,
             route: "default".into(),
             upstream: None,
             retries: 0,

@@ -17,9 +17,10 @@ use super::observe::{Access, CountedRequest, Observed};
 use super::resilience::{retry_loop, Action, FaultAction, Outcome, RetryError, RetryParams, RetryStats};
 use super::route::{RouteDestination, ServiceRef};
 use super::{boxed, grpc_status, protocol_label, text, BoxBody, Version};
-use crate::metrics::ConnectionLabels;
-use crate::proxy::ProxyContext;
+use crate::context::ProxyContext;
 use crate::state::{ServiceTarget, State, WorkloadInfo};
+use crate::telemetry::flags::ResponseFlag;
+use crate::telemetry::metrics::ConnectionLabels;
 
 /// One pod connection to one service port.
 struct Downstream {
@@ -45,7 +46,7 @@ type ReqBody = CountedRequest<Incoming>;
 
 /// What a request's metrics and access log say about it.
 struct Record {
-    flags: &'static str,
+    flags: ResponseFlag,
     route: String,
     upstream: Option<SocketAddr>,
     destination: Option<Arc<WorkloadInfo>>,
@@ -64,7 +65,8 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
     let path = request.uri().path().to_string();
     let trace = super::trace::add_hop(request.headers_mut());
     let state = d.ctx.state.current();
-    let mut record = Record { flags: "-", route: "default".into(), upstream: None, destination: None, retries: 0 };
+    let mut record =
+        Record { flags: ResponseFlag::None, route: "default".into(), upstream: None, destination: None, retries: 0 };
     let response = route_request(d, &state, request, &mut record).await;
     let mut labels = d.labels.clone();
     if let Some(destination) = &record.destination {
@@ -97,7 +99,7 @@ async fn route_request(
     record: &mut Record,
 ) -> Response<BoxBody> {
     let front = ServiceRef::new(&d.front.service.name, &d.front.service.namespace);
-    let table = d.ctx.http.routes.table(state, &front);
+    let table = state.route_table(&front).clone();
     let (parts, body) = request.into_parts();
     let route = table.route(&parts);
     request = Request::from_parts(parts, body);
@@ -127,7 +129,7 @@ async fn route_request(
         FaultAction::None => None,
         FaultAction::Delay(delay) => {
             tokio::time::sleep(delay).await;
-            record.flags = "DI";
+            record.flags = ResponseFlag::DelayInjected;
             None
         }
         FaultAction::Abort(status) => Some(status),
@@ -137,7 +139,7 @@ async fn route_request(
         }
     };
     if let Some(status) = abort {
-        record.flags = "FI";
+        record.flags = ResponseFlag::FaultInjected;
         return text(status, "fault filter abort\n");
     }
     let destination = split.pick(&mut rand::rng()).clone();
@@ -176,12 +178,12 @@ async fn forward(
     record: &mut Record,
 ) -> Response<BoxBody> {
     let Some(backend) = d.ctx.http.backends.backend(state, destination, &d.front) else {
-        record.flags = "NR";
+        record.flags = ResponseFlag::NoRouteFound;
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("no service for destination {}\n", destination.host));
     };
     let endpoints = backend.endpoints(state, destination.subset.as_deref());
     if endpoints.is_empty() {
-        record.flags = "UH";
+        record.flags = ResponseFlag::NoHealthyUpstream;
         return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     }
     let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
@@ -229,7 +231,7 @@ async fn forward(
         Some(limit) => match tokio::time::timeout(limit, attempt).await {
             Ok(result) => result,
             Err(_) => {
-                record.flags = "UT";
+                record.flags = ResponseFlag::UpstreamRequestTimeout;
                 record_retries(d, &backend, &stats, record);
                 return text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
             }
@@ -247,30 +249,34 @@ async fn forward(
                 }
             }
             if stats.retries() > 0 && response.status().is_server_error() {
-                record.flags = "URX";
+                record.flags = ResponseFlag::UpstreamRetryLimitExceeded;
             }
             response.map(boxed)
         }
         Err(RetryError::PerTryTimeout(_)) => {
-            record.flags = "UT";
+            record.flags = ResponseFlag::UpstreamRequestTimeout;
             text(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
         }
         Err(RetryError::Upstream(SendError::Overflow)) => {
-            record.flags = "UO";
+            record.flags = ResponseFlag::UpstreamOverflow;
             d.ctx.metrics.circuit.with_label_values(&[backend.name(), "overflow"]).inc();
             text(StatusCode::SERVICE_UNAVAILABLE, "upstream connection pool overflow\n")
         }
         Err(RetryError::Upstream(SendError::NoEndpoint)) => {
-            record.flags = "UH";
+            record.flags = ResponseFlag::NoHealthyUpstream;
             text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n")
         }
         Err(RetryError::Upstream(SendError::Client(e))) => {
-            record.flags = if e.is_connect() { "UF" } else { "UC" };
+            record.flags = if e.is_connect() {
+                ResponseFlag::UpstreamConnectionFailure
+            } else {
+                ResponseFlag::UpstreamConnectionTermination
+            };
             debug!(error = %e, "upstream request failed");
             text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers\n")
         }
         Err(RetryError::RequestBody(e)) => {
-            record.flags = "DPE";
+            record.flags = ResponseFlag::DownstreamProtocolError;
             text(StatusCode::BAD_REQUEST, format!("reading the request body: {e}\n"))
         }
     }

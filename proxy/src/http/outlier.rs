@@ -103,10 +103,6 @@ impl OutlierDetector {
         OutlierDetector { config, endpoints: Mutex::new(HashMap::new()), ejections: AtomicU64::new(0) }
     }
 
-    pub fn config(&self) -> &OutlierConfig {
-        &self.config
-    }
-
     /// The endpoints now in the pool: state of the others is forgotten; new ones start healthy.
     pub fn set_endpoints(&self, endpoints: &[SocketAddr]) {
         let mut states = self.lock();
@@ -161,6 +157,7 @@ impl OutlierDetector {
         ejected == 0 || (ejected + 1) * 100 <= self.config.max_ejection_percent as usize * states.len()
     }
 
+    #[cfg(test)]
     pub fn is_ejected(&self, endpoint: SocketAddr, now: Instant) -> bool {
         self.lock().get(&endpoint).is_some_and(|s| s.ejected_at(now))
     }

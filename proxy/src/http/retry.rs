@@ -140,6 +140,7 @@ impl RetryPolicy {
         Ok((policy, ignored))
     }
 
+    #[cfg(test)]
     pub fn new(retries: u32, retry_on: RetryOn) -> Self {
         RetryPolicy {
             retries,
@@ -150,36 +151,33 @@ impl RetryPolicy {
         }
     }
 
+    #[cfg(test)]
     pub fn with_per_try_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.per_try_timeout = timeout;
         self
     }
 
+    #[cfg(test)]
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }
 
+    #[cfg(test)]
     pub fn with_retry_non_idempotent(mut self, yes: bool) -> Self {
         self.retry_non_idempotent = yes;
         self
     }
 
     /// Retries after the first try (Istio's `attempts`).
+    #[cfg(test)]
     pub fn retries(&self) -> u32 {
         self.retries
     }
 
+    #[cfg(test)]
     pub fn per_try_timeout(&self) -> Option<Duration> {
         self.per_try_timeout
-    }
-
-    pub fn retry_on(&self) -> &RetryOn {
-        &self.retry_on
-    }
-
-    pub fn backoff(&self) -> &Backoff {
-        &self.backoff
     }
 
     /// Whether this outcome of a `method` request may be retried (ignoring attempts left and the budget).
@@ -217,6 +215,7 @@ impl RetryStats {
         self.budget_exhausted.load(Relaxed)
     }
     /// Tries cut short by the per-try timeout.
+    #[cfg(test)]
     pub fn per_try_timeouts(&self) -> u64 {
         self.per_try_timeouts.load(Relaxed)
     }

@@ -105,18 +105,19 @@ impl RouteTable {
         (table, errors)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     /// The first rule matching the request, if any (no rule: the caller forwards to the service as is).
     pub fn route(&self, request: &Parts) -> Option<&Route> {
         let query = QueryParams::new(request.uri.query());
         self.routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(request, &query)))
     }
 
+    #[cfg(test)]
     pub fn routes(&self) -> &[Route] {
         &self.routes
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
     }
 }
 
@@ -124,8 +125,6 @@ impl RouteTable {
 #[derive(Debug)]
 pub struct Route {
     name: String,
-    traffic_route: String,
-    namespace: String,
     matches: Vec<Match>,
     action: Action,
     timeout: Option<Duration>,
@@ -171,8 +170,6 @@ impl Route {
         };
         Ok(Route {
             name: rule.name.clone().unwrap_or_else(|| format!("{origin}[{index}]")),
-            traffic_route: origin.to_string(),
-            namespace: namespace.to_string(),
             matches,
             action,
             // Istio: a zero timeout disables it.
@@ -188,21 +185,12 @@ impl Route {
         &self.name
     }
 
-    /// `namespace/name` of the TrafficRoute this rule came from.
-    pub fn traffic_route(&self) -> &str {
-        &self.traffic_route
-    }
-
-    /// The TrafficRoute's namespace, where short destination hosts resolve.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
     pub fn action(&self) -> &Action {
         &self.action
     }
 
     /// A destination drawn by weight; `None` for redirects and direct responses.
+    #[cfg(test)]
     pub fn pick_destination(&self, rng: &mut impl Rng) -> Option<&RouteDestination> {
         match &self.action {
             Action::Forward(split) => Some(split.pick(rng)),
@@ -408,6 +396,7 @@ impl Split {
         Ok(Split { destinations, total })
     }
 
+    #[cfg(test)]
     pub fn destinations(&self) -> &[RouteDestination] {
         &self.destinations
     }
@@ -486,10 +475,6 @@ impl HeaderEdit {
         for (name, value) in &self.add {
             headers.append(name.clone(), value.clone());
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
     }
 }
 
@@ -588,10 +573,6 @@ impl RedirectAction {
             }
         }
         Ok(RedirectAction { path: redirect.uri.clone(), authority: redirect.authority.clone(), status })
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
     }
 
     /// The Location for `request`: its scheme and authority unless replaced, the new path, and the original
@@ -961,6 +942,5 @@ http:
     fn a_rule_without_a_name_is_named_after_its_route_and_index() {
         let t = table(&format!("hosts: [reviews]\nhttp: [{{{FORWARD}}}]"));
         assert_eq!(t.routes()[0].name(), "shop/r[0]");
-        assert_eq!(t.routes()[0].traffic_route(), "shop/r");
     }
 }

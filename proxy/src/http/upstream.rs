@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -15,15 +15,18 @@ use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use strait_certs::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::BoxBody;
-use crate::inbound::Caller;
-use crate::metrics::ConnectionLabels;
-use crate::proxy::ProxyContext;
+use crate::context::ProxyContext;
+use crate::plan::{plan, DenyReason, Upstream};
+use crate::policy::Caller;
 use crate::state::WorkloadInfo;
-use crate::tunnel::{H2Stream, PoolKey};
+use crate::tcp::inbound::serve_stream;
+use crate::telemetry::metrics::ConnectionLabels;
+use crate::tunnel::H2Stream;
 
 /// In-memory pipe size for same-node requests.
 const LOCAL_PIPE: usize = 256 * 1024;
@@ -89,6 +92,8 @@ pub struct MeshConnector {
 pub enum ConnectError {
     #[error("the request has no endpoint address")]
     NoAuthority,
+    #[error("refused: {0}")]
+    Denied(DenyReason),
     #[error("{0}")]
     Tunnel(#[from] crate::tunnel::TunnelError),
     #[error("connecting to {addr}: {source}")]
@@ -124,29 +129,28 @@ async fn connect(
     target: SocketAddr,
 ) -> Result<Conn, ConnectError> {
     let state = ctx.state.current();
-    let destination = state.workload(target.ip()).filter(|w| w.identity.is_some()).cloned();
-    let (Some(destination), Some(source_id)) = (destination, source.identity.clone()) else {
-        let tcp = ctx.outgoing.connect(target).await.map_err(|source| ConnectError::Tcp { addr: target, source })?;
-        return Ok(Conn::Tcp(tcp));
-    };
-    if destination.workload.node == state.node {
-        // Same node: run the destination side's checks on one end of an in-memory pipe.
-        let (client, server) = tokio::io::duplex(LOCAL_PIPE);
-        let caller = Caller { identity: Some(source_id), address: source.workload.address };
-        let labels = ConnectionLabels::new("destination").with_destination(&destination).with_source(source);
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            crate::inbound::serve_stream(&ctx, server, caller, destination, target, labels).await;
-        });
-        return Ok(Conn::Local(client));
+    match plan(&state, source, target) {
+        Upstream::Passthrough { target } => {
+            let tcp =
+                ctx.outgoing.connect(target).await.map_err(|source| ConnectError::Tcp { addr: target, source })?;
+            Ok(Conn::Tcp(tcp))
+        }
+        Upstream::Local { destination, target } => {
+            // Same node: run the destination side's checks on one end of an in-memory pipe.
+            let (client, server) = tokio::io::duplex(LOCAL_PIPE);
+            let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
+            let labels = ConnectionLabels::new("destination").with_destination(&destination).with_source(source);
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                serve_stream(&ctx, server, caller, destination, target, labels).await;
+            });
+            Ok(Conn::Local(client))
+        }
+        Upstream::Tunnel { target, dial, key, .. } => {
+            Ok(Conn::Tunnel(ctx.pool.open(&key, dial, target, source.workload.address).await?))
+        }
+        Upstream::Deny(reason) => Err(ConnectError::Denied(reason)),
     }
-    let Some(destination_id) = destination.identity.clone() else {
-        return Err(ConnectError::NoAuthority);
-    };
-    let key = PoolKey { source: source_id, node: destination.workload.node.clone(), destination: destination_id };
-    let dial = SocketAddr::new(destination.workload.address, destination.workload.tunnel_port);
-    let stream = ctx.pool.open(&key, dial, target, source.workload.address).await?;
-    Ok(Conn::Tunnel(stream))
 }
 
 /// HTTP version spoken to the upstream: the same as the downstream request's, so gRPC stays HTTP/2 and an
@@ -159,10 +163,32 @@ pub enum Version {
 
 pub type UpstreamClient = Client<MeshConnector, BoxBody>;
 
-/// hyper clients (with their connection pools) per source workload and HTTP version.
+/// hyper clients (with their connection pools) per source workload and HTTP version. Keyed by the workload,
+/// not by its address alone: a pod that reuses a departed pod's IP must never get its pooled connections,
+/// which carry the old pod's identity.
 #[derive(Default)]
 pub struct Clients {
-    clients: Mutex<HashMap<(std::net::IpAddr, Version), UpstreamClient>>,
+    clients: Mutex<HashMap<(SourceKey, Version), UpstreamClient>>,
+}
+
+/// Which workload a client sends for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub address: IpAddr,
+    pub namespace: String,
+    pub name: String,
+    pub identity: Option<Identity>,
+}
+
+impl SourceKey {
+    pub fn of(source: &WorkloadInfo) -> Self {
+        SourceKey {
+            address: source.workload.address,
+            namespace: source.workload.namespace.clone(),
+            name: source.workload.name.clone(),
+            identity: source.identity.clone(),
+        }
+    }
 }
 
 /// Idle upstream HTTP connections close after this long.
@@ -170,7 +196,7 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 
 impl Clients {
     pub fn get(&self, ctx: &Arc<ProxyContext>, source: &Arc<WorkloadInfo>, version: Version) -> UpstreamClient {
-        let key = (source.workload.address, version);
+        let key = (SourceKey::of(source), version);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(&key) {
             return client.clone();
@@ -180,16 +206,16 @@ impl Clients {
         client
     }
 
-    /// Drops the clients of sources that left this node (their pools go with them).
-    pub fn retain(&self, keep: impl Fn(std::net::IpAddr) -> bool) {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|(ip, _), _| keep(*ip));
+    /// Drops the clients of sources that left this node (their pooled connections go with them).
+    pub fn retain(&self, keep: impl Fn(&SourceKey) -> bool) {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|(source, _), _| keep(source));
     }
 }
 
 /// Plain TCP to a pod on this node, with the proxy's mark so the node's rules let it through.
 #[derive(Clone)]
 pub struct PodConnector {
-    outgoing: crate::socket::Outgoing,
+    outgoing: crate::tcp::socket::Outgoing,
 }
 
 impl tower::Service<Uri> for PodConnector {
@@ -213,7 +239,7 @@ impl tower::Service<Uri> for PodConnector {
 
 pub type PodClient = Client<PodConnector, BoxBody>;
 
-pub fn pod_client(outgoing: crate::socket::Outgoing, version: Version) -> PodClient {
+pub fn pod_client(outgoing: crate::tcp::socket::Outgoing, version: Version) -> PodClient {
     build_client(PodConnector { outgoing }, version)
 }
 

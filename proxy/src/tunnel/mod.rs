@@ -1,7 +1,8 @@
-//! The mTLS HTTP/2 CONNECT tunnel between node proxies (HBONE-like): a pooled client and the stream adapter.
-//! The server side lives in `inbound`, where the tunnel ends and authorization happens.
+//! The mTLS HTTP/2 CONNECT tunnel between node proxies (HBONE-like): the pooled client (`pool`), the server
+//! on 15008 (`server`), which hands each stream to the destination side, and the stream adapter.
 
 mod pool;
+pub(crate) mod server;
 mod stream;
 
 pub use pool::{parse_forwarded_for, Pool, PoolConfig, PoolKey, TunnelError};

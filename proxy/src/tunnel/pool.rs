@@ -15,8 +15,8 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use super::{H2Stream, CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW};
-use crate::metrics::Metrics;
-use crate::socket::Outgoing;
+use crate::tcp::socket::Outgoing;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone, Debug)]
 pub struct PoolConfig {

@@ -114,3 +114,9 @@ impl Outgoing {
         socket.connect(addr).await
     }
 }
+
+/// Transient accept errors (out of file descriptors, aborted handshakes) must not end the listener.
+pub(crate) async fn accept_error(e: &io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+}

@@ -36,7 +36,7 @@ pub fn init(json: bool) -> (LogControl, LogGuard) {
 
 /// The access log line for one TCP connection, written when it ends (target `access`, so it can be routed or
 /// filtered apart from the proxy's own logs: `RUST_LOG=info,access=off` silences it).
-pub fn tcp_access(labels: &crate::metrics::ConnectionLabels, flags: &str, sent: u64, received: u64) {
+pub fn tcp_access(labels: &crate::telemetry::metrics::ConnectionLabels, flags: &str, sent: u64, received: u64) {
     let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
     tracing::info!(
         target: "access",

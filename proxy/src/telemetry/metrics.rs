@@ -10,6 +10,7 @@ use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
 use strait_certs::{CertStore, TlsFailureReason};
 
 use crate::state::WorkloadInfo;
+use crate::telemetry::flags::ResponseFlag;
 
 /// Istio's standard labels describing the two peers; the TCP and HTTP families add their own after these.
 const PEER_LABELS: [&str; 14] = [
@@ -68,9 +69,8 @@ pub struct RequestOutcome<'a> {
     /// gRPC status from the headers (trailers-only answers) or the trailers; empty when not gRPC or not known,
     /// as Istio reports it.
     pub grpc_status: &'a str,
-    /// Envoy-style flags (`-` when clean): UT timeout, UO overflow, UF connect failure, UH no healthy upstream,
-    /// URX retries exhausted, UAEX denied, DI/FI fault injection.
-    pub flags: &'a str,
+    /// Why the request ended as it did (`-` when clean).
+    pub flags: ResponseFlag,
     pub duration: std::time::Duration,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -150,12 +150,12 @@ impl Refusal {
     }
 
     /// Envoy-style response flag, as Istio's metrics carry it.
-    pub fn response_flag(self) -> &'static str {
+    pub fn response_flag(self) -> ResponseFlag {
         match self {
-            Refusal::UnknownSource | Refusal::UnknownDestination => "NR",
-            Refusal::PlaintextInStrict => "UAEX",
-            Refusal::BadRequest => "DPE",
-            Refusal::UpstreamUnreachable | Refusal::TunnelFailed => "UF",
+            Refusal::UnknownSource | Refusal::UnknownDestination => ResponseFlag::NoRouteFound,
+            Refusal::PlaintextInStrict => ResponseFlag::Unauthorized,
+            Refusal::BadRequest => ResponseFlag::DownstreamProtocolError,
+            Refusal::UpstreamUnreachable | Refusal::TunnelFailed => ResponseFlag::UpstreamConnectionFailure,
         }
     }
 }
@@ -385,19 +385,19 @@ impl Metrics {
 
     /// Records the end of a connection and writes its access log line (target `access`); `flags` is "-" for a
     /// clean one. `sent` went to the destination, `received` came back from it.
-    pub fn connection_closed(&self, labels: &ConnectionLabels, flags: &str, sent: u64, received: u64) {
-        let values = labels.values(flags);
+    pub fn connection_closed(&self, labels: &ConnectionLabels, flags: ResponseFlag, sent: u64, received: u64) {
+        let values = labels.values(flags.as_str());
         self.tcp_closed.with_label_values(&values).inc();
         self.tcp_sent.with_label_values(&values).inc_by(sent);
         self.tcp_received.with_label_values(&values).inc_by(received);
-        crate::logging::tcp_access(labels, flags, sent, received);
+        crate::telemetry::logging::tcp_access(labels, flags.as_str(), sent, received);
     }
 
     pub fn request(&self, labels: &ConnectionLabels, outcome: &RequestOutcome<'_>) {
         let code = outcome.status.to_string();
         let values: [&str; 19] = join(
             labels.peer_values(),
-            [outcome.protocol, &code, outcome.grpc_status, outcome.flags, labels.security_policy()],
+            [outcome.protocol, &code, outcome.grpc_status, outcome.flags.as_str(), labels.security_policy()],
         );
         self.requests.with_label_values(&values).inc();
         self.request_duration.with_label_values(&values).observe(outcome.duration.as_secs_f64() * 1000.0);
@@ -499,14 +499,14 @@ mod tests {
         let m = Metrics::new();
         let labels = ConnectionLabels::new("source").with_upstream(([10, 0, 0, 1], 8080).into()).mutual_tls(true);
         m.connection_opened(&labels);
-        m.connection_closed(&labels, "-", 10, 20);
+        m.connection_closed(&labels, ResponseFlag::None, 10, 20);
         m.request(
             &labels,
             &RequestOutcome {
                 protocol: "http",
                 status: 200,
                 grpc_status: "",
-                flags: "-",
+                flags: ResponseFlag::None,
                 duration: std::time::Duration::from_millis(3),
                 request_bytes: 1,
                 response_bytes: 2,

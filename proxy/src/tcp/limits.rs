@@ -27,11 +27,7 @@ pub type Slot = Option<OwnedSemaphorePermit>;
 impl ConnectionLimits {
     /// Takes a slot for one more connection to `service`, or says the limit is reached.
     pub fn acquire(&self, state: &State, service: &Service) -> Result<Slot, u32> {
-        let max = crate::http::backends::policy_for(state, service)
-            .and_then(|p| p.connection_pool.as_ref())
-            .and_then(|c| c.tcp.as_ref())
-            .and_then(|t| t.max_connections)
-            .filter(|m| *m > 0);
+        let max = state.destination_settings(service).max_connections;
         let key = (service.namespace.clone(), service.name.clone());
         let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let Some(max) = max else {
@@ -44,5 +40,10 @@ impl ConnectionLimits {
             *limit = Limit { max, slots: Arc::new(Semaphore::new(max as usize)) };
         }
         limit.slots.clone().try_acquire_owned().map(Some).map_err(|_| max)
+    }
+
+    /// Forgets the counts of services that are gone.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        self.limits.lock().unwrap_or_else(|e| e.into_inner()).retain(|(namespace, name), _| keep(namespace, name));
     }
 }

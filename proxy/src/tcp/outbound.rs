@@ -8,14 +8,17 @@ use strait_api::Protocol;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::inbound::{accept_error, serve_stream, Caller};
-use crate::metrics::{ConnectionLabels, Refusal};
-use crate::proxy::ProxyContext;
-use crate::socket::{canonical, original_destination};
+use super::inbound::serve_stream;
+use super::socket::{accept_error, canonical, original_destination};
+use crate::context::ProxyContext;
+use crate::plan::{plan, Upstream};
+use crate::policy::Caller;
 use crate::state::{State, WorkloadInfo};
+use crate::telemetry::flags::ResponseFlag;
+use crate::telemetry::metrics::{ConnectionLabels, Refusal};
 use crate::tunnel::PoolKey;
 
-pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -25,14 +28,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
             Err(e) => accept_error(&e).await,
         }
     }
-}
-
-/// Where a connection goes once the destination is resolved.
-enum Route {
-    /// A meshed workload: through the tunnel, or straight to it when it is on this node.
-    Mesh { destination: Arc<WorkloadInfo>, target: SocketAddr },
-    /// Not in the mesh: connect as the pod would have.
-    Passthrough { target: SocketAddr },
 }
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
@@ -64,32 +59,36 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
                 let name = service.service.hostname();
                 ctx.metrics.circuit.with_label_values(&[name.as_str(), "overflow"]).inc();
                 ctx.metrics.connection_opened(&labels);
-                ctx.metrics.connection_closed(&labels, "UO", 0, 0);
+                ctx.metrics.connection_closed(&labels, ResponseFlag::UpstreamOverflow, 0, 0);
                 warn!(source = %source.name(), service = %name, max, "refused: connectionPool.tcp.maxConnections reached");
                 return;
             }
         }
     }
-    let route = match resolve(&state, original) {
-        Ok(route) => route,
+    let target = match service_endpoint(&state, original) {
+        Ok(target) => target,
         Err(reason) => {
             ctx.metrics.refused("outbound", Refusal::UpstreamUnreachable);
             ctx.metrics.connection_opened(&labels);
-            ctx.metrics.connection_closed(&labels, "UH", 0, 0);
+            ctx.metrics.connection_closed(&labels, ResponseFlag::NoHealthyUpstream, 0, 0);
             warn!(source = %source.name(), destination = %original, %reason, "no upstream");
             return;
         }
     };
-    match route {
-        Route::Passthrough { target } => passthrough(&ctx, tcp, target, labels.with_upstream(target)).await,
-        Route::Mesh { destination, target } => {
+    match plan(&state, &source, target) {
+        Upstream::Passthrough { target } => passthrough(&ctx, tcp, target, labels.with_upstream(target)).await,
+        Upstream::Local { destination, target } => {
             let labels = labels.with_destination(&destination).with_upstream(target);
-            if destination.workload.node == state.node {
-                let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
-                serve_stream(&ctx, tcp, caller, destination, target, labels).await;
-            } else {
-                tunnel(&ctx, tcp, &source, &destination, target, labels.mutual_tls(true)).await;
-            }
+            let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
+            serve_stream(&ctx, tcp, caller, destination, target, labels).await;
+        }
+        Upstream::Tunnel { destination, target, dial, key } => {
+            let labels = labels.with_destination(&destination).with_upstream(target).mutual_tls(true);
+            tunnel(&ctx, tcp, &source, &key, dial, target, labels).await;
+        }
+        Upstream::Deny(reason) => {
+            ctx.metrics.refused("outbound", Refusal::UnknownSource);
+            warn!(source = %source.name(), destination = %original, %reason, "refused");
         }
     }
 }
@@ -103,44 +102,28 @@ async fn is_http(tcp: &TcpStream, protocol: Protocol) -> bool {
     }
 }
 
-/// A service address picks one of its ready endpoints; a pod address is that pod; anything else is outside the
-/// mesh.
-fn resolve(state: &State, original: SocketAddr) -> Result<Route, String> {
-    let target = match state.service(original) {
-        Some(service) => {
-            let ready: Vec<_> = service.service.endpoints.iter().filter(|e| e.ready).collect();
-            if ready.is_empty() {
-                return Err(format!(
-                    "service {}/{} has no ready endpoint",
-                    service.service.namespace, service.service.name
-                ));
-            }
-            let endpoint = ready[rand::rng().random_range(0..ready.len())];
-            SocketAddr::new(endpoint.address, service.port.target())
-        }
-        None => original,
-    };
-    match state.workload(target.ip()) {
-        Some(w) if w.identity.is_some() => Ok(Route::Mesh { destination: w.clone(), target }),
-        _ => Ok(Route::Passthrough { target }),
+/// A service address picks one of its ready endpoints; any other address is its own endpoint.
+fn service_endpoint(state: &State, original: SocketAddr) -> Result<SocketAddr, String> {
+    let Some(service) = state.service(original) else { return Ok(original) };
+    let ready: Vec<_> = service.service.endpoints.iter().filter(|e| e.ready).collect();
+    if ready.is_empty() {
+        return Err(format!("service {}/{} has no ready endpoint", service.service.namespace, service.service.name));
     }
+    let endpoint = ready[rand::rng().random_range(0..ready.len())];
+    Ok(SocketAddr::new(endpoint.address, service.port.target()))
 }
 
 async fn tunnel(
     ctx: &ProxyContext,
     mut client: TcpStream,
     source: &WorkloadInfo,
-    destination: &WorkloadInfo,
+    key: &PoolKey,
+    dial: SocketAddr,
     target: SocketAddr,
     labels: ConnectionLabels,
 ) {
-    let (Some(source_id), Some(destination_id)) = (source.identity.clone(), destination.identity.clone()) else {
-        return;
-    };
-    let key = PoolKey { source: source_id, node: destination.workload.node.clone(), destination: destination_id };
-    let dial = SocketAddr::new(destination.workload.address, destination.workload.tunnel_port);
     ctx.metrics.connection_opened(&labels);
-    let mut stream = match ctx.pool.open(&key, dial, target, source.workload.address).await {
+    let mut stream = match ctx.pool.open(key, dial, target, source.workload.address).await {
         Ok(s) => s,
         Err(e) => {
             ctx.metrics.refused("outbound", Refusal::TunnelFailed);
@@ -149,11 +132,11 @@ async fn tunnel(
             return;
         }
     };
-    let (flags, sent, received) = match crate::copy::bidirectional(&mut client, &mut stream).await {
-        Ok((sent, received)) => ("-", sent, received),
+    let (flags, sent, received) = match crate::tcp::copy::bidirectional(&mut client, &mut stream).await {
+        Ok((sent, received)) => (ResponseFlag::None, sent, received),
         Err(e) => {
             debug!(%target, error = %e, "tunnelled connection ended with an error");
-            ("UC", 0, 0)
+            (ResponseFlag::UpstreamConnectionTermination, 0, 0)
         }
     };
     ctx.metrics.connection_closed(&labels, flags, sent, received);
@@ -164,14 +147,14 @@ async fn passthrough(ctx: &ProxyContext, mut client: TcpStream, target: SocketAd
     let mut upstream = match ctx.outgoing.connect(target).await {
         Ok(s) => s,
         Err(e) => {
-            ctx.metrics.connection_closed(&labels, "UF", 0, 0);
+            ctx.metrics.connection_closed(&labels, ResponseFlag::UpstreamConnectionFailure, 0, 0);
             debug!(%target, error = %e, "passthrough connect failed");
             return;
         }
     };
-    let (flags, sent, received) = match crate::copy::bidirectional(&mut client, &mut upstream).await {
-        Ok((sent, received)) => ("-", sent, received),
-        Err(_) => ("UC", 0, 0),
+    let (flags, sent, received) = match crate::tcp::copy::bidirectional(&mut client, &mut upstream).await {
+        Ok((sent, received)) => (ResponseFlag::None, sent, received),
+        Err(_) => (ResponseFlag::UpstreamConnectionTermination, 0, 0),
     };
     ctx.metrics.connection_closed(&labels, flags, sent, received);
 }

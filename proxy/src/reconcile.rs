@@ -1,0 +1,191 @@
+//! Follows configuration changes: fetches certificates for new local workloads, re-binds explicit listeners and
+//! re-renders redirection rules; readiness waits until all of them are in place for the current version.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use strait_certs::Identity;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::context::ProxyContext;
+use crate::http::upstream::SourceKey;
+use crate::redirect;
+use crate::state::State;
+use crate::tcp::socket::bind_listener;
+
+/// Follows configuration changes: fetches certificates for new local workloads, re-binds explicit listeners,
+/// re-renders redirection rules.
+pub(crate) async fn reconcile(
+    ctx: Arc<ProxyContext>,
+    mut listeners: Option<ExplicitListeners>,
+    mut rules: Option<RulesReconciler>,
+) {
+    let mut states = ctx.state.subscribe();
+    loop {
+        let state = states.borrow_and_update().clone();
+        prefetch_certificates(&ctx, &state).await;
+        forget_departed(&ctx, &state);
+        let mut in_place = true;
+        if let Some(listeners) = listeners.as_mut() {
+            if let Err(e) = listeners.reconcile(&ctx, &state) {
+                warn!(error = %format!("{e:#}"), "could not bind every listener");
+                in_place = false;
+            }
+        }
+        if let Some(mut reconciler) = rules.take() {
+            // nft and ip are child processes: keep them off the runtime's worker threads.
+            let current = state.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let ok = reconciler.reconcile(&current);
+                (reconciler, ok)
+            })
+            .await
+            .ok();
+            in_place &= done.as_ref().is_some_and(|(_, ok)| *ok);
+            rules = done.map(|(reconciler, _)| reconciler);
+        }
+        if in_place {
+            *ctx.synced.lock().unwrap_or_else(|e| e.into_inner()) = state.version.clone();
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn prefetch_certificates(ctx: &ProxyContext, state: &State) {
+    for workload in state.local_workloads() {
+        if let Some(identity) = &workload.identity {
+            if let Err(e) = ctx.certs.get_or_fetch(identity).await {
+                warn!(%identity, error = %e, "no certificate yet for a local workload");
+            }
+        }
+    }
+}
+
+/// Forgets what was kept for workloads and services that left: certificates (and their renewal), L7 clients
+/// with their pooled connections, per-service balancer, outlier, budget and connection-limit state. Without
+/// this a node that sees many pods come and go would renew certificates for pods long gone.
+fn forget_departed(ctx: &ProxyContext, state: &State) {
+    let local: HashSet<&Identity> = state.local_workloads().filter_map(|w| w.identity.as_ref()).collect();
+    for cert in ctx.certs.certs() {
+        if !local.contains(cert.identity()) {
+            info!(identity = %cert.identity(), "forgetting the certificate of a workload that left this node");
+            ctx.certs.forget(cert.identity());
+        }
+    }
+    ctx.http
+        .clients
+        .retain_sources(|source| state.local_workload(source.address).is_some_and(|w| SourceKey::of(w) == *source));
+    ctx.http.backends.retain(|service| state.service_by_name(&service.namespace, &service.name).is_some());
+    ctx.connection_limits.retain(|namespace, name| state.service_by_name(namespace, name).is_some());
+}
+
+/// The node's redirection rules, re-rendered from the set of local pods.
+pub(crate) struct RulesReconciler {
+    mode: redirect::Mode,
+    ports: RulePorts,
+    inner: redirect::Reconciler,
+}
+
+/// The proxy's own ports and mark, which the rules point at and skip.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RulePorts {
+    pub(crate) outbound: u16,
+    pub(crate) plaintext: u16,
+    pub(crate) tunnel: u16,
+    pub(crate) mark: Option<u32>,
+}
+
+impl RulesReconciler {
+    pub(crate) fn new(mode: redirect::Mode, ports: RulePorts) -> Self {
+        RulesReconciler { mode, ports, inner: Default::default() }
+    }
+
+    /// Applies the rules for `state`; false if they could not be applied.
+    fn reconcile(&mut self, state: &State) -> bool {
+        let pods: BTreeSet<_> = state.local_workloads().map(|w| w.workload.address).collect();
+        let spec = redirect::RedirectSpec {
+            mode: self.mode,
+            local_pods: pods,
+            outbound_port: self.ports.outbound,
+            inbound_plaintext_port: self.ports.plaintext,
+            inbound_tunnel_port: self.ports.tunnel,
+            proxy_mark: self.ports.mark.unwrap_or(redirect::DEFAULT_PROXY_MARK),
+            ..redirect::RedirectSpec::default()
+        };
+        match self.inner.reconcile(&spec) {
+            Ok(changed) => {
+                if changed {
+                    info!(pods = spec.local_pods.len(), "redirection rules updated");
+                }
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "could not update redirection rules; the previous rules stay in place");
+                false
+            }
+        }
+    }
+}
+
+/// The listeners of a proxy that cannot intercept: one tunnel listener per local workload, one outbound
+/// listener per service address.
+pub(crate) struct ExplicitListeners {
+    bind_services: bool,
+    bound: HashMap<(SocketAddr, Kind), JoinHandle<()>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Tunnel,
+    Outbound,
+}
+
+impl ExplicitListeners {
+    pub(crate) fn new(bind_services: bool) -> Self {
+        ExplicitListeners { bind_services, bound: HashMap::new() }
+    }
+
+    pub(crate) fn reconcile(&mut self, ctx: &Arc<ProxyContext>, state: &State) -> anyhow::Result<()> {
+        let mut wanted: Vec<(SocketAddr, Kind)> = state
+            .local_workloads()
+            .map(|w| (SocketAddr::new(w.workload.address, w.workload.tunnel_port), Kind::Tunnel))
+            .collect();
+        if self.bind_services {
+            wanted.extend(state.services().map(|(addr, _)| (*addr, Kind::Outbound)));
+        }
+        self.bound.retain(|key, task| {
+            let keep = wanted.contains(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let mut errors = Vec::new();
+        for key in wanted {
+            if self.bound.contains_key(&key) {
+                continue;
+            }
+            let (addr, kind) = key;
+            match bind_listener(addr, false) {
+                Ok(listener) => {
+                    let task = match kind {
+                        Kind::Tunnel => tokio::spawn(crate::tunnel::server::serve(listener, ctx.clone())),
+                        Kind::Outbound => tokio::spawn(crate::tcp::outbound::serve(listener, ctx.clone())),
+                    };
+                    info!(%addr, ?kind, "listening");
+                    self.bound.insert(key, task);
+                }
+                Err(e) => errors.push(format!("{addr} ({kind:?}): {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("could not bind {}", errors.join(", "))
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Plaintext that reached a local pod without the tunnel (15006): refused in STRICT namespaces, passed with no
+//! identity in PERMISSIVE ones, after the same authorization as tunnelled traffic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use strait_api::MtlsMode;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use super::inbound::{authorize, connect_pod, relay, with_endpoint_service};
+use super::socket::{accept_error, canonical, original_destination};
+use crate::context::ProxyContext;
+use crate::policy::Caller;
+use crate::telemetry::flags::ResponseFlag;
+use crate::telemetry::metrics::{ConnectionLabels, Refusal};
+
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { plaintext_connection(tcp, canonical(peer), ctx).await });
+            }
+            Err(e) => accept_error(&e).await,
+        }
+    }
+}
+
+async fn plaintext_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
+    let target = match original_destination(&tcp, ctx.capture) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(%peer, error = %e, "plaintext connection without an original destination");
+            return;
+        }
+    };
+    let state = ctx.state.current();
+    let Some(destination) = state.local_workload(target.ip()).cloned() else {
+        ctx.metrics.refused("inbound_plaintext", Refusal::UnknownDestination);
+        warn!(%peer, %target, "plaintext connection for a destination that is not a meshed workload here");
+        return;
+    };
+    let labels = ConnectionLabels::new("destination").with_destination(&destination).mutual_tls(false);
+    let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
+    if state.mtls_mode(&destination.workload.namespace) == MtlsMode::Strict {
+        ctx.metrics.refused("inbound_plaintext", Refusal::PlaintextInStrict);
+        ctx.metrics.connection_opened(&labels);
+        ctx.metrics.connection_closed(&labels, Refusal::PlaintextInStrict.response_flag(), 0, 0);
+        info!(%peer, %target, namespace = %destination.workload.namespace, "plaintext refused: namespace is STRICT");
+        return;
+    }
+    let caller = Caller { identity: None, address: peer.ip() };
+    if authorize(&ctx, &state, &caller, &destination, target.port()).is_err() {
+        ctx.metrics.connection_opened(&labels);
+        ctx.metrics.connection_closed(&labels, ResponseFlag::Unauthorized, 0, 0);
+        return;
+    }
+    match connect_pod(&ctx, target).await {
+        Ok(upstream) => relay(&ctx, tcp, upstream, caller, destination, target.port(), labels).await,
+        Err(e) => {
+            ctx.metrics.refused("inbound_plaintext", Refusal::UpstreamUnreachable);
+            warn!(%target, error = %e, "local pod unreachable");
+        }
+    }
+}

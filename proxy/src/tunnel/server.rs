@@ -1,0 +1,200 @@
+//! The tunnel's server side (15008): TLS with the certificate of the workload the peer dialled, HTTP/2, and one
+//! CONNECT stream per proxied connection, each handed to the destination side (`tcp::inbound`, or
+//! `http::inbound` for HTTP endpoints).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use strait_certs::Identity;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use super::{H2Stream, CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW};
+use crate::context::ProxyContext;
+use crate::policy::Caller;
+use crate::state::State;
+use crate::tcp::inbound::{authorize, connect_pod, relay, source_labels_from_state, with_endpoint_service};
+use crate::tcp::socket::{accept_error, canonical, canonical_ip, original_destination};
+use crate::telemetry::flags::ResponseFlag;
+use crate::telemetry::metrics::{ConnectionLabels, Refusal};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(reason) = tunnel_connection(tcp, canonical(peer), &ctx).await {
+                        warn!(%peer, %reason, "tunnel connection refused");
+                    }
+                });
+            }
+            Err(e) => accept_error(&e).await,
+        }
+    }
+}
+
+async fn tunnel_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Arc<ProxyContext>) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let local = original_destination(&tcp, ctx.capture).map_err(|e| format!("no original destination: {e}"))?;
+    // The certificate must be chosen before anything but the ClientHello is read: the address the peer dialed
+    // names the workload, hence the identity to present.
+    let state = ctx.state.current();
+    let Some(workload) = state.local_workload(canonical_ip(local.ip())).cloned() else {
+        ctx.metrics.refused("tunnel", Refusal::UnknownDestination);
+        return Err(format!("{} is not a meshed workload on this node", local.ip()));
+    };
+    let Some(identity) = workload.identity.clone() else {
+        return Err("destination has no identity".into());
+    };
+    if let Err(e) = ctx.certs.get_or_fetch(&identity).await {
+        return Err(format!("no certificate for {identity}: {e}"));
+    }
+    let acceptor = TlsAcceptor::from(ctx.certs.server_config(&identity));
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = strait_certs::classify_tls_error(&e);
+            ctx.metrics.tls_handshake_failure("inbound", reason);
+            return Err(format!("TLS handshake failed ({}): {e}", reason.as_str()));
+        }
+        Err(_) => {
+            ctx.metrics.tls_handshake_failure("inbound", strait_certs::TlsFailureReason::Other);
+            return Err("TLS handshake timed out".into());
+        }
+    };
+    let peer_identity = strait_certs::peer_identity(tls.get_ref().1).map_err(|e| format!("peer identity: {e}"))?;
+    let mut connection = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(|e| {
+            ctx.metrics.refused("tunnel", Refusal::BadRequest);
+            format!("not an HTTP/2 tunnel: {e}")
+        })?;
+    debug!(%peer, peer_identity = %peer_identity, local = %identity, "tunnel connection established");
+    let caller = Caller { identity: Some(peer_identity), address: peer.ip() };
+    while let Some(stream) = connection.accept().await {
+        match stream {
+            Ok((request, respond)) => {
+                let ctx = ctx.clone();
+                let caller = caller.clone();
+                let identity = identity.clone();
+                tokio::spawn(async move { tunnel_stream(request, respond, caller, identity, ctx).await });
+            }
+            Err(e) => {
+                debug!(%peer, error = %e, "tunnel connection closed");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn respond_status(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode, message: &str) {
+    let response = Response::builder().status(status).header("x-strait-reason", message).body(());
+    match response {
+        Ok(r) => {
+            let _ = respond.send_response(r, true);
+        }
+        Err(_) => {
+            let _ = respond.send_response(Response::new(()), true);
+        }
+    }
+}
+
+async fn tunnel_stream(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    caller: Caller,
+    tls_identity: Identity,
+    ctx: Arc<ProxyContext>,
+) {
+    if request.method() != Method::CONNECT {
+        ctx.metrics.refused("tunnel", Refusal::BadRequest);
+        warn!(method = %request.method(), "tunnel request is not CONNECT");
+        respond_status(&mut respond, StatusCode::METHOD_NOT_ALLOWED, "only CONNECT is served on the tunnel port");
+        return;
+    }
+    let authority = request.uri().authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+    let Ok(target) = authority.parse::<SocketAddr>().map(canonical) else {
+        ctx.metrics.refused("tunnel", Refusal::BadRequest);
+        warn!(%authority, "CONNECT authority is not <pod ip>:<port>");
+        respond_status(&mut respond, StatusCode::BAD_REQUEST, "CONNECT authority must be <pod ip>:<port>");
+        return;
+    };
+    let state = ctx.state.current();
+    let caller = forwarded_caller(&state, &request, caller);
+    let destination = match state.local_workload(target.ip()) {
+        // The peer authenticated the identity it dialed; it may not use that to reach another identity.
+        Some(w) if w.identity.as_ref() == Some(&tls_identity) => w.clone(),
+        _ => {
+            ctx.metrics.refused("tunnel", Refusal::UnknownDestination);
+            warn!(%target, "CONNECT to a destination that is not this workload");
+            respond_status(&mut respond, StatusCode::BAD_REQUEST, "unknown destination");
+            return;
+        }
+    };
+    let labels = ConnectionLabels::new("destination")
+        .with_destination(&destination)
+        .with_source_principal(caller.identity.as_ref().map(|i| i.uri()).unwrap_or_default())
+        .mutual_tls(true);
+    let labels = source_labels_from_state(&state, &caller, labels);
+    let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
+    if state.is_http_endpoint(target) {
+        // HTTP is authorized per request (a denial is a 403 the caller can read), so the tunnel opens first.
+        let Ok(send) = respond.send_response(Response::new(()), false) else { return };
+        let downstream = H2Stream::new(send, request.into_body());
+        crate::http::inbound::serve(&ctx, downstream, caller, destination, target, labels).await;
+        return;
+    }
+    if let Err(reason) = authorize(&ctx, &state, &caller, &destination, target.port()) {
+        respond_status(&mut respond, StatusCode::UNAUTHORIZED, &reason);
+        ctx.metrics.connection_opened(&labels);
+        ctx.metrics.connection_closed(&labels, ResponseFlag::Unauthorized, 0, 0);
+        return;
+    }
+    let upstream = match connect_pod(&ctx, target).await {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.metrics.refused("tunnel", Refusal::UpstreamUnreachable);
+            warn!(%target, error = %e, "local pod unreachable");
+            respond_status(&mut respond, StatusCode::SERVICE_UNAVAILABLE, "destination pod refused the connection");
+            return;
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(error = %e, "peer went away before the tunnel was answered");
+            return;
+        }
+    };
+    let downstream = H2Stream::new(send, request.into_body());
+    relay(&ctx, downstream, upstream, caller, destination, target.port(), labels).await;
+}
+
+/// The calling pod's own address, when the peer proxy names it in `Forwarded` and the workload there holds the
+/// identity the handshake proved; otherwise the peer proxy's address stands for the caller.
+fn forwarded_caller(state: &State, request: &http::Request<h2::RecvStream>, caller: Caller) -> Caller {
+    let claimed = request
+        .headers()
+        .get(http::header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(super::parse_forwarded_for)
+        .map(canonical_ip);
+    match claimed {
+        Some(ip) if state.workload(ip).is_some_and(|w| w.identity.is_some() && w.identity == caller.identity) => {
+            Caller { address: ip, ..caller }
+        }
+        _ => caller,
+    }
+}
