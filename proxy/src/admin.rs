@@ -17,10 +17,8 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::state::StateStore;
+use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
-
-/// Changes the log filter at run time (`POST /logging?level=debug`).
-pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Admin {

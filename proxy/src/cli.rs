@@ -129,7 +129,7 @@ pub fn run_with(args: Args) -> anyhow::Result<()> {
     runtime.block_on(run(args, log_control))
 }
 
-async fn run(args: Args, log_control: admin::LogControl) -> anyhow::Result<()> {
+async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let state = StateStore::new(&args.node);
     let certs = match &args.control_plane {

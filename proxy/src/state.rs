@@ -12,8 +12,8 @@ use strait_api::{MeshConfig, MtlsMode, Protocol, Service, ServicePort, Workload}
 use strait_certs::Identity;
 use tokio::sync::watch;
 
-use crate::http::backends::{policy_for, DestinationSettings, SettingsError};
 use crate::http::route::{CompileError, RouteTable, ServiceRef};
+use crate::http::settings::{policy_for, DestinationSettings, SettingsError};
 use crate::policy::{Policies, PolicyError};
 
 /// A workload with its identity parsed once.

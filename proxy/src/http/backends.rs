@@ -7,13 +7,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use strait_api::{DestinationPolicySpec, MeshConfig, Named, Service};
+use strait_api::{DestinationPolicySpec, Service};
 use tokio::time::Instant;
 
-use super::resilience::{
-    Balancer, BudgetConfig, HashOn, Limiter, OutlierConfig, OutlierDetector, PoolLimits, RetryBudget, ServiceRef,
-    Strategy,
-};
+use super::resilience::{Balancer, BudgetConfig, HashOn, Limiter, OutlierDetector, RetryBudget, ServiceRef, Strategy};
 use super::route::RouteDestination;
 use crate::state::{ServiceTarget, State};
 
@@ -133,66 +130,6 @@ impl Backends {
     /// Forgets the state of services that are gone (their balancer loads, ejections and budgets).
     pub fn retain(&self, keep: impl Fn(&ServiceRef) -> bool) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|(service, _), _| keep(service));
-    }
-}
-
-/// The DestinationPolicy whose host is `service`, if any.
-pub fn policy_for<'a>(config: &'a MeshConfig, service: &Service) -> Option<&'a Named<DestinationPolicySpec>> {
-    let wanted = ServiceRef::new(&service.name, &service.namespace);
-    config.destination_policies.iter().find(|p| ServiceRef::parse(&p.spec.host, &p.namespace).as_ref() == Some(&wanted))
-}
-
-/// A service's DestinationPolicy, compiled when the configuration arrives: the data path never meets a setting
-/// it cannot apply.
-#[derive(Debug)]
-pub struct DestinationSettings {
-    policy: Option<DestinationPolicySpec>,
-    strategy: Strategy,
-    outlier: OutlierConfig,
-    limits: PoolLimits,
-    /// `connectionPool.tcp.maxConnections`, for TCP services.
-    pub max_connections: Option<u32>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("destinationPolicy {policy}: {message}")]
-pub struct SettingsError {
-    /// `namespace/name` of the DestinationPolicy.
-    pub policy: String,
-    pub message: String,
-}
-
-impl DestinationSettings {
-    pub fn compile(named: Option<&Named<DestinationPolicySpec>>) -> Result<Self, SettingsError> {
-        let Some(named) = named else { return Ok(DestinationSettings::default()) };
-        let error = |message: String| SettingsError { policy: format!("{}/{}", named.namespace, named.name), message };
-        let spec = &named.spec;
-        let strategy = Strategy::from_spec(spec.load_balancer.as_ref()).map_err(error)?;
-        // As in Istio, outlier detection is off unless the DestinationPolicy asks for it.
-        let outlier = match spec.outlier_detection.as_ref() {
-            Some(outlier) => OutlierConfig::from_spec(outlier).map_err(|e| error(format!("outlierDetection: {e}")))?,
-            None => OutlierConfig::disabled(),
-        };
-        let pool = spec.connection_pool.as_ref();
-        Ok(DestinationSettings {
-            policy: Some(spec.clone()),
-            strategy,
-            outlier,
-            limits: PoolLimits::from_spec(pool.and_then(|c| c.http.as_ref())),
-            max_connections: pool.and_then(|c| c.tcp.as_ref()).and_then(|t| t.max_connections).filter(|m| *m > 0),
-        })
-    }
-}
-
-impl Default for DestinationSettings {
-    fn default() -> Self {
-        DestinationSettings {
-            policy: None,
-            strategy: Strategy::PeakEwma,
-            outlier: OutlierConfig::disabled(),
-            limits: PoolLimits::from_spec(None),
-            max_connections: None,
-        }
     }
 }
 

@@ -18,7 +18,7 @@ use crate::policy::Caller;
 use crate::policy::{Decision, HttpAttributes, Request as AuthzRequest};
 use crate::state::WorkloadInfo;
 use crate::telemetry::flags::ResponseFlag;
-use crate::telemetry::metrics::ConnectionLabels;
+use crate::telemetry::labels::ConnectionLabels;
 
 /// Istio's header for the caller's identity as the destination proxy verified it.
 pub const XFCC: &str = "x-forwarded-client-cert";

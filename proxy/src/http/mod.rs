@@ -17,6 +17,7 @@ pub mod outlier;
 pub mod resilience;
 pub mod retry;
 pub mod route;
+pub mod settings;
 pub mod trace;
 pub mod upstream;
 

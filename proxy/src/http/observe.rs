@@ -16,7 +16,8 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::telemetry::flags::ResponseFlag;
-use crate::telemetry::metrics::{ConnectionLabels, Metrics, RequestOutcome};
+use crate::telemetry::labels::ConnectionLabels;
+use crate::telemetry::metrics::{Metrics, RequestOutcome};
 
 /// A request body that counts its data bytes into a counter shared with the request's [`Access`].
 pub struct CountedRequest<B> {

@@ -20,7 +20,7 @@ use super::{boxed, grpc_status, protocol_label, text, BoxBody, Version};
 use crate::context::ProxyContext;
 use crate::state::{ServiceTarget, State, WorkloadInfo};
 use crate::telemetry::flags::ResponseFlag;
-use crate::telemetry::metrics::ConnectionLabels;
+use crate::telemetry::labels::ConnectionLabels;
 
 /// One pod connection to one service port.
 struct Downstream {

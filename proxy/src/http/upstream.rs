@@ -25,7 +25,7 @@ use crate::plan::{plan, DenyReason, Upstream};
 use crate::policy::Caller;
 use crate::state::WorkloadInfo;
 use crate::tcp::inbound::serve_stream;
-use crate::telemetry::metrics::ConnectionLabels;
+use crate::telemetry::labels::ConnectionLabels;
 use crate::tunnel::H2Stream;
 
 /// In-memory pipe size for same-node requests.

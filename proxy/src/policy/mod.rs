@@ -26,7 +26,6 @@ use std::net::IpAddr;
 use strait_api::{Action, AuthorizationPolicySpec, LabelSelector, Named, Rule, Workload};
 use strait_certs::Identity;
 
-use crate::state::WorkloadInfo;
 use matchers::{OperationMatch, SourceMatch};
 
 mod matchers;
@@ -309,14 +308,14 @@ impl Caller {
     pub(crate) fn request<'a>(
         &'a self,
         principal: &'a Option<String>,
-        destination: &'a WorkloadInfo,
+        destination: &'a Workload,
         port: u16,
     ) -> Request<'a> {
         Request {
             source_principal: principal.as_deref(),
             source_namespace: self.identity.as_ref().map(|i| i.namespace()),
             source_ip: self.address,
-            destination: &destination.workload,
+            destination,
             destination_port: port,
             http: None,
             l7_pending: false,

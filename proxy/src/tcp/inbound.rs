@@ -13,7 +13,8 @@ use crate::context::ProxyContext;
 use crate::policy::{Caller, Decision};
 use crate::state::{State, WorkloadInfo};
 use crate::telemetry::flags::ResponseFlag;
-use crate::telemetry::metrics::{ConnectionLabels, Refusal};
+use crate::telemetry::labels::ConnectionLabels;
+use crate::telemetry::metrics::Refusal;
 
 /// Names the service in front of the destination endpoint, when the caller's side did not already.
 pub(crate) fn with_endpoint_service(state: &State, target: SocketAddr, labels: ConnectionLabels) -> ConnectionLabels {
@@ -39,7 +40,7 @@ pub(crate) fn authorize(
     port: u16,
 ) -> Result<(), String> {
     let principal = caller.identity.as_ref().map(|i| i.principal());
-    match state.policies.evaluate(&caller.request(&principal, destination, port)) {
+    match state.policies.evaluate(&caller.request(&principal, &destination.workload, port)) {
         Decision::Allow => Ok(()),
         Decision::Deny(denial) => {
             ctx.metrics.policy_denied("destination", &denial.policy, &denial.reason.to_string());
@@ -111,7 +112,7 @@ async fn until_denied(
         let Some(current) = state.local_workload(destination.workload.address) else {
             return "destination left this node".into();
         };
-        if let Decision::Deny(denial) = state.policies.evaluate(&caller.request(&principal, current, port)) {
+        if let Decision::Deny(denial) = state.policies.evaluate(&caller.request(&principal, &current.workload, port)) {
             return format!("denied by {}: {}", denial.policy, denial.reason);
         }
     }

@@ -15,7 +15,8 @@ use crate::plan::{plan, Upstream};
 use crate::policy::Caller;
 use crate::state::{State, WorkloadInfo};
 use crate::telemetry::flags::ResponseFlag;
-use crate::telemetry::metrics::{ConnectionLabels, Refusal};
+use crate::telemetry::labels::ConnectionLabels;
+use crate::telemetry::metrics::Refusal;
 use crate::tunnel::PoolKey;
 
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {

@@ -13,7 +13,8 @@ use super::socket::{accept_error, canonical, original_destination};
 use crate::context::ProxyContext;
 use crate::policy::Caller;
 use crate::telemetry::flags::ResponseFlag;
-use crate::telemetry::metrics::{ConnectionLabels, Refusal};
+use crate::telemetry::labels::ConnectionLabels;
+use crate::telemetry::metrics::Refusal;
 
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
     loop {

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter};
 
-use crate::admin::LogControl;
-
 /// Keeps the log writer thread alive; dropping it flushes what is still queued.
 pub struct LogGuard(#[allow(dead_code)] Option<WorkerGuard>);
+
+/// Changes the log filter at run time (`POST /logging?level=debug`).
+pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Installs the subscriber. Lines are handed to a writer thread, so a request never waits on a `write(2)` to a
 /// slow pipe (an access line per request made that a fifth of the L7 CPU in the benchmark); under extreme load
@@ -36,7 +37,7 @@ pub fn init(json: bool) -> (LogControl, LogGuard) {
 
 /// The access log line for one TCP connection, written when it ends (target `access`, so it can be routed or
 /// filtered apart from the proxy's own logs: `RUST_LOG=info,access=off` silences it).
-pub fn tcp_access(labels: &crate::telemetry::metrics::ConnectionLabels, flags: &str, sent: u64, received: u64) {
+pub fn tcp_access(labels: &super::labels::ConnectionLabels, flags: &str, sent: u64, received: u64) {
     let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
     tracing::info!(
         target: "access",

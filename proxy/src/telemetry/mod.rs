@@ -2,5 +2,6 @@
 //! access log (`flags`), and the log output (`logging`).
 
 pub mod flags;
+pub mod labels;
 pub(crate) mod logging;
 pub mod metrics;

@@ -20,7 +20,8 @@ use crate::state::State;
 use crate::tcp::inbound::{authorize, connect_pod, relay, source_labels_from_state, with_endpoint_service};
 use crate::tcp::socket::{accept_error, canonical, canonical_ip, original_destination};
 use crate::telemetry::flags::ResponseFlag;
-use crate::telemetry::metrics::{ConnectionLabels, Refusal};
+use crate::telemetry::labels::ConnectionLabels;
+use crate::telemetry::metrics::Refusal;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
