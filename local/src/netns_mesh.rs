@@ -23,12 +23,11 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use strait_netns::cluster::UNDERLAY_IP;
-use strait_netns::Cluster;
+use strait_netns::{Cluster, Tool, Unmet};
 
 use crate::children::Children;
 use crate::launch::{url, LocalArgs, Signals, State};
@@ -191,17 +190,19 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Root, and the tools the cluster and the proxies call.
+/// What `--netns` runs besides its own binaries: the cluster's `ip` and `sysctl`, the node proxies' `nft`.
+const NETNS_TOOLS: &[Tool] = &[Tool::IP, Tool::SYSCTL, Tool::NFT];
+
+/// Root, and the tools the cluster and the proxies call, before anything starts: a node proxy without `nft`
+/// would otherwise never become ready, and the reason would sit in its log.
 fn preflight() -> anyhow::Result<()> {
     anyhow::ensure!(
         strait_netns::is_root(),
         "--netns needs root: it creates network namespaces and the node proxies install nftables rules. Run it as \
          root (e.g. `sudo target/release/strait local --netns`), or leave out --netns for the mesh on loopback"
     );
-    for (tool, package, version_flag) in [("ip", "iproute2", "-V"), ("nft", "nftables", "--version")] {
-        let found = Command::new(tool).arg(version_flag).output().is_ok_and(|o| o.status.success());
-        anyhow::ensure!(found, "--netns needs `{tool}` (package {package}) on the PATH; install it and try again");
-    }
+    let missing = strait_netns::missing_tools(NETNS_TOOLS);
+    anyhow::ensure!(missing.is_empty(), "--netns {}, then try again", Unmet::Missing(missing));
     Ok(())
 }
 

@@ -63,6 +63,7 @@ struct Collected {
     stdout: Vec<String>,
     stderr: Vec<String>,
     stdout_closed: bool,
+    stderr_closed: bool,
 }
 
 type Shared = Arc<(Mutex<Collected>, Condvar)>;
@@ -80,10 +81,13 @@ fn collect_lines(reader: impl Read + Send + 'static, shared: Shared, is_stdout: 
             }
             cvar.notify_all();
         }
+        let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
         if is_stdout {
-            lock.lock().unwrap_or_else(|e| e.into_inner()).stdout_closed = true;
-            cvar.notify_all();
+            c.stdout_closed = true;
+        } else {
+            c.stderr_closed = true;
         }
+        cvar.notify_all();
     });
 }
 
@@ -165,6 +169,29 @@ impl ChildGuard {
         self.child.try_wait().with_context(|| format!("polling {}", self.what))
     }
 
+    /// `Some(status)` if the child has exited, and then only once what it printed has been collected (the
+    /// reader threads may lag behind the exit; waited for up to a second, in case a grandchild holds the
+    /// pipes open), so [`ChildGuard::stderr`] ends with its last words, typically the error it died of.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(status) = self.try_wait()? else { return Ok(None) };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let (lock, cvar) = &*self.shared;
+        let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !(c.stdout_closed && c.stderr_closed) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            c = cvar.wait_timeout(c, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        Ok(Some(status))
+    }
+
+    /// One line saying why the child stopped, from what it printed on stderr so far (see [`last_words`]).
+    pub fn last_words(&self) -> Option<String> {
+        last_words(&self.shared.0.lock().unwrap_or_else(|e| e.into_inner()).stderr)
+    }
+
     /// Sends SIGTERM and waits up to `grace` for the child to exit, then SIGKILLs it.
     pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
         signal(self.child.id(), libc::SIGTERM);
@@ -190,6 +217,31 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.kill();
     }
+}
+
+/// One line saying why a program stopped, from its stderr `lines`. A Rust `main` that returns an error prints
+/// "Error: <what>", then "Caused by:" with the causes indented below (numbered when there are several) and,
+/// with RUST_BACKTRACE set, a backtrace: the last line is then a stack frame, so the error and its causes are
+/// joined instead ("Error: binding ...: Address already in use (os error 98)"). Otherwise the last non-blank
+/// line.
+pub fn last_words(lines: &[String]) -> Option<String> {
+    let Some(at) = lines.iter().rposition(|l| l.starts_with("Error: ")) else {
+        return lines.iter().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim_end().to_owned());
+    };
+    let mut words = vec![lines[at].trim_end().to_owned()];
+    let mut rest = lines[at + 1..].iter().skip_while(|l| l.trim().is_empty());
+    if rest.next().is_some_and(|l| l.trim() == "Caused by:") {
+        for cause in rest.take_while(|l| l.starts_with(' ') && !l.trim().is_empty()) {
+            let cause = cause.trim();
+            // "0: cause" when there are several: the numbers mean nothing on one line.
+            let cause = match cause.split_once(": ") {
+                Some((n, text)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => text,
+                _ => cause,
+            };
+            words.push(cause.to_owned());
+        }
+    }
+    Some(words.join(": "))
 }
 
 /// True if a process `pid` is alive (it may belong to someone else: kill(2) then says EPERM). A zombie, dead
@@ -355,4 +407,42 @@ pub fn listen_in_tokio(netns: &str, addr: SocketAddr) -> Result<tokio::net::TcpL
     let listener = listen_in(netns, addr)?;
     listener.set_nonblocking(true)?;
     Ok(tokio::net::TcpListener::from_std(listener)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_words;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn last_words_of_a_rust_main_are_its_error_and_causes_not_its_backtrace() {
+        let stderr = lines(
+            "2026-12-02T06:13:20Z  INFO strait_proxy::config_file: configuration loaded\n\
+             Error: binding the tunnel listener on 0.0.0.0:15008\n\
+             \n\
+             Caused by:\n    Address already in use (os error 98)\n\
+             \n\
+             Stack backtrace:\n   0: anyhow::error::<impl anyhow::Error>::msg\n  33: _start\n",
+        );
+        assert_eq!(
+            last_words(&stderr).as_deref(),
+            Some("Error: binding the tunnel listener on 0.0.0.0:15008: Address already in use (os error 98)")
+        );
+        let several = lines("Error: a\n\nCaused by:\n    0: b\n    1: c: d\n");
+        assert_eq!(last_words(&several).as_deref(), Some("Error: a: b: c: d"));
+        assert_eq!(last_words(&lines("Error: alone\n")).as_deref(), Some("Error: alone"));
+    }
+
+    #[test]
+    fn last_words_of_anything_else_are_its_last_non_blank_line() {
+        assert_eq!(
+            last_words(&lines("one\ntcpdump: eth9: No such device exists\n  \n")).as_deref(),
+            Some("tcpdump: eth9: No such device exists")
+        );
+        assert_eq!(last_words(&[]), None);
+        assert_eq!(last_words(&lines("\n \n")), None);
+    }
 }

@@ -24,7 +24,8 @@
 //! `STRAIT_BENCH_ROUNDS=N`, `STRAIT_BENCH_SECS=S` override; `STRAIT_BENCH_ONLY=tcp,conn,http1,h2` picks figures;
 //! `STRAIT_BENCH_PATHS=l4,l7` picks the mesh paths (the direct path always runs; handy under `perf record`);
 //! `STRAIT_TEST_LOG` is the proxies' `RUST_LOG` (default `info`, which writes one access-log line per request).
-//! Needs root (network namespaces); without it the benchmark prints why and exits successfully.
+//! Needs root (network namespaces); without it the benchmark prints why and exits successfully. As root it
+//! fails at once, naming the package to install, when `ip`, `sysctl` or `nft` is missing.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -41,6 +42,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_api::{Endpoint, MeshConfig, Service, ServicePort};
+use strait_netns::{Tool, Unmet};
 use strait_tests::exec;
 use strait_tests::mesh::{self, Capture, Mesh, NAMESPACE};
 use strait_tests::Cluster;
@@ -120,15 +122,24 @@ fn env_num(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// What the benchmark runs besides its own threads: the clusters' `ip` and `sysctl`, the proxies' `nft`.
+const BENCH_TOOLS: &[Tool] = &[Tool::IP, Tool::SYSCTL, Tool::NFT];
+
 fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; a filter argument or `--list` (from `cargo test --benches`) is ignored.
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    // SAFETY: geteuid(2) has no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("mesh benchmark skipped: it needs root (network namespaces)");
-        return Ok(());
+    // Root and the programs the clusters (ip, sysctl) and the proxies (nft) run, checked before anything
+    // starts: without them a proxy never becomes ready and the benchmark would fail a minute later, deep in a
+    // round. Without root it skips, as documented, so `cargo bench --workspace` stays usable unprivileged.
+    match strait_netns::check_root_and(BENCH_TOOLS) {
+        Ok(()) => {}
+        Err(Unmet::NotRoot) if !strait_netns::root_tests_required() => {
+            println!("mesh benchmark skipped: it needs root (network namespaces)");
+            return Ok(());
+        }
+        Err(unmet) => bail!("the mesh benchmark {unmet}"),
     }
     let settings = Settings::from_env();
     let proxy = mesh::workspace_binary("strait-proxy")?;

@@ -65,7 +65,8 @@ impl Capture {
         // tcpdump says "listening on <iface>" on stderr once the capture socket is attached.
         let started = std::time::Instant::now();
         while !child.stderr().contains("listening on") {
-            if let Some(status) = child.try_wait()? {
+            // `exited`, not `try_wait`: the error should carry what tcpdump said last (no such interface...).
+            if let Some(status) = child.exited()? {
                 anyhow::bail!("{} exited ({status}): {}", child.describe(), child.stderr());
             }
             if started.elapsed() > Duration::from_secs(10) {

@@ -2,8 +2,8 @@
 //! run processes and create sockets inside them, packet capture, and the test backend
 //! (`strait-testbackend`) with its harness-side wrappers.
 //!
-//! Everything here needs root (network namespaces, veths, tcpdump); [`require_root`] lets a test skip
-//! politely elsewhere.
+//! Everything here needs root (network namespaces, veths) and the programs of [`HARNESS_TOOLS`];
+//! [`require_root`] lets a test skip politely elsewhere, naming the packages to install.
 //!
 //! ```no_run
 //! use strait_tests::{backend, Cluster, Capture};
@@ -29,10 +29,24 @@ pub mod mesh_http;
 // `strait local --netns`); these re-exports keep the `strait_tests::netns` and `strait_tests::exec` paths.
 pub use strait_netns::cluster as netns;
 pub use strait_netns::exec;
-pub use strait_netns::{require_root, REQUIRE_ROOT_ENV};
+pub use strait_netns::{Tool, REQUIRE_ROOT_ENV};
 
 pub use capture::{Capture, Captured};
 pub use exec::{
     connect_from, connect_from_async, in_netns, listen_in, listen_in_tokio, output_in, run_in, spawn_in, ChildGuard,
 };
 pub use netns::{Cluster, ClusterBuilder, Node, Pod};
+
+/// Every program the harness runs: the cluster's `ip` and `sysctl`, the proxies' `nft` and the captures'
+/// `tcpdump`. One set for every test that runs a mesh rather than one per test (the harness's own self-tests,
+/// which start no proxy, ask for less): a machine that runs some of them should run them all, and a single
+/// skip line then names everything there is to install.
+pub const HARNESS_TOOLS: &[Tool] = &[Tool::IP, Tool::SYSCTL, Tool::NFT, Tool::TCPDUMP];
+
+/// True when running as root with every tool of [`HARNESS_TOOLS`] on `PATH`; otherwise prints one line
+/// ("skipping: needs root", or the missing packages and how to install them) and returns false, or panics
+/// with the same words when [`REQUIRE_ROOT_ENV`] is set (see [`strait_netns::require_root_and`]). Call it
+/// first, before building a cluster, so a missing tool costs no time.
+pub fn require_root() -> bool {
+    strait_netns::require_root_and(HARNESS_TOOLS)
+}

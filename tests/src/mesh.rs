@@ -20,6 +20,8 @@ pub const NAMESPACE: &str = "shop";
 pub const ECHO_VIP: &str = "10.96.0.10";
 pub const ECHO_PORT: u16 = 7000;
 pub const PROXY_MARK: &str = "0x539";
+/// How long [`Mesh::wait_ready`] gives a proxy that is still running to report ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How the proxies capture pod traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,15 +222,29 @@ impl Mesh {
         .with_context(|| format!("GET {path} on {node}'s port {port}"))
     }
 
-    pub fn wait_ready(&self, node: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    /// Waits until the node's proxy answers 200 on /ready, for up to [`READY_TIMEOUT`]. A proxy that exits
+    /// meanwhile (a bind conflict, a bad flag) ends the wait at once with its last words (the error it exited
+    /// with): it will never become ready, and its error is the news.
+    pub fn wait_ready(&mut self, node: &str) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let last = self.admin_get(node, 15000, "/ready");
             if let Ok((200, _)) = last {
                 return Ok(());
             }
+            let child = self.proxies.get_mut(node).with_context(|| format!("no proxy was started on {node}"))?;
+            if let Some(status) = child.exited()? {
+                bail!(
+                    "proxy on {node} exited during start-up ({status}): {}\nits log:\n{}",
+                    child.last_words().unwrap_or_else(|| "(it logged nothing)".into()),
+                    child.stderr()
+                );
+            }
             if Instant::now() > deadline {
-                bail!("proxy on {node} not ready after 20 s ({last:?}); its log:\n{}", self.proxy_logs(node));
+                bail!(
+                    "proxy on {node} not ready after {READY_TIMEOUT:?} ({last:?}); its log:\n{}",
+                    self.proxy_logs(node)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -6,9 +6,16 @@ use std::net::{Shutdown, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Result;
+use strait_netns::Tool;
 use strait_tests::backend::{self, HttpGet, HttpSummary};
 use strait_tests::netns::list_netns;
-use strait_tests::{connect_from, exec, listen_in, require_root, Capture, Cluster};
+use strait_tests::{connect_from, exec, listen_in, Capture, Cluster};
+
+/// The harness's self-tests run no proxy, so unlike the mesh tests ([`strait_tests::require_root`]) they need
+/// no `nft`: the cluster's tools and tcpdump for the captures.
+fn require_root() -> bool {
+    strait_netns::require_root_and(&[Tool::IP, Tool::SYSCTL, Tool::TCPDUMP])
+}
 
 fn two_nodes() -> Result<Cluster> {
     Cluster::builder().node("node-a", &["a1", "a2"]).node("node-b", &["b1", "b2"]).build()

@@ -3,14 +3,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use strait_api::{MeshConfig, MtlsMode};
 use strait_certs::{Identity, StaticCertResolver, TrustBundle};
 use strait_tests::backend;
 use strait_tests::mesh::{self, deny_from, Capture as Mode, Mesh, ECHO_PORT, ECHO_VIP};
-use strait_tests::{connect_from_async, exec, require_root, Capture, Cluster};
+use strait_tests::{connect_from_async, exec, listen_in, require_root, Capture, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn cluster() -> Result<Cluster> {
@@ -105,6 +105,30 @@ fn cross_node_is_encrypted_with_redirect() -> Result<()> {
         return Ok(());
     }
     cross_node_is_encrypted(Mode::Redirect)
+}
+
+/// A proxy that dies during start-up (here: something else holds node-a's tunnel port) ends the wait for
+/// the mesh at once, with the proxy's own last words, not after the ready timeout with a log to dig through.
+#[test]
+fn a_proxy_that_exits_at_start_up_fails_the_mesh_at_once_with_its_last_log_line() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let cluster = cluster()?;
+    let config = mesh::default_config(&cluster);
+    // Kept open until the end: the proxy cannot bind 0.0.0.0:15008 while this listens there.
+    let _squatter = listen_in(cluster.node("node-a").netns_name(), ([0, 0, 0, 0], 15008).into())?;
+    let started = Instant::now();
+    let err = match Mesh::start(cluster, &config, Mode::Tproxy) {
+        Ok(_) => panic!("node-a's proxy started although its tunnel port was taken"),
+        Err(e) => format!("{e:#}"),
+    };
+    let took = started.elapsed();
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("proxy on node-a exited during start-up"), "{err}");
+    assert!(first.contains("15008"), "the first line should carry the proxy's bind error: {err}");
+    assert!(took < mesh::READY_TIMEOUT / 4, "took {took:?}, as if waiting for the ready timeout: {err}");
+    Ok(())
 }
 
 #[test]

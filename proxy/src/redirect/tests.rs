@@ -3,23 +3,19 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use strait_netns::Tool;
+
 use super::*;
 
-fn is_root() -> bool {
-    // The effective uid is the third field of `Uid:` in /proc/self/status; no unsafe geteuid needed.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
-}
-
+/// Skips the test (one line naming what is missing) unless running as root with the programs it runs on
+/// `PATH`: `ip` for the namespace and, by default, `nft` for the rules. Fails instead under
+/// STRAIT_REQUIRE_ROOT_TESTS, as every root-only test of the workspace does.
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("skipping: needs root");
+        require_root!(Tool::IP, Tool::NFT)
+    };
+    ($($tool:expr),+) => {
+        if !strait_netns::require_root_and(&[$($tool),+]) {
             return;
         }
     };
@@ -182,7 +178,7 @@ fn errors_say_what_to_do() {
 
 #[test]
 fn missing_programs_name_their_package() {
-    require_root!();
+    require_root!(Tool::IP);
     let netns = Netns::new();
     let err = netns.runner().run("strait-no-such-program", &[], None).err().expect("not found");
     assert_eq!(err.to_string(), "strait-no-such-program not found: install the strait-no-such-program package");
