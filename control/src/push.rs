@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
+use strait_api::frame::{encode_line, LineDecoder};
 use strait_api::protocol::{ConfigAck, ConfigPush};
 use tokio::sync::{mpsc, watch};
 
@@ -101,9 +102,8 @@ pub async fn serve_stream(
                 node: node.clone(),
                 config: translate(&p.snapshot, &trust_domain, &node),
             };
-            match serde_json::to_vec(&push) {
-                Ok(mut line) => {
-                    line.push(b'\n');
+            match encode_line(&push) {
+                Ok(line) => {
                     if tx.send(Bytes::from(line)).await.is_err() {
                         break;
                     }
@@ -125,7 +125,7 @@ pub async fn serve_stream(
 }
 
 async fn read_acks(mut body: Incoming, node: String, stats: Arc<Stats>) {
-    let mut buf: Vec<u8> = Vec::new();
+    let mut lines = LineDecoder::new(MAX_ACK_LINE);
     while let Some(frame) = body.frame().await {
         let data = match frame {
             Ok(frame) => match frame.into_data() {
@@ -137,14 +137,17 @@ async fn read_acks(mut body: Incoming, node: String, stats: Arc<Stats>) {
                 return;
             }
         };
-        buf.extend_from_slice(&data);
-        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=end).collect();
-            let line = &line[..line.len() - 1];
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<ConfigAck>(line) {
+        lines.push(&data);
+        loop {
+            let line = match lines.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "ACK line too long; no longer reading this stream's ACKs");
+                    return;
+                }
+            };
+            match serde_json::from_slice::<ConfigAck>(&line) {
                 Ok(ConfigAck { version, error: None }) => {
                     tracing::debug!(node, version, "ACK");
                     stats.acked(&node, version);
@@ -160,10 +163,6 @@ async fn read_acks(mut body: Incoming, node: String, stats: Arc<Stats>) {
                 }
                 Err(e) => tracing::warn!(node, error = %e, "ignoring a malformed ACK line"),
             }
-        }
-        if buf.len() > MAX_ACK_LINE {
-            tracing::warn!(node, "ACK line too long; no longer reading this stream's ACKs");
-            return;
         }
     }
 }

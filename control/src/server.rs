@@ -22,8 +22,7 @@ use crate::push::{serve_stream, ChannelBody, PublishedRx};
 use crate::signer::Signer;
 use crate::stats::Stats;
 
-pub const STREAM_PATH: &str = "/strait.v1.Config/Stream";
-pub const SIGN_PATH: &str = "/strait.v1.Certificates/Sign";
+pub use strait_api::protocol::{SIGN_PATH, STREAM_PATH};
 pub const NODE_HEADER: &str = "x-strait-node";
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -62,16 +62,7 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshCon
     }
 }
 
-/// The fully qualified name of a host written in `namespace`: `reviews` -> `reviews.shop.svc.cluster.local`,
-/// `reviews.other` -> `reviews.other.svc.cluster.local`; anything longer is taken as written.
-pub fn canonical_host(host: &str, namespace: &str) -> String {
-    match host.matches('.').count() {
-        0 => format!("{host}.{namespace}.svc.cluster.local"),
-        1 => format!("{host}.svc.cluster.local"),
-        2 if host.ends_with(".svc") => format!("{host}.cluster.local"),
-        _ => host.to_string(),
-    }
-}
+pub use strait_api::canonical_host;
 
 /// Problems that involve more than one object, each with the object to blame and a message that starts with
 /// the field's path.

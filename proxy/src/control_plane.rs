@@ -17,14 +17,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use strait_api::protocol::{CertificateRequest, CertificateResponse, ConfigAck, ConfigPush};
+use strait_api::frame::{encode_line, LineDecoder};
+use strait_api::protocol::{CertificateRequest, CertificateResponse, ConfigAck, ConfigPush, SIGN_PATH, STREAM_PATH};
 use strait_api::MeshConfig;
 use strait_certs::{CertError, CertIssuer, Identity, TrustBundle, WorkloadCert};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
-pub const STREAM_PATH: &str = "/strait.v1.Config/Stream";
-pub const SIGN_PATH: &str = "/strait.v1.Certificates/Sign";
 pub const NODE_HEADER: &str = "x-strait-node";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -164,18 +163,13 @@ impl ControlPlaneClient {
         }
         tracing::info!(addr = self.inner.addr, "connected to the control plane");
         let mut body = response.into_body();
-        let mut buf: Vec<u8> = Vec::new();
+        let mut lines = LineDecoder::new(MAX_PUSH_LINE);
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame?.into_data() else { continue };
-            buf.extend_from_slice(&data);
-            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=end).collect();
-                let line = &line[..line.len() - 1];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
+            lines.push(&data);
+            while let Some(line) = lines.next_line().map_err(|e| ClientError::Protocol(format!("a push: {e}")))? {
                 let push: ConfigPush =
-                    serde_json::from_slice(line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 *received = true;
                 let version = push.version;
                 let error = match apply(push.config) {
@@ -188,15 +182,11 @@ impl ControlPlaneClient {
                         Some(e)
                     }
                 };
-                let mut ack = serde_json::to_vec(&ConfigAck { version, error })
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                ack.push(b'\n');
+                let ack =
+                    encode_line(&ConfigAck { version, error }).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 if ack_tx.send(Bytes::from(ack)).await.is_err() {
                     return Err(ClientError::Closed);
                 }
-            }
-            if buf.len() > MAX_PUSH_LINE {
-                return Err(ClientError::Protocol(format!("a push is larger than {MAX_PUSH_LINE} bytes")));
             }
         }
         Err(ClientError::Closed)

@@ -151,7 +151,7 @@ pub struct Service {
 impl Service {
     /// `name.namespace.svc.cluster.local`-style host, used in metrics and route matching.
     pub fn hostname(&self) -> String {
-        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+        crate::host::ServiceRef::new(&self.name, &self.namespace).fqdn()
     }
 }
 

@@ -7,11 +7,14 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod frame;
+pub mod host;
 pub mod protocol;
 pub mod resources;
 mod validate;
 
 pub use config::*;
+pub use host::{canonical_host, ServiceRef, CLUSTER_DOMAIN};
 pub use resources::*;
 pub use validate::ValidationError;
 

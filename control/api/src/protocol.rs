@@ -4,6 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::MeshConfig;
 
+/// The configuration stream: a POST whose response body carries [`ConfigPush`] lines and whose request body
+/// carries [`ConfigAck`] lines (see [`crate::frame`]).
+pub const STREAM_PATH: &str = "/strait.v1.Config/Stream";
+/// Certificate signing: a POST of one [`CertificateRequest`], answered with a [`CertificateResponse`].
+pub const SIGN_PATH: &str = "/strait.v1.Certificates/Sign";
+
 /// One version of a node's configuration, pushed by the control plane.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -15,6 +15,7 @@ use crate::state::{State, WorkloadInfo};
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::metrics::Refusal;
+use crate::telemetry::record::ConnectionRecord;
 
 /// Names the service in front of the destination endpoint, when the caller's side did not already.
 pub(crate) fn with_endpoint_service(state: &State, target: SocketAddr, labels: ConnectionLabels) -> ConnectionLabels {
@@ -78,22 +79,20 @@ pub(crate) async fn relay<D>(
 ) where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    ctx.metrics.connection_opened(&labels);
+    let mut record = ConnectionRecord::open(&ctx.metrics, labels);
     let revoked = until_denied(ctx.state.subscribe(), caller.clone(), destination.clone(), port);
-    let (flags, sent, received) = tokio::select! {
-        result = crate::tcp::copy::bidirectional(&mut downstream, &mut upstream) => match result {
-            Ok((to_pod, from_pod)) => (ResponseFlag::None, to_pod, from_pod),
-            Err(e) => {
+    tokio::select! {
+        result = super::copy::bidirectional(&mut downstream, &mut upstream) => {
+            if let Err(e) = &result {
                 debug!(error = %e, "inbound connection ended with an error");
-                (ResponseFlag::UpstreamConnectionTermination, 0, 0)
             }
-        },
+            record.relayed(&result);
+        }
         reason = revoked => {
             info!(destination = %destination.workload.name, %reason, "closing a live connection that policy no longer allows");
-            (ResponseFlag::Unauthorized, 0, 0)
+            record.end(ResponseFlag::Unauthorized);
         }
-    };
-    ctx.metrics.connection_closed(&labels, flags, sent, received);
+    }
 }
 
 /// Resolves when a configuration change denies this connection (policies are re-checked on every change).
@@ -138,8 +137,7 @@ pub(crate) async fn serve_stream<S>(
         return;
     }
     if authorize(ctx, &state, &caller, &destination, target.port()).is_err() {
-        ctx.metrics.connection_opened(&labels);
-        ctx.metrics.connection_closed(&labels, ResponseFlag::Unauthorized, 0, 0);
+        ConnectionRecord::refused(&ctx.metrics, labels, ResponseFlag::Unauthorized);
         return;
     }
     match connect_pod(ctx, target).await {

@@ -17,6 +17,7 @@ use crate::state::{State, WorkloadInfo};
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::metrics::Refusal;
+use crate::telemetry::record::ConnectionRecord;
 use crate::tunnel::PoolKey;
 
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
@@ -59,8 +60,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             Err(max) => {
                 let name = service.service.hostname();
                 ctx.metrics.circuit.with_label_values(&[name.as_str(), "overflow"]).inc();
-                ctx.metrics.connection_opened(&labels);
-                ctx.metrics.connection_closed(&labels, ResponseFlag::UpstreamOverflow, 0, 0);
+                ConnectionRecord::refused(&ctx.metrics, labels, ResponseFlag::UpstreamOverflow);
                 warn!(source = %source.name(), service = %name, max, "refused: connectionPool.tcp.maxConnections reached");
                 return;
             }
@@ -70,8 +70,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         Ok(target) => target,
         Err(reason) => {
             ctx.metrics.refused("outbound", Refusal::UpstreamUnreachable);
-            ctx.metrics.connection_opened(&labels);
-            ctx.metrics.connection_closed(&labels, ResponseFlag::NoHealthyUpstream, 0, 0);
+            ConnectionRecord::refused(&ctx.metrics, labels, ResponseFlag::NoHealthyUpstream);
             warn!(source = %source.name(), destination = %original, %reason, "no upstream");
             return;
         }
@@ -123,39 +122,32 @@ async fn tunnel(
     target: SocketAddr,
     labels: ConnectionLabels,
 ) {
-    ctx.metrics.connection_opened(&labels);
+    let mut record = ConnectionRecord::open(&ctx.metrics, labels);
     let mut stream = match ctx.pool.open(key, dial, target, source.workload.address).await {
         Ok(s) => s,
         Err(e) => {
             ctx.metrics.refused("outbound", Refusal::TunnelFailed);
-            ctx.metrics.connection_closed(&labels, Refusal::TunnelFailed.response_flag(), 0, 0);
+            record.end(Refusal::TunnelFailed.response_flag());
             warn!(source = %source.name(), %target, error = %e, "tunnel failed");
             return;
         }
     };
-    let (flags, sent, received) = match crate::tcp::copy::bidirectional(&mut client, &mut stream).await {
-        Ok((sent, received)) => (ResponseFlag::None, sent, received),
-        Err(e) => {
-            debug!(%target, error = %e, "tunnelled connection ended with an error");
-            (ResponseFlag::UpstreamConnectionTermination, 0, 0)
-        }
-    };
-    ctx.metrics.connection_closed(&labels, flags, sent, received);
+    let result = super::copy::bidirectional(&mut client, &mut stream).await;
+    if let Err(e) = &result {
+        debug!(%target, error = %e, "tunnelled connection ended with an error");
+    }
+    record.relayed(&result);
 }
 
 async fn passthrough(ctx: &ProxyContext, mut client: TcpStream, target: SocketAddr, labels: ConnectionLabels) {
-    ctx.metrics.connection_opened(&labels);
+    let mut record = ConnectionRecord::open(&ctx.metrics, labels);
     let mut upstream = match ctx.outgoing.connect(target).await {
         Ok(s) => s,
         Err(e) => {
-            ctx.metrics.connection_closed(&labels, ResponseFlag::UpstreamConnectionFailure, 0, 0);
+            record.end(ResponseFlag::UpstreamConnectionFailure);
             debug!(%target, error = %e, "passthrough connect failed");
             return;
         }
     };
-    let (flags, sent, received) = match crate::tcp::copy::bidirectional(&mut client, &mut upstream).await {
-        Ok((sent, received)) => (ResponseFlag::None, sent, received),
-        Err(_) => (ResponseFlag::UpstreamConnectionTermination, 0, 0),
-    };
-    ctx.metrics.connection_closed(&labels, flags, sent, received);
+    record.relayed(&super::copy::bidirectional(&mut client, &mut upstream).await);
 }

@@ -15,6 +15,7 @@ use crate::policy::Caller;
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::metrics::Refusal;
+use crate::telemetry::record::ConnectionRecord;
 
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
     loop {
@@ -46,15 +47,13 @@ async fn plaintext_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyCo
     let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
     if state.mtls_mode(&destination.workload.namespace) == MtlsMode::Strict {
         ctx.metrics.refused("inbound_plaintext", Refusal::PlaintextInStrict);
-        ctx.metrics.connection_opened(&labels);
-        ctx.metrics.connection_closed(&labels, Refusal::PlaintextInStrict.response_flag(), 0, 0);
+        ConnectionRecord::refused(&ctx.metrics, labels, Refusal::PlaintextInStrict.response_flag());
         info!(%peer, %target, namespace = %destination.workload.namespace, "plaintext refused: namespace is STRICT");
         return;
     }
     let caller = Caller { identity: None, address: peer.ip() };
     if authorize(&ctx, &state, &caller, &destination, target.port()).is_err() {
-        ctx.metrics.connection_opened(&labels);
-        ctx.metrics.connection_closed(&labels, ResponseFlag::Unauthorized, 0, 0);
+        ConnectionRecord::refused(&ctx.metrics, labels, ResponseFlag::Unauthorized);
         return;
     }
     match connect_pod(&ctx, target).await {

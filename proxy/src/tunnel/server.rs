@@ -22,6 +22,7 @@ use crate::tcp::socket::{accept_error, canonical, canonical_ip, original_destina
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::metrics::Refusal;
+use crate::telemetry::record::ConnectionRecord;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -159,8 +160,7 @@ async fn tunnel_stream(
     }
     if let Err(reason) = authorize(&ctx, &state, &caller, &destination, target.port()) {
         respond_status(&mut respond, StatusCode::UNAUTHORIZED, &reason);
-        ctx.metrics.connection_opened(&labels);
-        ctx.metrics.connection_closed(&labels, ResponseFlag::Unauthorized, 0, 0);
+        ConnectionRecord::refused(&ctx.metrics, labels, ResponseFlag::Unauthorized);
         return;
     }
     let upstream = match connect_pod(&ctx, target).await {

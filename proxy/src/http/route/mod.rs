@@ -24,35 +24,7 @@ pub use actions::{DirectAction, FaultAction, HeaderOps, RedirectAction};
 pub use destination::{RouteDestination, Split, Weight};
 use matching::{Match, QueryParams};
 
-/// The DNS suffix of in-cluster service names.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
-
-/// A Kubernetes service, by name and namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ServiceRef {
-    pub name: String,
-    pub namespace: String,
-}
-
-impl ServiceRef {
-    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
-        ServiceRef { name: name.into(), namespace: namespace.into() }
-    }
-
-    /// Reads a host as users write it: `reviews` (in `default_namespace`), `reviews.shop`, `reviews.shop.svc`
-    /// or `reviews.shop.svc.cluster.local`. Anything else is not a service of this cluster.
-    pub fn parse(host: &str, default_namespace: &str) -> Option<ServiceRef> {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let labels: Vec<&str> = host.split('.').collect();
-        let (name, namespace) = match labels.as_slice() {
-            [name] => (*name, default_namespace),
-            [name, namespace] | [name, namespace, "svc"] => (*name, *namespace),
-            [name, namespace, "svc", domain @ ..] if domain.join(".") == CLUSTER_DOMAIN => (*name, *namespace),
-            _ => return None,
-        };
-        (!name.is_empty() && !namespace.is_empty()).then(|| ServiceRef::new(name, namespace))
-    }
-}
+pub use strait_api::ServiceRef;
 
 /// Whether `route` lists `service` among its hosts (short names resolve in the route's namespace).
 pub fn applies_to(route: &Named<TrafficRouteSpec>, service: &ServiceRef) -> bool {
