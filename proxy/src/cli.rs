@@ -11,7 +11,7 @@ use crate::control_plane::ControlPlaneClient;
 use crate::serve::{ListenMode, Proxy, ProxyOptions};
 use crate::state::StateStore;
 use crate::telemetry::metrics::Metrics;
-use crate::{config_file, redirect};
+use crate::{config_file, last_good, redirect};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use strait_certs::{CertStore, Identity, MeshCa};
@@ -60,6 +60,10 @@ pub struct Args {
     /// PEM file with the mesh root certificate(s), to verify the control plane.
     #[arg(long, env = "STRAIT_ROOT_CERT")]
     root_cert: Option<PathBuf>,
+    /// Where the last configuration received from the control plane is kept (owner-only), so that a restart
+    /// while the control plane is unreachable serves it instead of starting empty (in Kubernetes: a hostPath).
+    #[arg(long, env = "STRAIT_LAST_GOOD_CONFIG", requires = "control_plane")]
+    last_good_config: Option<PathBuf>,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
     #[arg(long, value_enum, default_value = "transparent")]
@@ -136,14 +140,24 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         Some(addr) => {
             let client = control_plane_client(&args, addr)?;
             let certs = Arc::new(CertStore::new(Arc::new(client.issuer()), trust_bundle(&args)?));
+            let last_good = args.last_good_config.clone();
+            if let Some(path) = &last_good {
+                serve_last_good(path, &state);
+            }
             let store = state.clone();
             let updates = metrics.clone();
             let mut received = 0u64;
             tokio::spawn(client.run(move |config| {
                 received += 1;
+                let copy = last_good.as_ref().map(|path| (path, config.clone()));
                 let result =
                     store.apply(config, format!("control-plane#{received}")).map(|_| ()).map_err(|e| e.to_string());
                 updates.config_update(&result);
+                if let (Ok(()), Some((path, config))) = (&result, copy) {
+                    if let Err(e) = last_good::save(path, &config) {
+                        tracing::warn!(error = %e, "the configuration applies, but a restart would not find it");
+                    }
+                }
                 result
             }));
             certs
@@ -207,6 +221,23 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
     shutdown_signal().await?;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Starts from the configuration the previous run saved, if there is one: until the control plane answers, the
+/// node's pods stay captured and their traffic is served (or refused) as it was, never sent around the mesh.
+fn serve_last_good(path: &std::path::Path, state: &StateStore) {
+    match last_good::load(path) {
+        Ok(Some(config)) => match state.apply(config, "last-good".into()) {
+            Ok(_) => {
+                tracing::info!(file = %path.display(), "serving the last good configuration until the control plane answers")
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "the last good configuration no longer applies")
+            }
+        },
+        Ok(None) => tracing::info!(file = %path.display(), "no last good configuration yet"),
+        Err(e) => tracing::warn!(error = %e, "starting without a last good configuration"),
+    }
 }
 
 /// Ctrl-C, or SIGTERM as Kubernetes and process supervisors send it.

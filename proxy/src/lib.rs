@@ -18,6 +18,7 @@ mod config_file;
 mod context;
 pub mod control_plane;
 mod http;
+mod last_good;
 mod plan;
 mod policy;
 mod reconcile;

@@ -34,7 +34,12 @@ pub(crate) async fn reconcile(
                 in_place = false;
             }
         }
-        if let Some(mut reconciler) = rules.take() {
+        if !state.is_loaded() {
+            // Never render the rules from an empty view: that would stop capturing pods that are still
+            // meshed and let their traffic out in plaintext. The rules of the previous run stay until a
+            // configuration (from the control plane, a file, or the last good one on disk) is in place.
+            in_place = false;
+        } else if let Some(mut reconciler) = rules.take() {
             // nft and ip are child processes: keep them off the runtime's worker threads.
             let current = state.clone();
             let done = tokio::task::spawn_blocking(move || {

@@ -186,6 +186,11 @@ impl State {
         })
     }
 
+    /// Whether this is a configuration that arrived (as opposed to the empty one a proxy starts with).
+    pub fn is_loaded(&self) -> bool {
+        self.version != "none"
+    }
+
     /// The compiled route rules for `service` (an empty table when no TrafficRoute names it).
     pub fn route_table(&self, service: &ServiceRef) -> &Arc<RouteTable> {
         self.routes.get(service).unwrap_or(&self.no_routes)
@@ -266,7 +271,7 @@ impl StateStore {
     }
 
     pub fn loaded(&self) -> bool {
-        self.current().version != "none"
+        self.current().is_loaded()
     }
 }
 

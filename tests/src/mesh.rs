@@ -199,6 +199,32 @@ impl Mesh {
         self.wait_ready(node)
     }
 
+    /// Moves a node's configuration file away, as if its source were unreachable; [`Mesh::restore_config`]
+    /// puts it back.
+    pub fn hide_config(&self, node: &str) -> Result<()> {
+        let path = self.config_path(node);
+        std::fs::rename(&path, path.with_extension("hidden")).context("hiding the configuration file")
+    }
+
+    pub fn restore_config(&self, node: &str) -> Result<()> {
+        let path = self.config_path(node);
+        std::fs::rename(path.with_extension("hidden"), &path).context("restoring the configuration file")
+    }
+
+    /// Starts a node proxy that is not expected to become ready (no configuration yet); returns once it serves
+    /// its admin port.
+    pub fn start_proxy_unready(&mut self, node: &str) -> Result<()> {
+        self.start_proxy(node)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(self.admin_get(node, 15000, "/live"), Ok((200, _))) {
+            if Instant::now() > deadline {
+                bail!("proxy on {node} not live after 20 s; its log:\n{}", self.proxy_logs(node));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     pub fn proxy_logs(&self, node: &str) -> String {
         self.proxies.get(node).map(|c| c.stderr()).unwrap_or_default()
     }

@@ -351,6 +351,38 @@ fn rules_stay_and_fail_closed_while_the_proxy_restarts() -> Result<()> {
     Ok(())
 }
 
+/// A proxy that restarts with nothing to serve (its control plane or configuration unreachable) must not render
+/// the node's rules from that empty view: the pods would no longer be captured and their traffic would flow
+/// around the mesh in plaintext. The previous rules stay, traffic is refused, and serving resumes with the
+/// configuration.
+#[test]
+fn a_proxy_restarted_without_configuration_keeps_the_rules_and_fails_closed() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (mut mesh, echo) = start(Mode::Tproxy, |_| {})?;
+    let node_b = mesh.cluster.node("node-b").netns_name().to_string();
+    mesh.stop_proxy("node-b")?;
+    mesh.hide_config("node-b")?;
+    mesh.start_proxy_unready("node-b")?;
+    let (ready, _) = mesh.admin_get("node-b", 15000, "/ready")?;
+    assert_ne!(ready, 200, "a proxy without configuration is not ready");
+    // The reconcile loop has run by the time the admin port answers; give it a moment more all the same.
+    std::thread::sleep(Duration::from_millis(300));
+    let table = exec::run_in(&node_b, &["nft", "list", "table", "inet", "strait"])?;
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(table.contains("10.2.0.2"), "b1 is still captured on node-b:\n{table}\n{}", mesh.proxy_logs("node-b"));
+    for from in [mesh.cluster.pod("a1").netns_name().to_string(), mesh.cluster.node("node-a").netns_name().to_string()]
+    {
+        assert!(!gets_through(&from, echo.addr, "EMPTY")?, "b1 reachable from {from} through an unconfigured proxy");
+    }
+    mesh.restore_config("node-b")?;
+    mesh.wait_ready("node-b")?;
+    let report = backend::tcp_send(mesh.cluster.pod("a1").netns_name(), echo.addr, 1000, "CONFIGURED")?;
+    assert!(report.echoed, "{report:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_max_connections_refuses_the_extra_connection_at_once() -> Result<()> {
     if !require_root() {

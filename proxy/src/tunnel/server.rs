@@ -26,6 +26,25 @@ use crate::telemetry::record::ConnectionRecord;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a tunnel connection was refused before any stream was served.
+#[derive(Debug, thiserror::Error)]
+enum ServerError {
+    #[error("no original destination: {0}")]
+    NoOriginalDestination(std::io::Error),
+    #[error("{0} is not a meshed workload on this node (the peer's view of the mesh may be stale)")]
+    UnknownDestination(std::net::IpAddr),
+    #[error("no certificate for {identity} yet: {source}")]
+    NoCertificate { identity: Identity, source: strait_certs::CertError },
+    #[error("TLS handshake failed ({reason}): {source}")]
+    Handshake { reason: &'static str, source: std::io::Error },
+    #[error("TLS handshake timed out after {TLS_HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+    #[error("the peer's certificate names no mesh identity: {0}")]
+    PeerIdentity(String),
+    #[error("not an HTTP/2 tunnel: {0}")]
+    NotHttp2(h2::Error),
+}
+
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
     loop {
         match listener.accept().await {
@@ -42,36 +61,35 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
     }
 }
 
-async fn tunnel_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Arc<ProxyContext>) -> Result<(), String> {
+async fn tunnel_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Arc<ProxyContext>) -> Result<(), ServerError> {
     let _ = tcp.set_nodelay(true);
-    let local = original_destination(&tcp, ctx.capture).map_err(|e| format!("no original destination: {e}"))?;
+    let local = original_destination(&tcp, ctx.capture).map_err(ServerError::NoOriginalDestination)?;
     // The certificate must be chosen before anything but the ClientHello is read: the address the peer dialed
     // names the workload, hence the identity to present.
     let state = ctx.state.current();
-    let Some(workload) = state.local_workload(canonical_ip(local.ip())).cloned() else {
+    let local_ip = canonical_ip(local.ip());
+    let Some(identity) = state.local_workload(local_ip).and_then(|w| w.identity.clone()) else {
         ctx.metrics.refused("tunnel", Refusal::UnknownDestination);
-        return Err(format!("{} is not a meshed workload on this node", local.ip()));
+        return Err(ServerError::UnknownDestination(local_ip));
     };
-    let Some(identity) = workload.identity.clone() else {
-        return Err("destination has no identity".into());
-    };
-    if let Err(e) = ctx.certs.get_or_fetch(&identity).await {
-        return Err(format!("no certificate for {identity}: {e}"));
+    if let Err(source) = ctx.certs.get_or_fetch(&identity).await {
+        return Err(ServerError::NoCertificate { identity, source });
     }
     let acceptor = TlsAcceptor::from(ctx.certs.server_config(&identity));
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let reason = strait_certs::classify_tls_error(&e);
+        Ok(Err(source)) => {
+            let reason = strait_certs::classify_tls_error(&source);
             ctx.metrics.tls_handshake_failure("inbound", reason);
-            return Err(format!("TLS handshake failed ({}): {e}", reason.as_str()));
+            return Err(ServerError::Handshake { reason: reason.as_str(), source });
         }
         Err(_) => {
             ctx.metrics.tls_handshake_failure("inbound", strait_certs::TlsFailureReason::Other);
-            return Err("TLS handshake timed out".into());
+            return Err(ServerError::HandshakeTimeout);
         }
     };
-    let peer_identity = strait_certs::peer_identity(tls.get_ref().1).map_err(|e| format!("peer identity: {e}"))?;
+    let peer_identity =
+        strait_certs::peer_identity(tls.get_ref().1).map_err(|e| ServerError::PeerIdentity(e.to_string()))?;
     let mut connection = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -80,7 +98,7 @@ async fn tunnel_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Arc<ProxyCont
         .await
         .map_err(|e| {
             ctx.metrics.refused("tunnel", Refusal::BadRequest);
-            format!("not an HTTP/2 tunnel: {e}")
+            ServerError::NotHttp2(e)
         })?;
     debug!(%peer, peer_identity = %peer_identity, local = %identity, "tunnel connection established");
     let caller = Caller { identity: Some(peer_identity), address: peer.ip() };
