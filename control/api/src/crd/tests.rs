@@ -90,7 +90,7 @@ fn the_schema_carries_enums_ranges_and_patterns() {
 
     let mut route = spec_schema("TrafficRoute");
     assert_eq!(at(&mut route, "http[].route[].weight")["minimum"].as_f64(), Some(0.0));
-    assert_eq!(at(&mut route, "http[].route[].weight")["maximum"].as_f64(), Some(f64::from(u32::MAX)));
+    assert_eq!(at(&mut route, "http[].route[].weight")["maximum"].as_f64(), Some(f64::from(bounds::MAX_WEIGHT)));
     assert_eq!(at(&mut route, "http[].retries.attempts")["minimum"].as_f64(), Some(0.0));
     assert_eq!(at(&mut route, "http[].fault.abort.percentage")["maximum"].as_f64(), Some(100.0));
     assert_eq!(at(&mut route, "http[].route[].destination.port")["minimum"].as_f64(), Some(1.0));
