@@ -190,7 +190,7 @@ def broken_resources(examples):
     case(route, "must be at most 24h", lambda d: canary(d).update(timeout="25h"))
     case(route, "must be at most 24h", lambda d: canary(d).update(timeout="99999999999999999999s"))
     case(route, "is too long", lambda d: canary(d).update(timeout="1" * 40 + "s"))
-    case(route, "is greater than the maximum", lambda d: canary(d)["retries"].update(attempts=11))
+    case(route, "is greater than the maximum", lambda d: canary(d)["retries"].update(attempts=51))
     case(route, "is greater than the maximum", lambda d: canary(d)["route"][0].update(weight=1000001))
     case(route, "is too long", lambda d: d["spec"]["hosts"].append("h" * 254))
     case(

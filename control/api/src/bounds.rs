@@ -15,8 +15,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// cost estimate stays small.
 pub const MAX_DURATION_LEN: usize = 32;
 
-/// `retries.attempts`: every retry multiplies the load on a struggling backend; ten is already a lot.
-pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// `retries.attempts`. The proxy's retry budget already bounds retries across requests; this refuses only
+/// counts no one means (a per-try timeout of 200 ms times 50 is ten seconds of trying).
+pub const MAX_RETRY_ATTEMPTS: u32 = 50;
 /// A destination's relative weight (`route[].weight`): a million allows percentages with four decimals while
 /// the sum over a rule's destinations stays far below `u64` arithmetic.
 pub const MAX_WEIGHT: u32 = 1_000_000;

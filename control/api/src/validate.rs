@@ -601,14 +601,14 @@ trafficRoutes:
     #[test]
     fn counts_weights_statuses_and_percentages_are_bounded() {
         let problems = problems_of(&route_with(
-            "{retries: {attempts: 11}, fault: {abort: {httpStatus: 503, percentage: .nan}, \
+            "{retries: {attempts: 51}, fault: {abort: {httpStatus: 503, percentage: .nan}, \
              delay: {fixedDelay: 1s, percentage: .inf}}, \
              route: [{destination: {host: reviews, port: 0}, weight: 1000001}, {destination: {host: reviews}, weight: 1}]}",
         ));
         let expected = [
             "trafficRoutes[shop/r].spec.http[0].route[0].weight: 1000001 is more than the maximum of 1000000",
             "trafficRoutes[shop/r].spec.http[0].route[0].destination.port: must be 1-65535",
-            "trafficRoutes[shop/r].spec.http[0].retries.attempts: 11 is more than the maximum of 10",
+            "trafficRoutes[shop/r].spec.http[0].retries.attempts: 51 is more than the maximum of 50",
             "trafficRoutes[shop/r].spec.http[0].fault.delay.percentage: inf is not a percentage (0-100)",
             "trafficRoutes[shop/r].spec.http[0].fault.abort.percentage: NaN is not a percentage (0-100)",
         ];
