@@ -128,6 +128,11 @@ pub const MAX_MATCH_ENTRIES: u32 = bounds::MAX_MATCH_ENTRIES as u32;
 /// `redirect.uri`: an absolute path of printable characters, as validation checks.
 pub const REDIRECT_URI_PATTERN: &str = r"^/[\t -~]*$";
 
+/// A header name as the proxy's `http` crate accepts it (an RFC 9110 token).
+pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+/// A header value: no control characters but tab.
+pub const HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x08\x0a-\x1f\x7f]*$";
+
 /// The CEL rule bounding a duration field: `parse_duration`'s maximum. The pattern alone cannot say it;
 /// the API server's `duration()` reads exactly the strings the pattern admits (and more).
 pub const DURATION_RULE: &str = "duration(self) <= duration('24h')";
@@ -411,6 +416,12 @@ fn traffic_route_rules(spec: &mut Value) {
     set(spec, "http[].redirect.redirectCode", json!({"minimum": 301, "maximum": 308}));
     set(spec, "http[].redirect.uri", json!({"pattern": REDIRECT_URI_PATTERN}));
     http_status(spec, "http[].directResponse.status");
+    for side in ["request", "response"] {
+        set(spec, &format!("http[].headers.{side}.remove[]"), json!({"pattern": HEADER_NAME_PATTERN}));
+        for op in ["set", "add"] {
+            set(spec, &format!("http[].headers.{side}.{op}{{}}"), json!({"pattern": HEADER_VALUE_PATTERN}));
+        }
+    }
 }
 
 fn destination_policy_rules(spec: &mut Value) {

@@ -125,7 +125,8 @@ fn validate_authorization(p: &mut Problems, field: &str, spec: &AuthorizationPol
             let src = &from.source;
             for (name, list) in [("principals", &src.principals), ("notPrincipals", &src.not_principals)] {
                 for (k, pattern) in list.iter().enumerate() {
-                    if let Err(e) = check_pattern(pattern) {
+                    // As the proxy reads a principal: the scheme is optional, the rest is the pattern.
+                    if let Err(e) = check_pattern(pattern.strip_prefix("spiffe://").unwrap_or(pattern)) {
                         p.push(format!("{f}.{name}[{k}]"), e);
                     }
                 }
@@ -216,14 +217,26 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
                 p.push(format!("{f}.redirect.redirectCode"), "must be one of 301, 302, 303, 307, 308");
             }
             if let Some(uri) = &redirect.uri {
-                if !uri.starts_with('/') || !uri.bytes().all(|b| (b' '..0x7f).contains(&b) || b == b'\t') {
+                if !uri.starts_with('/') || http::HeaderValue::try_from(uri.as_str()).is_err() {
                     p.push(format!("{f}.redirect.uri"), "must be an absolute path of printable characters");
+                }
+            }
+            if let Some(authority) = &redirect.authority {
+                if authority.parse::<http::uri::Authority>().is_err() {
+                    p.push(format!("{f}.redirect.authority"), format!("{authority:?} is not a host[:port]"));
                 }
             }
         }
         if let Some(direct) = &rule.direct_response {
             if !(100..=599).contains(&direct.status) {
                 p.push(format!("{f}.directResponse.status"), "must be 100-599");
+            }
+        }
+        if let Some(ops) = &rule.headers {
+            for (side, changes) in [("request", &ops.request), ("response", &ops.response)] {
+                if let Some(changes) = changes {
+                    check_header_changes(p, &format!("{f}.headers.{side}"), changes);
+                }
             }
         }
         check_count(p, &format!("{f}.match"), rule.matches.len(), MAX_MATCHES);
@@ -238,6 +251,7 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
                 check_string_match(p, &format!("{mf}.method"), method);
             }
             for (name, sm) in &matcher.headers {
+                check_header_name(p, &format!("{mf}.headers"), name);
                 check_string_match(p, &format!("{mf}.headers.{name}"), sm);
             }
             for (name, sm) in &matcher.query_params {
@@ -284,6 +298,28 @@ fn check_percentage(p: &mut Problems, field: &str, value: f64) {
 }
 
 const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
+
+// Header names and values are checked with the `http` crate the proxy builds them with: a route the control
+// plane accepts must never be one a proxy refuses, since a proxy refuses a configuration whole.
+fn check_header_name(p: &mut Problems, field: &str, name: &str) {
+    if name.len() <= MAX_STRING_LEN && http::HeaderName::try_from(name).is_err() {
+        p.push(field, format!("{name:?} is not a header name"));
+    }
+}
+
+fn check_header_changes(p: &mut Problems, field: &str, changes: &HeaderChanges) {
+    for (op, map) in [("set", &changes.set), ("add", &changes.add)] {
+        for (name, value) in map {
+            check_header_name(p, &format!("{field}.{op}"), name);
+            if http::HeaderValue::try_from(value.as_str()).is_err() {
+                p.push(format!("{field}.{op}.{name}"), "is not a header value (control characters)");
+            }
+        }
+    }
+    for (i, name) in changes.remove.iter().enumerate() {
+        check_header_name(p, &format!("{field}.remove[{i}]"), name);
+    }
+}
 
 fn check_max(p: &mut Problems, field: &str, value: u32, max: u32) {
     if value > max {
@@ -363,7 +399,10 @@ fn check_string_match(p: &mut Problems, field: &str, sm: &StringMatch) {
     // Compile here so a bad pattern is refused where it was written, not discovered on the data path.
     // A pattern over the length bound is reported by `check_strings`; compiling it would only cost time.
     if let Some(pattern) = sm.regex.as_ref().filter(|r| r.len() <= MAX_STRING_LEN) {
-        if let Err(e) = regex::Regex::new(pattern) {
+        // The pattern must stand alone, and compile as the proxy anchors it (a `(?x)` comment could swallow
+        // the closing group there).
+        let compiled = regex::Regex::new(pattern).and_then(|_| regex::Regex::new(&format!("^(?:{pattern})$")));
+        if let Err(e) = compiled {
             // The parser's message draws a caret under the pattern over several lines; its last line says why.
             let text = e.to_string();
             let why = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
@@ -644,6 +683,33 @@ trafficRoutes:
             problems_of(&yaml),
             ["trafficRoutes[shop/r].spec.http: 129 entries are more than the maximum of 128"]
         );
+    }
+
+    /// What a proxy would refuse (and with it the whole configuration) is refused here, by field.
+    #[test]
+    fn what_the_proxy_cannot_compile_is_refused() {
+        let problems = problems_of(&route_with(
+            "{match: [{headers: {\"bad name\": {exact: x}}, uri: {regex: \"(?x)a#\"}}], \
+             headers: {request: {set: {x-a: \"a\\nb\"}, remove: [\"x y\"]}, response: {add: {\"(\": ok}}}, \
+             route: [{destination: {host: reviews}}]}",
+        ));
+        assert_eq!(
+            problems,
+            [
+                "trafficRoutes[shop/r].spec.http[0].headers.request.set.x-a: is not a header value (control characters)",
+                "trafficRoutes[shop/r].spec.http[0].headers.request.remove[0]: \"x y\" is not a header name",
+                "trafficRoutes[shop/r].spec.http[0].headers.response.add: \"(\" is not a header name",
+                "trafficRoutes[shop/r].spec.http[0].match[0].uri.regex: \"(?x)a#\" is not a valid regular expression: unclosed group",
+                "trafficRoutes[shop/r].spec.http[0].match[0].headers: \"bad name\" is not a header name",
+            ]
+        );
+        let problems = problems_of(&route_with("{redirect: {authority: \"a b\"}}"));
+        assert_eq!(problems, ["trafficRoutes[shop/r].spec.http[0].redirect.authority: \"a b\" is not a host[:port]"]);
+        let problems = problems_of(
+            "authorizationPolicies:\n- name: p\n  namespace: shop\n  spec: {rules: [{from: [{source: {principals: [\"spiffe://\"]}}]}]}\n",
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("authorizationPolicies[shop/p].spec.rules[0].from[0].source.principals[0]: "));
     }
 
     #[test]
