@@ -226,8 +226,8 @@ def monitor_errors(doc):
 
 
 def exported_families():
-    """The metric families the node proxy registers (proxy/src/metrics.rs, FAMILIES)."""
-    source = open(os.path.join(DEPLOY, "..", "proxy", "src", "metrics.rs")).read()
+    """The metric families the node proxy registers (proxy/src/telemetry/metrics.rs, FAMILIES)."""
+    source = open(os.path.join(DEPLOY, "..", "proxy", "src", "telemetry", "metrics.rs")).read()
     block = source.split("pub const FAMILIES: &[&str] = &[", 1)[1].split("];", 1)[0]
     return set(re.findall(r'"([a-z_]+)"', block))
 
