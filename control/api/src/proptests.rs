@@ -10,6 +10,7 @@ use proptest::sample::Index;
 use serde_json::Value;
 
 use crate::bounds::{DURATION_PATTERN, MAX_DURATION, MAX_DURATION_LEN};
+use crate::frame::{encode_line, LineDecoder, LineTooLong};
 use crate::protocol::{CertificateRequest, CertificateResponse, ConfigAck, ConfigPush};
 use crate::{format_duration, parse_duration, DurationError, MeshConfig};
 
@@ -371,16 +372,24 @@ proptest! {
     }
 
     #[test]
-    fn config_pushes_survive_the_wire(value in mutated_config(), version in any::<u64>(), node in ".{0,16}") {
+    fn config_pushes_survive_the_wire(
+        value in mutated_config(),
+        version in any::<u64>(),
+        node in ".{0,16}",
+        cuts in prop::collection::vec(any::<Index>(), 0..6),
+    ) {
         // Only what passed validation is pushed (an out-of-range float may come back one ULP away).
         let Some(config) = serde_json::from_value::<MeshConfig>(value).ok().filter(|c| c.validate().is_ok()) else {
             return Ok(());
         };
         let push = ConfigPush { version, node, config };
-        let line = serde_json::to_vec(&push).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        // Frames are newline-delimited: an encoded push must never contain one.
-        prop_assert!(!line.contains(&b'\n'));
-        prop_assert_eq!(serde_json::from_slice::<ConfigPush>(&line).map_err(|e| TestCaseError::fail(e.to_string()))?, push);
+        let line = encode_line(&push).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        // Frames are newline-delimited: the only newline of an encoded push is its last byte.
+        prop_assert_eq!(line.iter().position(|b| *b == b'\n'), Some(line.len() - 1));
+        let lines = decode_in_pieces(&line, &cuts, line.len());
+        prop_assert_eq!(lines.len(), 1);
+        let decoded = lines[0].as_ref().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(serde_json::from_slice::<ConfigPush>(decoded).map_err(|e| TestCaseError::fail(e.to_string()))?, push);
     }
 }
 
@@ -423,5 +432,65 @@ proptest! {
         let response = CertificateResponse { chain_pem: pem.clone(), root_pem: pem };
         let text = serde_json::to_string(&response).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(serde_json::from_str::<CertificateResponse>(&text).ok(), Some(response));
+    }
+}
+
+/// Feeds `data` to a decoder in pieces cut at `cuts`, reading every line after each piece; stops at an error.
+fn decode_in_pieces(data: &[u8], cuts: &[Index], max: usize) -> Vec<Result<Vec<u8>, LineTooLong>> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+    at.push(data.len());
+    at.sort_unstable();
+    let mut decoder = LineDecoder::new(max);
+    let mut out = Vec::new();
+    let mut from = 0;
+    for to in at {
+        decoder.push(&data[from..to]);
+        from = to;
+        loop {
+            match decoder.next_line() {
+                Ok(Some(line)) => out.push(Ok(line)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Err(e));
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What the decoder must produce, from the whole stream at once: the non-blank lines before the first that
+/// is too long, then an error for that one (or for an unfinished tail that is already too long).
+fn expected_lines(data: &[u8], max: usize) -> Vec<Result<Vec<u8>, LineTooLong>> {
+    let mut out = Vec::new();
+    let mut pieces: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+    let tail = pieces.pop().unwrap_or_default();
+    for line in pieces {
+        if line.len() > max {
+            out.push(Err(LineTooLong { max }));
+            return out;
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            out.push(Ok(line.to_vec()));
+        }
+    }
+    if tail.len() > max {
+        out.push(Err(LineTooLong { max }));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// The push protocol's line decoder: the same lines (or the same error) however the bytes arrive.
+    #[test]
+    fn lines_do_not_depend_on_how_the_stream_is_cut(
+        data in prop::collection::vec(prop_oneof![4 => any::<u8>(), 1 => Just(b'\n'), 1 => Just(b' ')], 0..200),
+        cuts in prop::collection::vec(any::<Index>(), 0..8),
+        max in 0usize..48,
+    ) {
+        prop_assert_eq!(decode_in_pieces(&data, &cuts, max), expected_lines(&data, max));
     }
 }
