@@ -117,7 +117,13 @@ def server_side_rules(schema, value, path, errors):
     if not isinstance(schema, dict):
         return
     for v in schema.get("x-kubernetes-validations", []):
-        if not cel_ok(v["rule"], value):
+        try:
+            ok = cel_ok(v["rule"], value)
+        except celpy.CELEvalError as e:
+            # The API server refuses an object on which a rule fails to evaluate (a duration overflowing, say).
+            errors.append(f"{path}: {v.get('message', v['rule'])} (the rule could not be evaluated: {e.args[0]})")
+            continue
+        if not ok:
             errors.append(f"{path}: {v.get('message', v['rule'])}")
     if isinstance(value, dict):
         for name, child in schema.get("properties", {}).items():
@@ -180,9 +186,23 @@ def broken_resources(examples):
     case(route, "is less than the minimum", lambda d: canary(d)["route"][0]["destination"].update(port=0))
     case(route, "is less than the minimum", lambda d: canary(d)["retries"].update(attempts=-1))
     case(route, "non-empty", lambda d: d["spec"].update(hosts=[]))
+    # Bounds (control/api/src/bounds.rs): durations, counts, weights and string lengths.
+    case(route, "must be at most 24h", lambda d: canary(d).update(timeout="25h"))
+    case(route, "must be at most 24h", lambda d: canary(d).update(timeout="99999999999999999999s"))
+    case(route, "is too long", lambda d: canary(d).update(timeout="1" * 40 + "s"))
+    case(route, "is greater than the maximum", lambda d: canary(d)["retries"].update(attempts=51))
+    case(route, "is greater than the maximum", lambda d: canary(d)["route"][0].update(weight=1000001))
+    case(route, "is too long", lambda d: d["spec"]["hosts"].append("h" * 254))
+    case(
+        route,
+        "is too long",
+        lambda d: d["spec"]["http"][0]["match"][0]["headers"]["x-user-group"].update(exact="a" * 1025),
+    )
+    case(route, "must be one of 301", lambda d: d["spec"]["http"].append({"redirect": {"redirectCode": 304}}))
     case(route, "Additional properties", lambda d: canary(d).update(weights=[90, 10]))
     case(dp, "is not one of", lambda d: d["spec"]["loadBalancer"].update(simple="FASTEST"))
     case(dp, "is greater than the maximum", lambda d: d["spec"]["outlierDetection"].update(maxEjectionPercent=101))
+    case(dp, "must be at most 24h", lambda d: d["spec"]["outlierDetection"].update(baseEjectionTime="1441m"))
     case(dp, "duplicate name", lambda d: d["spec"]["subsets"].append({"name": "v1", "labels": {"version": "x"}}))
     case(authz, "is not one of", lambda d: d["spec"].update(action="MAYBE"))
     case(authz, "does not match", lambda d: d["spec"]["rules"][0]["from"][0]["source"].update(principals=["a*b"]))
@@ -206,8 +226,8 @@ def monitor_errors(doc):
 
 
 def exported_families():
-    """The metric families the node proxy registers (proxy/src/metrics.rs, FAMILIES)."""
-    source = open(os.path.join(DEPLOY, "..", "proxy", "src", "metrics.rs")).read()
+    """The metric families the node proxy registers (proxy/src/telemetry/metrics.rs, FAMILIES)."""
+    source = open(os.path.join(DEPLOY, "..", "proxy", "src", "telemetry", "metrics.rs")).read()
     block = source.split("pub const FAMILIES: &[&str] = &[", 1)[1].split("];", 1)[0]
     return set(re.findall(r'"([a-z_]+)"', block))
 

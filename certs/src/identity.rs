@@ -312,6 +312,52 @@ mod tests {
         assert!(matches!(err, IdentityError::TooLong { part: "trust domain", .. }), "{err}");
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Parts drawn mostly from the allowed characters, sometimes from the ones that must be refused.
+        fn part(max: usize) -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => proptest::string::string_regex(&format!("[a-z0-9._-]{{0,{max}}}")).expect("a valid regex"),
+                1 => proptest::string::string_regex(&format!("[A-Za-z0-9._:@%?# ä-]{{0,{max}}}")).expect("a valid regex"),
+                1 => prop::sample::select(&["", ".", "..", "ns", "sa"][..]).prop_map(str::to_string),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// Any text: an identity or a typed error, never a panic; what parses is exactly its own rendering.
+            #[test]
+            fn arbitrary_text_parses_or_is_refused(
+                text in prop_oneof![
+                    any::<String>(),
+                    "(spiffe|SPIFFE|https)?(:|://|:/)?[a-z.]{0,6}(/(ns|sa|x|\\.\\.|)){0,6}(/[a-z%?#]{0,4}){0,3}",
+                ]
+            ) {
+                if let Ok(id) = Identity::parse(&text) {
+                    prop_assert_eq!(id.to_string(), text);
+                }
+            }
+
+            /// Building from parts and parsing the rendered URI agree, and a valid identity survives the round trip.
+            #[test]
+            fn new_and_parse_agree(td in part(300), ns in part(80), sa in part(80), pad in 0usize..2100) {
+                // Sometimes long enough to pass the 2048-byte bound of a whole SPIFFE ID.
+                let sa = if pad > 1900 && !sa.contains('/') { format!("{sa}{}", "s".repeat(pad)) } else { sa };
+                let built = Identity::new(td.clone(), ns.clone(), sa.clone());
+                let parsed = Identity::parse(&format!("spiffe://{td}/ns/{ns}/sa/{sa}"));
+                prop_assert_eq!(built.is_ok(), parsed.is_ok(), "{:?} / {:?}", built, parsed);
+                if let Ok(id) = built {
+                    prop_assert_eq!(Identity::parse(&id.to_string()), Ok(id.clone()));
+                    prop_assert_eq!(parsed, Ok(id));
+                }
+            }
+        }
+    }
+
     #[test]
     fn ordering_and_hashing_are_by_parts() {
         let a: Identity = "spiffe://td/ns/a/sa/x".parse().unwrap();

@@ -240,6 +240,35 @@ spec:
         assert!(third.snapshot.traffic_routes.is_empty(), "the route's subsets no longer exist");
     }
 
+    /// Issue 11: this timeout panicked inside validation (`Duration::from_secs_f64`) and took the control
+    /// plane down; now it is one refused object among good ones.
+    #[test]
+    fn an_out_of_range_duration_is_refused_and_the_rest_applies() {
+        let mut admission = Admission::new("cluster.local");
+        let route = |name: &str, timeout: &str| {
+            format!(
+                "apiVersion: strait.dev/v1alpha1\nkind: TrafficRoute\nmetadata: {{name: {name}, namespace: shop}}\n\
+                 spec: {{hosts: [reviews], http: [{{timeout: \"{timeout}\", route: [{{destination: {{host: reviews}}}}]}}]}}\n"
+            )
+        };
+        for bad in ["99999999999999999999s", "1e400s", "NaN", "inf", "-1s", "25h"] {
+            let out = admission.admit(&discover(&[
+                ("dp.yaml", POLICY),
+                ("good.yaml", &route("good", "10s")),
+                ("bad.yaml", &route("bad", bad)),
+            ]));
+            let routes: Vec<&str> = out.snapshot.traffic_routes.iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(routes, ["good"], "{bad}");
+            assert_eq!(out.snapshot.destination_policies.len(), 1);
+            assert_eq!(out.problems.len(), 1, "{bad}: {:?}", out.problems);
+            assert!(
+                out.problems[0].starts_with("bad.yaml: TrafficRoute shop/bad: spec.http[0].timeout: "),
+                "{:?}",
+                out.problems
+            );
+        }
+    }
+
     #[test]
     fn mesh_entries_are_checked_one_by_one() {
         let mut admission = Admission::new("cluster.local");

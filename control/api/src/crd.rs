@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 pub use crate::resources::{AuthorizationPolicy, DestinationPolicy, TrafficRoute};
-use crate::MtlsMode;
+use crate::{bounds, MtlsMode};
 
 pub const GROUP: &str = "strait.dev";
 pub const VERSION: &str = "v1alpha1";
@@ -108,8 +108,7 @@ pub fn namespace_settings(labels: &BTreeMap<String, String>) -> Result<Namespace
 /// The command that regenerates `deploy/crds/` (named in the generated files and in the sync test).
 pub const GENERATE_COMMAND: &str = "cargo run -p strait-control --bin strait-crdgen -- --write deploy/crds";
 
-/// Durations as `parse_duration` reads them (the API server's regex is a little stricter: no spaces).
-pub const DURATION_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$";
+pub use crate::bounds::DURATION_PATTERN;
 /// Principal, namespace and path patterns: one `*` at most, at the start or the end.
 pub const MATCH_PATTERN: &str = r"^(\*|\*[^*]+|[^*]+\*?)$";
 
@@ -118,13 +117,26 @@ pub const MATCH_PATTERN: &str = r"^(\*|\*[^*]+|[^*]+\*?)$";
 /// every element of three nested lists.
 pub const IP_BLOCK_PATTERN: &str = r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$";
 
-/// Upper bounds on the lists that carry CEL rules. The API server estimates a rule's worst-case cost from
-/// them and refuses a CRD whose rules could cost too much; unbounded lists count as "as many as fit in a
-/// request". Generous for real routes; only the API server applies them (files are not bounded).
-pub const MAX_HTTP_RULES: u32 = 128;
-pub const MAX_DESTINATIONS: u32 = 64;
-pub const MAX_MATCHES: u32 = 16;
-pub const MAX_MATCH_ENTRIES: u32 = 16;
+// Upper bounds on the lists that carry CEL rules (from `crate::bounds`, which validation enforces too). The
+// API server estimates a rule's worst-case cost from them and refuses a CRD whose rules could cost too much;
+// unbounded lists count as "as many as fit in a request".
+pub const MAX_HTTP_RULES: u32 = bounds::MAX_HTTP_RULES as u32;
+pub const MAX_DESTINATIONS: u32 = bounds::MAX_DESTINATIONS as u32;
+pub const MAX_MATCHES: u32 = bounds::MAX_MATCHES as u32;
+pub const MAX_MATCH_ENTRIES: u32 = bounds::MAX_MATCH_ENTRIES as u32;
+
+/// `redirect.uri`: an absolute path of printable characters, as validation checks.
+pub const REDIRECT_URI_PATTERN: &str = r"^/[\t -~]*$";
+
+/// A header name as the proxy's `http` crate accepts it (an RFC 9110 token).
+pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+/// A header value: no control characters but tab.
+pub const HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x08\x0a-\x1f\x7f]*$";
+
+/// The CEL rule bounding a duration field: `parse_duration`'s maximum. The pattern alone cannot say it;
+/// the API server's `duration()` reads exactly the strings the pattern admits (and more).
+pub const DURATION_RULE: &str = "duration(self) <= duration('24h')";
+pub const DURATION_RULE_MESSAGE: &str = "must be at most 24h";
 
 /// The three CRDs as installed, with printer columns and validation rules.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
@@ -237,6 +249,7 @@ fn finish(
     let spec = &mut schema["properties"]["spec"];
     assert!(spec.is_object(), "the CRD has a spec schema");
     rules(spec);
+    walk(spec, &mut bound_strings);
     // The conditions list is keyed by type, as every Kubernetes condition list.
     let conditions = at(schema, "status.conditions");
     conditions.insert("x-kubernetes-list-type".into(), json!("map"));
@@ -295,6 +308,13 @@ fn normalize(object: &mut Map<String, Value>) {
     }
 }
 
+/// Every string of a spec without a bound of its own gets [`bounds::MAX_STRING_LEN`], as validation does.
+fn bound_strings(object: &mut Map<String, Value>) {
+    if object.get("type").and_then(Value::as_str) == Some("string") && !object.contains_key("enum") {
+        object.entry("maxLength").or_insert(json!(bounds::MAX_STRING_LEN));
+    }
+}
+
 /// The schema object at a dotted path of property names below `schema`; `name[]` steps into the items of an
 /// array, `name{}` into the values of a map. Panics (in the generator and its tests) when a field was renamed.
 fn at<'a>(schema: &'a mut Value, path: &str) -> &'a mut Map<String, Value> {
@@ -341,11 +361,18 @@ fn port(spec: &mut Value, path: &str) {
 }
 
 fn duration(spec: &mut Value, path: &str) {
-    set(spec, path, json!({"pattern": DURATION_PATTERN}));
+    set(spec, path, json!({"pattern": DURATION_PATTERN, "maxLength": bounds::MAX_DURATION_LEN}));
+    rule(spec, path, DURATION_RULE, DURATION_RULE_MESSAGE);
+}
+
+fn max_length(spec: &mut Value, fields: &[(&str, usize)]) {
+    for (path, max) in fields {
+        set(spec, path, json!({"maxLength": max}));
+    }
 }
 
 fn percentage(spec: &mut Value, path: &str) {
-    set(spec, path, json!({"minimum": 0, "maximum": 100}));
+    set(spec, path, json!({"minimum": 0, "maximum": bounds::MAX_PERCENT}));
 }
 
 fn http_status(spec: &mut Value, path: &str) {
@@ -355,6 +382,7 @@ fn http_status(spec: &mut Value, path: &str) {
 fn traffic_route_rules(spec: &mut Value) {
     set(spec, "hosts", json!({"minItems": 1}));
     set(spec, "hosts[]", json!({"minLength": 1}));
+    max_length(spec, bounds::TRAFFIC_ROUTE_STRINGS);
     set(spec, "http", json!({"maxItems": MAX_HTTP_RULES}));
     set(spec, "http[].route", json!({"maxItems": MAX_DESTINATIONS}));
     set(spec, "http[].match", json!({"maxItems": MAX_MATCHES}));
@@ -368,38 +396,56 @@ fn traffic_route_rules(spec: &mut Value) {
         "exactly one of route, redirect, directResponse is required",
     );
     rule(spec, "http[].route", "self.exists(d, !has(d.weight) || d.weight != 0)", "all weights are zero");
-    set(spec, "http[].route[].weight", json!({"minimum": 0}));
+    set(spec, "http[].route[].weight", json!({"minimum": 0, "maximum": bounds::MAX_WEIGHT}));
     set(spec, "http[].route[].destination.host", json!({"minLength": 1}));
     port(spec, "http[].route[].destination.port");
-    duration(spec, "http[].timeout");
-    set(spec, "http[].retries.attempts", json!({"minimum": 0}));
-    duration(spec, "http[].retries.perTryTimeout");
-    duration(spec, "http[].fault.delay.fixedDelay");
+    for path in bounds::TRAFFIC_ROUTE_DURATIONS {
+        duration(spec, path);
+    }
+    set(spec, "http[].retries.attempts", json!({"minimum": 0, "maximum": bounds::MAX_RETRY_ATTEMPTS}));
     percentage(spec, "http[].fault.delay.percentage");
     http_status(spec, "http[].fault.abort.httpStatus");
     percentage(spec, "http[].fault.abort.percentage");
-    http_status(spec, "http[].redirect.redirectCode");
+    // The proxy answers only these redirect statuses (an integer enum is not allowed in this schema's style).
+    rule(
+        spec,
+        "http[].redirect.redirectCode",
+        "self in [301, 302, 303, 307, 308]",
+        "must be one of 301, 302, 303, 307, 308",
+    );
+    set(spec, "http[].redirect.redirectCode", json!({"minimum": 301, "maximum": 308}));
+    set(spec, "http[].redirect.uri", json!({"pattern": REDIRECT_URI_PATTERN}));
     http_status(spec, "http[].directResponse.status");
+    for side in ["request", "response"] {
+        set(spec, &format!("http[].headers.{side}.remove[]"), json!({"pattern": HEADER_NAME_PATTERN}));
+        for op in ["set", "add"] {
+            set(spec, &format!("http[].headers.{side}.{op}{{}}"), json!({"pattern": HEADER_VALUE_PATTERN}));
+        }
+    }
 }
 
 fn destination_policy_rules(spec: &mut Value) {
     set(spec, "host", json!({"minLength": 1}));
+    max_length(spec, bounds::DESTINATION_POLICY_STRINGS);
     // Subset names are unique: the API server enforces it for a list of type map.
     set(spec, "subsets", json!({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}));
     set(spec, "subsets[].name", json!({"minLength": 1}));
-    duration(spec, "connectionPool.tcp.connectTimeout");
-    duration(spec, "connectionPool.http.idleTimeout");
-    duration(spec, "outlierDetection.interval");
-    duration(spec, "outlierDetection.baseEjectionTime");
+    for path in bounds::DESTINATION_POLICY_DURATIONS {
+        duration(spec, path);
+    }
+    for path in ["outlierDetection.consecutive5xxErrors", "outlierDetection.consecutiveGatewayErrors"] {
+        set(spec, path, json!({"maximum": bounds::MAX_CONSECUTIVE_ERRORS}));
+    }
     percentage(spec, "outlierDetection.maxEjectionPercent");
 }
 
 fn authorization_policy_rules(spec: &mut Value) {
+    max_length(spec, bounds::AUTHORIZATION_POLICY_STRINGS);
     for list in ["principals", "notPrincipals", "namespaces", "notNamespaces"] {
         set(spec, &format!("rules[].from[].source.{list}[]"), json!({"pattern": MATCH_PATTERN}));
     }
     for list in ["ipBlocks", "notIpBlocks"] {
-        set(spec, &format!("rules[].from[].source.{list}[]"), json!({"pattern": IP_BLOCK_PATTERN, "maxLength": 64}));
+        set(spec, &format!("rules[].from[].source.{list}[]"), json!({"pattern": IP_BLOCK_PATTERN}));
     }
     for list in ["ports", "notPorts"] {
         port(spec, &format!("rules[].to[].operation.{list}[]"));

@@ -6,6 +6,7 @@
 //! translated twice.
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod config;
 pub mod frame;
 pub mod host;
@@ -22,3 +23,6 @@ pub use validate::ValidationError;
 /// the CRD generator's post-processing. Only with the `kube` feature (the control plane's).
 #[cfg(feature = "kube")]
 pub mod crd;
+
+#[cfg(test)]
+mod proptests;

@@ -411,22 +411,76 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<u32>,
 }
 
-/// Parses durations as users write them: `250ms`, `10s`, `2m`, `1h`.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 =
-        number.parse().map_err(|_| format!("`{text}` is not a duration (expected e.g. 250ms, 10s, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("`{text}` has no known unit (ms, s, m, h)")),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("`{text}` is not a valid duration"));
+/// Why a duration string is refused. The messages name no field: callers prefix the field's path.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{text:?} is not a duration (expected digits, an optional fraction and a unit: 250ms, 10s, 1.5m, 2h)")]
+    Malformed { text: String },
+    // The text is not echoed: it may be megabytes.
+    #[error("a duration of {len} bytes is too long (at most {max})", max = crate::bounds::MAX_DURATION_LEN)]
+    TooLong { len: usize },
+    #[error("{text:?} is longer than 24h, the longest duration allowed")]
+    TooLarge { text: String },
+}
+
+/// Callers that report problems as strings keep using `?`.
+impl std::convert::From<DurationError> for String {
+    fn from(e: DurationError) -> String {
+        e.to_string()
     }
-    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// Parses durations as users write them: `250ms`, `10s`, `1.5m`, `2h`; exactly the strings
+/// [`crate::bounds::DURATION_PATTERN`] matches, up to [`crate::bounds::MAX_DURATION`].
+///
+/// Integer arithmetic in nanoseconds, not `f64`: no input can round, overflow or reach
+/// `Duration::from_secs_f64`'s panic. Digits beyond a nanosecond are dropped.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
+    use crate::bounds::{MAX_DURATION, MAX_DURATION_LEN};
+    if text.len() > MAX_DURATION_LEN {
+        return Err(DurationError::TooLong { len: text.len() });
+    }
+    let malformed = || DurationError::Malformed { text: text.to_string() };
+    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (whole, rest) = text.split_at(digits(text));
+    let (fraction, unit) = match rest.strip_prefix('.') {
+        Some(rest) => rest.split_at(digits(rest)),
+        None => ("", rest),
+    };
+    if whole.is_empty() || (fraction.is_empty() && rest.starts_with('.')) {
+        return Err(malformed());
+    }
+    let unit_nanos: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return Err(malformed()),
+    };
+    let too_large = || DurationError::TooLarge { text: text.to_string() };
+    // At most 31 digits (the length bound), so this parse cannot overflow a u128; the product can.
+    let whole: u128 = whole.parse().map_err(|_| malformed())?;
+    let mut nanos = whole.checked_mul(unit_nanos).ok_or_else(too_large)?;
+    // 13 fraction digits resolve below a nanosecond even for hours; more could overflow the product.
+    let fraction = &fraction[..fraction.len().min(13)];
+    if !fraction.is_empty() {
+        let scale = 10u128.pow(fraction.len() as u32);
+        let value: u128 = fraction.parse().map_err(|_| malformed())?;
+        nanos = nanos.checked_add(value * unit_nanos / scale).ok_or_else(too_large)?;
+    }
+    if nanos > MAX_DURATION.as_nanos() {
+        return Err(too_large());
+    }
+    // At most 24 h in nanoseconds, far below u64::MAX.
+    Ok(std::time::Duration::from_nanos(nanos as u64))
+}
+
+/// Writes a duration so that [`parse_duration`] reads it back exactly: whole milliseconds as `250ms`,
+/// anything finer as seconds with nine decimals.
+pub fn format_duration(duration: std::time::Duration) -> String {
+    if duration.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{}.{:09}s", duration.as_secs(), duration.subsec_nanos())
+    }
 }

@@ -3,6 +3,10 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::bounds::*;
 use crate::resources::*;
 use crate::{MeshConfig, Named};
 
@@ -114,13 +118,15 @@ fn check_name(p: &mut Problems, field: &str, value: &str) {
 
 fn validate_authorization(p: &mut Problems, field: &str, spec: &AuthorizationPolicySpec) {
     let spec_field = if field.is_empty() { "spec".to_string() } else { format!("{field}.spec") };
+    check_strings(p, &spec_field, spec, AUTHORIZATION_POLICY_STRINGS, &[]);
     for (r, rule) in spec.rules.iter().enumerate() {
         for (s, from) in rule.from.iter().enumerate() {
             let f = format!("{spec_field}.rules[{r}].from[{s}].source");
             let src = &from.source;
             for (name, list) in [("principals", &src.principals), ("notPrincipals", &src.not_principals)] {
                 for (k, pattern) in list.iter().enumerate() {
-                    if let Err(e) = check_pattern(pattern) {
+                    // As the proxy reads a principal: the scheme is optional, the rest is the pattern.
+                    if let Err(e) = check_pattern(pattern.strip_prefix("spiffe://").unwrap_or(pattern)) {
                         p.push(format!("{f}.{name}[{k}]"), e);
                     }
                 }
@@ -185,6 +191,8 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
     if spec.hosts.is_empty() {
         p.push(format!("{field}.spec.hosts"), "at least one host is required");
     }
+    check_strings(p, &format!("{field}.spec"), spec, TRAFFIC_ROUTE_STRINGS, TRAFFIC_ROUTE_DURATIONS);
+    check_count(p, &format!("{field}.spec.http"), spec.http.len(), MAX_HTTP_RULES);
     for (r, rule) in spec.http.iter().enumerate() {
         let f = format!("{field}.spec.http[{r}]");
         let actions = [!rule.route.is_empty(), rule.redirect.is_some(), rule.direct_response.is_some()];
@@ -194,8 +202,48 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
         if !rule.route.is_empty() && rule.route.iter().all(|d| d.weight == Some(0)) {
             p.push(format!("{f}.route"), "all weights are zero");
         }
+        check_count(p, &format!("{f}.route"), rule.route.len(), MAX_DESTINATIONS);
+        for (d, destination) in rule.route.iter().enumerate() {
+            if let Some(weight) = destination.weight {
+                check_max(p, &format!("{f}.route[{d}].weight"), weight, MAX_WEIGHT);
+            }
+            if destination.destination.port == Some(0) {
+                p.push(format!("{f}.route[{d}].destination.port"), "must be 1-65535");
+            }
+        }
+        if let Some(redirect) = &rule.redirect {
+            // The proxy answers only these; anything else would make it refuse the whole configuration.
+            if redirect.redirect_code.is_some_and(|c| !REDIRECT_CODES.contains(&c)) {
+                p.push(format!("{f}.redirect.redirectCode"), "must be one of 301, 302, 303, 307, 308");
+            }
+            if let Some(uri) = &redirect.uri {
+                if !uri.starts_with('/') || http::HeaderValue::try_from(uri.as_str()).is_err() {
+                    p.push(format!("{f}.redirect.uri"), "must be an absolute path of printable characters");
+                }
+            }
+            if let Some(authority) = &redirect.authority {
+                if authority.parse::<http::uri::Authority>().is_err() {
+                    p.push(format!("{f}.redirect.authority"), format!("{authority:?} is not a host[:port]"));
+                }
+            }
+        }
+        if let Some(direct) = &rule.direct_response {
+            if !(100..=599).contains(&direct.status) {
+                p.push(format!("{f}.directResponse.status"), "must be 100-599");
+            }
+        }
+        if let Some(ops) = &rule.headers {
+            for (side, changes) in [("request", &ops.request), ("response", &ops.response)] {
+                if let Some(changes) = changes {
+                    check_header_changes(p, &format!("{f}.headers.{side}"), changes);
+                }
+            }
+        }
+        check_count(p, &format!("{f}.match"), rule.matches.len(), MAX_MATCHES);
         for (m, matcher) in rule.matches.iter().enumerate() {
             let mf = format!("{f}.match[{m}]");
+            check_count(p, &format!("{mf}.headers"), matcher.headers.len(), MAX_MATCH_ENTRIES);
+            check_count(p, &format!("{mf}.queryParams"), matcher.query_params.len(), MAX_MATCH_ENTRIES);
             if let Some(uri) = &matcher.uri {
                 check_string_match(p, &format!("{mf}.uri"), uri);
             }
@@ -203,6 +251,7 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
                 check_string_match(p, &format!("{mf}.method"), method);
             }
             for (name, sm) in &matcher.headers {
+                check_header_name(p, &format!("{mf}.headers"), name);
                 check_string_match(p, &format!("{mf}.headers.{name}"), sm);
             }
             for (name, sm) in &matcher.query_params {
@@ -217,6 +266,7 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
             }
         }
         if let Some(retries) = &rule.retries {
+            check_max(p, &format!("{f}.retries.attempts"), retries.attempts, MAX_RETRY_ATTEMPTS);
             if let Some(v) = &retries.per_try_timeout {
                 if let Err(e) = parse_duration(v) {
                     p.push(format!("{f}.retries.perTryTimeout"), e);
@@ -240,9 +290,104 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
     }
 }
 
+/// NaN and the infinities fail too: neither is in the range.
 fn check_percentage(p: &mut Problems, field: &str, value: f64) {
-    if !(0.0..=100.0).contains(&value) {
+    if !(0.0..=f64::from(MAX_PERCENT)).contains(&value) {
         p.push(field, format!("{value} is not a percentage (0-100)"));
+    }
+}
+
+const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
+
+// Header names and values are checked with the `http` crate the proxy builds them with: a route the control
+// plane accepts must never be one a proxy refuses, since a proxy refuses a configuration whole.
+fn check_header_name(p: &mut Problems, field: &str, name: &str) {
+    if name.len() <= MAX_STRING_LEN && http::HeaderName::try_from(name).is_err() {
+        p.push(field, format!("{name:?} is not a header name"));
+    }
+}
+
+fn check_header_changes(p: &mut Problems, field: &str, changes: &HeaderChanges) {
+    for (op, map) in [("set", &changes.set), ("add", &changes.add)] {
+        for (name, value) in map {
+            check_header_name(p, &format!("{field}.{op}"), name);
+            if name.len() <= MAX_STRING_LEN && http::HeaderValue::try_from(value.as_str()).is_err() {
+                p.push(format!("{field}.{op}.{name}"), "is not a header value (control characters)");
+            }
+        }
+    }
+    for (i, name) in changes.remove.iter().enumerate() {
+        check_header_name(p, &format!("{field}.remove[{i}]"), name);
+    }
+}
+
+fn check_max(p: &mut Problems, field: &str, value: u32, max: u32) {
+    if value > max {
+        p.push(field, format!("{value} is more than the maximum of {max}"));
+    }
+}
+
+fn check_count(p: &mut Problems, field: &str, count: usize, max: usize) {
+    if count > max {
+        p.push(field, format!("{count} entries are more than the maximum of {max}"));
+    }
+}
+
+/// Checks the length of every string and map key of a spec against [`MAX_STRING_LEN`], or the bound `limits`
+/// gives its field; `durations` are left to [`parse_duration`], which bounds them itself. Generic over the
+/// serialized form so that a field added to a spec is bounded without anyone remembering to.
+fn check_strings(
+    p: &mut Problems,
+    spec_field: &str,
+    spec: &impl Serialize,
+    limits: &[(&str, usize)],
+    durations: &[&str],
+) {
+    // The specs serialize to JSON infallibly (string keys only); were that to change, other checks still run.
+    let Ok(value) = serde_json::to_value(spec) else { return };
+    let bounds = StringBounds { limits, durations };
+    bounds.walk(p, &value, spec_field.to_string(), String::new());
+}
+
+struct StringBounds<'a> {
+    limits: &'a [(&'a str, usize)],
+    durations: &'a [&'a str],
+}
+
+impl StringBounds<'_> {
+    /// `path` is the field as reported (`spec.http[0].name`), `shape` as the tables name it (`http[].name`).
+    fn walk(&self, p: &mut Problems, value: &Value, path: String, shape: String) {
+        match value {
+            Value::String(s) => {
+                if self.durations.contains(&shape.as_str()) {
+                    return;
+                }
+                let max = self.limits.iter().find(|(f, _)| *f == shape).map_or(MAX_STRING_LEN, |(_, max)| *max);
+                if s.len() > max {
+                    p.push(path, format!("{} bytes is longer than the maximum of {max}", s.len()));
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.walk(p, item, format!("{path}[{i}]"), format!("{shape}[]"));
+                }
+            }
+            Value::Object(map) => {
+                for (key, child) in map {
+                    if key.len() > MAX_STRING_LEN {
+                        // Named by its parent: the key itself is too long to repeat.
+                        p.push(
+                            &path,
+                            format!("a key of {} bytes is longer than the maximum of {MAX_STRING_LEN}", key.len()),
+                        );
+                        continue;
+                    }
+                    let shape = if shape.is_empty() { key.clone() } else { format!("{shape}.{key}") };
+                    self.walk(p, child, format!("{path}.{key}"), shape);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -252,8 +397,12 @@ fn check_string_match(p: &mut Problems, field: &str, sm: &StringMatch) {
         p.push(field, "exactly one of exact, prefix, regex, present is required");
     }
     // Compile here so a bad pattern is refused where it was written, not discovered on the data path.
-    if let Some(pattern) = &sm.regex {
-        if let Err(e) = regex::Regex::new(pattern) {
+    // A pattern over the length bound is reported by `check_strings`; compiling it would only cost time.
+    if let Some(pattern) = sm.regex.as_ref().filter(|r| r.len() <= MAX_STRING_LEN) {
+        // The pattern must stand alone, and compile as the proxy anchors it (a `(?x)` comment could swallow
+        // the closing group there).
+        let compiled = regex::Regex::new(pattern).and_then(|_| regex::Regex::new(&format!("^(?:{pattern})$")));
+        if let Err(e) = compiled {
             // The parser's message draws a caret under the pattern over several lines; its last line says why.
             let text = e.to_string();
             let why = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
@@ -265,6 +414,18 @@ fn check_string_match(p: &mut Problems, field: &str, sm: &StringMatch) {
 fn validate_destination_policy(p: &mut Problems, field: &str, spec: &DestinationPolicySpec) {
     if spec.host.is_empty() {
         p.push(format!("{field}.spec.host"), "is required");
+    }
+    check_strings(p, &format!("{field}.spec"), spec, DESTINATION_POLICY_STRINGS, DESTINATION_POLICY_DURATIONS);
+    if let Some(pool) = &spec.connection_pool {
+        let timeouts = [
+            ("tcp.connectTimeout", pool.tcp.as_ref().and_then(|t| t.connect_timeout.as_ref())),
+            ("http.idleTimeout", pool.http.as_ref().and_then(|h| h.idle_timeout.as_ref())),
+        ];
+        for (name, value) in timeouts {
+            if let Some(Err(e)) = value.map(|v| parse_duration(v)) {
+                p.push(format!("{field}.spec.connectionPool.{name}"), e);
+            }
+        }
     }
     let mut names = BTreeSet::new();
     for (i, subset) in spec.subsets.iter().enumerate() {
@@ -280,8 +441,16 @@ fn validate_destination_policy(p: &mut Problems, field: &str, spec: &Destination
                 }
             }
         }
-        if od.max_ejection_percent.is_some_and(|m| m > 100) {
+        if od.max_ejection_percent.is_some_and(|m| m > MAX_PERCENT) {
             p.push(format!("{field}.spec.outlierDetection.maxEjectionPercent"), "must be 0-100");
+        }
+        for (name, value) in [
+            ("consecutive5xxErrors", od.consecutive_5xx_errors),
+            ("consecutiveGatewayErrors", od.consecutive_gateway_errors),
+        ] {
+            if let Some(v) = value {
+                check_max(p, &format!("{field}.spec.outlierDetection.{name}"), v, MAX_CONSECUTIVE_ERRORS);
+            }
         }
     }
 }
@@ -385,9 +554,194 @@ trafficRoutes:
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(std::time::Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(std::time::Duration::from_secs(120)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("fast").is_err());
+        use std::time::Duration;
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("24h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("86400000ms"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("0.000000001s"), Ok(Duration::from_nanos(1)));
+        for bad in
+            ["10", "fast", "", "s", "-1s", "+1s", " 10s", "10 s", ".5s", "1.s", "1e400s", "NaN", "nans", "inf", "infs"]
+        {
+            assert!(matches!(parse_duration(bad), Err(DurationError::Malformed { .. })), "{bad:?}");
+        }
+        for huge in
+            ["99999999999999999999s", "24.000000001h", "86400001ms", "1441m", "9999999999999999999999999999999h"]
+        {
+            assert_eq!(parse_duration(huge), Err(DurationError::TooLarge { text: huge.into() }), "{huge:?}");
+        }
+        let long = "1".repeat(10_000) + "s";
+        assert_eq!(parse_duration(&long), Err(DurationError::TooLong { len: long.len() }));
+        assert!(!parse_duration(&long).unwrap_err().to_string().contains("111111111111111111111111111111111"));
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_nanos(1_000_000_001)), "1.000000001s");
+    }
+
+    fn route_with(rule: &str) -> String {
+        format!(
+            "trafficRoutes:\n- name: r\n  namespace: shop\n  spec:\n    hosts: [reviews]\n    http:\n    - {rule}\n"
+        )
+    }
+
+    fn problems_of(yaml: &str) -> Vec<String> {
+        MeshConfig::from_yaml(yaml).expect_err("invalid").problems()
+    }
+
+    /// The panic of issue 11: `Duration::from_secs_f64` on a timeout beyond `u64` seconds.
+    #[test]
+    fn out_of_range_durations_are_refused_naming_the_field() {
+        for (value, why) in [
+            ("99999999999999999999s", "longer than 24h"),
+            ("25h", "longer than 24h"),
+            ("1e400s", "is not a duration"),
+            ("NaN", "is not a duration"),
+            ("inf", "is not a duration"),
+            ("-1s", "is not a duration"),
+        ] {
+            let route = route_with(&format!(
+                "{{timeout: \"{value}\", retries: {{attempts: 1, perTryTimeout: \"{value}\"}}, \
+                 fault: {{delay: {{fixedDelay: \"{value}\", percentage: 1}}}}, route: [{{destination: {{host: reviews}}}}]}}"
+            ));
+            let problems = problems_of(&route);
+            let fields: Vec<&str> = problems.iter().map(|p| p.split(": ").next().unwrap_or_default()).collect();
+            assert_eq!(
+                fields,
+                [
+                    "trafficRoutes[shop/r].spec.http[0].timeout",
+                    "trafficRoutes[shop/r].spec.http[0].retries.perTryTimeout",
+                    "trafficRoutes[shop/r].spec.http[0].fault.delay.fixedDelay",
+                ],
+                "{value}: {problems:?}"
+            );
+            assert!(problems.iter().all(|p| p.contains(why)), "{value}: {problems:?}");
+
+            let policy = format!(
+                "destinationPolicies:\n- name: d\n  namespace: shop\n  spec:\n    host: reviews\n    \
+                 connectionPool: {{tcp: {{connectTimeout: \"{value}\"}}, http: {{idleTimeout: \"{value}\"}}}}\n    \
+                 outlierDetection: {{interval: \"{value}\", baseEjectionTime: \"{value}\"}}\n"
+            );
+            let problems = problems_of(&policy);
+            let fields: Vec<&str> = problems.iter().map(|p| p.split(": ").next().unwrap_or_default()).collect();
+            assert_eq!(
+                fields,
+                [
+                    "destinationPolicies[shop/d].spec.connectionPool.tcp.connectTimeout",
+                    "destinationPolicies[shop/d].spec.connectionPool.http.idleTimeout",
+                    "destinationPolicies[shop/d].spec.outlierDetection.interval",
+                    "destinationPolicies[shop/d].spec.outlierDetection.baseEjectionTime",
+                ],
+                "{value}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_weights_statuses_and_percentages_are_bounded() {
+        let problems = problems_of(&route_with(
+            "{retries: {attempts: 51}, fault: {abort: {httpStatus: 503, percentage: .nan}, \
+             delay: {fixedDelay: 1s, percentage: .inf}}, \
+             route: [{destination: {host: reviews, port: 0}, weight: 1000001}, {destination: {host: reviews}, weight: 1}]}",
+        ));
+        let expected = [
+            "trafficRoutes[shop/r].spec.http[0].route[0].weight: 1000001 is more than the maximum of 1000000",
+            "trafficRoutes[shop/r].spec.http[0].route[0].destination.port: must be 1-65535",
+            "trafficRoutes[shop/r].spec.http[0].retries.attempts: 51 is more than the maximum of 50",
+            "trafficRoutes[shop/r].spec.http[0].fault.delay.percentage: inf is not a percentage (0-100)",
+            "trafficRoutes[shop/r].spec.http[0].fault.abort.percentage: NaN is not a percentage (0-100)",
+        ];
+        assert_eq!(problems, expected);
+
+        let problems = problems_of(&route_with("{redirect: {uri: \"no-slash\", redirectCode: 200}}"));
+        assert_eq!(
+            problems,
+            [
+                "trafficRoutes[shop/r].spec.http[0].redirect.redirectCode: must be one of 301, 302, 303, 307, 308",
+                "trafficRoutes[shop/r].spec.http[0].redirect.uri: must be an absolute path of printable characters",
+            ]
+        );
+        let problems = problems_of(&route_with("{directResponse: {status: 600}}"));
+        assert_eq!(problems, ["trafficRoutes[shop/r].spec.http[0].directResponse.status: must be 100-599"]);
+
+        let problems = problems_of(
+            "destinationPolicies:\n- name: d\n  namespace: shop\n  spec:\n    host: reviews\n    \
+             outlierDetection: {consecutive5xxErrors: 100001, consecutiveGatewayErrors: 4294967295}\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "destinationPolicies[shop/d].spec.outlierDetection.consecutive5xxErrors: 100001 is more than the maximum of 100000",
+                "destinationPolicies[shop/d].spec.outlierDetection.consecutiveGatewayErrors: 4294967295 is more than the maximum of 100000",
+            ]
+        );
+
+        let rules = vec!["{route: [{destination: {host: reviews}}]}"; MAX_HTTP_RULES + 1].join(", ");
+        let yaml =
+            format!("trafficRoutes:\n- name: r\n  namespace: shop\n  spec: {{hosts: [reviews], http: [{rules}]}}\n");
+        assert_eq!(
+            problems_of(&yaml),
+            ["trafficRoutes[shop/r].spec.http: 129 entries are more than the maximum of 128"]
+        );
+    }
+
+    /// What a proxy would refuse (and with it the whole configuration) is refused here, by field.
+    #[test]
+    fn what_the_proxy_cannot_compile_is_refused() {
+        let problems = problems_of(&route_with(
+            "{match: [{headers: {\"bad name\": {exact: x}}, uri: {regex: \"(?x)a#\"}}], \
+             headers: {request: {set: {x-a: \"a\\nb\"}, remove: [\"x y\"]}, response: {add: {\"(\": ok}}}, \
+             route: [{destination: {host: reviews}}]}",
+        ));
+        assert_eq!(
+            problems,
+            [
+                "trafficRoutes[shop/r].spec.http[0].headers.request.set.x-a: is not a header value (control characters)",
+                "trafficRoutes[shop/r].spec.http[0].headers.request.remove[0]: \"x y\" is not a header name",
+                "trafficRoutes[shop/r].spec.http[0].headers.response.add: \"(\" is not a header name",
+                "trafficRoutes[shop/r].spec.http[0].match[0].uri.regex: \"(?x)a#\" is not a valid regular expression: unclosed group",
+                "trafficRoutes[shop/r].spec.http[0].match[0].headers: \"bad name\" is not a header name",
+            ]
+        );
+        let problems = problems_of(&route_with("{redirect: {authority: \"a b\"}}"));
+        assert_eq!(problems, ["trafficRoutes[shop/r].spec.http[0].redirect.authority: \"a b\" is not a host[:port]"]);
+        let problems = problems_of(
+            "authorizationPolicies:\n- name: p\n  namespace: shop\n  spec: {rules: [{from: [{source: {principals: [\"spiffe://\"]}}]}]}\n",
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("authorizationPolicies[shop/p].spec.rules[0].from[0].source.principals[0]: "));
+    }
+
+    #[test]
+    fn strings_are_bounded() {
+        let long = "a".repeat(MAX_STRING_LEN + 1);
+        // JSON: YAML refuses keys longer than 1024 characters on its own.
+        let config = serde_json::json!({"trafficRoutes": [{"name": "r", "namespace": "shop", "spec": {
+            "hosts": ["reviews"],
+            "http": [{
+                "name": "n".repeat(MAX_NAME_LEN + 1),
+                "match": [{"uri": {"regex": long}, "headers": {long.clone(): {"exact": "x"}}}],
+                "headers": {"request": {"set": {"x-a": long}}},
+                "route": [{"destination": {"host": "reviews"}}],
+            }],
+        }}]});
+        let config: MeshConfig = serde_json::from_value(config).expect("decodes");
+        assert_eq!(
+            config.validate().expect_err("invalid").problems(),
+            [
+                "trafficRoutes[shop/r].spec.http[0].headers.request.set.x-a: 1025 bytes is longer than the maximum of 1024",
+                "trafficRoutes[shop/r].spec.http[0].match[0].headers: a key of 1025 bytes is longer than the maximum of 1024",
+                "trafficRoutes[shop/r].spec.http[0].match[0].uri.regex: 1025 bytes is longer than the maximum of 1024",
+                "trafficRoutes[shop/r].spec.http[0].name: 254 bytes is longer than the maximum of 253",
+            ]
+        );
+        // A body may be longer than other strings, up to its own bound.
+        let body =
+            |len: usize| route_with(&format!("{{directResponse: {{status: 200, body: \"{}\"}}}}", "b".repeat(len)));
+        assert!(MeshConfig::from_yaml(&body(MAX_BODY_LEN)).is_ok());
+        assert_eq!(
+            problems_of(&body(MAX_BODY_LEN + 1)),
+            ["trafficRoutes[shop/r].spec.http[0].directResponse.body: 65537 bytes is longer than the maximum of 65536"]
+        );
     }
 }

@@ -271,6 +271,21 @@ spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}
     }
 
     #[test]
+    fn an_out_of_range_duration_is_a_false_condition_naming_the_field() {
+        use crate::model::Kind;
+        let mut admission = Admission::new("cluster.local");
+        let huge = route("v1", "/a").replace("  - match:", "  - timeout: 99999999999999999999s\n    match:");
+        let verdicts = judge("cluster.local", &mut admission, &discover(&[POLICY, &huge]));
+        let Verdict::False { reason, message } = &verdicts[&key(Kind::TrafficRoute)].accepted else {
+            panic!("{verdicts:?}")
+        };
+        assert_eq!(*reason, crd::REASON_INVALID);
+        assert!(message.starts_with("spec.http[0].timeout: \"99999999999999999999s\" is longer than 24h"), "{message}");
+        // The rest of the configuration still applies.
+        assert_eq!(verdicts[&key(Kind::DestinationPolicy)].accepted, Verdict::True);
+    }
+
+    #[test]
     fn an_unchanged_verdict_is_an_unchanged_status() {
         let verdicts = Verdicts { accepted: Verdict::True, resolved_refs: Verdict::True };
         let first = desired_status(None, Some(1), &verdicts);

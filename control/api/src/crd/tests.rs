@@ -90,7 +90,7 @@ fn the_schema_carries_enums_ranges_and_patterns() {
 
     let mut route = spec_schema("TrafficRoute");
     assert_eq!(at(&mut route, "http[].route[].weight")["minimum"].as_f64(), Some(0.0));
-    assert_eq!(at(&mut route, "http[].route[].weight")["maximum"].as_f64(), Some(f64::from(u32::MAX)));
+    assert_eq!(at(&mut route, "http[].route[].weight")["maximum"].as_f64(), Some(f64::from(bounds::MAX_WEIGHT)));
     assert_eq!(at(&mut route, "http[].retries.attempts")["minimum"].as_f64(), Some(0.0));
     assert_eq!(at(&mut route, "http[].fault.abort.percentage")["maximum"].as_f64(), Some(100.0));
     assert_eq!(at(&mut route, "http[].route[].destination.port")["minimum"].as_f64(), Some(1.0));
@@ -306,4 +306,56 @@ fn the_examples_parse_and_validate() {
     let canary = config.traffic_routes.iter().flat_map(|r| &r.spec.http).find(|h| h.route.len() == 2);
     let weights: Vec<Option<u32>> = canary.expect("a weighted canary rule").route.iter().map(|r| r.weight).collect();
     assert_eq!(weights, [Some(90), Some(10)]);
+}
+
+/// The bounds of `crate::bounds` are in the schemas: every string has a `maxLength`, every duration the
+/// pattern, its length and the 24h rule, and the counts their maximum.
+#[test]
+fn the_schemas_carry_the_bounds() {
+    fn strings(node: &Value, path: &str, out: &mut Vec<(String, Option<u64>)>) {
+        let Some(object) = node.as_object() else { return };
+        if object.get("type").and_then(Value::as_str) == Some("string") && !object.contains_key("enum") {
+            out.push((path.to_string(), object.get("maxLength").and_then(Value::as_u64)));
+        }
+        if let Some(properties) = object.get("properties").and_then(Value::as_object) {
+            for (name, child) in properties {
+                strings(child, &format!("{path}.{name}"), out);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(child) = object.get(key) {
+                strings(child, &format!("{path}[]"), out);
+            }
+        }
+    }
+    for kind in ["TrafficRoute", "DestinationPolicy", "AuthorizationPolicy"] {
+        let mut found = Vec::new();
+        strings(&spec_schema(kind), "spec", &mut found);
+        assert!(!found.is_empty());
+        for (path, max) in found {
+            assert!(max.is_some(), "{kind} {path} has no maxLength");
+        }
+    }
+    let mut route = spec_schema("TrafficRoute");
+    for path in bounds::TRAFFIC_ROUTE_DURATIONS {
+        let field = at(&mut route, path);
+        assert_eq!(field["pattern"], json!(DURATION_PATTERN), "{path}");
+        assert_eq!(field["maxLength"], json!(bounds::MAX_DURATION_LEN), "{path}");
+        assert_eq!(rules_at(&mut route, path), [DURATION_RULE_MESSAGE], "{path}");
+    }
+    assert_eq!(
+        at(&mut route, "http[].retries.attempts")["maximum"].as_f64(),
+        Some(f64::from(bounds::MAX_RETRY_ATTEMPTS))
+    );
+    assert_eq!(at(&mut route, "http[].directResponse.body")["maxLength"], json!(bounds::MAX_BODY_LEN));
+    assert_eq!(at(&mut route, "hosts[]")["maxLength"], json!(bounds::MAX_NAME_LEN));
+    assert_eq!(at(&mut route, "http[].match[].uri.regex")["maxLength"], json!(bounds::MAX_STRING_LEN));
+    let mut dp = spec_schema("DestinationPolicy");
+    for path in bounds::DESTINATION_POLICY_DURATIONS {
+        assert_eq!(rules_at(&mut dp, path), [DURATION_RULE_MESSAGE], "{path}");
+    }
+    assert_eq!(
+        at(&mut dp, "outlierDetection.consecutive5xxErrors")["maximum"].as_f64(),
+        Some(f64::from(bounds::MAX_CONSECUTIVE_ERRORS))
+    );
 }
