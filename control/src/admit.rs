@@ -2,11 +2,13 @@
 //!
 //! Each object is checked on its own (the same validation proxies run, applied to that object alone) and
 //! against the others ([`reference_problems`]). An object that fails keeps its last good version if it had
-//! one, and is left out otherwise, so one mistake never holds back the rest of the mesh.
+//! one, and is left out otherwise, so one mistake never holds back the rest of the mesh. The exception is an
+//! AuthorizationPolicy with no good version: leaving it out would allow what it was written to deny, so it is
+//! replaced by one that denies every request to what it selects (fail closed) until it is fixed.
 
 use std::collections::BTreeMap;
 
-use strait_api::MeshConfig;
+use strait_api::{Action, AuthorizationPolicySpec, MeshConfig, Named};
 
 use crate::model::{Discovered, Object, ObjectKey, Snapshot, Sourced};
 use crate::translate::{reference_problems, translate};
@@ -36,6 +38,8 @@ impl Admission {
         let mut accepted: BTreeMap<ObjectKey, Sourced> = BTreeMap::new();
         // Objects that failed (key, source): candidates for their last good version.
         let mut failed: Vec<(ObjectKey, String)> = Vec::new();
+        // The selectors of policies that failed, when their selector itself was not the problem.
+        let mut failed_selectors: BTreeMap<ObjectKey, Option<strait_api::LabelSelector>> = BTreeMap::new();
         let mut unreadable_sources = Vec::new();
 
         for rejection in &discovered.rejected {
@@ -61,6 +65,10 @@ impl Admission {
                     accepted.insert(key, sourced.clone());
                 }
                 Err(messages) => {
+                    if let Object::AuthorizationPolicy(policy) = &sourced.object {
+                        let selector_ok = !messages.iter().any(|m| m.starts_with("spec.selector"));
+                        failed_selectors.insert(key.clone(), policy.spec.selector.clone().filter(|_| selector_ok));
+                    }
                     for m in messages {
                         failed.push((key.clone(), format!("{}: {key}: {m}", sourced.source)));
                     }
@@ -68,7 +76,8 @@ impl Admission {
             }
         }
         for (key, message) in failed {
-            problems.push(self.fall_back(&mut accepted, &key, message));
+            let selector = failed_selectors.get(&key).cloned().flatten();
+            problems.push(self.fall_back(&mut accepted, &key, message, selector));
         }
         for (key, good) in &self.last_good {
             if unreadable_sources.contains(&good.source) && !accepted.contains_key(key) {
@@ -91,7 +100,7 @@ impl Admission {
                 let source = accepted.get(&key).map(|s| s.source.clone()).unwrap_or_default();
                 let message = format!("{source}: {key}: {}", messages.join("; "));
                 if round == 0 && self.last_good.get(&key) != accepted.get(&key) {
-                    problems.push(self.fall_back(&mut accepted, &key, message));
+                    problems.push(self.fall_back(&mut accepted, &key, message, None));
                 } else {
                     accepted.remove(&key);
                     problems.push(format!("{message}; left out"));
@@ -104,12 +113,32 @@ impl Admission {
         Admitted { snapshot, problems }
     }
 
-    /// Puts the last good version of `key` in place of the failed one; returns the message to report.
-    fn fall_back(&self, accepted: &mut BTreeMap<ObjectKey, Sourced>, key: &ObjectKey, message: String) -> String {
+    /// Puts the last good version of `key` in place of the failed one; returns the message to report. An
+    /// AuthorizationPolicy without one becomes a policy denying everything to what `selector` selects (the whole
+    /// namespace when the selector is unknown or was itself the problem).
+    fn fall_back(
+        &self,
+        accepted: &mut BTreeMap<ObjectKey, Sourced>,
+        key: &ObjectKey,
+        message: String,
+        selector: Option<strait_api::LabelSelector>,
+    ) -> String {
         match self.last_good.get(key) {
             Some(good) => {
                 accepted.insert(key.clone(), good.clone());
                 format!("{message}; keeping its last good version")
+            }
+            None if key.kind == crate::model::Kind::AuthorizationPolicy => {
+                let scope = if selector.is_some() { "the workloads it selects" } else { "its whole namespace" };
+                // An ALLOW policy without rules allows nothing to what it applies to.
+                let deny_all = AuthorizationPolicySpec { selector, action: Action::Allow, rules: Vec::new() };
+                let object = Object::AuthorizationPolicy(Named {
+                    name: key.name.clone(),
+                    namespace: key.namespace.clone(),
+                    spec: deny_all,
+                });
+                accepted.insert(key.clone(), Sourced { source: "fail-closed".into(), object });
+                format!("{message}; denying every request to {scope} until it is fixed (fail closed)")
             }
             None => {
                 accepted.remove(key);
@@ -225,6 +254,36 @@ spec:
         assert!(out.problems[0].ends_with("left out (it has no earlier good version)"), "{:?}", out.problems);
         let out = admission.admit(&discover(&[("route.yaml", &route("v3", "x")), ("dp.yaml", POLICY)]));
         assert_eq!(out.snapshot.destination_policies.len(), 1);
+    }
+
+    /// Leaving out a DENY policy that does not validate would allow exactly what it was written to deny.
+    #[test]
+    fn an_authorization_policy_that_fails_validation_denies_what_it_selects() {
+        let mut admission = Admission::new("cluster.local");
+        let policy = |selector: &str, block: &str| {
+            format!(
+                "apiVersion: strait.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin, namespace: shop}}\n\
+                 spec:\n  selector: {selector}\n  action: DENY\n  rules: [{{from: [{{source: {{notIpBlocks: [{block}]}}}}]}}]\n"
+            )
+        };
+        let out = admission.admit(&discover(&[("authz.yaml", &policy("{matchLabels: {app: reviews}}", "10.0.0/8"))]));
+        let [placeholder] = &out.snapshot.authorization_policies[..] else {
+            panic!("the policy is not dropped: {:?}", out.snapshot.authorization_policies)
+        };
+        assert_eq!((placeholder.namespace.as_str(), placeholder.name.as_str()), ("shop", "no-admin"));
+        assert_eq!(placeholder.spec.action, Action::Allow, "an ALLOW policy without rules allows nothing");
+        assert!(placeholder.spec.rules.is_empty());
+        let selected = placeholder.spec.selector.as_ref().expect("its own selector");
+        assert_eq!(selected.match_labels.get("app").map(String::as_str), Some("reviews"));
+        assert!(out.problems[0].contains("notIpBlocks[0]"), "{:?}", out.problems);
+        assert!(out.problems[0]
+            .ends_with("denying every request to the workloads it selects until it is fixed (fail closed)"));
+
+        // A good version replaces the placeholder as soon as it is fixed.
+        let fixed =
+            admission.admit(&discover(&[("authz.yaml", &policy("{matchLabels: {app: reviews}}", "10.0.0.0/8"))]));
+        assert!(fixed.problems.is_empty(), "{:?}", fixed.problems);
+        assert_eq!(fixed.snapshot.authorization_policies[0].spec.action, Action::Deny);
     }
 
     #[test]
