@@ -1,6 +1,8 @@
 //! HTTP at the destination: each request that came through the tunnel (or from a pod on this node) is
 //! authorized with its method and path, gets the caller's verified identity in `x-forwarded-client-cert`, and is
-//! forwarded to the pod. A denied request is answered 403 with the reason, not a reset.
+//! forwarded to the pod. Each request is normalized first (`normalize`), whatever the calling proxy did, so the
+//! decision is taken on exactly what the pod receives. A denied request is answered 403, not a reset; the
+//! answer does not name the policy (the access line and `strait_policy_denials_total` do).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +22,7 @@ use crate::state::WorkloadInfo;
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 
-/// Istio's header for the caller's identity as the destination proxy verified it.
-pub const XFCC: &str = "x-forwarded-client-cert";
+use super::normalize::XFCC;
 
 struct Destination {
     ctx: Arc<ProxyContext>,
@@ -59,9 +60,12 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         (Request::from_parts(parts, body), counter)
     };
     let trace_id = super::trace::add_hop(request.headers_mut());
+    let method = request.method().clone();
+    // The calling proxy may be another version, or the caller a plaintext client: normalize again.
+    let normalized = super::normalize::request(&mut request);
+    let log_path = request.uri().path().to_string();
     // Recorded (metrics and the access line) when the response body has been sent.
-    let (method, log_path) = (request.method().clone(), request.uri().path().to_string());
-    let access = |response: &Response<BoxBody>, flags: ResponseFlag| Access {
+    let access = |response: &Response<BoxBody>, flags: ResponseFlag, detail: &str| Access {
         metrics: d.ctx.metrics.clone(),
         labels: d.labels.clone(),
         protocol,
@@ -71,6 +75,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         route: "-".into(),
         upstream: Some(d.target),
         retries: 0,
+        detail: detail.to_string(),
         method: method.clone(),
         path: log_path.clone(),
         trace_id: trace_id.clone(),
@@ -78,6 +83,11 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         request_bytes: request_bytes.clone(),
     };
     let observed = |response: Response<BoxBody>, access: Access| response.map(|b| boxed(Observed::new(b, access)));
+    if let Err(rejection) = normalized {
+        let response = text(StatusCode::BAD_REQUEST, format!("{rejection}\n"));
+        let access = access(&response, ResponseFlag::DownstreamProtocolError, rejection.as_str());
+        return observed(response, access);
+    }
     let state = d.ctx.state.current();
     let principal = d.caller.identity.as_ref().map(|i| i.principal());
     let decision = state.policies.evaluate(&AuthzRequest {
@@ -99,13 +109,13 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
             policy = %denial.policy,
             "request denied by policy"
         );
-        let response = text(StatusCode::FORBIDDEN, format!("{denial}\n"));
-        let access = access(&response, ResponseFlag::Unauthorized);
+        // The caller learns that it was denied, not which policy to work around.
+        let response = text(StatusCode::FORBIDDEN, "RBAC: access denied\n");
+        let access = access(&response, ResponseFlag::Unauthorized, &denial.policy);
         return observed(response, access);
     }
 
-    // Whatever the caller claimed is replaced by what the handshake proved.
-    request.headers_mut().remove(XFCC);
+    // Whatever the caller claimed was stripped (`normalize`); what the handshake proved is set.
     if let Some(identity) = &d.caller.identity {
         let by = d.workload.identity.as_ref().map(|i| i.uri()).unwrap_or_default();
         if let Ok(value) = HeaderValue::from_str(&format!("By={by};URI={}", identity.uri())) {
@@ -113,13 +123,14 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         }
     }
     let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
-    let upgrade = super::wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    // Authorized already; other upgrades were stripped by `normalize`.
+    let upgrade = super::upgrade::wants_websocket(&request).then(|| hyper::upgrade::on(&mut request));
     let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let uri = match format!("http://{}{path}", d.target).parse() {
         Ok(uri) => uri,
         Err(_) => {
             let response = text(StatusCode::BAD_REQUEST, "request target is not valid\n");
-            let access = access(&response, ResponseFlag::DownstreamProtocolError);
+            let access = access(&response, ResponseFlag::DownstreamProtocolError, "");
             return observed(response, access);
         }
     };
@@ -130,15 +141,19 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         Err(e) => {
             debug!(target = %d.target, error = %e, "pod did not answer");
             let response = text(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error: the pod did not answer\n");
-            let access = access(&response, ResponseFlag::UpstreamConnectionFailure);
+            let access = access(&response, ResponseFlag::UpstreamConnectionFailure, "");
             return observed(response, access);
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(downstream) = upgrade {
-            super::splice_upgrade(downstream, hyper::upgrade::on(&mut response));
-        }
+        let Some(downstream) = upgrade else {
+            // Only a WebSocket handshake may switch protocols (see `upgrade`).
+            let response = text(StatusCode::BAD_GATEWAY, "upstream switched protocols unasked\n");
+            let access = access(&response, ResponseFlag::UpstreamConnectionTermination, "");
+            return observed(response, access);
+        };
+        super::upgrade::splice(downstream, hyper::upgrade::on(&mut response));
     }
-    let access = access(&response, ResponseFlag::None);
+    let access = access(&response, ResponseFlag::None, "");
     observed(response, access)
 }

@@ -1,6 +1,7 @@
 //! L7: HTTP/1.1 and HTTP/2 handled in the node proxy itself, in one hop. `outbound` serves a pod's connection
 //! to an HTTP service and routes each request; `inbound` authorizes each request at the destination;
-//! `upstream` holds the pooled connections; the resilience pieces (routes, retries, budgets, limits, outlier
+//! `normalize` makes each request what the backend receives before either side looks at it, `upgrade` splices
+//! WebSocket only; `upstream` holds the pooled connections; the resilience pieces (routes, retries, budgets, limits, outlier
 //! detection, balancing) are small modules of their own.
 
 pub mod backends;
@@ -11,6 +12,7 @@ pub mod budget;
 pub mod detect;
 pub mod inbound;
 pub mod limits;
+pub mod normalize;
 pub mod observe;
 pub mod outbound;
 pub mod outlier;
@@ -19,6 +21,7 @@ pub mod retry;
 pub mod route;
 pub mod settings;
 pub mod trace;
+pub mod upgrade;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -93,35 +96,6 @@ where
     if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await {
         debug!(side, error = %e, "HTTP connection ended with an error");
     }
-}
-
-/// An HTTP/1.1 request asking to switch protocols (WebSocket and friends).
-pub fn wants_upgrade<B>(request: &Request<B>) -> bool {
-    request.version() <= http::Version::HTTP_11
-        && request.headers().contains_key(http::header::UPGRADE)
-        && request
-            .headers()
-            .get(http::header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-}
-
-/// After a 101, the bytes of both upgraded connections are copied to each other.
-pub fn splice_upgrade(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        let (down, up) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let mut down = hyper_util::rt::TokioIo::new(down);
-        let mut up = hyper_util::rt::TokioIo::new(up);
-        if let Err(e) = crate::tcp::copy::bidirectional(&mut down, &mut up).await {
-            debug!(error = %e, "upgraded connection ended with an error");
-        }
-    });
 }
 
 /// What the proxy keeps for HTTP between requests and configuration versions: clients and per-destination

@@ -70,6 +70,9 @@ pub struct Access {
     pub route: String,
     pub upstream: Option<SocketAddr>,
     pub retries: u64,
+    /// Why the proxy answered itself, when it did: the policy that denied the request (never sent to the
+    /// client) or the normalization rule that refused it; empty otherwise.
+    pub detail: String,
     pub method: http::Method,
     pub path: String,
     pub trace_id: String,
@@ -118,6 +121,7 @@ impl Access {
             status = self.status,
             grpc_status = %or_dash(&grpc_status),
             flags = self.flags.as_str(),
+            detail = %or_dash(&self.detail),
             retries = self.retries,
             request_bytes,
             response_bytes,
@@ -201,6 +205,7 @@ mod tests {
             route: "default".into(),
             upstream: None,
             retries: 0,
+            detail: String::new(),
             method: http::Method::POST,
             path: "/pkg.Svc/Call".into(),
             trace_id: "t".into(),

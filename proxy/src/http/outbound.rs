@@ -51,6 +51,8 @@ struct Record {
     upstream: Option<SocketAddr>,
     destination: Option<Arc<WorkloadInfo>>,
     retries: u64,
+    /// See [`Access::detail`].
+    detail: String,
 }
 
 async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody> {
@@ -62,12 +64,28 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
         (Request::from_parts(parts, body), counter)
     };
     let method = request.method().clone();
+    // Before routing: routes match, and the destination authorizes, what the backend will receive.
+    let normalized = super::normalize::request(&mut request);
+    // The normalized path, or the path as sent when it was refused.
     let path = request.uri().path().to_string();
     let trace = super::trace::add_hop(request.headers_mut());
     let state = d.ctx.state.current();
-    let mut record =
-        Record { flags: ResponseFlag::None, route: "default".into(), upstream: None, destination: None, retries: 0 };
-    let response = route_request(d, &state, request, &mut record).await;
+    let mut record = Record {
+        flags: ResponseFlag::None,
+        route: "default".into(),
+        upstream: None,
+        destination: None,
+        retries: 0,
+        detail: String::new(),
+    };
+    let response = match normalized {
+        Ok(()) => route_request(d, &state, request, &mut record).await,
+        Err(rejection) => {
+            record.flags = ResponseFlag::DownstreamProtocolError;
+            record.detail = rejection.as_str().into();
+            text(StatusCode::BAD_REQUEST, format!("{rejection}\n"))
+        }
+    };
     let mut labels = d.labels.clone();
     if let Some(destination) = &record.destination {
         labels = labels.with_destination(destination);
@@ -83,6 +101,7 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
         route: record.route,
         upstream: record.upstream,
         retries: record.retries,
+        detail: record.detail,
         method,
         path,
         trace_id: trace,
@@ -187,7 +206,8 @@ async fn forward(
         return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     }
     let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
-    let upgrade = super::wants_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    // Routed already; the destination authorizes the handshake before its pod can answer 101.
+    let upgrade = super::upgrade::wants_websocket(&request).then(|| hyper::upgrade::on(&mut request));
     let hash_key: Option<Vec<u8>> = backend.hash_on().and_then(|h| h.key(request.headers())).map(<[u8]>::to_vec);
     let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version);
     let stats = RetryStats::default();
@@ -244,9 +264,13 @@ async fn forward(
     match result {
         Ok(mut response) => {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(downstream) = upgrade {
-                    super::splice_upgrade(downstream, hyper::upgrade::on(&mut response));
-                }
+                let Some(downstream) = upgrade else {
+                    // A switch nobody asked for (the request's upgrade was stripped) would leave the pod
+                    // talking to a connection that is neither HTTP nor spliced.
+                    record.flags = ResponseFlag::UpstreamConnectionTermination;
+                    return text(StatusCode::BAD_GATEWAY, "upstream switched protocols unasked\n");
+                };
+                super::upgrade::splice(downstream, hyper::upgrade::on(&mut response));
             }
             if stats.retries() > 0 && response.status().is_server_error() {
                 record.flags = ResponseFlag::UpstreamRetryLimitExceeded;

@@ -82,7 +82,8 @@ pub struct Denial {
 }
 
 impl fmt::Display for Denial {
-    /// Safe to send to the caller in a 403 body: it names the policy, never the rule or the request.
+    /// For logs and operators: names the policy, never the rule or the request. Not sent to the caller, who
+    /// would learn which policy to work around.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.reason {
             DenyReason::DenyPolicyMatched => write!(f, "RBAC: access denied by policy {}", self.policy),

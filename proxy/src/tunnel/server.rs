@@ -172,7 +172,7 @@ async fn tunnel_stream(
     if state.is_http_endpoint(target) {
         // HTTP is authorized per request (a denial is a 403 the caller can read), so the tunnel opens first.
         let Ok(send) = respond.send_response(Response::new(()), false) else { return };
-        let downstream = H2Stream::new(send, request.into_body());
+        let downstream = H2Stream::new(send, request.into_body()).ends_on_drop();
         crate::http::inbound::serve(&ctx, downstream, caller, destination, target, labels).await;
         return;
     }

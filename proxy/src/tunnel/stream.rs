@@ -15,13 +15,24 @@ pub struct H2Stream {
     recv: RecvStream,
     pending: Bytes,
     write_closed: bool,
+    /// End the stream (rather than let h2 reset it) when dropped unshut; see [`H2Stream::ends_on_drop`].
+    end_on_drop: bool,
     // Whatever must live exactly as long as the stream (e.g. the pool's stream count).
     _guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl H2Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        H2Stream { send, recv, pending: Bytes::new(), write_closed: false, _guard: None }
+        H2Stream { send, recv, pending: Bytes::new(), write_closed: false, end_on_drop: false, _guard: None }
+    }
+
+    /// For a stream served as HTTP: hyper drops its connection without shutting it down after answering a
+    /// request that asked for an upgrade it did not get (a denied WebSocket handshake, say); ending the stream
+    /// then lets the answer reach the peer instead of being discarded with the reset h2 sends for an abandoned
+    /// stream. Byte tunnels keep the reset, so a failed copy still looks like a reset to the far end.
+    pub fn ends_on_drop(mut self) -> Self {
+        self.end_on_drop = true;
+        self
     }
 
     pub fn with_guard(mut self, guard: Box<dyn Send + Sync>) -> Self {
@@ -87,5 +98,14 @@ impl AsyncWrite for H2Stream {
             self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        if self.end_on_drop && !self.write_closed {
+            self.write_closed = true;
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
     }
 }
