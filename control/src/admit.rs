@@ -287,6 +287,30 @@ spec:
     }
 
     #[test]
+    fn routes_and_policies_cannot_reach_into_another_namespace() {
+        let mut admission = Admission::new("cluster.local");
+        let steal =
+            "apiVersion: strait.dev/v1alpha1\nkind: TrafficRoute\nmetadata: {name: steal, namespace: attacker}\n\
+                     spec:\n  hosts: [reviews.shop]\n  http: [{route: [{destination: {host: evil}}]}]\n";
+        let starve =
+            "apiVersion: strait.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: starve, namespace: attacker}\n\
+                      spec:\n  host: reviews.shop.svc.cluster.local\n  connectionPool: {http: {maxRequests: 1}}\n";
+        let out = admission.admit(&discover(&[("steal.yaml", steal), ("starve.yaml", starve), ("dp.yaml", POLICY)]));
+        assert!(out.snapshot.traffic_routes.is_empty(), "{:?}", out.snapshot.traffic_routes);
+        assert_eq!(out.snapshot.destination_policies.len(), 1, "only shop's own policy");
+        assert_eq!(out.snapshot.destination_policies[0].namespace, "shop");
+        let problems = out.problems.join("\n");
+        assert!(
+            problems.contains("TrafficRoute attacker/steal: spec.hosts[0]: names a service of namespace shop"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("DestinationPolicy attacker/starve: spec.host: names a service of namespace shop"),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn an_unreadable_file_keeps_all_its_objects() {
         let mut admission = Admission::new("cluster.local");
         let first = admission.admit(&discover(&[("dp.yaml", POLICY), ("route.yaml", &route("v2", "x"))]));

@@ -64,16 +64,37 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshCon
 
 pub use strait_api::canonical_host;
 
+/// The namespace of the cluster service `host` names, when it is not `namespace`: routes and destination
+/// policies may not reach into another namespace's services (the proxies ignore them there too).
+fn foreign_namespace(host: &str, namespace: &str) -> Option<String> {
+    strait_api::ServiceRef::parse(host, namespace).map(|s| s.namespace).filter(|n| n != namespace)
+}
+
 /// Problems that involve more than one object, each with the object to blame and a message that starts with
 /// the field's path.
 pub fn reference_problems(snapshot: &Snapshot) -> Vec<(ObjectKey, String)> {
     let mut problems = Vec::new();
     let mut policies: BTreeMap<String, &Named<strait_api::DestinationPolicySpec>> = BTreeMap::new();
     for dp in &snapshot.destination_policies {
+        if let Some(other) = foreign_namespace(&dp.spec.host, &dp.namespace) {
+            let message = format!(
+                "spec.host: names a service of namespace {other}; a DestinationPolicy applies only to services of its own namespace"
+            );
+            problems.push((ObjectKey::new(Kind::DestinationPolicy, &dp.namespace, &dp.name), message));
+            continue;
+        }
         // Sorted input: the first policy for a host wins, the same one every time.
         policies.entry(canonical_host(&dp.spec.host, &dp.namespace)).or_insert(dp);
     }
     for route in &snapshot.traffic_routes {
+        for (i, host) in route.spec.hosts.iter().enumerate() {
+            if let Some(other) = foreign_namespace(host, &route.namespace) {
+                let message = format!(
+                    "spec.hosts[{i}]: names a service of namespace {other}; a TrafficRoute applies only to services of its own namespace"
+                );
+                problems.push((ObjectKey::new(Kind::TrafficRoute, &route.namespace, &route.name), message));
+            }
+        }
         for (i, rule) in route.spec.http.iter().enumerate() {
             for (j, target) in rule.route.iter().enumerate() {
                 let Some(subset) = &target.destination.subset else { continue };

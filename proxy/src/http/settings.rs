@@ -5,10 +5,15 @@ use strait_api::{DestinationPolicySpec, MeshConfig, Named, Service};
 
 use super::resilience::{OutlierConfig, PoolLimits, ServiceRef, Strategy};
 
-/// The DestinationPolicy whose host is `service`, if any.
+/// The DestinationPolicy whose host is `service`, if any; only a policy of the service's own namespace counts
+/// (one in another namespace could otherwise redirect, or starve, traffic it does not own).
 pub fn policy_for<'a>(config: &'a MeshConfig, service: &Service) -> Option<&'a Named<DestinationPolicySpec>> {
     let wanted = ServiceRef::new(&service.name, &service.namespace);
-    config.destination_policies.iter().find(|p| ServiceRef::parse(&p.spec.host, &p.namespace).as_ref() == Some(&wanted))
+    config
+        .destination_policies
+        .iter()
+        .filter(|p| p.namespace == service.namespace)
+        .find(|p| ServiceRef::parse(&p.spec.host, &p.namespace).as_ref() == Some(&wanted))
 }
 
 /// One service's compiled DestinationPolicy settings.

@@ -26,9 +26,12 @@ use matching::{Match, QueryParams};
 
 pub use strait_api::ServiceRef;
 
-/// Whether `route` lists `service` among its hosts (short names resolve in the route's namespace).
+/// Whether `route` lists `service` among its hosts (short names resolve in the route's namespace). A route
+/// applies only to services of its own namespace: otherwise anyone who may write a TrafficRoute in namespace B
+/// could take over the traffic of every service in namespace A.
 pub fn applies_to(route: &Named<TrafficRouteSpec>, service: &ServiceRef) -> bool {
-    route.spec.hosts.iter().any(|host| ServiceRef::parse(host, &route.namespace).as_ref() == Some(service))
+    service.namespace == route.namespace
+        && route.spec.hosts.iter().any(|host| ServiceRef::parse(host, &route.namespace).as_ref() == Some(service))
 }
 
 /// A problem found while compiling; `skipped` says whether the rule was left out (else it is a warning).

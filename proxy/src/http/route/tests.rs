@@ -200,7 +200,7 @@ fn hosts_resolve_short_namespaced_and_full_names() {
         assert!(applies_to(&named("shop", "r", &format!("hosts: [{host}]")), &reviews), "{host}");
     }
     assert!(!applies_to(&named("other", "r", "hosts: [reviews]"), &reviews), "short names are namespace-local");
-    assert!(applies_to(&named("other", "r", "hosts: [reviews.shop]"), &reviews));
+    assert!(!applies_to(&named("other", "r", "hosts: [reviews.shop]"), &reviews), "only its own namespace's services");
     assert!(!applies_to(&named("shop", "r", "hosts: [reviews.shop.svc.example.com]"), &reviews));
     assert!(!applies_to(&named("shop", "r", "hosts: [ratings, reviews.other]"), &reviews));
     assert_eq!(ServiceRef::parse("example.com.evil.org", "shop"), None);
@@ -306,4 +306,17 @@ http:
 fn a_rule_without_a_name_is_named_after_its_route_and_index() {
     let t = table(&format!("hosts: [reviews]\nhttp: [{{{FORWARD}}}]"));
     assert_eq!(t.routes()[0].name(), "shop/r[0]");
+}
+
+/// A TrafficRoute in namespace B naming `reviews.shop` must not take over shop's traffic.
+#[test]
+fn a_route_in_another_namespace_cannot_hijack_a_service() {
+    let spec = "hosts: [reviews.shop]\nhttp: [{route: [{destination: {host: evil.attacker}}]}]";
+    let routes = [named("attacker", "steal", spec), named("shop", "own", spec)];
+    let reviews = ServiceRef::new("reviews", "shop");
+    assert!(!applies_to(&routes[0], &reviews));
+    assert!(applies_to(&routes[1], &reviews));
+    let (table, errors) = RouteTable::for_service(&routes, &reviews);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(table.route(&parts("GET", "/", &[])).map(Route::name), Some("shop/own[0]"));
 }
