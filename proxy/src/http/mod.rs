@@ -75,6 +75,11 @@ pub fn grpc_status(headers: &HeaderMap) -> String {
     headers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
+/// How long a client may take to send a request head (also bounds an idle keep-alive connection's next one).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The HTTP/1.1 read buffer, hence the largest request head (hyper's minimum is 8 KiB).
+const MAX_HEAD_BUFFER: usize = 64 * 1024;
+
 /// Serves HTTP/1.1 or HTTP/2 (told apart by the connection preface) with upgrades on `io` until it closes,
 /// with the tunnel's flow-control windows so a proxied stream is not capped at 64 KiB in flight.
 pub async fn serve_connection<S, F, Fut>(io: S, handle: F, side: &'static str)
@@ -89,8 +94,18 @@ where
         async move { Ok::<_, std::convert::Infallible>(handle(request).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    // Bounds against a slow or hostile client: a request head must arrive in time and fit, and one connection
+    // multiplexes a bounded number of streams.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BUFFER);
     builder
         .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(crate::tunnel::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(crate::tunnel::MAX_HEADER_LIST_SIZE)
         .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
         .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
     if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await {
@@ -137,5 +152,47 @@ impl HttpClients {
     pub fn pod_client(&self, ctx: &Arc<crate::context::ProxyContext>, version: Version) -> upstream::PodClient {
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         pods.entry(version).or_insert_with(|| upstream::pod_client(ctx.outgoing, version)).clone()
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn serve(io: tokio::io::DuplexStream) {
+        tokio::spawn(serve_connection(io, |_| async { text(StatusCode::OK, "ok\n") }, "test"));
+    }
+
+    /// A client cannot make the proxy buffer an unbounded request head.
+    #[tokio::test]
+    async fn an_oversized_request_head_is_refused() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        serve(server);
+        let huge = "a".repeat(MAX_HEAD_BUFFER + 1024);
+        client
+            .write_all(format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {huge}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+        assert!(!answer.contains("ok"), "the request was not served");
+    }
+
+    /// One HTTP/2 connection carries at most MAX_CONCURRENT_STREAMS requests at once.
+    #[tokio::test]
+    async fn http2_streams_per_connection_are_bounded() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        serve(server);
+        let (_send, mut connection) = h2::client::handshake(client).await.expect("h2 handshake");
+        // The server's SETTINGS arrive with the first exchange; drive the connection until they do.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while connection.max_concurrent_send_streams() == usize::MAX && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), &mut connection).await;
+        }
+        assert_eq!(connection.max_concurrent_send_streams(), crate::tunnel::MAX_CONCURRENT_STREAMS as usize);
     }
 }

@@ -13,3 +13,8 @@ pub use stream::H2Stream;
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+/// Streams one HTTP/2 connection may carry at once (Envoy's and ztunnel's default); the pool dials another
+/// connection beyond it, and servers refuse more.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// The largest header block a peer may send, on the tunnel and on every HTTP server of the proxy.
+pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;

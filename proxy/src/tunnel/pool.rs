@@ -34,7 +34,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            max_streams_per_connection: 100,
+            max_streams_per_connection: super::MAX_CONCURRENT_STREAMS as usize,
             idle_timeout: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use super::{H2Stream, CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW};
+use super::{H2Stream, CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, STREAM_WINDOW};
 use crate::context::ProxyContext;
 use crate::policy::Caller;
 use crate::state::State;
@@ -43,6 +43,8 @@ enum ServerError {
     PeerIdentity(String),
     #[error("not an HTTP/2 tunnel: {0}")]
     NotHttp2(h2::Error),
+    #[error("the peer sent no HTTP/2 preface within {TLS_HANDSHAKE_TIMEOUT:?}")]
+    Http2HandshakeTimeout,
 }
 
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
@@ -90,16 +92,26 @@ async fn tunnel_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Arc<ProxyCont
     };
     let peer_identity =
         strait_certs::peer_identity(tls.get_ref().1).map_err(|e| ServerError::PeerIdentity(e.to_string()))?;
-    let mut connection = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
-        .handshake::<_, Bytes>(tls)
-        .await
-        .map_err(|e| {
+        // One peer proxy cannot open unbounded streams or send unbounded headers (the pool opens at most
+        // this many streams per connection and dials another connection beyond).
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .handshake::<_, Bytes>(tls);
+    let mut connection = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
             ctx.metrics.refused("tunnel", Refusal::BadRequest);
-            ServerError::NotHttp2(e)
-        })?;
+            return Err(ServerError::NotHttp2(e));
+        }
+        Err(_) => {
+            ctx.metrics.refused("tunnel", Refusal::BadRequest);
+            return Err(ServerError::Http2HandshakeTimeout);
+        }
+    };
     debug!(%peer, peer_identity = %peer_identity, local = %identity, "tunnel connection established");
     let caller = Caller { identity: Some(peer_identity), address: peer.ip() };
     while let Some(stream) = connection.accept().await {
