@@ -92,10 +92,13 @@ fn render_tproxy(out: &mut String, spec: &RedirectSpec) {
     out.push_str("\t\ttype filter hook prerouting priority mangle; policy accept;\n");
     let _ = writeln!(out, "\t\tmeta mark {:#x} accept comment \"the proxy's own traffic\"", spec.proxy_mark);
     // Later packets of connections the proxy already holds (including replies to its transparent sockets that
-    // use the caller's address) belong to those sockets, not to a listener.
+    // use the caller's address) belong to those sockets, not to a listener. A bare SYN never does: it opens a
+    // new connection, and `socket transparent` also matches a TIME_WAIT socket of an earlier connection with
+    // the same addresses and ports, which would swallow the SYN (the client retransmits it 8-12 ms later: the
+    // fixed p99 of fresh connections).
     let _ = writeln!(
         out,
-        "\t\tmeta l4proto tcp socket transparent 1 meta mark set {mark:#x} accept comment \"the proxy's transparent sockets\""
+        "\t\tmeta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set {mark:#x} accept comment \"the proxy's transparent sockets\""
     );
     for capture in captures(spec) {
         for (family, n) in FAMILIES {
@@ -160,7 +163,7 @@ mod tests {
     const TPROXY_CHAIN: &str = r#"	chain prerouting {
 		type filter hook prerouting priority mangle; policy accept;
 		meta mark 0x539 accept comment "the proxy's own traffic"
-		meta l4proto tcp socket transparent 1 meta mark set 0x111 accept comment "the proxy's transparent sockets"
+		meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x111 accept comment "the proxy's transparent sockets"
 		meta l4proto tcp ip saddr @pods4 tproxy ip to :15001 meta mark set 0x111 accept comment "outbound from local pods"
 		meta l4proto tcp ip6 saddr @pods6 tproxy ip6 to :15001 meta mark set 0x111 accept comment "outbound from local pods"
 		ip daddr @pods4 tcp dport 15008 tproxy ip to :15008 meta mark set 0x111 accept comment "mesh tunnel to local pods"

@@ -80,7 +80,7 @@ fn tproxy_rules_apply_replace_and_remove() {
         "elements = { fd00::2 }",
         "type filter hook prerouting priority mangle; policy accept;",
         "meta mark 0x00000539 accept",
-        "meta l4proto tcp socket transparent 1 meta mark set 0x00000111 accept",
+        "tcp flags != syn / syn,ack socket transparent 1 meta mark set 0x00000111 accept",
         "meta l4proto tcp ip saddr @pods4 tproxy ip to :15001 meta mark set 0x00000111 accept",
         "meta l4proto tcp ip6 saddr @pods6 tproxy ip6 to :15001 meta mark set 0x00000111 accept",
         "ip daddr @pods4 tcp dport 15008 tproxy ip to :15008 meta mark set 0x00000111 accept",
