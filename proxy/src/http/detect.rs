@@ -70,4 +70,33 @@ mod tests {
         assert_eq!(classify(b"PRI * HT"), None);
         assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(Detected::Other));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// Any bytes classify without panicking, and more bytes never change a decision once made (the
+            /// sniffer may stop at the first decision).
+            #[test]
+            fn a_decision_never_changes_with_more_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..64), cut in 0usize..64) {
+                let cut = cut.min(bytes.len());
+                let full = classify(&bytes);
+                if let Some(early) = classify(&bytes[..cut]) {
+                    prop_assert_eq!(full, Some(early));
+                }
+            }
+
+            /// A request line of a known method is HTTP/1 whatever follows.
+            #[test]
+            fn request_lines_are_http1(method in prop::sample::select(METHODS.to_vec()), rest in proptest::collection::vec(any::<u8>(), 0..32)) {
+                let mut bytes = method.to_vec();
+                bytes.extend(rest);
+                prop_assert_eq!(classify(&bytes), Some(Detected::Http1));
+            }
+        }
+    }
 }

@@ -290,4 +290,25 @@ mod tests {
         assert_eq!(parse_forwarded_for("for=unknown"), None);
         assert_eq!(parse_forwarded_for("proto=http;for=10.0.0.1, for=10.0.0.2"), Some("10.0.0.1".parse().unwrap()));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::{forwarded_for, parse_forwarded_for};
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            /// A peer's `Forwarded` header is arbitrary text: it parses to an address or to nothing.
+            #[test]
+            fn any_forwarded_header_parses_or_is_ignored(value in ".{0,128}") {
+                let _ = parse_forwarded_for(&value);
+            }
+
+            #[test]
+            fn every_address_survives_the_header(ip in any::<std::net::IpAddr>()) {
+                prop_assert_eq!(parse_forwarded_for(&forwarded_for(ip)), Some(ip));
+            }
+        }
+    }
 }
