@@ -60,6 +60,10 @@ pub struct Args {
     /// PEM file with the mesh root certificate(s), to verify the control plane.
     #[arg(long, env = "STRAIT_ROOT_CERT")]
     root_cert: Option<PathBuf>,
+    /// Connections one local workload may hold open through the proxy at once; one more is refused (and
+    /// counted in `strait_connections_refused_total{reason="source_limit"}`), so no pod can exhaust the proxy.
+    #[arg(long, default_value_t = crate::tcp::limits::DEFAULT_PER_WORKLOAD as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections_per_workload: u32,
     /// Where the last configuration received from the control plane is kept (owner-only), so that a restart
     /// while the control plane is unreachable serves it instead of starting empty (in Kubernetes: a hostPath).
     #[arg(long, env = "STRAIT_LAST_GOOD_CONFIG", requires = "control_plane")]
@@ -194,6 +198,7 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         mark: args.mark,
         connect_timeout: Duration::from_secs(5),
         pool: Default::default(),
+        max_connections_per_workload: args.max_connections_per_workload as usize,
     };
 
     if let Some(path) = &args.config {

@@ -9,7 +9,7 @@ use strait_certs::CertStore;
 
 use crate::http::HttpContext;
 use crate::state::StateStore;
-use crate::tcp::limits::ConnectionLimits;
+use crate::tcp::limits::{ConnectionLimits, SourceLimits};
 use crate::tcp::socket::{Capture, Outgoing};
 use crate::telemetry::metrics::Metrics;
 use crate::tunnel::Pool;
@@ -25,6 +25,7 @@ pub(crate) struct ProxyContext {
     pub(crate) connect_timeout: Duration,
     pub(crate) http: HttpContext,
     pub(crate) connection_limits: ConnectionLimits,
+    pub(crate) source_limits: SourceLimits,
     /// The configuration version whose certificates, listeners and redirection rules are all in place;
     /// readiness waits for it to catch up with the current version.
     pub(crate) synced: Arc<std::sync::Mutex<String>>,

@@ -86,6 +86,7 @@ fn forget_departed(ctx: &ProxyContext, state: &State) {
         .retain_sources(|source| state.local_workload(source.address).is_some_and(|w| SourceKey::of(w) == *source));
     ctx.http.backends.retain(|service| state.service_by_name(&service.namespace, &service.name).is_some());
     ctx.connection_limits.retain(|namespace, name| state.service_by_name(namespace, name).is_some());
+    ctx.source_limits.retain(|ip| state.local_workload(ip).is_some());
 }
 
 /// The node's redirection rules, re-rendered from the set of local pods.

@@ -38,6 +38,8 @@ pub struct ProxyOptions {
     pub mark: Option<u32>,
     pub connect_timeout: Duration,
     pub pool: PoolConfig,
+    /// Connections one local workload may hold open at once.
+    pub max_connections_per_workload: usize,
 }
 
 impl ProxyOptions {
@@ -71,6 +73,7 @@ impl Proxy {
             connect_timeout: options.connect_timeout,
             http: Default::default(),
             connection_limits: Default::default(),
+            source_limits: crate::tcp::limits::SourceLimits::new(options.max_connections_per_workload),
             synced: Default::default(),
         });
         Proxy { ctx }

@@ -50,10 +50,15 @@ services:
 }
 
 fn start_proxy(node: &str, host: u8, dir: &Path, bind_services: bool) -> Proxy {
+    start_proxy_with(node, host, dir, "mesh.yaml", bind_services, &[])
+}
+
+fn start_proxy_with(node: &str, host: u8, dir: &Path, file: &str, bind_services: bool, extra: &[&str]) -> Proxy {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strait-proxy"));
     cmd.args(["--node", node, "--mode", "explicit"])
+        .args(extra)
         .arg("--config")
-        .arg(dir.join("mesh.yaml"))
+        .arg(dir.join(file))
         .arg("--ca-dir")
         .arg(dir.join("ca"))
         .arg("--admin")
@@ -172,4 +177,60 @@ async fn explicit_mode_tunnels_between_two_proxies_and_applies_policy_edits() {
         metrics.lines().any(|l| l.starts_with("strait_policy_denials_total{") && l.contains("demo/no-client")),
         "denial not counted:\n{metrics}"
     );
+}
+
+/// One pod cannot hold more connections through its node proxy than `--max-connections-per-workload`: the next
+/// one is refused at once and counted, and a closed connection frees its place.
+#[tokio::test]
+async fn a_workload_cannot_exhaust_its_node_proxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    MeshCa::generate("cluster.local").expect("CA").save(&dir.path().join("ca")).expect("save CA");
+    let config = format!(
+        "namespaces: [{{name: demo}}]\nworkloads:\n\
+         - {{name: greedy, namespace: demo, serviceAccount: greedy, node: node-c, address: {greedy}}}\n\
+         - {{name: sink, namespace: demo, serviceAccount: sink, node: node-c, address: {sink}}}\n\
+         services:\n- {{name: sink, namespace: demo, addresses: [{vip}], ports: [{{port: 7000, name: tcp-sink}}], endpoints: [{{address: {sink}}}]}}\n",
+        greedy = ip(5, 2),
+        sink = ip(5, 3),
+        vip = ip(0, 20),
+    );
+    std::fs::write(dir.path().join("limits.yaml"), config).expect("config");
+    let server = TcpListener::bind((ip(5, 3), 7000)).await.expect("bind the sink workload");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = server.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = conn.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let _proxy =
+        start_proxy_with("node-c", 5, dir.path(), "limits.yaml", true, &["--max-connections-per-workload", "2"]);
+    wait_ready(5).await;
+
+    let open = || async {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind((ip(5, 2), 0).into())?;
+        let mut stream = socket.connect((ip(0, 20), 7000).into()).await?;
+        stream.write_all(b"x").await?;
+        let mut one = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut one)).await??;
+        Ok::<_, std::io::Error>(stream)
+    };
+    let first = open().await.expect("the first connection");
+    let _second = open().await.expect("the second connection");
+    assert!(open().await.is_err(), "a third connection beyond the cap was served");
+    let (_, metrics) = get((ip(5, 1), 15020).into(), "/metrics").await.expect("metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("strait_connections_refused_total{")
+            && l.contains("reason=\"source_limit\"")
+            && l.ends_with(" 1")),
+        "the refusal was not counted:\n{metrics}"
+    );
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open().await.is_err() {
+        assert!(Instant::now() < deadline, "a closed connection did not free its place");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

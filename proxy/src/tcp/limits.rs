@@ -3,6 +3,7 @@
 //! service sheds load at its callers.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use strait_api::Service;
@@ -45,5 +46,61 @@ impl ConnectionLimits {
     /// Forgets the counts of services that are gone.
     pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
         self.limits.lock().unwrap_or_else(|e| e.into_inner()).retain(|(namespace, name), _| keep(namespace, name));
+    }
+}
+
+/// Connections one local workload may hold open through this proxy at once, unless `--max-connections-per-workload`
+/// says otherwise. Each costs the proxy two file descriptors and buffers: without a cap one pod could exhaust
+/// the node proxy, and every other pod on the node with it.
+pub const DEFAULT_PER_WORKLOAD: usize = 4096;
+
+/// Per-source-workload connection caps; one more connection than the cap is refused at once.
+pub struct SourceLimits {
+    max: usize,
+    by_source: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        SourceLimits::new(DEFAULT_PER_WORKLOAD)
+    }
+}
+
+impl SourceLimits {
+    pub fn new(max: usize) -> Self {
+        SourceLimits { max: max.max(1), by_source: Mutex::new(HashMap::new()) }
+    }
+
+    /// A slot for one more connection from `source`, held for as long as the connection lives; `None` when
+    /// the source is at its cap.
+    pub fn acquire(&self, source: IpAddr) -> Option<OwnedSemaphorePermit> {
+        let slots = {
+            let mut by_source = self.by_source.lock().unwrap_or_else(|e| e.into_inner());
+            by_source.entry(source).or_insert_with(|| Arc::new(Semaphore::new(self.max))).clone()
+        };
+        slots.try_acquire_owned().ok()
+    }
+
+    /// Forgets sources that left; their live connections keep their slots until they close.
+    pub fn retain(&self, keep: impl Fn(IpAddr) -> bool) {
+        self.by_source.lock().unwrap_or_else(|e| e.into_inner()).retain(|ip, _| keep(*ip));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_source_at_its_cap_does_not_starve_another() {
+        let limits = SourceLimits::new(2);
+        let noisy: IpAddr = [10, 1, 0, 2].into();
+        let quiet: IpAddr = [10, 1, 0, 3].into();
+        let first = limits.acquire(noisy).expect("first");
+        let _second = limits.acquire(noisy).expect("second");
+        assert!(limits.acquire(noisy).is_none(), "the third is refused");
+        assert!(limits.acquire(quiet).is_some(), "another pod is unaffected");
+        drop(first);
+        assert!(limits.acquire(noisy).is_some(), "a closed connection frees its slot");
     }
 }

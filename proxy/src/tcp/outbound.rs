@@ -47,6 +47,11 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         warn!(%peer, destination = %original, "refusing outbound connection: the source is not a meshed workload on this node");
         return;
     };
+    let Some(_source_slot) = ctx.source_limits.acquire(source.workload.address) else {
+        ctx.metrics.refused("outbound", Refusal::SourceLimit);
+        warn!(source = %source.name(), "refused: the workload holds as many connections as --max-connections-per-workload allows");
+        return;
+    };
     let mut labels = ConnectionLabels::new("source").with_source(&source);
     let mut _slot = None;
     if let Some(service) = state.service(original) {

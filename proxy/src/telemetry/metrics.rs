@@ -90,12 +90,15 @@ pub enum Refusal {
     UpstreamUnreachable,
     /// The tunnel to the peer node could not be opened.
     TunnelFailed,
+    /// Outbound: the source workload already holds as many connections as it may.
+    SourceLimit,
 }
 
 impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::UnknownSource => "unknown_source",
+            Refusal::SourceLimit => "source_limit",
             Refusal::UnknownDestination => "unknown_destination",
             Refusal::PlaintextInStrict => "plaintext_in_strict",
             Refusal::BadRequest => "bad_request",
@@ -111,6 +114,7 @@ impl Refusal {
             Refusal::PlaintextInStrict => ResponseFlag::Unauthorized,
             Refusal::BadRequest => ResponseFlag::DownstreamProtocolError,
             Refusal::UpstreamUnreachable | Refusal::TunnelFailed => ResponseFlag::UpstreamConnectionFailure,
+            Refusal::SourceLimit => ResponseFlag::UpstreamOverflow,
         }
     }
 }
