@@ -16,6 +16,7 @@ use strait_certs::CertStore;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::drain::Drain;
 use crate::state::StateStore;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
@@ -30,9 +31,14 @@ pub struct Admin {
     pub metrics_only: bool,
     /// The configuration version the proxy has fully put in place (rules, listeners, certificates).
     pub synced: Option<Arc<std::sync::Mutex<String>>>,
+    /// The process's drain: readiness turns false when it starts, and `POST /drain` starts it.
+    pub drain: Option<Drain>,
 }
 
 type Body = Full<Bytes>;
+
+/// The process id of the proxy that answered, on every admin and metrics response.
+pub const PID_HEADER: &str = "x-strait-pid";
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
@@ -46,6 +52,9 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 impl Admin {
     /// Ready once a configuration is loaded and every local workload has a valid certificate.
     pub fn readiness(&self) -> Result<(), String> {
+        if self.drain.as_ref().is_some_and(Drain::is_draining) {
+            return Err("draining".into());
+        }
         if !self.state.loaded() {
             return Err("no configuration received yet".into());
         }
@@ -106,7 +115,9 @@ impl Admin {
         serde_json::Value::Array(certs)
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// `peer_is_local`: whether the request came over loopback; only such a request may drain the proxy, whatever
+    /// address the admin port was bound to.
+    async fn handle(&self, request: Request<Incoming>, peer_is_local: bool) -> Response<Body> {
         let path = request.uri().path().to_string();
         debug!(method = %request.method(), %path, metrics_port = self.metrics_only, "admin request");
         if self.metrics_only && path != "/metrics" {
@@ -118,6 +129,17 @@ impl Admin {
                 Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
             },
             (Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
+            // `/quitquitquit` is the name Envoy and Istio's agents answer to; both drain, neither exits at once.
+            (Method::POST, "/drain") | (Method::POST, "/quitquitquit") => match (&self.drain, peer_is_local) {
+                (_, false) => reply(StatusCode::FORBIDDEN, "text/plain", "drain is accepted from localhost only\n"),
+                (None, true) => reply(StatusCode::NOT_IMPLEMENTED, "text/plain", "this server cannot drain\n"),
+                (Some(drain), true) => {
+                    if drain.start() {
+                        tracing::info!("drain requested on the admin port");
+                    }
+                    reply(StatusCode::OK, "text/plain", "draining\n")
+                }
+            },
             (Method::GET, "/config_dump") => reply(
                 StatusCode::OK,
                 "application/json",
@@ -153,21 +175,32 @@ impl Admin {
     }
 }
 
-/// Serves `admin` on `listener` until the process ends.
+/// Serves `admin` on `listener` until the drain starts (or forever without one). A draining proxy stops answering
+/// so that, when a replacement shares the port (SO_REUSEPORT), every probe and scrape reaches the replacement.
 pub async fn serve(listener: TcpListener, admin: Admin) {
+    let drain = admin.drain.clone().unwrap_or_default();
     loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                crate::tcp::socket::accept_error(&e).await;
-                continue;
-            }
+        let (tcp, peer) = tokio::select! {
+            () = drain.started() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    crate::tcp::socket::accept_error(&e).await;
+                    continue;
+                }
+            },
         };
         let admin = admin.clone();
+        let peer_is_local = crate::tcp::socket::canonical_ip(peer.ip()).is_loopback();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                async move {
+                    let mut response = admin.handle(request, peer_is_local).await;
+                    // While a replacement shares the port, this says which of the two proxies answered.
+                    response.headers_mut().insert(PID_HEADER, http::HeaderValue::from(std::process::id()));
+                    Ok::<_, Infallible>(response)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
@@ -180,12 +213,11 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
 /// Binds the admin and metrics ports and serves them on a dedicated thread with its own runtime.
 pub fn spawn(admin: Admin, admin_addr: SocketAddr, metrics_addr: SocketAddr) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let admin_listener = std::net::TcpListener::bind(admin_addr)
-        .with_context(|| format!("binding the admin port {admin_addr} (is another proxy running?)"))?;
-    let metrics_listener = std::net::TcpListener::bind(metrics_addr)
+    // SO_REUSEPORT like the traffic listeners, so a replacement proxy can start beside this one.
+    let admin_listener = crate::tcp::socket::bind_std(admin_addr, false)
+        .with_context(|| format!("binding the admin port {admin_addr} (is a proxy of another user running?)"))?;
+    let metrics_listener = crate::tcp::socket::bind_std(metrics_addr, false)
         .with_context(|| format!("binding the metrics port {metrics_addr}"))?;
-    admin_listener.set_nonblocking(true)?;
-    metrics_listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("strait-admin".into()).spawn(move || {
         runtime.block_on(async move {
@@ -217,6 +249,7 @@ mod tests {
             log_control: None,
             metrics_only: false,
             synced: None,
+            drain: Some(Drain::new()),
         };
         (admin, identity)
     }
@@ -245,6 +278,9 @@ mod tests {
         assert!(admin.readiness().is_err_and(|e| e.contains("waiting for certificates")));
         admin.certs.get_or_fetch(&identity).await.expect("a certificate");
         assert_eq!(admin.readiness(), Ok(()));
+        // A draining proxy is not ready, whatever else holds.
+        admin.drain.as_ref().expect("a drain").start();
+        assert_eq!(admin.readiness(), Err("draining".to_string()));
     }
 
     #[tokio::test]

@@ -72,25 +72,68 @@ pub fn grpc_status(headers: &HeaderMap) -> String {
     headers.get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
+/// How long an HTTP/1.1 connection may stay open once the drain starts, before it is closed between requests.
+/// A client that keeps sending learns of the drain from `Connection: close` on its next response within that
+/// time and reconnects (to the replacement proxy) without losing a request; closing an idle connection at once
+/// would race with a request the client is just sending.
+const HTTP1_DRAIN_NOTICE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves HTTP/1.1 or HTTP/2 (told apart by the connection preface) with upgrades on `io` until it closes,
 /// with the tunnel's flow-control windows so a proxied stream is not capped at 64 KiB in flight.
-pub async fn serve_connection<S, F, Fut>(io: S, handle: F, side: &'static str)
+///
+/// When the drain starts, HTTP/2 gets GOAWAY at once, HTTP/1.1 responses carry `Connection: close` and, after
+/// [`HTTP1_DRAIN_NOTICE`], an HTTP/1.1 connection between requests is closed; requests in flight finish.
+pub async fn serve_connection<S, F, Fut>(io: S, handle: F, side: &'static str, mut drain: crate::drain::Watch)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
 {
     let handle = Arc::new(handle);
-    let service = hyper::service::service_fn(move |request| {
+    let draining = Arc::new(drain.clone());
+    let http2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_http2 = http2.clone();
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
         let handle = handle.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(request).await) }
+        let draining = draining.clone();
+        let http1 = request.version() <= http::Version::HTTP_11;
+        if !http1 {
+            seen_http2.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        async move {
+            let mut response = handle(request).await;
+            // Decided when the response is ready, so a long request that began before the drain gets it too;
+            // never on a 101, whose connection becomes the upgraded stream.
+            if http1 && draining.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .http2()
         .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
         .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
-    if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await {
+    let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.signaled() => {
+            let mut done = None;
+            if !http2.load(std::sync::atomic::Ordering::Relaxed) {
+                done = tokio::time::timeout(HTTP1_DRAIN_NOTICE, connection.as_mut()).await.ok();
+            }
+            match done {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
         debug!(side, error = %e, "HTTP connection ended with an error");
     }
 }
