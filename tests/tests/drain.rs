@@ -307,6 +307,13 @@ fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
                 break;
             }
         };
+        let drain_lines: Vec<String> = old
+            .logs()
+            .lines()
+            .filter(|l| l.contains("drain") || l.contains("GOAWAY") || l.contains("listener closed"))
+            .map(String::from)
+            .collect();
+        println!("{node} (old pid {}):\n{}", old.pid(), drain_lines.join("\n"));
         // Keep the load on a moment past the exit, so connections that moved are seen working.
         std::thread::sleep(Duration::from_millis(500));
         let after = snapshot();
