@@ -33,6 +33,9 @@ pub struct Admin {
     pub synced: Option<Arc<std::sync::Mutex<String>>>,
     /// The process's drain: readiness turns false when it starts, and `POST /drain` starts it.
     pub drain: Option<Drain>,
+    /// Set by `POST /superseded`, which a replacement proxy sends when it starts on this node (see
+    /// [`announce_replacement`]): readiness answers for the newest proxy only.
+    pub superseded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Body = Full<Bytes>;
@@ -54,6 +57,9 @@ impl Admin {
     pub fn readiness(&self) -> Result<(), String> {
         if self.drain.as_ref().is_some_and(Drain::is_draining) {
             return Err("draining".into());
+        }
+        if self.superseded.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("superseded by a newer proxy on this node (still serving until told to drain)".into());
         }
         if !self.state.loaded() {
             return Err("no configuration received yet".into());
@@ -129,6 +135,12 @@ impl Admin {
                 Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
             },
             (Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
+            (Method::POST, "/superseded") if peer_is_local => {
+                if !self.superseded.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!("a replacement proxy started on this node: no longer answering ready");
+                }
+                reply(StatusCode::OK, "text/plain", "superseded\n")
+            }
             // `/quitquitquit` is the name Envoy and Istio's agents answer to; both drain, neither exits at once.
             (Method::POST, "/drain") | (Method::POST, "/quitquitquit") => match (&self.drain, peer_is_local) {
                 (_, false) => reply(StatusCode::FORBIDDEN, "text/plain", "drain is accepted from localhost only\n"),
@@ -210,6 +222,39 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
     }
 }
 
+/// Tells the proxy already serving `admin_addr` on this node, if any, that a replacement is starting.
+///
+/// Both share the admin port (SO_REUSEPORT) and the kubelet's readiness probe reaches either: were the old one to
+/// answer ready for the new one, a rolling update could stop the old proxy before the new one is ready. So the
+/// old one stops answering ready (it keeps serving traffic until SIGTERM), and a 200 on the port comes from the
+/// newest proxy. Sent before this proxy binds the port, so only the old one can receive it.
+pub fn announce_replacement(admin_addr: SocketAddr) {
+    use std::io::{Read, Write};
+    let ip = match admin_addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        ip if ip.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let timeout = std::time::Duration::from_secs(1);
+    let announce = || -> std::io::Result<bool> {
+        let mut stream = std::net::TcpStream::connect_timeout(&SocketAddr::new(ip, admin_addr.port()), timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream
+            .write_all(b"POST /superseded HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match announce() {
+        Ok(true) => {
+            tracing::info!(%admin_addr, "a proxy is already serving on this node; it hands readiness over to this one")
+        }
+        Ok(false) => tracing::warn!(%admin_addr, "something else answers on the admin port"),
+        // Nothing listening: the usual start.
+        Err(_) => {}
+    }
+}
+
 /// Binds the admin and metrics ports and serves them on a dedicated thread with its own runtime.
 pub fn spawn(admin: Admin, admin_addr: SocketAddr, metrics_addr: SocketAddr) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -250,6 +295,7 @@ mod tests {
             metrics_only: false,
             synced: None,
             drain: Some(Drain::new()),
+            superseded: Default::default(),
         };
         (admin, identity)
     }
@@ -278,6 +324,9 @@ mod tests {
         assert!(admin.readiness().is_err_and(|e| e.contains("waiting for certificates")));
         admin.certs.get_or_fetch(&identity).await.expect("a certificate");
         assert_eq!(admin.readiness(), Ok(()));
+        // A proxy with a replacement on its node answers not ready, so the probe's 200 is the replacement's.
+        admin.superseded.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(admin.readiness().is_err_and(|e| e.contains("superseded")));
         // A draining proxy is not ready, whatever else holds.
         admin.drain.as_ref().expect("a drain").start();
         assert_eq!(admin.readiness(), Err("draining".to_string()));

@@ -228,7 +228,9 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         metrics_only: false,
         synced: Some(proxy.ctx.synced.clone()),
         drain: Some(proxy.ctx.drain.clone()),
+        superseded: Default::default(),
     };
+    admin::announce_replacement(args.admin);
     admin::spawn(admin, args.admin, args.metrics)?;
     proxy.start(&options).await?;
     tracing::info!(node = %args.node, admin = %args.admin, metrics = %args.metrics, "strait-proxy started");

@@ -310,7 +310,7 @@ fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
         let drain_lines: Vec<String> = old
             .logs()
             .lines()
-            .filter(|l| l.contains("drain") || l.contains("GOAWAY") || l.contains("listener closed"))
+            .filter(|l| ["drain", "GOAWAY", "listener closed", "replacement"].iter().any(|w| l.contains(w)))
             .map(String::from)
             .collect();
         println!("{node} (old pid {}):\n{}", old.pid(), drain_lines.join("\n"));
