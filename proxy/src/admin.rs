@@ -16,6 +16,7 @@ use strait_certs::CertStore;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
+use crate::drain::Drain;
 use crate::state::StateStore;
 use crate::telemetry::logging::LogControl;
 use crate::telemetry::metrics::Metrics;
@@ -30,9 +31,17 @@ pub struct Admin {
     pub metrics_only: bool,
     /// The configuration version the proxy has fully put in place (rules, listeners, certificates).
     pub synced: Option<Arc<std::sync::Mutex<String>>>,
+    /// The process's drain: readiness turns false when it starts, and `POST /drain` starts it.
+    pub drain: Option<Drain>,
+    /// Set by `POST /superseded`, which a replacement proxy sends when it starts on this node (see
+    /// [`announce_replacement`]): readiness answers for the newest proxy only.
+    pub superseded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 type Body = Full<Bytes>;
+
+/// The process id of the proxy that answered, on every admin and metrics response.
+pub const PID_HEADER: &str = "x-strait-pid";
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
@@ -46,6 +55,12 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
 impl Admin {
     /// Ready once a configuration is loaded and every local workload has a valid certificate.
     pub fn readiness(&self) -> Result<(), String> {
+        if self.drain.as_ref().is_some_and(Drain::is_draining) {
+            return Err("draining".into());
+        }
+        if self.superseded.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("superseded by a newer proxy on this node (still serving until told to drain)".into());
+        }
         if !self.state.loaded() {
             return Err("no configuration received yet".into());
         }
@@ -106,7 +121,9 @@ impl Admin {
         serde_json::Value::Array(certs)
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// `peer_is_local`: whether the request came over loopback; only such a request may drain the proxy, whatever
+    /// address the admin port was bound to.
+    async fn handle(&self, request: Request<Incoming>, peer_is_local: bool) -> Response<Body> {
         let path = request.uri().path().to_string();
         debug!(method = %request.method(), %path, metrics_port = self.metrics_only, "admin request");
         if self.metrics_only && path != "/metrics" {
@@ -118,6 +135,23 @@ impl Admin {
                 Err(reason) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {reason}\n")),
             },
             (Method::GET, "/live") => reply(StatusCode::OK, "text/plain", "live\n"),
+            (Method::POST, "/superseded") if peer_is_local => {
+                if !self.superseded.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::info!("a replacement proxy started on this node: no longer answering ready");
+                }
+                reply(StatusCode::OK, "text/plain", "superseded\n")
+            }
+            // `/quitquitquit` is the name Envoy and Istio's agents answer to; both drain, neither exits at once.
+            (Method::POST, "/drain") | (Method::POST, "/quitquitquit") => match (&self.drain, peer_is_local) {
+                (_, false) => reply(StatusCode::FORBIDDEN, "text/plain", "drain is accepted from localhost only\n"),
+                (None, true) => reply(StatusCode::NOT_IMPLEMENTED, "text/plain", "this server cannot drain\n"),
+                (Some(drain), true) => {
+                    if drain.start() {
+                        tracing::info!("drain requested on the admin port");
+                    }
+                    reply(StatusCode::OK, "text/plain", "draining\n")
+                }
+            },
             (Method::GET, "/config_dump") => reply(
                 StatusCode::OK,
                 "application/json",
@@ -153,21 +187,32 @@ impl Admin {
     }
 }
 
-/// Serves `admin` on `listener` until the process ends.
+/// Serves `admin` on `listener` until the drain starts (or forever without one). A draining proxy stops answering
+/// so that, when a replacement shares the port (SO_REUSEPORT), every probe and scrape reaches the replacement.
 pub async fn serve(listener: TcpListener, admin: Admin) {
+    let drain = admin.drain.clone().unwrap_or_default();
     loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                crate::tcp::socket::accept_error(&e).await;
-                continue;
-            }
+        let (tcp, peer) = tokio::select! {
+            () = drain.started() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    crate::tcp::socket::accept_error(&e).await;
+                    continue;
+                }
+            },
         };
         let admin = admin.clone();
+        let peer_is_local = crate::tcp::socket::canonical_ip(peer.ip()).is_loopback();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                async move {
+                    let mut response = admin.handle(request, peer_is_local).await;
+                    // While a replacement shares the port, this says which of the two proxies answered.
+                    response.headers_mut().insert(PID_HEADER, http::HeaderValue::from(std::process::id()));
+                    Ok::<_, Infallible>(response)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
@@ -177,15 +222,47 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
     }
 }
 
+/// Tells the proxy already serving `admin_addr` on this node, if any, that a replacement is starting.
+///
+/// Both share the admin port (SO_REUSEPORT) and the kubelet's readiness probe reaches either: were the old one to
+/// answer ready for the new one, a rolling update could stop the old proxy before the new one is ready. So the
+/// old one stops answering ready (it keeps serving traffic until SIGTERM), and a 200 on the port comes from the
+/// newest proxy. Sent before this proxy binds the port, so only the old one can receive it.
+pub fn announce_replacement(admin_addr: SocketAddr) {
+    use std::io::{Read, Write};
+    let ip = match admin_addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        ip if ip.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let timeout = std::time::Duration::from_secs(1);
+    let announce = || -> std::io::Result<bool> {
+        let mut stream = std::net::TcpStream::connect_timeout(&SocketAddr::new(ip, admin_addr.port()), timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream
+            .write_all(b"POST /superseded HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match announce() {
+        Ok(true) => {
+            tracing::info!(%admin_addr, "a proxy is already serving on this node; it hands readiness over to this one")
+        }
+        Ok(false) => tracing::warn!(%admin_addr, "something else answers on the admin port"),
+        // Nothing listening: the usual start.
+        Err(_) => {}
+    }
+}
+
 /// Binds the admin and metrics ports and serves them on a dedicated thread with its own runtime.
 pub fn spawn(admin: Admin, admin_addr: SocketAddr, metrics_addr: SocketAddr) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let admin_listener = std::net::TcpListener::bind(admin_addr)
-        .with_context(|| format!("binding the admin port {admin_addr} (is another proxy running?)"))?;
-    let metrics_listener = std::net::TcpListener::bind(metrics_addr)
+    // SO_REUSEPORT like the traffic listeners, so a replacement proxy can start beside this one.
+    let admin_listener = crate::tcp::socket::bind_std(admin_addr, false)
+        .with_context(|| format!("binding the admin port {admin_addr} (is a proxy of another user running?)"))?;
+    let metrics_listener = crate::tcp::socket::bind_std(metrics_addr, false)
         .with_context(|| format!("binding the metrics port {metrics_addr}"))?;
-    admin_listener.set_nonblocking(true)?;
-    metrics_listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("strait-admin".into()).spawn(move || {
         runtime.block_on(async move {
@@ -217,6 +294,8 @@ mod tests {
             log_control: None,
             metrics_only: false,
             synced: None,
+            drain: Some(Drain::new()),
+            superseded: Default::default(),
         };
         (admin, identity)
     }
@@ -245,6 +324,12 @@ mod tests {
         assert!(admin.readiness().is_err_and(|e| e.contains("waiting for certificates")));
         admin.certs.get_or_fetch(&identity).await.expect("a certificate");
         assert_eq!(admin.readiness(), Ok(()));
+        // A proxy with a replacement on its node answers not ready, so the probe's 200 is the replacement's.
+        admin.superseded.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(admin.readiness().is_err_and(|e| e.contains("superseded")));
+        // A draining proxy is not ready, whatever else holds.
+        admin.drain.as_ref().expect("a drain").start();
+        assert_eq!(admin.readiness(), Err("draining".to_string()));
     }
 
     #[tokio::test]

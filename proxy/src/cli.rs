@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::admin::{self, Admin};
 use crate::control_plane::ControlPlaneClient;
+use crate::drain::Outcome;
 use crate::serve::{ListenMode, Proxy, ProxyOptions};
 use crate::state::StateStore;
 use crate::telemetry::metrics::Metrics;
@@ -93,6 +94,15 @@ pub struct Args {
     /// Log lines as JSON (for log shippers) instead of text.
     #[arg(long)]
     log_json: bool,
+    /// On SIGTERM (or `POST /drain` on the admin port): how long connections in flight may take to finish
+    /// before the proxy closes them and exits (`30s`, `2m`; at most 1h). Keep the pod's
+    /// terminationGracePeriodSeconds a little longer.
+    #[arg(long, default_value = "30s", value_parser = parse_grace)]
+    drain_grace: Duration,
+}
+
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    crate::drain::parse_grace(s).map_err(|e| e.to_string())
 }
 
 fn parse_mark(s: &str) -> Result<u32, String> {
@@ -125,16 +135,19 @@ fn control_plane_client(args: &Args, addr: &str) -> anyhow::Result<ControlPlaneC
     Ok(client.with_token_file(token_path.clone()))
 }
 
-/// Parses the command line and runs the proxy until Ctrl-C.
+/// Parses the command line and runs the proxy until SIGTERM or Ctrl-C, then drains it (see `drain`).
 pub fn main() -> anyhow::Result<()> {
     run_with(Args::parse())
 }
 
-/// Runs the proxy with already-parsed flags until Ctrl-C (or SIGTERM).
+/// Runs the proxy with already-parsed flags until SIGTERM, Ctrl-C or `POST /drain`, then drains it.
 pub fn run_with(args: Args) -> anyhow::Result<()> {
     let (log_control, _log_guard) = crate::telemetry::logging::init(args.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(args, log_control))
+    let result = runtime.block_on(run(args, log_control));
+    // What is still open after the drain is closed here; a blocking task (an `nft` run) gets a moment.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> anyhow::Result<()> {
@@ -219,12 +232,36 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         log_control: Some(log_control),
         metrics_only: false,
         synced: Some(proxy.ctx.synced.clone()),
+        drain: Some(proxy.ctx.drain.clone()),
+        superseded: Default::default(),
     };
+    admin::announce_replacement(args.admin);
     admin::spawn(admin, args.admin, args.metrics)?;
     proxy.start(&options).await?;
     tracing::info!(node = %args.node, admin = %args.admin, metrics = %args.metrics, "strait-proxy started");
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
+    let mut signals = Signals::new()?;
+    let drain = proxy.ctx.drain.clone();
+    tokio::select! {
+        () = signals.next() => {}
+        () = drain.started() => {}
+    }
+    drain.start();
+    let started = std::time::Instant::now();
+    tracing::info!(grace = ?args.drain_grace, in_flight = drain.in_flight(), "draining: not ready, no longer accepting; waiting for connections in flight");
+    tokio::select! {
+        outcome = drain.finish(args.drain_grace) => match outcome {
+            Outcome::Drained => tracing::info!(elapsed = ?started.elapsed(), "drained: every connection finished"),
+            Outcome::GraceExpired { still_open } => tracing::warn!(
+                grace = ?args.drain_grace,
+                still_open,
+                "drain grace period over: closing the connections still open"
+            ),
+        },
+        // An operator who signals again does not want to wait.
+        () = signals.next() => {
+            tracing::warn!(in_flight = drain.in_flight(), "second signal during the drain: closing now");
+        }
+    }
     Ok(())
 }
 
@@ -246,12 +283,24 @@ fn serve_last_good(path: &std::path::Path, state: &StateStore) {
 }
 
 /// Ctrl-C, or SIGTERM as Kubernetes and process supervisors send it.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use strait_certs::CertStore;
 
+use crate::drain::Drain;
 use crate::http::HttpContext;
 use crate::state::StateStore;
 use crate::tcp::limits::{ConnectionLimits, SourceLimits};
@@ -29,4 +30,6 @@ pub(crate) struct ProxyContext {
     /// The configuration version whose certificates, listeners and redirection rules are all in place;
     /// readiness waits for it to catch up with the current version.
     pub(crate) synced: Arc<std::sync::Mutex<String>>,
+    /// The process's drain: accept loops and connections take a `Watch` from it for as long as they run.
+    pub(crate) drain: Drain,
 }

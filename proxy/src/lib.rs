@@ -7,6 +7,7 @@
 //! - `policy/`: authorization; `plan`: where a connection goes (local pod, tunnel, passthrough);
 //! - `state`: the compiled, immutable configuration the data path reads; `control_plane` / `config_file`:
 //!   where it comes from; `serve` and `reconcile`: listeners and the loop that follows configuration changes;
+//! - `drain`: the one lifecycle (SIGTERM -> not ready -> stop accepting -> go away -> grace -> exit);
 //! - `telemetry/`: metrics, the access log and logging; `admin`: the admin server; `redirect/`: nftables.
 //!
 //! The crate's public surface is what the binaries and the integration tests use.
@@ -17,6 +18,7 @@ pub mod cli;
 mod config_file;
 mod context;
 pub mod control_plane;
+pub mod drain;
 mod http;
 mod last_good;
 mod plan;

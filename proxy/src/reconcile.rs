@@ -54,8 +54,14 @@ pub(crate) async fn reconcile(
         if in_place {
             *ctx.synced.lock().unwrap_or_else(|e| e.into_inner()) = state.version.clone();
         }
-        if states.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            // A draining proxy leaves the node's rules to its replacement, which may already follow a newer
+            // configuration: two proxies re-rendering the one table from different versions would flap it.
+            () = ctx.drain.started() => {
+                info!("draining: no longer following configuration changes");
+                return;
+            }
         }
     }
 }

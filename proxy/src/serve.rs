@@ -10,6 +10,7 @@ use strait_certs::CertStore;
 use tracing::info;
 
 use crate::context::ProxyContext;
+use crate::drain::Drain;
 use crate::reconcile::{reconcile, ExplicitListeners, RulePorts, RulesReconciler};
 use crate::redirect;
 use crate::state::StateStore;
@@ -75,6 +76,7 @@ impl Proxy {
             connection_limits: Default::default(),
             source_limits: crate::tcp::limits::SourceLimits::new(options.max_connections_per_workload),
             synced: Default::default(),
+            drain: Drain::new(),
         });
         Proxy { ctx }
     }
@@ -107,6 +109,9 @@ impl Proxy {
                     tunnel: options.tunnel_addr.port(),
                     mark: options.mark,
                 };
+                if redirect.is_some() {
+                    crate::tcp::socket::enable_listener_migration();
+                }
                 let rules = redirect.map(|mode| RulesReconciler::new(mode, ports));
                 tokio::spawn(reconcile(ctx, None, rules));
             }

@@ -108,6 +108,8 @@ pub struct Mesh {
     dir: tempfile::TempDir,
     pub ca: MeshCa,
     capture: Capture,
+    /// `--drain-grace` for the proxies started from now on (`None`: the proxy's default, 30 s).
+    pub drain_grace: Option<Duration>,
     proxies: BTreeMap<String, ChildGuard>,
     // Last: the cluster goes after the proxies running in it.
     pub cluster: Cluster,
@@ -116,10 +118,20 @@ pub struct Mesh {
 impl Mesh {
     /// Starts one proxy per node, every one with `config`, and waits until all are ready.
     pub fn start(cluster: Cluster, config: &MeshConfig, capture: Capture) -> Result<Mesh> {
+        Self::start_with_grace(cluster, config, capture, None)
+    }
+
+    /// [`Mesh::start`] with the proxies' `--drain-grace` (see [`Mesh::drain_grace`]).
+    pub fn start_with_grace(
+        cluster: Cluster,
+        config: &MeshConfig,
+        capture: Capture,
+        drain_grace: Option<Duration>,
+    ) -> Result<Mesh> {
         let dir = tempfile::tempdir().context("creating the mesh's state directory")?;
         let ca = MeshCa::generate(&config.trust_domain).context("creating the mesh CA")?;
         ca.save(&dir.path().join("ca")).context("saving the mesh CA")?;
-        let mut mesh = Mesh { dir, ca, capture, proxies: BTreeMap::new(), cluster };
+        let mut mesh = Mesh { dir, ca, capture, drain_grace, proxies: BTreeMap::new(), cluster };
         let nodes: Vec<String> = mesh.cluster.nodes().iter().map(|n| n.name().to_string()).collect();
         for node in &nodes {
             mesh.write_config(node, config)?;
@@ -169,6 +181,12 @@ impl Mesh {
     }
 
     fn start_proxy(&mut self, node: &str) -> Result<()> {
+        let child = self.spawn_proxy(node)?;
+        self.proxies.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    fn spawn_proxy(&self, node: &str) -> Result<ChildGuard> {
         let bin = workspace_binary("strait-proxy")?;
         let mut cmd = Command::new(bin);
         cmd.env("RUST_LOG", std::env::var("STRAIT_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -179,10 +197,49 @@ impl Mesh {
             .arg("--ca-dir")
             .arg(self.dir.path().join("ca"))
             .args(["--redirect", self.capture.flag(), "--mark", PROXY_MARK]);
+        if let Some(grace) = self.drain_grace {
+            cmd.arg("--drain-grace").arg(format!("{}ms", grace.as_millis()));
+        }
         let netns = self.cluster.node(node).netns_name().to_string();
-        let child = exec::spawn_in(&netns, cmd)?;
-        self.proxies.insert(node.to_string(), child);
-        Ok(())
+        exec::spawn_in(&netns, cmd)
+    }
+
+    /// The process id of the node's proxy.
+    pub fn proxy_pid(&self, node: &str) -> Option<u32> {
+        self.proxies.get(node).map(ChildGuard::id)
+    }
+
+    /// Sends SIGTERM to the node's proxy and returns at once: the proxy drains while the test watches.
+    /// The node has no proxy of the mesh's any more ([`Mesh::resume_proxy`] starts one).
+    pub fn drain_proxy(&mut self, node: &str) -> Result<Draining> {
+        let child = self.proxies.remove(node).with_context(|| format!("no proxy is running on {node}"))?;
+        Ok(Draining::signal(node, child))
+    }
+
+    /// Replaces the node's proxy as a rolling update with surge does: starts a second proxy beside it (the
+    /// listeners share their ports with SO_REUSEPORT), waits until that one answers ready itself (either
+    /// process may answer on the shared admin port; `x-strait-pid` tells them apart), then SIGTERMs the old
+    /// one, which drains. Returns the draining one.
+    pub fn replace_proxy(&mut self, node: &str) -> Result<Draining> {
+        let mut new = self.spawn_proxy(node)?;
+        let pid = new.id();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.admin_request(node, 15000, "GET", "/ready") {
+                Ok(reply) if reply.status == 200 && reply.pid == Some(pid) => break,
+                _ => {}
+            }
+            if let Some(status) = new.exited()? {
+                bail!("the replacement proxy on {node} exited during start-up ({status}); its log:\n{}", new.stderr());
+            }
+            if Instant::now() > deadline {
+                bail!("the replacement proxy on {node} not ready after {READY_TIMEOUT:?}; its log:\n{}", new.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let old =
+            self.proxies.insert(node.to_string(), new).with_context(|| format!("no proxy was running on {node}"))?;
+        Ok(Draining::signal(node, old))
     }
 
     /// Stops a node's proxy; its redirection rules stay, as in production (fail closed).
@@ -231,21 +288,31 @@ impl Mesh {
 
     /// GET on a node proxy's admin (15000) or metrics (15020) port, from inside the node's namespace.
     pub fn admin_get(&self, node: &str, port: u16, path: &str) -> Result<(u16, String)> {
+        self.admin_request(node, port, "GET", path).map(|reply| (reply.status, reply.body))
+    }
+
+    /// `method path` on a node proxy's admin (15000) or metrics (15020) port, from inside the node's namespace.
+    pub fn admin_request(&self, node: &str, port: u16, method: &str, path: &str) -> Result<AdminReply> {
         let netns = self.cluster.node(node).netns_name().to_string();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let request_path = path.to_string();
-        exec::in_netns(&netns, move || -> std::io::Result<(u16, String)> {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        exec::in_netns(&netns, move || -> std::io::Result<AdminReply> {
             use std::io::{Read, Write};
             let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            write!(stream, "GET {request_path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")?;
+            stream.write_all(request.as_bytes())?;
             let mut response = String::new();
             stream.read_to_string(&mut response)?;
             let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-            Ok((status, body))
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+            let pid = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.trim().eq_ignore_ascii_case("x-strait-pid").then(|| value.trim().parse().ok()).flatten()
+            });
+            Ok(AdminReply { status, pid, body: body.to_string() })
         })
-        .with_context(|| format!("GET {path} on {node}'s port {port}"))
+        .with_context(|| format!("{method} {path} on {node}'s port {port}"))
     }
 
     /// Waits until the node's proxy answers 200 on /ready, for up to [`READY_TIMEOUT`]. A proxy that exits
@@ -286,6 +353,56 @@ impl Mesh {
     pub fn metric(&self, node: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
         let (_, text) = self.admin_get(node, 15020, "/metrics")?;
         Ok(sum_metric(&text, name, labels))
+    }
+}
+
+/// What a proxy's admin port answered.
+#[derive(Debug)]
+pub struct AdminReply {
+    pub status: u16,
+    /// Which proxy process answered (`x-strait-pid`): while a replacement shares the port, either may.
+    pub pid: Option<u32>,
+    pub body: String,
+}
+
+/// A node proxy that was sent SIGTERM and is draining; killed if dropped before it exits.
+pub struct Draining {
+    pub node: String,
+    child: ChildGuard,
+    since: Instant,
+}
+
+impl Draining {
+    fn signal(node: &str, child: ChildGuard) -> Draining {
+        exec::signal(child.id(), libc::SIGTERM);
+        Draining { node: node.to_string(), child, since: Instant::now() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Some((status, time since SIGTERM))` once it has exited.
+    pub fn exited(&mut self) -> Result<Option<(std::process::ExitStatus, Duration)>> {
+        Ok(self.child.exited()?.map(|status| (status, self.since.elapsed())))
+    }
+
+    /// Waits up to `timeout` for the exit; the exit status and the time from SIGTERM to the exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<(std::process::ExitStatus, Duration)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(exit) = self.exited()? {
+                return Ok(exit);
+            }
+            if Instant::now() > deadline {
+                bail!("the draining proxy on {} did not exit within {timeout:?}; its log:\n{}", self.node, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.child.stderr()
     }
 }
 

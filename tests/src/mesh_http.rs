@@ -121,13 +121,23 @@ impl HttpMesh {
     /// Builds the cluster, starts b1 and b2 with extra `http` flags (`["--fail-percent", "50"]`, `["--hang"]`),
     /// lets `configure` add routes and policies to [`config`], and starts the proxies (TPROXY).
     pub fn start(b1_flags: &[&str], b2_flags: &[&str], configure: impl FnOnce(&mut MeshConfig)) -> Result<HttpMesh> {
+        Self::start_with_grace(b1_flags, b2_flags, configure, None)
+    }
+
+    /// [`HttpMesh::start`] with the proxies' `--drain-grace`.
+    pub fn start_with_grace(
+        b1_flags: &[&str],
+        b2_flags: &[&str],
+        configure: impl FnOnce(&mut MeshConfig),
+        drain_grace: Option<std::time::Duration>,
+    ) -> Result<HttpMesh> {
         let cluster = cluster()?;
         let mut config = config(&cluster);
         configure(&mut config);
         let listen = |pod: &str| SocketAddr::new(cluster.pod(pod).ip().into(), BACKEND_PORT);
         let b1 = backend::http_with(cluster.pod("b1").netns_name(), listen("b1"), "reviews-b1", "v1", b1_flags)?;
         let b2 = backend::http_with(cluster.pod("b2").netns_name(), listen("b2"), "reviews-b2", "v2", b2_flags)?;
-        let mesh = Mesh::start(cluster, &config, Capture::Tproxy)?;
+        let mesh = Mesh::start_with_grace(cluster, &config, Capture::Tproxy, drain_grace)?;
         Ok(HttpMesh { b1, b2, mesh })
     }
 

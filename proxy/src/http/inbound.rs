@@ -48,7 +48,7 @@ pub async fn serve<S>(
         let destination = destination.clone();
         async move { handle(&destination, request).await }
     };
-    super::serve_connection(io, handler, "inbound").await;
+    super::serve_connection(io, handler, "inbound", ctx.drain.watch()).await;
 }
 
 async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody> {

@@ -80,18 +80,43 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The HTTP/1.1 read buffer, hence the largest request head (hyper's minimum is 8 KiB).
 const MAX_HEAD_BUFFER: usize = 64 * 1024;
 
+/// How long an HTTP/1.1 connection may stay open once the drain starts, before it is closed between requests.
+/// A client that keeps sending learns of the drain from `Connection: close` on its next response within that
+/// time and reconnects (to the replacement proxy) without losing a request; closing an idle connection at once
+/// would race with a request the client is just sending.
+const HTTP1_DRAIN_NOTICE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves HTTP/1.1 or HTTP/2 (told apart by the connection preface) with upgrades on `io` until it closes,
 /// with the tunnel's flow-control windows so a proxied stream is not capped at 64 KiB in flight.
-pub async fn serve_connection<S, F, Fut>(io: S, handle: F, side: &'static str)
+///
+/// When the drain starts, HTTP/2 gets GOAWAY at once, HTTP/1.1 responses carry `Connection: close` and, after
+/// [`HTTP1_DRAIN_NOTICE`], an HTTP/1.1 connection between requests is closed; requests in flight finish.
+pub async fn serve_connection<S, F, Fut>(io: S, handle: F, side: &'static str, mut drain: crate::drain::Watch)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
 {
     let handle = Arc::new(handle);
-    let service = hyper::service::service_fn(move |request| {
+    let draining = Arc::new(drain.clone());
+    let http2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_http2 = http2.clone();
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
         let handle = handle.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(request).await) }
+        let draining = draining.clone();
+        let http1 = request.version() <= http::Version::HTTP_11;
+        if !http1 {
+            seen_http2.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        async move {
+            let mut response = handle(request).await;
+            // Decided when the response is ready, so a long request that began before the drain gets it too;
+            // never on a 101, whose connection becomes the upgraded stream.
+            if http1 && draining.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     // Bounds against a slow or hostile client: a request head must arrive in time and fit, and one connection
@@ -108,7 +133,25 @@ where
         .max_header_list_size(crate::tunnel::MAX_HEADER_LIST_SIZE)
         .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
         .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
-    if let Err(e) = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).await {
+    let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.signaled() => {
+            let mut done = None;
+            if !http2.load(std::sync::atomic::Ordering::Relaxed) {
+                done = tokio::time::timeout(HTTP1_DRAIN_NOTICE, connection.as_mut()).await.ok();
+            }
+            match done {
+                Some(result) => result,
+                None => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
         debug!(side, error = %e, "HTTP connection ended with an error");
     }
 }
@@ -162,7 +205,8 @@ mod limits_tests {
     use super::*;
 
     fn serve(io: tokio::io::DuplexStream) {
-        tokio::spawn(serve_connection(io, |_| async { text(StatusCode::OK, "ok\n") }, "test"));
+        let drain = crate::drain::Drain::new();
+        tokio::spawn(serve_connection(io, |_| async { text(StatusCode::OK, "ok\n") }, "test", drain.watch()));
     }
 
     /// A client cannot make the proxy buffer an unbounded request head.

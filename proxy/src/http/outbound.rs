@@ -33,12 +33,13 @@ struct Downstream {
 /// Serves HTTP/1.1 or HTTP/2 on the pod's connection until it closes.
 pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadInfo>, front: ServiceTarget) {
     let labels = ConnectionLabels::new("source").with_source(&source).with_service(&front.service).mutual_tls(true);
+    let drain = ctx.drain.watch();
     let downstream = Arc::new(Downstream { ctx, source, front, labels });
     let handler = move |request| {
         let downstream = downstream.clone();
         async move { handle(&downstream, request).await }
     };
-    super::serve_connection(tcp, handler, "outbound").await;
+    super::serve_connection(tcp, handler, "outbound", drain).await;
 }
 
 /// The request body as the pod sends it, counted for `istio_request_bytes`.

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::inbound::serve_stream;
-use super::socket::{accept_error, canonical, original_destination};
+use super::socket::{accept_until_drained, original_destination};
 use crate::context::ProxyContext;
 use crate::plan::{plan, Upstream};
 use crate::policy::Caller;
@@ -20,16 +20,17 @@ use crate::telemetry::metrics::Refusal;
 use crate::telemetry::record::ConnectionRecord;
 use crate::tunnel::PoolKey;
 
+/// Serves pods' connections until the drain starts; each keeps the drain waiting until it ends.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move { connection(tcp, canonical(peer), ctx).await });
-            }
-            Err(e) => accept_error(&e).await,
+    let drain = ctx.drain.clone();
+    accept_until_drained(listener, &drain, |tcp, peer, watch| {
+        let ctx = ctx.clone();
+        async move {
+            connection(tcp, peer, ctx).await;
+            drop(watch);
         }
-    }
+    })
+    .await
 }
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {

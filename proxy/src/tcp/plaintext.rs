@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
 use super::inbound::{authorize, connect_pod, relay, with_endpoint_service};
-use super::socket::{accept_error, canonical, original_destination};
+use super::socket::{accept_until_drained, original_destination};
 use crate::context::ProxyContext;
 use crate::policy::Caller;
 use crate::telemetry::flags::ResponseFlag;
@@ -18,15 +18,15 @@ use crate::telemetry::metrics::Refusal;
 use crate::telemetry::record::ConnectionRecord;
 
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move { plaintext_connection(tcp, canonical(peer), ctx).await });
-            }
-            Err(e) => accept_error(&e).await,
+    let drain = ctx.drain.clone();
+    accept_until_drained(listener, &drain, |tcp, peer, watch| {
+        let ctx = ctx.clone();
+        async move {
+            plaintext_connection(tcp, peer, ctx).await;
+            drop(watch);
         }
-    }
+    })
+    .await
 }
 
 async fn plaintext_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {

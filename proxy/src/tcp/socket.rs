@@ -7,6 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::drain::{Drain, Watch};
+
 /// How the node's rules hand a connection to a listener, which decides where its original destination is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Capture {
@@ -46,9 +48,20 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 /// Binds a listener; `transparent` lets it accept connections TPROXY hands it for addresses that are not
 /// local (needs CAP_NET_ADMIN).
+///
+/// SO_REUSEPORT lets a replacement proxy bind the same ports while this one drains: the kernel spreads new
+/// connections over every socket of the group (TPROXY's socket lookup included), a connection stays with the
+/// process that accepted it, and once the draining proxy closes its sockets the replacement gets them all.
+/// Only sockets of the same user can share a port this way.
 pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, transparent)?)
+}
+
+/// [`bind_listener`] for a std listener (the admin server binds before its runtime exists).
+pub fn bind_std(addr: SocketAddr, transparent: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         // IPv4 has its own listener (see `bind_dual_stack`); this one takes IPv6 only.
         socket.set_only_v6(true)?;
@@ -63,7 +76,7 @@ pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListe
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Binds `addr`, and when it is the IPv4 wildcard also the IPv6 wildcard on the same port, so IPv6 pods are
@@ -112,6 +125,74 @@ impl Outgoing {
         socket.set_nonblocking(true)?;
         let socket = TcpSocket::from_std_stream(socket.into());
         socket.connect(addr).await
+    }
+}
+
+/// Accepts on `listener` until the drain starts, handing each connection, with a drain watch of its own, to
+/// `handle`; then closes the listener.
+///
+/// Closing a listener resets the connections queued on it that were not accepted yet, and with SO_REUSEPORT the
+/// kernel keeps queuing on it until it is closed. So, once signaled, the loop takes everything already queued
+/// (those connections are served like any other in flight) and closes at once; what still races in between is
+/// handed to a replacement by the kernel when `net.ipv4.tcp_migrate_req` is set (see [`enable_listener_migration`]).
+pub(crate) async fn accept_until_drained<F, Fut>(listener: TcpListener, drain: &Drain, handle: F)
+where
+    F: Fn(TcpStream, SocketAddr, Watch) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut signal = drain.watch();
+    loop {
+        tokio::select! {
+            biased;
+            () = signal.signaled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    tokio::spawn(handle(tcp, canonical(peer), drain.watch()));
+                }
+                Err(e) => accept_error(&e).await,
+            },
+        }
+    }
+    let local = listener.local_addr().ok();
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(?local, error = %e, "could not take the queued connections before closing the listener");
+            return;
+        }
+    };
+    // Non-blocking (it was bound so): accept until the queue is empty.
+    let mut queued = 0usize;
+    while let Ok((tcp, peer)) = listener.accept() {
+        match TcpStream::from_std(tcp) {
+            Ok(tcp) => {
+                queued += 1;
+                tokio::spawn(handle(tcp, canonical(peer), drain.watch()));
+            }
+            Err(e) => tracing::debug!(error = %e, "a queued connection could not join the runtime"),
+        }
+    }
+    drop(listener);
+    tracing::debug!(?local, queued, "listener closed for the drain");
+}
+
+/// Asks the kernel to hand the connections queued on a closed listener to another listener of its SO_REUSEPORT
+/// group (`net.ipv4.tcp_migrate_req`, Linux 5.14+), so that a draining proxy closing its listeners resets no
+/// connection its replacement could take. A node setting, per network namespace; the proxy that installs the
+/// node's rules sets it too. Without the permission (a read-only /proc/sys) it only says so.
+pub fn enable_listener_migration() {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+    match std::fs::read_to_string(PATH) {
+        Ok(value) if value.trim() == "1" => {}
+        Ok(_) => match std::fs::write(PATH, "1") {
+            Ok(()) => tracing::info!(
+                "net.ipv4.tcp_migrate_req set to 1: a draining proxy's queued connections go to its replacement"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not set net.ipv4.tcp_migrate_req=1; set it on the node, or a proxy replacement may reset the few connections queued at the moment the old proxy closes its listeners")
+            }
+        },
+        Err(e) => tracing::info!(error = %e, "no net.ipv4.tcp_migrate_req on this kernel (before 5.14?)"),
     }
 }
 

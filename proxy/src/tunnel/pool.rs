@@ -125,26 +125,28 @@ impl Pool {
         authority: SocketAddr,
         source: std::net::IpAddr,
     ) -> Result<H2Stream, TunnelError> {
-        let connection = match self.reuse(key) {
-            Some(c) => c,
-            None => self.establish(key, dial).await?,
-        };
-        let lease = Lease { connection: connection.clone() };
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(authority.to_string())
-            .header(http::header::FORWARDED, forwarded_for(source))
-            .body(())
-            .map_err(|_| TunnelError::Refused { authority, status: StatusCode::BAD_REQUEST })?;
-        let mut send = connection.send.clone();
-        let h2err = |source| TunnelError::Http2 { addr: dial, source };
-        send = send.ready().await.map_err(h2err)?;
-        let (response, stream) = send.send_request(request, false).map_err(h2err)?;
-        let response = response.await.map_err(h2err)?;
-        if response.status() != StatusCode::OK {
-            return Err(TunnelError::Refused { authority, status: response.status() });
+        let mut reused = self.reuse(key);
+        loop {
+            let (connection, was_reused) = match reused.take() {
+                Some(c) => (c, true),
+                None => (self.establish(key, dial).await?, false),
+            };
+            let lease = Lease { connection: connection.clone() };
+            match open_stream(&connection, dial, authority, source).await {
+                Ok((send, recv)) => return Ok(H2Stream::new(send, recv).with_guard(Box::new(lease))),
+                // A pooled connection whose peer sent GOAWAY (a draining proxy) or that died while idle takes no
+                // new stream, and the peer never saw this one: stop handing the connection out and open the
+                // stream elsewhere. Each retry retires one pooled connection, so this ends; a fresh connection's
+                // failure is the caller's.
+                Err(Open::NotHere(source)) if was_reused => {
+                    debug!(peer = %dial, error = %source, "pooled tunnel connection takes no new stream; retiring it");
+                    connection.closed.store(true, Ordering::Release);
+                    reused = self.reuse(key);
+                }
+                Err(Open::NotHere(source)) => return Err(TunnelError::Http2 { addr: dial, source }),
+                Err(Open::Failed(e)) => return Err(e),
+            }
         }
-        Ok(H2Stream::new(stream, response.into_body()).with_guard(Box::new(lease)))
     }
 
     /// Number of open tunnel connections, for the pool-size gauge and tests.
@@ -221,6 +223,42 @@ impl Pool {
         }
         Ok(connection)
     }
+}
+
+/// Why a stream could not be opened on one connection.
+enum Open {
+    /// The peer never received the stream (the connection was refused new streams, or the peer's GOAWAY or
+    /// REFUSED_STREAM says it did not process it): safe to try another connection.
+    NotHere(h2::Error),
+    Failed(TunnelError),
+}
+
+async fn open_stream(
+    connection: &Connection,
+    dial: SocketAddr,
+    authority: SocketAddr,
+    source: std::net::IpAddr,
+) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), Open> {
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(authority.to_string())
+        .header(http::header::FORWARDED, forwarded_for(source))
+        .body(())
+        .map_err(|_| Open::Failed(TunnelError::Refused { authority, status: StatusCode::BAD_REQUEST }))?;
+    let mut send = connection.send.clone().ready().await.map_err(Open::NotHere)?;
+    let (response, stream) = send.send_request(request, false).map_err(Open::NotHere)?;
+    let response = response.await.map_err(|e| {
+        let unprocessed = (e.is_go_away() && e.is_remote()) || e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        if unprocessed {
+            Open::NotHere(e)
+        } else {
+            Open::Failed(TunnelError::Http2 { addr: dial, source: e })
+        }
+    })?;
+    if response.status() != StatusCode::OK {
+        return Err(Open::Failed(TunnelError::Refused { authority, status: response.status() }));
+    }
+    Ok((stream, response.into_body()))
 }
 
 fn forwarded_for(ip: std::net::IpAddr) -> String {

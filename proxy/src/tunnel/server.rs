@@ -15,10 +15,11 @@ use tracing::{debug, warn};
 
 use super::{H2Stream, CONNECTION_WINDOW, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, STREAM_WINDOW};
 use crate::context::ProxyContext;
+use crate::drain::Watch;
 use crate::policy::Caller;
 use crate::state::State;
 use crate::tcp::inbound::{authorize, connect_pod, relay, source_labels_from_state, with_endpoint_service};
-use crate::tcp::socket::{accept_error, canonical, canonical_ip, original_destination};
+use crate::tcp::socket::{accept_until_drained, canonical, canonical_ip, original_destination};
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::metrics::Refusal;
@@ -48,22 +49,24 @@ enum ServerError {
 }
 
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    if let Err(reason) = tunnel_connection(tcp, canonical(peer), &ctx).await {
-                        warn!(%peer, %reason, "tunnel connection refused");
-                    }
-                });
+    let drain = ctx.drain.clone();
+    accept_until_drained(listener, &drain, |tcp, peer, watch| {
+        let ctx = ctx.clone();
+        async move {
+            if let Err(reason) = tunnel_connection(tcp, peer, &ctx, watch).await {
+                warn!(%peer, %reason, "tunnel connection refused");
             }
-            Err(e) => accept_error(&e).await,
         }
-    }
+    })
+    .await
 }
 
-async fn tunnel_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Arc<ProxyContext>) -> Result<(), ServerError> {
+async fn tunnel_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<ProxyContext>,
+    mut drain: Watch,
+) -> Result<(), ServerError> {
     let _ = tcp.set_nodelay(true);
     let local = original_destination(&tcp, ctx.capture).map_err(ServerError::NoOriginalDestination)?;
     // The certificate must be chosen before anything but the ClientHello is read: the address the peer dialed
@@ -114,18 +117,35 @@ async fn tunnel_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Arc<ProxyCont
     };
     debug!(%peer, peer_identity = %peer_identity, local = %identity, "tunnel connection established");
     let caller = Caller { identity: Some(peer_identity), address: peer.ip() };
-    while let Some(stream) = connection.accept().await {
+    let mut going_away = false;
+    loop {
+        let stream = tokio::select! {
+            stream = connection.accept() => stream,
+            () = drain.signaled(), if !going_away => {
+                // GOAWAY: the peer's pool opens its next streams elsewhere (on a replacement proxy); the streams
+                // already open go on, and `accept` ends once they are done.
+                debug!(%peer, "draining: GOAWAY to the peer proxy");
+                connection.graceful_shutdown();
+                going_away = true;
+                continue;
+            }
+        };
         match stream {
-            Ok((request, respond)) => {
+            Some(Ok((request, respond))) => {
                 let ctx = ctx.clone();
                 let caller = caller.clone();
                 let identity = identity.clone();
-                tokio::spawn(async move { tunnel_stream(request, respond, caller, identity, ctx).await });
+                let watch = drain.clone();
+                tokio::spawn(async move {
+                    tunnel_stream(request, respond, caller, identity, ctx).await;
+                    drop(watch);
+                });
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 debug!(%peer, error = %e, "tunnel connection closed");
                 break;
             }
+            None => break,
         }
     }
     Ok(())
