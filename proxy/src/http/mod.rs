@@ -206,12 +206,23 @@ mod limits_tests {
 
     fn serve(io: tokio::io::DuplexStream) {
         let drain = crate::drain::Drain::new();
-        tokio::spawn(serve_connection(io, |_| async { text(StatusCode::OK, "ok\n") }, "test", drain.watch()));
+        let watch = drain.watch();
+        tokio::spawn(async move {
+            let _not_draining = drain;
+            serve_connection(io, |_| async { text(StatusCode::OK, "ok\n") }, "test", watch).await
+        });
     }
 
     /// A client cannot make the proxy buffer an unbounded request head.
     #[tokio::test]
     async fn an_oversized_request_head_is_refused() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        serve(server);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "a normal request is served");
+
         let (mut client, server) = tokio::io::duplex(1 << 20);
         serve(server);
         let huge = "a".repeat(MAX_HEAD_BUFFER + 1024);
