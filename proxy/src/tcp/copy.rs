@@ -2,7 +2,8 @@
 //!
 //! Buffers grow with the traffic, as ztunnel's do: a connection starts with 1 KiB per direction and a direction
 //! whose reads keep filling its buffer doubles it, up to 256 KiB. Ten thousand idle or chatty connections cost
-//! a few KiB each; a bulk transfer quickly gets a buffer large enough not to be syscall-bound.
+//! a few KiB each; a bulk transfer quickly gets a buffer large enough not to be syscall-bound. They shrink back
+//! too: a long-lived connection that had one burst does not keep 256 KiB per direction for the rest of its life.
 
 use std::io;
 
@@ -10,6 +11,41 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const INITIAL: usize = 1024;
 const MAX: usize = 256 * 1024;
+/// Reads in a row that use under a quarter of the buffer before it is halved.
+const SHRINK_AFTER: u32 = 16;
+
+/// The size a direction's buffer should have, from the reads it has seen.
+#[derive(Debug)]
+struct Sizing {
+    len: usize,
+    small_reads: u32,
+}
+
+impl Sizing {
+    fn new() -> Self {
+        Sizing { len: INITIAL, small_reads: 0 }
+    }
+
+    /// After a read of `n` bytes into a buffer of `self.len`: the new length, if it should change.
+    fn after_read(&mut self, n: usize) -> Option<usize> {
+        if n == self.len && self.len < MAX {
+            self.small_reads = 0;
+            self.len = (self.len * 2).min(MAX);
+            return Some(self.len);
+        }
+        if n < self.len / 4 && self.len > INITIAL {
+            self.small_reads += 1;
+            if self.small_reads >= SHRINK_AFTER {
+                self.small_reads = 0;
+                self.len = (self.len / 2).max(INITIAL);
+                return Some(self.len);
+            }
+        } else {
+            self.small_reads = 0;
+        }
+        None
+    }
+}
 
 /// Copies both ways until both directions are done; an EOF on one side is passed on as a half-close (shutdown of
 /// the write side) of the other, so a client that stops sending still gets the whole answer. An error in either
@@ -29,7 +65,8 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let mut buf = vec![0u8; INITIAL];
+    let mut sizing = Sizing::new();
+    let mut buf = vec![0u8; sizing.len];
     let mut total = 0u64;
     loop {
         let n = reader.read(&mut buf).await?;
@@ -39,8 +76,9 @@ where
         }
         writer.write_all(&buf[..n]).await?;
         total += n as u64;
-        if n == buf.len() && buf.len() < MAX {
-            buf.resize((buf.len() * 2).min(MAX), 0);
+        if let Some(len) = sizing.after_read(n) {
+            buf.resize(len, 0);
+            buf.shrink_to_fit();
         }
     }
 }
@@ -48,6 +86,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffers_grow_with_full_reads_and_shrink_back_when_traffic_is_small() {
+        let mut sizing = Sizing::new();
+        while sizing.len < MAX {
+            let len = sizing.len;
+            assert_eq!(sizing.after_read(len), Some(len * 2));
+        }
+        assert_eq!(sizing.after_read(MAX), None, "never above the maximum");
+        let mut shrunk = Vec::new();
+        for _ in 0..10_000 {
+            if let Some(len) = sizing.after_read(100) {
+                shrunk.push(len);
+            }
+        }
+        assert_eq!(sizing.len, INITIAL, "back to the initial size: {shrunk:?}");
+        assert_eq!(shrunk.first(), Some(&(MAX / 2)));
+        // One small read among large ones does not shrink it.
+        let mut sizing = Sizing { len: 64 * 1024, small_reads: 0 };
+        for i in 0..100 {
+            let n = if i % 2 == 0 { 10 } else { 40 * 1024 };
+            assert_eq!(sizing.after_read(n), None);
+        }
+    }
 
     #[tokio::test]
     async fn copies_both_ways_with_half_close_and_grows_its_buffers() {
