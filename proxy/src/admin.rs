@@ -187,10 +187,14 @@ impl Admin {
     }
 }
 
+/// Connections the admin or metrics port serves at once.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves `admin` on `listener` until the drain starts (or forever without one). A draining proxy stops answering
 /// so that, when a replacement shares the port (SO_REUSEPORT), every probe and scrape reaches the replacement.
 pub async fn serve(listener: TcpListener, admin: Admin) {
     let drain = admin.drain.clone().unwrap_or_default();
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             () = drain.started() => return,
@@ -202,9 +206,15 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
                 }
             },
         };
+        // The metrics port faces the node's network: a scraper needs a few connections, nobody needs many.
+        let Ok(slot) = connections.clone().try_acquire_owned() else {
+            warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
         let admin = admin.clone();
         let peer_is_local = crate::tcp::socket::canonical_ip(peer.ip()).is_loopback();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let admin = admin.clone();
                 async move {
@@ -214,7 +224,17 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
                     Ok::<_, Infallible>(response)
                 }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .max_buf_size(16 * 1024);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(16)
+                .max_header_list_size(16 * 1024);
             if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
                 warn!(error = %e, "admin connection error");
             }
@@ -352,5 +372,32 @@ mod tests {
         let text = admin.metrics.encode();
         let line = format!("strait_certificate_expiry_timestamp_seconds{{identity=\"{identity}\"}} {expiry}");
         assert!(text.contains(&line), "{line} not in\n{text}");
+    }
+
+    /// Idle connections to the metrics port (which faces the node's network) cannot pile up without bound.
+    #[tokio::test]
+    async fn the_metrics_port_serves_a_bounded_number_of_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (admin, _) = admin();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(serve(listener, Admin { metrics_only: true, ..admin }));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        // The listener has taken every idle connection once this one is answered or refused.
+        let mut extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\nhost: m\r\nconnection: close\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read_to_end(&mut answer)).await;
+        assert!(answer.is_empty(), "a connection beyond the limit was served");
+        idle.clear();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut again = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        again.write_all(b"GET /metrics HTTP/1.1\r\nhost: m\r\nconnection: close\r\n\r\n").await.expect("write");
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), again.read_to_string(&mut answer)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "served again once connections closed: {answer}");
     }
 }
