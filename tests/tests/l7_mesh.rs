@@ -382,6 +382,75 @@ fn connection_pool_overflow_is_a_fast_503() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Protocols: the upstream HTTP version, pipelining
+// ---------------------------------------------------------------------------------------------------------
+
+/// `web1` declares `appProtocol: http` and its backend (b1) speaks only HTTP/1.1; `web2` declares `http2`
+/// and its backend (b2) speaks only HTTP/2 (h2c). Each is reached by clients of either version, because
+/// the port's declaration, not the client, decides what the backend is spoken to in.
+const WEB1_VIP: &str = "10.96.0.30";
+const WEB2_VIP: &str = "10.96.0.31";
+
+fn one_version_mesh(configure: impl FnOnce(&mut strait_api::MeshConfig)) -> Result<HttpMesh> {
+    use strait_tests::mesh_http::http_service;
+    HttpMesh::start(&["--only", "http1"], &["--only", "http2"], |config| {
+        let web1 = http_service(config, "web1", WEB1_VIP, "http", &["b1"]);
+        let web2 = http_service(config, "web2", WEB2_VIP, "http2", &["b2"]);
+        config.services.extend([web1, web2]);
+        configure(config);
+    })
+}
+
+#[test]
+fn the_upstream_http_version_follows_the_ports_declaration() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mesh = one_version_mesh(|_| {})?;
+    for (vip, backend, spoken) in [(WEB1_VIP, "reviews-b1", "HTTP/1.1"), (WEB2_VIP, "reviews-b2", "HTTP/2.0")] {
+        for http2 in [false, true] {
+            let mut get = HttpGet::new(format!("http://{vip}/version")).count(3);
+            if http2 {
+                get = get.http2();
+            }
+            let client = if http2 { "h2c" } else { "HTTP/1.1" };
+            let results = mesh.get(&get)?;
+            for r in &results {
+                assert_eq!(r.status, Some(200), "{client} client to {vip}: {r:?}\n{}", mesh.logs());
+                assert_eq!(r.name(), Some(backend), "{r:?}");
+                assert_eq!(r.body["protocol"].as_str(), Some(spoken), "the backend was spoken to in: {r:?}");
+                // The client's request named the service; the backend sees that name, not an endpoint.
+                let host = r.request_header("host").map(str::to_string);
+                assert!(host.as_deref().is_none_or(|h| h.starts_with(vip)), "host {host:?}: {r:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `useClientProtocol: true` (as Istio's) opts out: the upstream version follows the client again, so an h2c
+/// client reaches web1's HTTP/1.1-only backend in HTTP/2 and fails, while an HTTP/1.1 client still passes.
+#[test]
+fn use_client_protocol_opts_out_of_the_ports_declaration() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mesh = one_version_mesh(|config| {
+        config.destination_policies.push(strait_tests::mesh_http::destination_policy(
+            "web1",
+            "host: web1\nconnectionPool: {http: {useClientProtocol: true}}\n",
+        ));
+    })?;
+    let url = format!("http://{WEB1_VIP}/client-protocol");
+    let h1 = mesh.get(&HttpGet::new(&url).count(2))?;
+    assert_eq!(count_status(&h1, 200), 2, "{}\n{}", statuses(&h1), mesh.logs());
+    assert!(h1.iter().all(|r| r.body["protocol"] == "HTTP/1.1"), "{}", statuses(&h1));
+    let h2 = mesh.get(&HttpGet::new(&url).count(2).http2())?;
+    assert_eq!(count_status(&h2, 503), 2, "the HTTP/1.1-only backend cannot answer HTTP/2: {}", statuses(&h2));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The destination side: authorization and identity
 // ---------------------------------------------------------------------------------------------------------
 

@@ -393,6 +393,11 @@ pub struct HttpPool {
     pub max_requests_per_connection: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Speak to the backend in the HTTP version the client used, instead of the one the service port
+    /// declares (`appProtocol: http` -> HTTP/1.1; `http2`, `h2c`, `grpc` -> HTTP/2). As Istio's
+    /// `useClientProtocol`; ports that declare no protocol always follow the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_client_protocol: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

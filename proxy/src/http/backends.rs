@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use strait_api::{DestinationPolicySpec, Service};
+use strait_api::{DestinationPolicySpec, Protocol, Service, ServicePort};
 use tokio::time::Instant;
 
 use super::resilience::{Balancer, BudgetConfig, HashOn, Limiter, OutlierDetector, RetryBudget, ServiceRef, Strategy};
 use super::route::RouteDestination;
+use super::upstream::Version;
 use crate::state::{ServiceTarget, State};
 
 /// One destination service port: where requests for it go, and what is remembered about its endpoints.
@@ -19,6 +20,9 @@ pub struct Backend {
     name: String,
     service: Arc<Service>,
     target_port: u16,
+    /// The HTTP version to speak to the endpoints, given the client's (see [`Version::upstream`]).
+    protocol: Protocol,
+    use_client_protocol: bool,
     policy: Option<DestinationPolicySpec>,
     subsets: HashMap<String, BTreeMap<String, String>>,
     hash_on: Option<HashOn>,
@@ -39,6 +43,11 @@ impl Backend {
 
     pub fn hash_on(&self) -> Option<&HashOn> {
         self.hash_on.as_ref()
+    }
+
+    /// The HTTP version to send a request in that arrived in `client`.
+    pub fn upstream_version(&self, client: Version) -> Version {
+        Version::upstream(self.protocol, self.use_client_protocol, client)
     }
 
     /// Ready endpoints, narrowed to a subset's labels when one is named (an unknown subset has none).
@@ -122,7 +131,7 @@ impl Backends {
             Some((_, backend)) => Some(backend.clone()),
             None => None,
         };
-        let backend = Arc::new(build(state, service, port.target(), previous.as_deref()));
+        let backend = Arc::new(build(state, service, port, previous.as_deref()));
         cache.insert(key, (state.version.clone(), backend.clone()));
         Some(backend)
     }
@@ -133,7 +142,8 @@ impl Backends {
     }
 }
 
-fn build(state: &State, service: &Arc<Service>, target_port: u16, previous: Option<&Backend>) -> Backend {
+fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Option<&Backend>) -> Backend {
+    let target_port = port.target();
     let settings = state.destination_settings(service);
     let policy = settings.policy.clone();
     let name = service.hostname();
@@ -172,6 +182,8 @@ fn build(state: &State, service: &Arc<Service>, target_port: u16, previous: Opti
         name,
         service: service.clone(),
         target_port,
+        protocol: port.protocol(),
+        use_client_protocol: settings.use_client_protocol,
         subsets: policy.iter().flat_map(|p| p.subsets.iter()).map(|s| (s.name.clone(), s.labels.clone())).collect(),
         policy,
         hash_on,

@@ -205,9 +205,14 @@ async fn forward(
         record.flags = ResponseFlag::NoHealthyUpstream;
         return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     }
-    let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
+    let client_version = Version::of(&request);
     // Routed already; the destination authorizes the handshake before its pod can answer 101.
     let upgrade = super::upgrade::wants_websocket(&request).then(|| hyper::upgrade::on(&mut request));
+    // A WebSocket handshake is an HTTP/1.1 upgrade: it stays HTTP/1.1 whatever the port declares.
+    let version = if upgrade.is_some() { client_version } else { backend.upstream_version(client_version) };
+    if version != client_version {
+        super::upstream::translate_request(&mut request, version);
+    }
     let hash_key: Option<Vec<u8>> = backend.hash_on().and_then(|h| h.key(request.headers())).map(<[u8]>::to_vec);
     let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version);
     let stats = RetryStats::default();
@@ -263,6 +268,9 @@ async fn forward(
     record_retries(d, &backend, &stats, record);
     match result {
         Ok(mut response) => {
+            if version != client_version {
+                super::upstream::translate_response(&mut response, client_version);
+            }
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let Some(downstream) = upgrade else {
                     // A switch nobody asked for (the request's upgrade was stripped) would leave the pod
