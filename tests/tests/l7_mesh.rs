@@ -450,6 +450,54 @@ fn use_client_protocol_opts_out_of_the_ports_declaration() -> Result<()> {
     Ok(())
 }
 
+/// Two requests written back to back on one keep-alive connection (RFC 9112 9.3.2 pipelining), through the
+/// Istio example's route (split, retries, timeout) and consistent hashing: both are answered, in order, and
+/// the connection stays open for more.
+#[test]
+fn pipelined_requests_are_answered_in_order() -> Result<()> {
+    use std::io::{Read, Write};
+    if !require_root() {
+        return Ok(());
+    }
+    let mesh = HttpMesh::start(&[], &[], |config| {
+        config.traffic_routes.push(traffic_route(
+            "reviews",
+            r#"
+hosts: [reviews]
+http:
+- route:
+  - {destination: {host: reviews, subset: v1}, weight: 90}
+  - {destination: {host: reviews, subset: v2}, weight: 10}
+  timeout: 10s
+  retries: {attempts: 3, perTryTimeout: 2s, retryOn: "5xx,reset,connect-failure"}
+"#,
+        ));
+        config.destination_policies.push(reviews_policy("loadBalancer: {consistentHash: {httpHeaderName: x-user-id}}"));
+    })?;
+    let mut stream = strait_tests::connect_from(mesh.client(), HttpMesh::reviews_addr())?;
+    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\nGET /x HTTP/1.1\r\nhost: reviews\r\n\r\n")?;
+    // Read until both answers are in (or 10 s pass): the connection stays open, so there is no EOF to wait for.
+    let mut answer = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let complete = |answer: &[u8]| String::from_utf8_lossy(answer).matches("\"path\":").count() >= 2;
+    while !complete(&answer) && Instant::now() < deadline {
+        let mut buf = [0u8; 16 * 1024];
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e).context("reading the answers"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let heads = answer.matches("HTTP/1.1 200 OK").count();
+    assert_eq!(heads, 2, "two answers expected within 10 s, got:\n{answer}\n{}", mesh.logs());
+    let (first, second) = (answer.find("\"path\":\"/\""), answer.find("\"path\":\"/x\""));
+    assert!(matches!((first, second), (Some(a), Some(b)) if a < b), "answered out of order:\n{answer}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The destination side: authorization and identity
 // ---------------------------------------------------------------------------------------------------------
