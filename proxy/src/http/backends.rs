@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use strait_api::{DestinationPolicySpec, Protocol, Service, ServicePort};
 use tokio::time::Instant;
 
-use super::resilience::{Balancer, BudgetConfig, HashOn, Limiter, OutlierDetector, RetryBudget, ServiceRef, Strategy};
+use super::resilience::{Balancer, HashOn, Limiter, OutlierDetector, RetryBudget, ServiceRef, Strategy};
 use super::route::RouteDestination;
 use super::upstream::Version;
 use crate::state::{ServiceTarget, State};
@@ -74,14 +74,15 @@ impl Backend {
     }
 
     /// Picks among the endpoints outlier detection has not ejected; if it ejected all of them, among all
-    /// (Envoy's panic mode: some traffic beats none).
-    pub fn pick(&self, endpoints: &[SocketAddr], hash_key: Option<&[u8]>) -> Option<SocketAddr> {
+    /// (Envoy's panic mode: some traffic beats none). A retry avoids the endpoints this request `tried`
+    /// ([`Balancer::pick_avoiding`]).
+    pub fn pick(&self, endpoints: &[SocketAddr], hash_key: Option<&[u8]>, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let now = Instant::now();
         self.sweep(now);
         let mut available = Vec::with_capacity(endpoints.len());
         self.outlier.retain_available(endpoints, now, &mut available);
         let candidates = if available.is_empty() { endpoints } else { &available };
-        self.balancer.pick(candidates, hash_key, &mut rand::rng())
+        self.balancer.pick_avoiding(candidates, hash_key, tried, &mut rand::rng())
     }
 
     fn sweep(&self, now: Instant) {
@@ -159,20 +160,23 @@ fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Op
     };
     let endpoints: Vec<SocketAddr> =
         service.endpoints.iter().map(|e| SocketAddr::new(e.address, target_port)).collect();
-    let (balancer, outlier, budget, ejections) = match previous {
+    let (balancer, outlier, ejections) = match previous {
         Some(p) if same(|s| format!("{:?}{:?}", s.load_balancer, s.outlier_detection)) => {
             p.outlier.set_endpoints(&endpoints);
             p.balancer.retain(&endpoints);
-            (p.balancer.clone(), p.outlier.clone(), p.budget.clone(), p.ejections_reported.load(Ordering::Acquire))
+            (p.balancer.clone(), p.outlier.clone(), p.ejections_reported.load(Ordering::Acquire))
         }
         _ => {
             let outlier = OutlierDetector::new(outlier_config);
             outlier.set_endpoints(&endpoints);
-            let budget = previous
-                .map(|p| p.budget.clone())
-                .unwrap_or_else(|| Arc::new(RetryBudget::new(BudgetConfig::default())));
-            (Arc::new(Balancer::new(strategy)), Arc::new(outlier), budget, 0)
+            (Arc::new(Balancer::new(strategy)), Arc::new(outlier), 0)
         }
+    };
+    // The budget's window (what was deposited and spent lately) survives a configuration that keeps its
+    // settings.
+    let budget = match previous {
+        Some(p) if p.budget.config() == settings.budget => p.budget.clone(),
+        _ => Arc::new(RetryBudget::new(settings.budget)),
     };
     let limiter = match previous {
         Some(p) if p.limiter.limits() == limits => p.limiter.clone(),

@@ -224,15 +224,23 @@ async fn forward(
         replay_cap: super::resilience::DEFAULT_REPLAY_CAP,
     };
     let last_upstream = std::sync::Mutex::new(None);
+    // The endpoints earlier tries of this request went to: a try is retried only when it failed, so a retry
+    // avoids them while others remain.
+    let tried = std::sync::Mutex::new(Vec::new());
     let send = |mut request: Request<super::body::RetryBody<ReqBody>>| {
         let client = client.clone();
         let backend = backend.clone();
         let endpoints = &endpoints;
         let hash_key = hash_key.as_deref();
         let last_upstream = &last_upstream;
+        let tried = &tried;
         async move {
             let _permit = backend.limiter.acquire().await.map_err(|_| SendError::Overflow)?;
-            let endpoint = backend.pick(endpoints, hash_key).ok_or(SendError::NoEndpoint)?;
+            let avoid = tried.lock().map(|t| t.clone()).unwrap_or_default();
+            let endpoint = backend.pick(endpoints, hash_key, &avoid).ok_or(SendError::NoEndpoint)?;
+            if let Ok(mut tried) = tried.lock() {
+                tried.push(endpoint);
+            }
             if let Ok(mut last) = last_upstream.lock() {
                 *last = Some(endpoint);
             }
@@ -240,13 +248,16 @@ async fn forward(
             if let Ok(uri) = format!("http://{endpoint}{path}").parse() {
                 *request.uri_mut() = uri;
             }
-            let guard = backend.balancer.start(endpoint);
+            let mut guard = backend.balancer.start(endpoint);
             let result = client.request(request.map(boxed)).await.map_err(SendError::from);
             let outcome = match &result {
                 Ok(response) => Outcome::Response(response.status()),
                 Err(e) => classify(e),
             };
             backend.outlier.record(endpoint, &outcome, tokio::time::Instant::now());
+            if outcome.is_failure() {
+                guard.failed();
+            }
             drop(guard);
             result
         }

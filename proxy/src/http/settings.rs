@@ -3,7 +3,7 @@
 
 use strait_api::{DestinationPolicySpec, MeshConfig, Named, Service};
 
-use super::resilience::{OutlierConfig, PoolLimits, ServiceRef, Strategy};
+use super::resilience::{BudgetConfig, OutlierConfig, PoolLimits, ServiceRef, Strategy};
 
 /// The DestinationPolicy whose host is `service`, if any; only a policy of the service's own namespace counts
 /// (one in another namespace could otherwise redirect, or starve, traffic it does not own).
@@ -28,6 +28,8 @@ pub struct DestinationSettings {
     pub max_connections: Option<u32>,
     /// `connectionPool.http.useClientProtocol`: the upstream HTTP version follows the client, not the port.
     pub use_client_protocol: bool,
+    /// `retryBudget`, or the default budget.
+    pub budget: BudgetConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,7 @@ impl DestinationSettings {
                 .and_then(|c| c.http.as_ref())
                 .and_then(|h| h.use_client_protocol)
                 .unwrap_or(false),
+            budget: BudgetConfig::from_spec(spec.retry_budget.as_ref()),
         })
     }
 }
@@ -73,6 +76,7 @@ impl Default for DestinationSettings {
             limits: PoolLimits::from_spec(None),
             max_connections: None,
             use_client_protocol: false,
+            budget: BudgetConfig::default(),
         }
     }
 }
