@@ -80,6 +80,26 @@ pub fn config(cluster: &Cluster) -> MeshConfig {
     config
 }
 
+/// An HTTP service of [`NAMESPACE`] at `vip`, port 80, whose port declares `app_protocol` (`http`, `http2`,
+/// ...), in front of the [`BACKEND_PORT`] of `pods` (workloads of `config`).
+pub fn http_service(config: &MeshConfig, name: &str, vip: &str, app_protocol: &str, pods: &[&str]) -> Service {
+    let address = |pod: &&str| {
+        config.workloads.iter().find(|w| w.name == *pod).map(|w| w.address).unwrap_or_else(|| panic!("no pod {pod}"))
+    };
+    Service {
+        name: name.into(),
+        namespace: NAMESPACE.into(),
+        addresses: vec![vip.parse().unwrap_or_else(|e| panic!("service {name}: address {vip:?}: {e}"))],
+        ports: vec![ServicePort {
+            name: Some("web".into()),
+            port: 80,
+            target_port: Some(BACKEND_PORT),
+            app_protocol: Some(app_protocol.into()),
+        }],
+        endpoints: pods.iter().map(|pod| Endpoint { address: address(pod), ready: true }).collect(),
+    }
+}
+
 /// A resource of [`NAMESPACE`] from the spec as users write it (YAML or flow-style YAML); panics with the
 /// parse error on a typo, since the YAML is part of the test.
 pub fn named<T: DeserializeOwned>(name: &str, yaml: &str) -> Named<T> {

@@ -25,6 +25,11 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 pub const MAX_CONSECUTIVE_ERRORS: u32 = 100_000;
 /// Percentages (fault percentages, `maxEjectionPercent`).
 pub const MAX_PERCENT: u32 = 100;
+/// `retryBudget.percent`: retries may add up to ten times the request rate. More is no budget at all (a
+/// route's own `attempts` already caps retries per request at 50).
+pub const MAX_RETRY_BUDGET_PERCENT: u32 = 1000;
+/// `retryBudget.minRetriesPerSecond`: the floor a quiet service may always retry at.
+pub const MAX_MIN_RETRIES_PER_SECOND: u32 = 100_000;
 // Connection-pool counts (`maxConnections`, `maxRequests`, ...) keep the whole `u32` range: Istio users write
 // 2^32-1 for "unlimited", and the proxy sizes semaphores with them, which allocate nothing up front.
 

@@ -437,6 +437,8 @@ fn destination_policy_rules(spec: &mut Value) {
         set(spec, path, json!({"maximum": bounds::MAX_CONSECUTIVE_ERRORS}));
     }
     percentage(spec, "outlierDetection.maxEjectionPercent");
+    set(spec, "retryBudget.percent", json!({"minimum": 0, "maximum": bounds::MAX_RETRY_BUDGET_PERCENT}));
+    set(spec, "retryBudget.minRetriesPerSecond", json!({"minimum": 0, "maximum": bounds::MAX_MIN_RETRIES_PER_SECOND}));
 }
 
 fn authorization_policy_rules(spec: &mut Value) {

@@ -321,6 +321,22 @@ pub struct DestinationPolicySpec {
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// How many retries the routes to this host may add to its traffic (Linkerd's retryBudget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Retries to one destination may add at most `percent` % of its request rate plus `minRetriesPerSecond`,
+/// counted over a 10 s window: enough to mask a flaky endpoint, too little for a retry storm to multiply the
+/// load of a failing service. Defaults: 50 % and 10 per second.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retries_per_second: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,6 +409,11 @@ pub struct HttpPool {
     pub max_requests_per_connection: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<String>,
+    /// Speak to the backend in the HTTP version the client used, instead of the one the service port
+    /// declares (`appProtocol: http` -> HTTP/1.1; `http2`, `h2c`, `grpc` -> HTTP/2). As Istio's
+    /// `useClientProtocol`; ports that declare no protocol always follow the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_client_protocol: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -427,6 +427,14 @@ fn validate_destination_policy(p: &mut Problems, field: &str, spec: &Destination
             }
         }
     }
+    if let Some(budget) = &spec.retry_budget {
+        if let Some(percent) = budget.percent {
+            check_max(p, &format!("{field}.spec.retryBudget.percent"), percent, MAX_RETRY_BUDGET_PERCENT);
+        }
+        if let Some(min) = budget.min_retries_per_second {
+            check_max(p, &format!("{field}.spec.retryBudget.minRetriesPerSecond"), min, MAX_MIN_RETRIES_PER_SECOND);
+        }
+    }
     let mut names = BTreeSet::new();
     for (i, subset) in spec.subsets.iter().enumerate() {
         if !names.insert(subset.name.as_str()) {
@@ -682,6 +690,21 @@ trafficRoutes:
         assert_eq!(
             problems_of(&yaml),
             ["trafficRoutes[shop/r].spec.http: 129 entries are more than the maximum of 128"]
+        );
+    }
+
+    #[test]
+    fn retry_budgets_are_bounded() {
+        let policy = |budget: &str| {
+            format!("destinationPolicies:\n- name: d\n  namespace: shop\n  spec:\n    host: reviews\n    retryBudget: {budget}\n")
+        };
+        assert!(MeshConfig::from_yaml(&policy("{percent: 1000, minRetriesPerSecond: 100000}")).is_ok());
+        assert_eq!(
+            problems_of(&policy("{percent: 1001, minRetriesPerSecond: 100001}")),
+            [
+                "destinationPolicies[shop/d].spec.retryBudget.percent: 1001 is more than the maximum of 1000",
+                "destinationPolicies[shop/d].spec.retryBudget.minRetriesPerSecond: 100001 is more than the maximum of 100000",
+            ]
         );
     }
 

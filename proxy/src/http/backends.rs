@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use strait_api::{DestinationPolicySpec, Service};
+use strait_api::{DestinationPolicySpec, Protocol, Service, ServicePort};
 use tokio::time::Instant;
 
-use super::resilience::{Balancer, BudgetConfig, HashOn, Limiter, OutlierDetector, RetryBudget, ServiceRef, Strategy};
+use super::resilience::{Balancer, HashOn, Limiter, OutlierDetector, RetryBudget, ServiceRef, Strategy};
 use super::route::RouteDestination;
+use super::upstream::Version;
 use crate::state::{ServiceTarget, State};
 
 /// One destination service port: where requests for it go, and what is remembered about its endpoints.
@@ -19,6 +20,9 @@ pub struct Backend {
     name: String,
     service: Arc<Service>,
     target_port: u16,
+    /// The HTTP version to speak to the endpoints, given the client's (see [`Version::upstream`]).
+    protocol: Protocol,
+    use_client_protocol: bool,
     policy: Option<DestinationPolicySpec>,
     subsets: HashMap<String, BTreeMap<String, String>>,
     hash_on: Option<HashOn>,
@@ -39,6 +43,11 @@ impl Backend {
 
     pub fn hash_on(&self) -> Option<&HashOn> {
         self.hash_on.as_ref()
+    }
+
+    /// The HTTP version to send a request in that arrived in `client`.
+    pub fn upstream_version(&self, client: Version) -> Version {
+        Version::upstream(self.protocol, self.use_client_protocol, client)
     }
 
     /// Ready endpoints, narrowed to a subset's labels when one is named (an unknown subset has none).
@@ -65,14 +74,15 @@ impl Backend {
     }
 
     /// Picks among the endpoints outlier detection has not ejected; if it ejected all of them, among all
-    /// (Envoy's panic mode: some traffic beats none).
-    pub fn pick(&self, endpoints: &[SocketAddr], hash_key: Option<&[u8]>) -> Option<SocketAddr> {
+    /// (Envoy's panic mode: some traffic beats none). A retry avoids the endpoints this request `tried`
+    /// ([`Balancer::pick_avoiding`]).
+    pub fn pick(&self, endpoints: &[SocketAddr], hash_key: Option<&[u8]>, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let now = Instant::now();
         self.sweep(now);
         let mut available = Vec::with_capacity(endpoints.len());
         self.outlier.retain_available(endpoints, now, &mut available);
         let candidates = if available.is_empty() { endpoints } else { &available };
-        self.balancer.pick(candidates, hash_key, &mut rand::rng())
+        self.balancer.pick_avoiding(candidates, hash_key, tried, &mut rand::rng())
     }
 
     fn sweep(&self, now: Instant) {
@@ -122,7 +132,7 @@ impl Backends {
             Some((_, backend)) => Some(backend.clone()),
             None => None,
         };
-        let backend = Arc::new(build(state, service, port.target(), previous.as_deref()));
+        let backend = Arc::new(build(state, service, port, previous.as_deref()));
         cache.insert(key, (state.version.clone(), backend.clone()));
         Some(backend)
     }
@@ -133,7 +143,8 @@ impl Backends {
     }
 }
 
-fn build(state: &State, service: &Arc<Service>, target_port: u16, previous: Option<&Backend>) -> Backend {
+fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Option<&Backend>) -> Backend {
+    let target_port = port.target();
     let settings = state.destination_settings(service);
     let policy = settings.policy.clone();
     let name = service.hostname();
@@ -149,20 +160,23 @@ fn build(state: &State, service: &Arc<Service>, target_port: u16, previous: Opti
     };
     let endpoints: Vec<SocketAddr> =
         service.endpoints.iter().map(|e| SocketAddr::new(e.address, target_port)).collect();
-    let (balancer, outlier, budget, ejections) = match previous {
+    let (balancer, outlier, ejections) = match previous {
         Some(p) if same(|s| format!("{:?}{:?}", s.load_balancer, s.outlier_detection)) => {
             p.outlier.set_endpoints(&endpoints);
             p.balancer.retain(&endpoints);
-            (p.balancer.clone(), p.outlier.clone(), p.budget.clone(), p.ejections_reported.load(Ordering::Acquire))
+            (p.balancer.clone(), p.outlier.clone(), p.ejections_reported.load(Ordering::Acquire))
         }
         _ => {
             let outlier = OutlierDetector::new(outlier_config);
             outlier.set_endpoints(&endpoints);
-            let budget = previous
-                .map(|p| p.budget.clone())
-                .unwrap_or_else(|| Arc::new(RetryBudget::new(BudgetConfig::default())));
-            (Arc::new(Balancer::new(strategy)), Arc::new(outlier), budget, 0)
+            (Arc::new(Balancer::new(strategy)), Arc::new(outlier), 0)
         }
+    };
+    // The budget's window (what was deposited and spent lately) survives a configuration that keeps its
+    // settings.
+    let budget = match previous {
+        Some(p) if p.budget.config() == settings.budget => p.budget.clone(),
+        _ => Arc::new(RetryBudget::new(settings.budget)),
     };
     let limiter = match previous {
         Some(p) if p.limiter.limits() == limits => p.limiter.clone(),
@@ -172,6 +186,8 @@ fn build(state: &State, service: &Arc<Service>, target_port: u16, previous: Opti
         name,
         service: service.clone(),
         target_port,
+        protocol: port.protocol(),
+        use_client_protocol: settings.use_client_protocol,
         subsets: policy.iter().flat_map(|p| p.subsets.iter()).map(|s| (s.name.clone(), s.labels.clone())).collect(),
         policy,
         hash_on,

@@ -188,6 +188,24 @@ impl Balancer {
         Some(chosen)
     }
 
+    /// [`Balancer::pick`] for a try of a request that already went to `tried` (each of which failed it, or
+    /// it would not be retried): among the endpoints it has not tried while there are any, as Istio's default
+    /// `previous_hosts` retry predicate (which re-picks up to 5 times; filtering first never needs to).
+    /// Consistent hashing keeps its choice, as Istio skips the predicate there: affinity is what it is for.
+    pub fn pick_avoiding(
+        &self,
+        endpoints: &[SocketAddr],
+        hash_key: Option<&[u8]>,
+        tried: &[SocketAddr],
+        rng: &mut impl Rng,
+    ) -> Option<SocketAddr> {
+        if tried.is_empty() || matches!(self.strategy, Strategy::ConsistentHash(_)) {
+            return self.pick(endpoints, hash_key, rng);
+        }
+        let fresh: Vec<SocketAddr> = endpoints.iter().filter(|e| !tried.contains(e)).copied().collect();
+        self.pick(if fresh.is_empty() { endpoints } else { &fresh }, hash_key, rng)
+    }
+
     fn cost(&self, load: Option<&Arc<Load>>, now: Instant) -> f64 {
         // Never tried: free, so it gets its one probe; while that probe is out it costs the default guess times
         // the requests in flight, so a new endpoint is neither starved nor flooded.
@@ -221,7 +239,7 @@ impl Balancer {
             })
             .clone();
         load.in_flight.fetch_add(1, Relaxed);
-        InFlightGuard { load, started: now, decay_ns: self.decay_ns(), latency: None }
+        InFlightGuard { load, started: now, decay_ns: self.decay_ns(), latency: None, failed: false }
     }
 
     /// Forgets endpoints no longer in the pool (requests in flight to them finish normally).
@@ -247,9 +265,20 @@ pub struct InFlightGuard {
     started: Instant,
     decay_ns: f64,
     latency: Option<Duration>,
+    failed: bool,
 }
 
+/// The latency a failed request counts as. An endpoint that answers 503 in a millisecond would otherwise look
+/// like the fastest of all and draw ever more traffic to fail; counted as a second, it is avoided at once (the
+/// peak) and tried again as the estimate decays (about a minute for a millisecond-fast alternative).
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
 impl InFlightGuard {
+    /// The request failed (a 5xx, a reset, no connection): its latency counts as at least [`FAILURE_PENALTY`].
+    pub fn failed(&mut self) {
+        self.failed = true;
+    }
+
     /// Ends the request with a measured latency (e.g. time to the response head, rather than to the end of
     /// a long streamed body).
     #[cfg(test)]
@@ -261,7 +290,10 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         let now = Instant::now();
-        let latency = self.latency.unwrap_or_else(|| now.saturating_duration_since(self.started));
+        let mut latency = self.latency.unwrap_or_else(|| now.saturating_duration_since(self.started));
+        if self.failed {
+            latency = latency.max(FAILURE_PENALTY);
+        }
         self.load.ewma.lock().unwrap_or_else(|e| e.into_inner()).observe(latency, now, self.decay_ns);
         self.load.in_flight.fetch_sub(1, Relaxed);
     }
@@ -355,6 +387,51 @@ mod tests {
         b.start(fast).finish(Duration::from_millis(5));
         b.start(slow).finish(Duration::from_millis(80));
         assert_eq!(count(&b, &eps, fast, 1000, &mut rng), 1000);
+    }
+
+    /// The flaky-pod scenario of issue 21: failing fast must not make an endpoint look fast.
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_failing_fast_counts_as_slow() {
+        let b = Balancer::new(Strategy::PeakEwma);
+        let eps = addrs(2);
+        let (failing, healthy) = (eps[0], eps[1]);
+        let mut rng = StdRng::seed_from_u64(4);
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            let mut guard = b.start(failing);
+            guard.failed();
+            guard.finish(Duration::from_millis(1));
+            b.start(healthy).finish(Duration::from_millis(20));
+        }
+        assert_eq!(count(&b, &eps, healthy, 1000, &mut rng), 1000);
+        // Forgiven as its estimate decays while the other keeps answering in 20 ms: within a minute
+        // (10 s x ln(1 s / 20 ms) is about 40 s) the failing endpoint is tried again.
+        for _ in 0..60 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            b.start(healthy).finish(Duration::from_millis(20));
+        }
+        assert_eq!(count(&b, &eps, failing, 1000, &mut rng), 1000);
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoints_the_request_already_tried() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let eps = addrs(3);
+        for strategy in [Strategy::PeakEwma, Strategy::LeastRequest, Strategy::RoundRobin, Strategy::Random] {
+            let b = Balancer::new(strategy.clone());
+            for _ in 0..200 {
+                assert_eq!(b.pick_avoiding(&eps, None, &eps[..2], &mut rng), Some(eps[2]), "{strategy:?}");
+                let picked = b.pick_avoiding(&eps, None, &eps[..1], &mut rng);
+                assert!(picked.is_some_and(|e| e != eps[0]), "{strategy:?}");
+            }
+            // Every endpoint tried: any of them, rather than none.
+            assert!(b.pick_avoiding(&eps, None, &eps, &mut rng).is_some());
+        }
+        // Consistent hashing keeps the key's endpoint, tried or not.
+        let b = Balancer::new(Strategy::ConsistentHash(HashOn::Header(HeaderName::from_static("x-user"))));
+        let home = b.pick(&eps, Some(b"user-7"), &mut rng);
+        let tried: Vec<SocketAddr> = home.into_iter().collect();
+        assert_eq!(b.pick_avoiding(&eps, Some(b"user-7"), &tried, &mut rng), home);
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,14 +25,38 @@ pub struct BudgetConfig {
     pub retry_ratio: f64,
 }
 
+/// The default ratio. Linkerd's 20 % cannot mask one endpoint of two failing half its requests (a quarter of
+/// the requests need a retry); 50 % can, and a failing service still sees at most 1.5 times its load (plus
+/// the floor), not the 4 times of three unbudgeted retries.
+pub const DEFAULT_RETRY_RATIO: f64 = 0.5;
+pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
+
 impl Default for BudgetConfig {
     fn default() -> Self {
-        BudgetConfig { ttl: Duration::from_secs(10), min_retries_per_second: 10, retry_ratio: 0.2 }
+        BudgetConfig {
+            ttl: Duration::from_secs(10),
+            min_retries_per_second: DEFAULT_MIN_RETRIES_PER_SECOND,
+            retry_ratio: DEFAULT_RETRY_RATIO,
+        }
+    }
+}
+
+impl BudgetConfig {
+    /// A DestinationPolicy's `retryBudget`; what it leaves out keeps its default.
+    pub fn from_spec(spec: Option<&strait_api::RetryBudget>) -> Self {
+        let default = BudgetConfig::default();
+        let Some(spec) = spec else { return default };
+        BudgetConfig {
+            retry_ratio: spec.percent.map_or(default.retry_ratio, |p| f64::from(p) / 100.0),
+            min_retries_per_second: spec.min_retries_per_second.unwrap_or(default.min_retries_per_second),
+            ..default
+        }
     }
 }
 
 #[derive(Debug)]
 pub struct RetryBudget {
+    config: BudgetConfig,
     deposit: i64,
     withdrawal: i64,
     reserve: i64,
@@ -50,11 +74,18 @@ impl RetryBudget {
         let ttl = config.ttl.clamp(Duration::from_secs(1), Duration::from_secs(60));
         let ratio = if config.retry_ratio.is_finite() { config.retry_ratio.clamp(0.0, 1000.0) } else { 0.0 };
         RetryBudget {
+            config,
             deposit: (ratio * SCALE) as i64,
             withdrawal: SCALE as i64,
             reserve: (f64::from(config.min_retries_per_second) * ttl.as_secs_f64() * SCALE) as i64,
             window: Mutex::new(Window::new(Instant::now(), ttl / SLOTS as u32)),
         }
+    }
+
+    /// What the budget was made from (a new configuration keeps the budget, and its window, when this is
+    /// unchanged).
+    pub fn config(&self) -> BudgetConfig {
+        self.config
     }
 
     /// Called once per original request (not per retry).
@@ -152,11 +183,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn steady_traffic_allows_ratio_plus_minimum() {
-        let budget = RetryBudget::default();
+        let budget = RetryBudget::new(BudgetConfig { retry_ratio: 0.2, ..Default::default() });
         let per_second = simulate(&budget, Instant::now(), 100, 40);
         // Steady state over one 10 s window: 1000 requests * 0.2 + 10/s * 10 s = 300 retries = 30/s.
         let last_window: u32 = per_second[30..].iter().sum();
         assert!((285..=315).contains(&last_window), "{last_window} retries in 10 s: {per_second:?}");
+        // The default, 50 %: 1000 * 0.5 + 100 = 600.
+        let budget = RetryBudget::default();
+        let per_second = simulate(&budget, Instant::now(), 100, 40);
+        let last_window: u32 = per_second[30..].iter().sum();
+        assert!((585..=615).contains(&last_window), "{last_window} retries in 10 s: {per_second:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -178,6 +214,15 @@ mod tests {
         }
         assert!(!budget.try_withdraw());
         assert_eq!(budget.available(), 0);
+    }
+
+    #[test]
+    fn the_spec_sets_ratio_and_floor() {
+        let spec = strait_api::RetryBudget { percent: Some(25), min_retries_per_second: None };
+        let config = BudgetConfig::from_spec(Some(&spec));
+        assert_eq!(config.retry_ratio, 0.25);
+        assert_eq!(config.min_retries_per_second, DEFAULT_MIN_RETRIES_PER_SECOND);
+        assert_eq!(BudgetConfig::from_spec(None), BudgetConfig::default());
     }
 
     #[tokio::test(start_paused = true)]

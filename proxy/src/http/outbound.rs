@@ -206,9 +206,14 @@ async fn forward(
         record.flags = ResponseFlag::NoHealthyUpstream;
         return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
     }
-    let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
+    let client_version = Version::of(&request);
     // Routed already; the destination authorizes the handshake before its pod can answer 101.
     let upgrade = super::upgrade::wants_websocket(&request).then(|| hyper::upgrade::on(&mut request));
+    // A WebSocket handshake is an HTTP/1.1 upgrade: it stays HTTP/1.1 whatever the port declares.
+    let version = if upgrade.is_some() { client_version } else { backend.upstream_version(client_version) };
+    if version != client_version {
+        super::upstream::translate_request(&mut request, version);
+    }
     let hash_key: Option<Vec<u8>> = backend.hash_on().and_then(|h| h.key(request.headers())).map(<[u8]>::to_vec);
     let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version);
     let stats = RetryStats::default();
@@ -220,15 +225,23 @@ async fn forward(
         replay_cap: super::resilience::DEFAULT_REPLAY_CAP,
     };
     let last_upstream = std::sync::Mutex::new(None);
+    // The endpoints earlier tries of this request went to: a try is retried only when it failed, so a retry
+    // avoids them while others remain.
+    let tried = std::sync::Mutex::new(Vec::new());
     let send = |mut request: Request<super::body::RetryBody<ReqBody>>| {
         let client = client.clone();
         let backend = backend.clone();
         let endpoints = &endpoints;
         let hash_key = hash_key.as_deref();
         let last_upstream = &last_upstream;
+        let tried = &tried;
         async move {
             let _permit = backend.limiter.acquire().await.map_err(|_| SendError::Overflow)?;
-            let endpoint = backend.pick(endpoints, hash_key).ok_or(SendError::NoEndpoint)?;
+            let avoid = tried.lock().map(|t| t.clone()).unwrap_or_default();
+            let endpoint = backend.pick(endpoints, hash_key, &avoid).ok_or(SendError::NoEndpoint)?;
+            if let Ok(mut tried) = tried.lock() {
+                tried.push(endpoint);
+            }
             if let Ok(mut last) = last_upstream.lock() {
                 *last = Some(endpoint);
             }
@@ -236,13 +249,16 @@ async fn forward(
             if let Ok(uri) = format!("http://{endpoint}{path}").parse() {
                 *request.uri_mut() = uri;
             }
-            let guard = backend.balancer.start(endpoint);
+            let mut guard = backend.balancer.start(endpoint);
             let result = client.request(request.map(boxed)).await.map_err(SendError::from);
             let outcome = match &result {
                 Ok(response) => Outcome::Response(response.status()),
                 Err(e) => classify(e),
             };
             backend.outlier.record(endpoint, &outcome, tokio::time::Instant::now());
+            if outcome.is_failure() {
+                guard.failed();
+            }
             drop(guard);
             result
         }
@@ -264,6 +280,9 @@ async fn forward(
     record_retries(d, &backend, &stats, record);
     match result {
         Ok(mut response) => {
+            if version != client_version {
+                super::upstream::translate_response(&mut response, client_version);
+            }
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let Some(downstream) = upgrade else {
                     // A switch nobody asked for (the request's upgrade was stripped) would leave the pod

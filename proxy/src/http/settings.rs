@@ -3,7 +3,7 @@
 
 use strait_api::{DestinationPolicySpec, MeshConfig, Named, Service};
 
-use super::resilience::{OutlierConfig, PoolLimits, ServiceRef, Strategy};
+use super::resilience::{BudgetConfig, OutlierConfig, PoolLimits, ServiceRef, Strategy};
 
 /// The DestinationPolicy whose host is `service`, if any; only a policy of the service's own namespace counts
 /// (one in another namespace could otherwise redirect, or starve, traffic it does not own).
@@ -23,8 +23,13 @@ pub struct DestinationSettings {
     pub strategy: Strategy,
     pub outlier: OutlierConfig,
     pub limits: PoolLimits,
-    /// `connectionPool.tcp.maxConnections`, for TCP services.
+    /// `connectionPool.tcp.maxConnections`: connections from this node to the service (TCP ports), or HTTP/1.1
+    /// requests in flight to it, each of which holds one upstream connection (HTTP ports).
     pub max_connections: Option<u32>,
+    /// `connectionPool.http.useClientProtocol`: the upstream HTTP version follows the client, not the port.
+    pub use_client_protocol: bool,
+    /// `retryBudget`, or the default budget.
+    pub budget: BudgetConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,11 @@ impl DestinationSettings {
             outlier,
             limits: PoolLimits::from_spec(pool.and_then(|c| c.http.as_ref())),
             max_connections: pool.and_then(|c| c.tcp.as_ref()).and_then(|t| t.max_connections).filter(|m| *m > 0),
+            use_client_protocol: pool
+                .and_then(|c| c.http.as_ref())
+                .and_then(|h| h.use_client_protocol)
+                .unwrap_or(false),
+            budget: BudgetConfig::from_spec(spec.retry_budget.as_ref()),
         })
     }
 }
@@ -65,6 +75,8 @@ impl Default for DestinationSettings {
             outlier: OutlierConfig::disabled(),
             limits: PoolLimits::from_spec(None),
             max_connections: None,
+            use_client_protocol: false,
+            budget: BudgetConfig::default(),
         }
     }
 }

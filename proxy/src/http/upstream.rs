@@ -15,6 +15,7 @@ use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use strait_api::Protocol;
 use strait_certs::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
@@ -153,12 +154,87 @@ async fn connect(
     }
 }
 
-/// HTTP version spoken to the upstream: the same as the downstream request's, so gRPC stays HTTP/2 and an
-/// HTTP/1.1 upgrade stays HTTP/1.1.
+/// An HTTP version spoken on a connection: what [`Version::upstream`] chooses for the source proxy's hop,
+/// and what the destination proxy repeats towards the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Version {
     Http1,
     Http2,
+}
+
+impl Version {
+    /// The version a request arrived in.
+    pub fn of<B>(request: &http::Request<B>) -> Version {
+        if request.version() == http::Version::HTTP_2 {
+            Version::Http2
+        } else {
+            Version::Http1
+        }
+    }
+
+    /// The version to speak to a destination port, as Istio chooses it: the port's declaration decides
+    /// (`http` -> HTTP/1.1; `http2`, `h2c`, `grpc` -> HTTP/2), because a backend that declared one version
+    /// may speak only that one; a port that declares nothing (sniffed), or a DestinationPolicy with
+    /// `useClientProtocol`, follows the client.
+    pub fn upstream(declared: Protocol, use_client_protocol: bool, client: Version) -> Version {
+        match declared {
+            _ if use_client_protocol => client,
+            Protocol::Http => Version::Http1,
+            Protocol::Http2 => Version::Http2,
+            Protocol::Tcp | Protocol::Unknown => client,
+        }
+    }
+
+    pub fn http(self) -> http::Version {
+        match self {
+            Version::Http1 => http::Version::HTTP_11,
+            Version::Http2 => http::Version::HTTP_2,
+        }
+    }
+}
+
+/// Headers that describe one HTTP/1.1 connection rather than the message (RFC 9110 7.6.1), forbidden in
+/// HTTP/2 (RFC 9113 8.2.2). `te: trailers` is the one form HTTP/2 keeps.
+const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"];
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let trailers = headers.get(http::header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // The names the `Connection` header lists are connection-specific too.
+    let listed: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| http::HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if trailers {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Turns a request that arrived in one HTTP version into one for an upstream of `version`: HTTP/1.1 needs a
+/// `Host` (an HTTP/2 request names its authority in the URI), HTTP/2 refuses connection-specific headers.
+pub fn translate_request<B>(request: &mut http::Request<B>, version: Version) {
+    strip_hop_by_hop(request.headers_mut());
+    if version == Version::Http1 && !request.headers().contains_key(http::header::HOST) {
+        let host = request.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+        if let Some(host) = host {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+    }
+    *request.version_mut() = version.http();
+}
+
+/// The response of an upstream spoken to in another version than the client's, made fit for the client.
+pub fn translate_response<B>(response: &mut http::Response<B>, client: Version) {
+    strip_hop_by_hop(response.headers_mut());
+    *response.version_mut() = client.http();
 }
 
 pub type UpstreamClient = Client<MeshConnector, BoxBody>;
@@ -257,4 +333,22 @@ where
             .http2_initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW);
     }
     builder.build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_declaration_chooses_the_upstream_version() {
+        use Version::{Http1, Http2};
+        for client in [Http1, Http2] {
+            assert_eq!(Version::upstream(Protocol::Http, false, client), Http1);
+            assert_eq!(Version::upstream(Protocol::Http2, false, client), Http2);
+            assert_eq!(Version::upstream(Protocol::Unknown, false, client), client);
+            for declared in [Protocol::Http, Protocol::Http2, Protocol::Unknown] {
+                assert_eq!(Version::upstream(declared, true, client), client, "useClientProtocol");
+            }
+        }
+    }
 }

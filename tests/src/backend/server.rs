@@ -98,6 +98,15 @@ pub struct HttpConfig {
     pub hang: bool,
     /// Wait this long before every answer (a uniformly slow endpoint).
     pub delay_ms: u64,
+    /// Speak only this HTTP version (a backend that knows no other); both when `None`.
+    pub only: Option<HttpOnly>,
+}
+
+/// The one HTTP version a backend speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HttpOnly {
+    Http1,
+    Http2,
 }
 
 impl HttpConfig {
@@ -162,11 +171,28 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, config: Arc<Insta
     let dup: OwnedFd = stream.as_fd().try_clone_to_owned()?;
     let reset = Arc::new(Notify::new());
     let ctx = Arc::new(Ctx { config, peer, local, reset: reset.clone() });
+    let only = ctx.config.config.only;
     let service = service_fn(move |req| handle(req, ctx.clone()));
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = TokioIo::new(stream);
+    // The auto builder's version restriction does nothing with upgrades, so a one-version backend uses
+    // hyper's builder for that version: it fails the connection when the client speaks the other one.
+    let conn: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), anyhow::Error>> + Send>> = match only {
+        None => {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+            Box::pin(async move { conn.await.map_err(|e| anyhow::anyhow!(e)) })
+        }
+        Some(HttpOnly::Http1) => {
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades();
+            Box::pin(async move { conn.await.map_err(|e| anyhow::anyhow!(e)) })
+        }
+        Some(HttpOnly::Http2) => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service);
+            Box::pin(async move { conn.await.map_err(|e| anyhow::anyhow!(e)) })
+        }
+    };
     tokio::select! {
-        result = conn => result.map_err(|e| anyhow::anyhow!(e))?,
+        result = conn => result?,
         _ = reset.notified() => {
             socket2::SockRef::from(&dup).set_linger(Some(Duration::ZERO))?;
             // Returning drops the connection (one descriptor), then `dup` (the last): RST.

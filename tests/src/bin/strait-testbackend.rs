@@ -48,6 +48,9 @@ enum Cmd {
         /// Wait this many milliseconds before every answer.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Speak only this HTTP version (`http1` or `http2`, h2c); both when absent.
+        #[arg(long, value_enum)]
+        only: Option<server::HttpOnly>,
     },
     /// Connect, send the marker then N filler bytes, half-close, read to EOF; print a JSON report.
     TcpSend {
@@ -102,8 +105,8 @@ async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::TcpEcho { listen } => server::tcp_echo(listen).await,
         Cmd::TcpSink { listen } => server::tcp_sink(listen).await,
-        Cmd::Http { listen, name, version, fail_percent, hang, delay_ms } => {
-            server::http(listen, server::HttpConfig { name, version, fail_percent, hang, delay_ms }).await
+        Cmd::Http { listen, name, version, fail_percent, hang, delay_ms, only } => {
+            server::http(listen, server::HttpConfig { name, version, fail_percent, hang, delay_ms, only }).await
         }
         Cmd::TcpSend { connect, bytes, marker, timeout_ms } => {
             let report = client::tcp_send(connect, bytes, &marker, Duration::from_millis(timeout_ms)).await?;
