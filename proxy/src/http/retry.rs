@@ -478,11 +478,14 @@ mod tests {
         let (ok, stats) = run(2000, 1.0, &policy, &budget).await;
         assert_eq!(ok, 0);
         let seconds = start.elapsed().as_secs_f64();
-        // 20 % of the requests plus 10/s for each 10 s window the run touched (the reserve refills per window).
-        let bound = 0.2 * 2000.0 + 10.0 * 10.0 * (seconds / 10.0).ceil();
+        // The budget's share of the requests plus its minimum rate for each 10 s window the run touched (the
+        // reserve refills per window).
+        let config = super::super::budget::BudgetConfig::default();
+        let per_window = f64::from(config.min_retries_per_second) * 10.0;
+        let bound = config.retry_ratio * 2000.0 + per_window * (seconds / 10.0).ceil();
         let retries = stats.retries() as f64;
         assert!(retries <= bound, "{retries} retries over {seconds:.1} s, bound {bound}");
-        assert!(retries >= 0.2 * 2000.0, "{retries} retries: the budget should be used");
+        assert!(retries >= config.retry_ratio * 2000.0, "{retries} retries: the budget should be used");
         assert!(stats.budget_exhausted() > 1000, "{}", stats.budget_exhausted());
         assert_eq!(stats.succeeded(), 0);
     }
