@@ -201,3 +201,60 @@ impl ExplicitListeners {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use strait_api::{MeshConfig, Workload};
+    use strait_certs::{CertStore, MeshCa, TrustBundle};
+
+    use super::*;
+    use crate::serve::{ListenMode, Proxy, ProxyOptions};
+    use crate::state::StateStore;
+    use crate::telemetry::metrics::Metrics;
+
+    fn config(workloads: &[(&str, &str)]) -> MeshConfig {
+        let workloads = workloads
+            .iter()
+            .map(|(name, ip)| Workload {
+                name: (*name).into(),
+                namespace: "shop".into(),
+                service_account: (*name).into(),
+                node: "node-a".into(),
+                address: ip.parse().expect("test address"),
+                labels: BTreeMap::new(),
+                meshed: true,
+                tunnel_port: strait_api::DEFAULT_TUNNEL_PORT,
+            })
+            .collect();
+        MeshConfig { workloads, ..MeshConfig::default() }
+    }
+
+    /// A node that sees pods come and go must not keep (and renew) certificates for pods long gone.
+    #[tokio::test]
+    async fn certificates_of_workloads_that_left_are_forgotten() {
+        let ca = MeshCa::generate("cluster.local").expect("a CA");
+        let certs = Arc::new(CertStore::new(Arc::new(ca.clone()), TrustBundle::from_ca(&ca)));
+        let state = StateStore::new("node-a");
+        let options = ProxyOptions {
+            mode: ListenMode::Explicit { bind_services: false },
+            outbound_addr: ([127, 0, 0, 1], 0).into(),
+            tunnel_addr: ([127, 0, 0, 1], 0).into(),
+            plaintext_addr: ([127, 0, 0, 1], 0).into(),
+            mark: None,
+            connect_timeout: std::time::Duration::from_secs(1),
+            pool: Default::default(),
+            max_connections_per_workload: 16,
+        };
+        let proxy = Proxy::new(&options, state.clone(), certs.clone(), Arc::new(Metrics::new()));
+        let both = state.apply(config(&[("stays", "10.1.0.2"), ("leaves", "10.1.0.3")]), "1".into()).expect("valid");
+        prefetch_certificates(&proxy.ctx, &both).await;
+        assert_eq!(certs.certs().len(), 2);
+
+        let one = state.apply(config(&[("stays", "10.1.0.2")]), "2".into()).expect("valid");
+        forget_departed(&proxy.ctx, &one);
+        let kept: Vec<String> = certs.certs().iter().map(|c| c.identity().to_string()).collect();
+        assert_eq!(kept, ["spiffe://cluster.local/ns/shop/sa/stays"]);
+    }
+}

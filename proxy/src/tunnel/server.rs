@@ -177,7 +177,7 @@ async fn tunnel_stream(
         return;
     }
     let authority = request.uri().authority().map(|a| a.as_str().to_string()).unwrap_or_default();
-    let Ok(target) = authority.parse::<SocketAddr>().map(canonical) else {
+    let Some(target) = connect_target(&authority) else {
         ctx.metrics.refused("tunnel", Refusal::BadRequest);
         warn!(%authority, "CONNECT authority is not <pod ip>:<port>");
         respond_status(&mut respond, StatusCode::BAD_REQUEST, "CONNECT authority must be <pod ip>:<port>");
@@ -247,5 +247,42 @@ fn forwarded_caller(state: &State, request: &http::Request<h2::RecvStream>, call
             Caller { address: ip, ..caller }
         }
         _ => caller,
+    }
+}
+
+/// The pod address a CONNECT names: `<ip>:<port>` (IPv6 in brackets), nothing else (no names to resolve).
+fn connect_target(authority: &str) -> Option<SocketAddr> {
+    authority.parse::<SocketAddr>().ok().map(canonical)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::connect_target;
+
+    #[test]
+    fn only_addresses_are_targets() {
+        assert_eq!(connect_target("10.1.0.2:8080"), Some(([10, 1, 0, 2], 8080).into()));
+        assert!(connect_target("[fd00::2]:80").is_some());
+        for bad in ["", "reviews:80", "10.1.0.2", "10.1.0.2:99999", "[fd00::2]", "10.1.0.2:80/x"] {
+            assert_eq!(connect_target(bad), None, "{bad}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// A peer's CONNECT authority is arbitrary text: it names an address or is refused, never a panic.
+        #[test]
+        fn any_authority_is_an_address_or_refused(text in ".{0,64}") {
+            let _ = connect_target(&text);
+        }
+
+        #[test]
+        fn every_address_survives_as_an_authority(addr in any::<std::net::SocketAddr>()) {
+            let expected = crate::tcp::socket::canonical(addr);
+            prop_assert_eq!(connect_target(&expected.to_string()), Some(expected));
+        }
     }
 }
