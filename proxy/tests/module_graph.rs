@@ -4,7 +4,8 @@
 //!
 //! `context` is the composition root: it names the state each subsystem keeps (the tunnel pool, HTTP clients,
 //! connection limits) and is handed to every connection path; it is left out of the graph so that the paths
-//! can take it as a parameter. Test modules (`tests.rs`) are left out too.
+//! can take it as a parameter. Test code is left out too: `tests.rs` files and the inline `#[cfg(test)] mod`
+//! that ends a file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,10 +33,18 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
                 parts.pop();
             }
             let text = std::fs::read_to_string(&path).expect("read module");
-            out.insert(parts.join("::"), strip_comments(&text));
+            out.insert(parts.join("::"), strip_comments(without_tests(&text)));
         }
     }
     out
+}
+
+/// The text before an inline test module (by convention the last item of a file).
+fn without_tests(text: &str) -> &str {
+    match text.find("#[cfg(test)]\nmod ") {
+        Some(at) => &text[..at],
+        None => text,
+    }
 }
 
 fn strip_comments(text: &str) -> String {
@@ -233,6 +242,7 @@ fn the_checker_finds_a_cycle() {
     assert_eq!(edges["b"], BTreeSet::from(["a::inner".to_string()]), "re-exports resolve; comments are ignored");
     let cycle = find_cycle(&edges).expect("a -> b -> a is a cycle");
     assert!(cycle.contains(&"b".to_string()) && cycle.contains(&"a::inner".to_string()), "{cycle:?}");
-    std::fs::write(src.join("b.rs"), "pub fn other() {}\n").expect("write");
-    assert_eq!(find_cycle(&graph(src)), None);
+    std::fs::write(src.join("b.rs"), "pub fn other() {}\n#[cfg(test)]\nmod tests {\n    use crate::a::Thing;\n}\n")
+        .expect("write");
+    assert_eq!(find_cycle(&graph(src)), None, "a test module is not a dependency");
 }
