@@ -383,6 +383,42 @@ fn a_proxy_restarted_without_configuration_keeps_the_rules_and_fails_closed() ->
     Ok(())
 }
 
+/// `connectionPool.tcp.connectTimeout` bounds how long a client waits for a destination that never answers its
+/// SYN (the proxy's own bound is 5 s): accepted by the schema, so it is enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_bounds_a_destination_that_never_answers() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let (mesh, _echo) = tokio::task::block_in_place(|| {
+        start(Mode::Tproxy, |config| {
+            let spec = serde_yaml::from_str("host: echo\nconnectionPool: {tcp: {connectTimeout: 300ms}}\n")
+                .expect("a valid DestinationPolicy");
+            config.destination_policies.push(strait_api::Named { name: "echo".into(), namespace: "shop".into(), spec });
+        })
+    })?;
+    // b1 silently drops new connections to the echo port, as a host that is down would.
+    let b1 = mesh.cluster.pod("b1").netns_name().to_string();
+    for command in [
+        "add table inet blackhole".to_string(),
+        "add chain inet blackhole input { type filter hook input priority 0 ; }".to_string(),
+        format!("add rule inet blackhole input tcp dport {ECHO_PORT} tcp flags & (syn | ack) == syn drop"),
+    ] {
+        tokio::task::block_in_place(|| exec::run_in(&b1, &["nft", &command]))?;
+    }
+
+    let a1 = mesh.cluster.pod("a1").netns_name().to_string();
+    let mut stream = connect_from_async(&a1, vip()).await?;
+    let started = std::time::Instant::now();
+    let _ = stream.write_all(b"ping").await;
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    let waited = started.elapsed();
+    assert!(ended.is_ok() && rest.is_empty(), "the connection was not closed");
+    assert!(waited < Duration::from_secs(3), "closed after {waited:?}: the 300 ms connect timeout was not applied");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_max_connections_refuses_the_extra_connection_at_once() -> Result<()> {
     if !require_root() {

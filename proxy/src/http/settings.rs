@@ -30,6 +30,9 @@ pub struct DestinationSettings {
     pub use_client_protocol: bool,
     /// `retryBudget`, or the default budget.
     pub budget: BudgetConfig,
+    /// `connectionPool.tcp.connectTimeout`: how long opening a connection to an endpoint may take (through the
+    /// tunnel: until the far side has connected to the pod), instead of the proxy's default.
+    pub connect_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,13 @@ impl DestinationSettings {
             None => OutlierConfig::disabled(),
         };
         let pool = spec.connection_pool.as_ref();
+        let connect_timeout = pool
+            .and_then(|c| c.tcp.as_ref())
+            .and_then(|t| t.connect_timeout.as_deref())
+            .map(strait_api::parse_duration)
+            .transpose()
+            .map_err(|e| error(format!("connectionPool.tcp.connectTimeout: {e}")))?
+            .filter(|d| !d.is_zero());
         Ok(DestinationSettings {
             policy: Some(spec.clone()),
             strategy,
@@ -63,6 +73,7 @@ impl DestinationSettings {
                 .and_then(|h| h.use_client_protocol)
                 .unwrap_or(false),
             budget: BudgetConfig::from_spec(spec.retry_budget.as_ref()),
+            connect_timeout,
         })
     }
 }
@@ -77,6 +88,7 @@ impl Default for DestinationSettings {
             max_connections: None,
             use_client_protocol: false,
             budget: BudgetConfig::default(),
+            connect_timeout: None,
         }
     }
 }

@@ -95,6 +95,8 @@ pub enum ConnectError {
     NoAuthority,
     #[error("refused: {0}")]
     Denied(DenyReason),
+    #[error("no connection to {0} within the connect timeout")]
+    Timeout(SocketAddr),
     #[error("{0}")]
     Tunnel(#[from] crate::tunnel::TunnelError),
     #[error("connecting to {addr}: {source}")]
@@ -124,7 +126,23 @@ impl tower::Service<Uri> for MeshConnector {
     }
 }
 
+/// Connects within the destination service's `connectionPool.tcp.connectTimeout`, else the proxy's own bound.
 async fn connect(
+    ctx: &Arc<ProxyContext>,
+    source: &Arc<WorkloadInfo>,
+    target: SocketAddr,
+) -> Result<Conn, ConnectError> {
+    let limit = {
+        let state = ctx.state.current();
+        state.endpoint_service(target).and_then(|s| state.destination_settings(s).connect_timeout)
+    };
+    match tokio::time::timeout(limit.unwrap_or(ctx.connect_timeout), connect_now(ctx, source, target)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout(target)),
+    }
+}
+
+async fn connect_now(
     ctx: &Arc<ProxyContext>,
     source: &Arc<WorkloadInfo>,
     target: SocketAddr,

@@ -81,8 +81,15 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             return;
         }
     };
+    // `connectionPool.tcp.connectTimeout` of the service, else the proxy's own bound.
+    let connect_timeout = state
+        .service(original)
+        .and_then(|s| state.destination_settings(&s.service).connect_timeout)
+        .unwrap_or(ctx.connect_timeout);
     match plan(&state, &source, target) {
-        Upstream::Passthrough { target } => passthrough(&ctx, tcp, target, labels.with_upstream(target)).await,
+        Upstream::Passthrough { target } => {
+            passthrough(&ctx, tcp, target, connect_timeout, labels.with_upstream(target)).await
+        }
         Upstream::Local { destination, target } => {
             let labels = labels.with_destination(&destination).with_upstream(target);
             let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
@@ -90,7 +97,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         }
         Upstream::Tunnel { destination, target, dial, key } => {
             let labels = labels.with_destination(&destination).with_upstream(target).mutual_tls(true);
-            tunnel(&ctx, tcp, &source, &key, dial, target, labels).await;
+            tunnel(&ctx, tcp, &source, (&key, dial, target), connect_timeout, labels).await;
         }
         Upstream::Deny(reason) => {
             ctx.metrics.refused("outbound", Refusal::UnknownSource);
@@ -119,22 +126,30 @@ fn service_endpoint(state: &State, original: SocketAddr) -> Result<SocketAddr, S
     Ok(SocketAddr::new(endpoint.address, service.port.target()))
 }
 
+/// Through the tunnel: `(pool key, address dialled, CONNECT target)`; the stream must be open (the far side
+/// connected to the pod) within `connect_timeout`.
 async fn tunnel(
     ctx: &ProxyContext,
     mut client: TcpStream,
     source: &WorkloadInfo,
-    key: &PoolKey,
-    dial: SocketAddr,
-    target: SocketAddr,
+    (key, dial, target): (&PoolKey, SocketAddr, SocketAddr),
+    connect_timeout: std::time::Duration,
     labels: ConnectionLabels,
 ) {
     let mut record = ConnectionRecord::open(&ctx.metrics, labels);
-    let mut stream = match ctx.pool.open(key, dial, target, source.workload.address).await {
-        Ok(s) => s,
-        Err(e) => {
+    let opened = tokio::time::timeout(connect_timeout, ctx.pool.open(key, dial, target, source.workload.address));
+    let mut stream = match opened.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
             ctx.metrics.refused("outbound", Refusal::TunnelFailed);
             record.end(Refusal::TunnelFailed.response_flag());
             warn!(source = %source.name(), %target, error = %e, "tunnel failed");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.refused("outbound", Refusal::TunnelFailed);
+            record.end(Refusal::TunnelFailed.response_flag());
+            warn!(source = %source.name(), %target, ?connect_timeout, "tunnel not open within the connect timeout");
             return;
         }
     };
@@ -145,9 +160,16 @@ async fn tunnel(
     record.relayed(&result);
 }
 
-async fn passthrough(ctx: &ProxyContext, mut client: TcpStream, target: SocketAddr, labels: ConnectionLabels) {
+async fn passthrough(
+    ctx: &ProxyContext,
+    mut client: TcpStream,
+    target: SocketAddr,
+    connect_timeout: std::time::Duration,
+    labels: ConnectionLabels,
+) {
     let mut record = ConnectionRecord::open(&ctx.metrics, labels);
-    let mut upstream = match ctx.outgoing.connect(target).await {
+    let connected = tokio::time::timeout(connect_timeout, ctx.outgoing.connect(target)).await;
+    let mut upstream = match connected.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
         Ok(s) => s,
         Err(e) => {
             record.end(ResponseFlag::UpstreamConnectionFailure);
