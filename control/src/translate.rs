@@ -159,6 +159,7 @@ mod tests {
                     HttpRoute { route: vec![dest("v1")], ..Default::default() },
                     HttpRoute { route: vec![dest(subset)], ..Default::default() },
                 ],
+                ..Default::default()
             },
         }
     }

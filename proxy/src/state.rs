@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use strait_api::{MeshConfig, MtlsMode, Protocol, Service, ServicePort, Workload};
+use strait_api::{EscapedSlashes, MeshConfig, MtlsMode, Protocol, Service, ServicePort, Workload};
 use strait_certs::Identity;
 use tokio::sync::watch;
 
@@ -50,6 +50,9 @@ pub struct State {
     /// The service in front of each endpoint port (the first declared, if several), for the destination side's
     /// `destination_service` labels.
     endpoint_services: HashMap<SocketAddr, Arc<Service>>,
+    /// What the destination side does with `%2F`/`%5C` for each endpoint port: `Keep` only when every service
+    /// in front of it keeps them (the source side decided by one of them, and must not be able to widen it).
+    endpoint_escaped_slashes: HashMap<SocketAddr, EscapedSlashes>,
     pub policies: Policies,
     /// The compiled TrafficRoute rules of each service that has any.
     routes: HashMap<ServiceRef, Arc<RouteTable>>,
@@ -84,6 +87,7 @@ impl State {
             services_by_name: HashMap::new(),
             endpoint_protocols: HashMap::new(),
             endpoint_services: HashMap::new(),
+            endpoint_escaped_slashes: HashMap::new(),
             policies: Policies::default(),
             routes: HashMap::new(),
             no_routes: Arc::default(),
@@ -156,11 +160,25 @@ impl State {
             return Err(problem.into());
         }
         let mut routes = HashMap::new();
+        let mut endpoint_escaped_slashes = HashMap::new();
         let mut destinations = HashMap::new();
         for s in &config.services {
             let service = ServiceRef::new(&s.name, &s.namespace);
             let (table, _) = RouteTable::for_service(&config.traffic_routes, &service);
-            if !table.is_empty() {
+            let slashes = table.escaped_slashes();
+            for port in &s.ports {
+                for endpoint in &s.endpoints {
+                    endpoint_escaped_slashes
+                        .entry(SocketAddr::new(endpoint.address, port.target()))
+                        .and_modify(|current| {
+                            if *current != slashes {
+                                *current = EscapedSlashes::Reject;
+                            }
+                        })
+                        .or_insert(slashes);
+                }
+            }
+            if !table.is_empty() || slashes != EscapedSlashes::Reject {
                 routes.insert(service.clone(), Arc::new(table));
             }
             let settings = DestinationSettings::compile(policy_for(&config, s))?;
@@ -178,6 +196,7 @@ impl State {
             services_by_name,
             endpoint_protocols,
             endpoint_services,
+            endpoint_escaped_slashes,
             policies,
             routes,
             no_routes: Arc::default(),
@@ -235,6 +254,11 @@ impl State {
     /// The service whose endpoint `target` (pod address, target port) is.
     pub fn endpoint_service(&self, target: SocketAddr) -> Option<&Arc<Service>> {
         self.endpoint_services.get(&target)
+    }
+
+    /// What the destination side does with `%2F`/`%5C` in a request to `target` (pod address, port).
+    pub fn endpoint_escaped_slashes(&self, target: SocketAddr) -> EscapedSlashes {
+        self.endpoint_escaped_slashes.get(&target).copied().unwrap_or_default()
     }
 
     pub fn mtls_mode(&self, namespace: &str) -> MtlsMode {
@@ -306,6 +330,38 @@ trafficRoutes:
         let table = state.route_table(&ServiceRef::new("reviews", "shop"));
         assert!(!table.is_empty(), "the route is compiled into the snapshot");
         assert!(state.route_table(&ServiceRef::new("ratings", "shop")).is_empty());
+    }
+
+    #[test]
+    fn escaped_slashes_are_kept_at_a_pod_port_only_when_every_service_in_front_of_it_keeps_them() {
+        let yaml = |objects_route: &str| {
+            format!(
+                "
+services:
+- {{name: objects, namespace: shop, addresses: [10.96.0.11], ports: [{{port: 80, name: http, targetPort: 8080}}],
+   endpoints: [{{address: 10.0.0.1}}, {{address: 10.0.0.2}}]}}
+- {{name: legacy, namespace: shop, addresses: [10.96.0.12], ports: [{{port: 80, name: http, targetPort: 8080}}],
+   endpoints: [{{address: 10.0.0.2}}]}}
+trafficRoutes:
+- name: objects
+  namespace: shop
+  spec: {{hosts: [objects], {objects_route}}}
+"
+            )
+        };
+        let keep: MeshConfig = serde_yaml::from_str(&yaml("escapedSlashes: Keep")).expect("parses");
+        let state = State::build(keep, "node-a", "1".into()).expect("valid");
+        let objects = ServiceRef::new("objects", "shop");
+        assert_eq!(state.route_table(&objects).escaped_slashes(), EscapedSlashes::Keep, "a route with no rules");
+        let only_objects: SocketAddr = "10.0.0.1:8080".parse().expect("address");
+        let also_legacy: SocketAddr = "10.0.0.2:8080".parse().expect("address");
+        assert_eq!(state.endpoint_escaped_slashes(only_objects), EscapedSlashes::Keep);
+        assert_eq!(state.endpoint_escaped_slashes(also_legacy), EscapedSlashes::Reject, "legacy did not opt in");
+        assert_eq!(state.endpoint_escaped_slashes("10.0.0.9:8080".parse().expect("address")), EscapedSlashes::Reject);
+        let default: MeshConfig = serde_yaml::from_str(&yaml("http: []")).expect("parses");
+        let state = State::build(default, "node-a", "1".into()).expect("valid");
+        assert_eq!(state.route_table(&objects).escaped_slashes(), EscapedSlashes::Reject);
+        assert_eq!(state.endpoint_escaped_slashes(only_objects), EscapedSlashes::Reject);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!          b1: DENY paths [/admin, /admin/*]; DENY methods [DELETE] on /items*
 //!          b2: ALLOW GET on [/public, /public/*] (everything else denied)
 //! a1 --> web (10.96.0.22:8081, port name `web`: undeclared, sniffed as HTTP) -> b1:8081
+//! a1 --> objects (10.96.0.23:80, appProtocol http, TrafficRoute `escapedSlashes: Keep`) -> b1:8082
 //! ```
 
 use std::io::{Read, Write};
@@ -24,6 +25,8 @@ use strait_tests::{connect_from, require_root};
 
 const WEB_VIP: &str = "10.96.0.22";
 const WEB_PORT: u16 = 8081;
+const OBJECTS_VIP: &str = "10.96.0.23";
+const OBJECTS_TARGET_PORT: u16 = 8082;
 
 /// The mesh of this file (see the module documentation).
 fn start() -> Result<HttpMesh> {
@@ -73,6 +76,19 @@ rules:
             }],
             endpoints: b1.map(|address| Endpoint { address, ready: true }).into_iter().collect(),
         });
+        config.services.push(Service {
+            name: "objects".into(),
+            namespace: NAMESPACE.into(),
+            addresses: vec![OBJECTS_VIP.parse().expect("a valid constant address")],
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(OBJECTS_TARGET_PORT),
+                app_protocol: Some("http".into()),
+            }],
+            endpoints: b1.map(|address| Endpoint { address, ready: true }).into_iter().collect(),
+        });
+        config.traffic_routes.push(traffic_route("objects", "{hosts: [objects], escapedSlashes: Keep}"));
     })
 }
 
@@ -399,5 +415,44 @@ fn forged_identity_headers_are_stripped_on_every_port() -> Result<()> {
         ensure!(seen["headers"].get("x-strait-peer-identity").is_none(), "{host}: x-strait-* reached the pod: {seen}");
     }
     drop(web);
+    Ok(())
+}
+
+/// A host whose TrafficRoute says `escapedSlashes: Keep` gets `%2F` through both proxies as data (object keys),
+/// with every other normalization still applied; every other host still refuses it with 400.
+#[test]
+fn escaped_slashes_pass_only_to_a_host_that_opted_in() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mesh = start()?;
+    let b1 = mesh.mesh.cluster.pod("b1");
+    let objects =
+        backend::http(b1.netns_name(), SocketAddr::new(IpAddr::V4(b1.ip()), OBJECTS_TARGET_PORT), "objects-b1", "v1")?;
+    let objects_addr = SocketAddr::new(OBJECTS_VIP.parse()?, 80);
+    let cases: [(SocketAddr, &str, &str, Option<&str>); 5] = [
+        (objects_addr, "objects", "/objects/a%2fb", Some("/objects/a%2Fb")),
+        (objects_addr, "objects", "/objects/a%5Cb//../%61%2F", Some("/objects/a%2F")),
+        (objects_addr, "objects", "/objects/a\\b", None),
+        (objects_addr, "objects", "/objects/a;b", None),
+        (HttpMesh::reviews_addr(), "reviews", "/objects/a%2Fb", None),
+    ];
+    for (addr, host, path, want) in cases {
+        let head = format!("GET {path} HTTP/1.1\r\nhost: {host}");
+        let response = send_raw(&mesh, addr, head.as_bytes())?;
+        match want {
+            Some(expected) => ensure!(
+                response.status == 200 && response.backend_path().as_deref() == Some(expected),
+                "{host} {path}: want {expected} at the backend, got {response:?}\n{}",
+                mesh.logs()
+            ),
+            None => ensure!(
+                response.status == 400 && response.header("x-backend-name").is_none(),
+                "{host} {path}: want 400 from a proxy, got {response:?}\n{}",
+                mesh.logs()
+            ),
+        }
+    }
+    drop(objects);
     Ok(())
 }

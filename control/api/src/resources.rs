@@ -135,6 +135,21 @@ pub struct TrafficRouteSpec {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub http: Vec<HttpRoute>,
+    /// What both proxies do with `%2F` and `%5C` in a path to these hosts: `Reject` (the default: 400, since a
+    /// backend that decodes them sees segments no rule saw) or `Keep` (passed as they are, upper-case hex, and
+    /// matched by routes and policies as part of a segment: for backends that treat them as data, such as
+    /// object keys). When several TrafficRoutes name a host, `Keep` applies only if none says `Reject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<EscapedSlashes>,
+}
+
+/// See [`TrafficRouteSpec::escaped_slashes`]; the choice Envoy calls `path_with_escaped_slashes_action`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+pub enum EscapedSlashes {
+    #[default]
+    Reject,
+    Keep,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

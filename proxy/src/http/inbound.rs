@@ -61,8 +61,10 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     };
     let trace_id = super::trace::add_hop(request.headers_mut());
     let method = request.method().clone();
-    // The calling proxy may be another version, or the caller a plaintext client: normalize again.
-    let normalized = super::normalize::request(&mut request);
+    // The calling proxy may be another version, or the caller a plaintext client: normalize again, with the
+    // same choice for escaped slashes as the source (both read it from the service's TrafficRoutes).
+    let state = d.ctx.state.current();
+    let normalized = super::normalize::request(&mut request, state.endpoint_escaped_slashes(d.target));
     let log_path = request.uri().path().to_string();
     // Recorded (metrics and the access line) when the response body has been sent.
     let access = |response: &Response<BoxBody>, flags: ResponseFlag, detail: &str| Access {
@@ -88,7 +90,6 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         let access = access(&response, ResponseFlag::DownstreamProtocolError, rejection.as_str());
         return observed(response, access);
     }
-    let state = d.ctx.state.current();
     let principal = d.caller.identity.as_ref().map(|i| i.principal());
     let decision = state.policies.evaluate(&AuthzRequest {
         source_principal: principal.as_deref(),

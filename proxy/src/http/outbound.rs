@@ -65,12 +65,13 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
         (Request::from_parts(parts, body), counter)
     };
     let method = request.method().clone();
+    let state = d.ctx.state.current();
+    let front = ServiceRef::new(&d.front.service.name, &d.front.service.namespace);
     // Before routing: routes match, and the destination authorizes, what the backend will receive.
-    let normalized = super::normalize::request(&mut request);
+    let normalized = super::normalize::request(&mut request, state.route_table(&front).escaped_slashes());
     // The normalized path, or the path as sent when it was refused.
     let path = request.uri().path().to_string();
     let trace = super::trace::add_hop(request.headers_mut());
-    let state = d.ctx.state.current();
     let mut record = Record {
         flags: ResponseFlag::None,
         route: "default".into(),

@@ -8,7 +8,8 @@
 //!   upper-case hex, so `/%61dmin` and `/%2e%2e/` cannot hide a name or a dot segment;
 //! - repeated slashes are merged, then dot segments removed (RFC 3986 5.2.4). Merging first means an empty
 //!   segment cannot absorb a `..` (`/admin//../x` is `/x`, as a file system reads it);
-//! - refused (400): `%2F`, `%5C` (a backend that decodes them sees segments the policy did not), a raw `\`
+//! - refused (400): `%2F`, `%5C` (a backend that decodes them sees segments the policy did not; a host's
+//!   TrafficRoute may opt in to keeping them, [`EscapedSlashes::Keep`]), a raw `\`
 //!   (some servers treat it as `/`), NUL and other control characters, `;` raw or as `%3B` (path parameters:
 //!   Tomcat and friends strip `;x` from a segment, so `/admin;x` would reach `/admin` past an exact DENY, and
 //!   `/..;/` is a traversal), `%25` followed by two hex digits (double encoding: a second decode by the
@@ -26,6 +27,7 @@
 use std::borrow::Cow;
 
 use http::{HeaderMap, Method, Request, Uri};
+pub use strait_api::EscapedSlashes;
 
 #[cfg(test)]
 mod tests;
@@ -85,10 +87,10 @@ impl Rejection {
 }
 
 /// Normalizes `request` in place (method checked, path normalized, identity headers and unsupported upgrades
-/// stripped), or says why it must be refused.
-pub fn request<B>(request: &mut Request<B>) -> Result<(), Rejection> {
+/// stripped), or says why it must be refused. `slashes` is the destination host's choice for `%2F` and `%5C`.
+pub fn request<B>(request: &mut Request<B>, slashes: EscapedSlashes) -> Result<(), Rejection> {
     method(request.method())?;
-    if let Some(uri) = normalize_uri(request.uri())? {
+    if let Some(uri) = normalize_uri(request.uri(), slashes)? {
         *request.uri_mut() = uri;
     }
     strip_identity_headers(request.headers_mut());
@@ -106,9 +108,9 @@ pub fn method(method: &Method) -> Result<(), Rejection> {
 }
 
 /// The URI with its path normalized, `None` when it already was.
-fn normalize_uri(uri: &Uri) -> Result<Option<Uri>, Rejection> {
+fn normalize_uri(uri: &Uri, slashes: EscapedSlashes) -> Result<Option<Uri>, Rejection> {
     let path = uri.path();
-    let Cow::Owned(normalized) = path_of(path)? else { return Ok(None) };
+    let Cow::Owned(normalized) = path_of(path, slashes)? else { return Ok(None) };
     let path_and_query = match uri.query() {
         Some(query) => format!("{normalized}?{query}"),
         None => normalized,
@@ -120,14 +122,14 @@ fn normalize_uri(uri: &Uri) -> Result<Option<Uri>, Rejection> {
 
 /// The normalized form of a request path (without its query); borrowed when the path is already normal.
 /// `*` (the asterisk form of `OPTIONS *`) is left as it is.
-pub fn path_of(path: &str) -> Result<Cow<'_, str>, Rejection> {
+pub fn path_of(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, Rejection> {
     if path == "*" {
         return Ok(Cow::Borrowed(path));
     }
     if !path.starts_with('/') {
         return Err(Rejection::NotAbsolutePath);
     }
-    let decoded = decode_unreserved(path)?;
+    let decoded = decode_unreserved(path, slashes)?;
     let normalized = merge_and_remove_dots(&decoded);
     if normalized == path {
         Ok(Cow::Borrowed(path))
@@ -150,8 +152,10 @@ fn is_unreserved(b: u8) -> bool {
 }
 
 /// Decodes escapes of unreserved characters and upper-cases the hex of the others, refusing what the module
-/// documentation lists. The result is ASCII escapes plus the input's own (valid UTF-8) bytes.
-fn decode_unreserved(path: &str) -> Result<String, Rejection> {
+/// documentation lists. The result is ASCII escapes plus the input's own (valid UTF-8) bytes. A kept `%2F` is
+/// an escape like any other: dot removal and slash merging only ever see raw slashes.
+fn decode_unreserved(path: &str, slashes: EscapedSlashes) -> Result<String, Rejection> {
+    let keep_slashes = slashes == EscapedSlashes::Keep;
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -168,8 +172,8 @@ fn decode_unreserved(path: &str) -> Result<String, Rejection> {
                 let value = high << 4 | low;
                 match value {
                     0 => return Err(Rejection::Nul),
-                    b'/' => return Err(Rejection::EncodedSlash),
-                    b'\\' => return Err(Rejection::EncodedBackslash),
+                    b'/' if !keep_slashes => return Err(Rejection::EncodedSlash),
+                    b'\\' if !keep_slashes => return Err(Rejection::EncodedBackslash),
                     b';' => return Err(Rejection::PathParameter),
                     v if is_unreserved(v) => out.push(v),
                     v => out.extend_from_slice(&[b'%', HEX[usize::from(v >> 4)], HEX[usize::from(v & 0xF)]]),

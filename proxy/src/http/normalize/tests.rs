@@ -6,14 +6,14 @@ use rand::{Rng, SeedableRng};
 use super::*;
 
 fn normal(path: &str) -> String {
-    match path_of(path) {
+    match path_of(path, EscapedSlashes::Reject) {
         Ok(p) => p.into_owned(),
         Err(e) => panic!("{path:?} refused: {e}"),
     }
 }
 
 fn refused(path: &str) -> Rejection {
-    match path_of(path) {
+    match path_of(path, EscapedSlashes::Reject) {
         Ok(p) => panic!("{path:?} accepted as {p:?}"),
         Err(e) => e,
     }
@@ -129,9 +129,9 @@ fn case_is_kept() {
 
 #[test]
 fn an_already_normal_path_is_borrowed() {
-    assert!(matches!(path_of("/api/v1/items"), Ok(Cow::Borrowed(_))));
-    assert!(matches!(path_of("/"), Ok(Cow::Borrowed(_))));
-    assert!(matches!(path_of("*"), Ok(Cow::Borrowed("*"))));
+    assert!(matches!(path_of("/api/v1/items", EscapedSlashes::Reject), Ok(Cow::Borrowed(_))));
+    assert!(matches!(path_of("/", EscapedSlashes::Reject), Ok(Cow::Borrowed(_))));
+    assert!(matches!(path_of("*", EscapedSlashes::Reject), Ok(Cow::Borrowed("*"))));
 }
 
 #[test]
@@ -153,10 +153,10 @@ fn method_check(m: &Method) -> Result<(), Rejection> {
 #[test]
 fn the_request_gets_the_normalized_path_and_keeps_its_query() {
     let mut r = Request::builder().uri("http://reviews/%61dmin//./x?a=%2F&b=..").body(()).expect("request");
-    request(&mut r).expect("accepted");
+    request(&mut r, EscapedSlashes::Reject).expect("accepted");
     assert_eq!(r.uri().to_string(), "http://reviews/admin/x?a=%2F&b=..");
     let mut r = Request::builder().uri("/a/../b?q").body(()).expect("request");
-    request(&mut r).expect("accepted");
+    request(&mut r, EscapedSlashes::Reject).expect("accepted");
     assert_eq!(r.uri().to_string(), "/b?q");
 }
 
@@ -169,7 +169,7 @@ fn a_forged_client_certificate_header_is_stripped() {
         .header("x-other", "kept")
         .body(())
         .expect("request");
-    request(&mut r).expect("accepted");
+    request(&mut r, EscapedSlashes::Reject).expect("accepted");
     assert!(r.headers().get(XFCC).is_none());
     assert!(r.headers().get("x-strait-peer-identity").is_none());
     assert_eq!(r.headers().get("x-other").and_then(|v| v.to_str().ok()), Some("kept"));
@@ -196,10 +196,11 @@ fn normalization_is_idempotent_and_its_output_has_no_dot_segments_or_empty_segme
     let mut accepted = 0;
     for _ in 0..50_000 {
         let path = generated(&mut rng);
-        let Ok(once) = path_of(&path) else { continue };
+        let Ok(once) = path_of(&path, EscapedSlashes::Reject) else { continue };
         accepted += 1;
         let once = once.into_owned();
-        let twice = path_of(&once).unwrap_or_else(|e| panic!("{path:?} -> {once:?} then refused: {e}"));
+        let twice =
+            path_of(&once, EscapedSlashes::Reject).unwrap_or_else(|e| panic!("{path:?} -> {once:?} then refused: {e}"));
         assert_eq!(twice, once, "not idempotent on {path:?}");
         assert!(once.starts_with('/'), "{path:?} -> {once:?}");
         assert!(!once.contains("//"), "{path:?} -> {once:?}");
@@ -225,7 +226,40 @@ fn normalization_never_panics_on_arbitrary_text() {
                 _ => rng.random::<char>(),
             })
             .collect();
-        let _ = path_of(&text);
-        let _ = path_of(&format!("/{text}"));
+        let _ = path_of(&text, EscapedSlashes::Reject);
+        let _ = path_of(&format!("/{text}"), EscapedSlashes::Reject);
+    }
+}
+
+#[test]
+fn a_host_that_keeps_escaped_slashes_gets_them_as_data_and_nothing_else_changes() {
+    let keep = |path: &str| path_of(path, EscapedSlashes::Keep).map(Cow::into_owned);
+    assert_eq!(keep("/objects/a%2fb").as_deref(), Ok("/objects/a%2Fb"));
+    assert_eq!(keep("/objects/a%5cb").as_deref(), Ok("/objects/a%5Cb"));
+    // A kept escape is inside a segment: it neither merges with a slash nor forms a dot segment.
+    assert_eq!(keep("/a/..%2F..%2Fadmin").as_deref(), Ok("/a/..%2F..%2Fadmin"));
+    assert_eq!(keep("/a/%2F/../b").as_deref(), Ok("/a/b"));
+    // Everything else is refused or normalized exactly as without the opt-in.
+    assert_eq!(keep("/a\\b"), Err(Rejection::Backslash));
+    assert_eq!(keep("/a;b"), Err(Rejection::PathParameter));
+    assert_eq!(keep("/a%252Fb"), Err(Rejection::DoubleEncoding));
+    assert_eq!(keep("/%61dmin//x").as_deref(), Ok("/admin/x"));
+    // And the default still refuses both.
+    assert_eq!(refused("/objects/a%2Fb"), Rejection::EncodedSlash);
+    assert_eq!(refused("/objects/a%5Cb"), Rejection::EncodedBackslash);
+}
+
+#[test]
+fn normalization_with_kept_slashes_is_idempotent() {
+    let mut rng = StdRng::seed_from_u64(0x2f2f);
+    let alphabet = ["/", "%2F", "%2f", "%5C", ".", "..", "a", "%61", "~", "%7E"];
+    for _ in 0..5_000 {
+        let path: String = std::iter::once("/")
+            .chain((0..rng.random_range(0..12)).map(|_| alphabet[rng.random_range(0..alphabet.len())]))
+            .collect();
+        let Ok(once) = path_of(&path, EscapedSlashes::Keep) else { continue };
+        let twice = path_of(&once, EscapedSlashes::Keep).unwrap_or_else(|e| panic!("{path:?} -> {once:?}: {e}"));
+        assert_eq!(once, twice, "{path:?}");
+        assert!(!once.contains("//"), "{path:?} -> {once:?}");
     }
 }

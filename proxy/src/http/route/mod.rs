@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use rand::Rng;
-use strait_api::{self as api, parse_duration, Named, TrafficRouteSpec};
+use strait_api::{self as api, parse_duration, EscapedSlashes, Named, TrafficRouteSpec};
 
 use super::retry::RetryPolicy;
 
@@ -49,6 +49,7 @@ pub struct CompileError {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    escaped_slashes: EscapedSlashes,
 }
 
 impl RouteTable {
@@ -63,7 +64,15 @@ impl RouteTable {
     ) -> (RouteTable, Vec<CompileError>) {
         let mut table = RouteTable::default();
         let mut errors = Vec::new();
+        // `Keep` only when some route asks for it and none refuses it: the safe choice wins a disagreement.
+        let mut keep = false;
+        let mut reject = false;
         for named in routes {
+            match named.spec.escaped_slashes {
+                Some(EscapedSlashes::Keep) => keep = true,
+                Some(EscapedSlashes::Reject) => reject = true,
+                None => {}
+            }
             let origin = format!("{}/{}", named.namespace, named.name);
             for (index, rule) in named.spec.http.iter().enumerate() {
                 let mut warnings = Vec::new();
@@ -81,7 +90,15 @@ impl RouteTable {
                 }));
             }
         }
+        if keep && !reject {
+            table.escaped_slashes = EscapedSlashes::Keep;
+        }
         (table, errors)
+    }
+
+    /// What both proxies do with `%2F` and `%5C` in a path to this table's service.
+    pub fn escaped_slashes(&self) -> EscapedSlashes {
+        self.escaped_slashes
     }
 
     pub fn is_empty(&self) -> bool {

@@ -320,3 +320,16 @@ fn a_route_in_another_namespace_cannot_hijack_a_service() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(table.route(&parts("GET", "/", &[])).map(Route::name), Some("shop/own[0]"));
 }
+
+#[test]
+fn escaped_slashes_are_kept_only_when_no_route_of_the_host_refuses_them() {
+    let keep = named("shop", "a", "{hosts: [objects], escapedSlashes: Keep}");
+    let reject = named("shop", "b", "{hosts: [objects], escapedSlashes: Reject}");
+    let silent = named("shop", "c", "{hosts: [objects], http: [{route: [{destination: {host: objects}}]}]}");
+    let choice = |routes: &[&Named<TrafficRouteSpec>]| RouteTable::compile(routes.iter().copied()).0.escaped_slashes();
+    assert_eq!(choice(&[]), EscapedSlashes::Reject);
+    assert_eq!(choice(&[&silent]), EscapedSlashes::Reject);
+    assert_eq!(choice(&[&keep, &silent]), EscapedSlashes::Keep);
+    assert_eq!(choice(&[&keep, &reject]), EscapedSlashes::Reject);
+    assert_eq!(choice(&[&reject, &keep]), EscapedSlashes::Reject);
+}
