@@ -77,8 +77,8 @@ fn answer<B>(args: &DemoArgs, request: &Request<B>) -> Response<Full<Bytes>> {
         .headers()
         .get("x-forwarded-client-cert")
         .and_then(|v| v.to_str().ok())
-        .and_then(caller_from_xfcc)
-        .unwrap_or_else(|| "unknown".to_string());
+        .and_then(strait_proxy::xfcc::caller)
+        .map_or_else(|| "unknown".to_string(), |identity| identity.uri());
     let body = serde_json::json!({
         "workload": args.name,
         "version": args.version,
@@ -92,37 +92,4 @@ fn answer<B>(args: &DemoArgs, request: &Request<B>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
-}
-
-/// The caller's identity from an `x-forwarded-client-cert` value: the `URI` of the last element (the hop
-/// that reached this workload; earlier elements were added by earlier hops).
-fn caller_from_xfcc(value: &str) -> Option<String> {
-    let element = value.rsplit(',').next()?;
-    element.split(';').find_map(|pair| {
-        let (key, value) = pair.trim().split_once('=')?;
-        key.eq_ignore_ascii_case("uri").then(|| value.trim_matches('"').to_string()).filter(|v| !v.is_empty())
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::caller_from_xfcc;
-
-    #[test]
-    fn reads_the_callers_uri_from_xfcc() {
-        assert_eq!(
-            caller_from_xfcc(
-                "By=spiffe://cluster.local/ns/demo/sa/reviews;URI=spiffe://cluster.local/ns/demo/sa/client"
-            )
-            .as_deref(),
-            Some("spiffe://cluster.local/ns/demo/sa/client")
-        );
-        assert_eq!(
-            caller_from_xfcc("By=a;URI=spiffe://td/ns/x/sa/first,By=b;Hash=00;URI=\"spiffe://td/ns/y/sa/last\"")
-                .as_deref(),
-            Some("spiffe://td/ns/y/sa/last")
-        );
-        assert_eq!(caller_from_xfcc("By=spiffe://td/ns/x/sa/y"), None);
-        assert_eq!(caller_from_xfcc(""), None);
-    }
 }

@@ -30,3 +30,6 @@ mod state;
 mod tcp;
 pub mod telemetry;
 pub mod tunnel;
+
+/// The `x-forwarded-client-cert` format the destination proxy writes, and its decoder for pods.
+pub use http::xfcc;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
@@ -23,6 +23,7 @@ use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 
 use super::normalize::XFCC;
+use super::xfcc;
 
 struct Destination {
     ctx: Arc<ProxyContext>,
@@ -117,11 +118,10 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     }
 
     // Whatever the caller claimed was stripped (`normalize`); what the handshake proved is set.
-    if let Some(identity) = &d.caller.identity {
-        let by = d.workload.identity.as_ref().map(|i| i.uri()).unwrap_or_default();
-        if let Ok(value) = HeaderValue::from_str(&format!("By={by};URI={}", identity.uri())) {
-            request.headers_mut().insert(XFCC, value);
-        }
+    if let Some(value) =
+        d.caller.identity.as_ref().and_then(|caller| xfcc::encode(d.workload.identity.as_ref(), caller))
+    {
+        request.headers_mut().insert(XFCC, value);
     }
     let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
     // Authorized already; other upgrades were stripped by `normalize`.

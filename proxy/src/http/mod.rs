@@ -23,6 +23,7 @@ pub mod settings;
 pub mod trace;
 pub mod upgrade;
 pub mod upstream;
+pub mod xfcc;
 
 use std::sync::Arc;
 
