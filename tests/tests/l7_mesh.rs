@@ -573,6 +573,43 @@ fn server_sees_the_callers_identity() -> Result<()> {
     Ok(())
 }
 
+/// An address reused by a new pod (here a1 recreated under another service account, as a StatefulSet pod
+/// may be) never gets the old pod's identity: node-a's pooled upstream clients, which hold connections made
+/// with a1's old certificate, are not reused for it, and the backend sees the new identity on every request.
+#[test]
+fn an_address_reused_by_a_new_pod_never_carries_the_old_pods_identity() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mut mesh = HttpMesh::start(&[], &[], |_| {})?;
+    let caller = |r: &HttpResult| {
+        r.request_header("x-forwarded-client-cert")
+            .and_then(|v| v.rsplit_once("URI=").map(|(_, uri)| uri.to_string()))
+            .unwrap_or_default()
+    };
+    // Keep-alive requests leave pooled connections, made with sa-a1's certificate, at node-a.
+    for r in mesh.get(&HttpGet::new(url("/whoami")).count(20))? {
+        ensure!(r.status == Some(200), "{r:?}\n{}", mesh.logs());
+        ensure!(caller(&r) == "spiffe://cluster.local/ns/shop/sa/sa-a1", "{r:?}");
+    }
+    let mut config = strait_tests::mesh_http::config(&mesh.mesh.cluster);
+    let a1 = config.workloads.iter_mut().find(|w| w.name == "a1").context("workload a1")?;
+    a1.service_account = "sa-new".into();
+    mesh.mesh.update_config(&config)?;
+    mesh.mesh.wait_ready("node-a")?;
+    let results = mesh.get(&HttpGet::new(url("/whoami")).count(20))?;
+    for r in &results {
+        ensure!(r.status == Some(200), "{r:?}\n{}", mesh.logs());
+        ensure!(
+            caller(r) == "spiffe://cluster.local/ns/shop/sa/sa-new",
+            "the reused address carried {}: {r:?}\n{}",
+            caller(r),
+            mesh.logs()
+        );
+    }
+    Ok(())
+}
+
 /// A `traceparent` keeps its trace id and gets a new parent id.
 #[test]
 fn traceparent_keeps_the_trace_and_gets_a_new_parent() -> Result<()> {
