@@ -158,7 +158,52 @@ pub fn parse_file(source: &str, text: &str, out: &mut Discovered) {
         if value.is_null() {
             continue;
         }
-        parse_document(source, doc, value, out);
+        if value.get("apiVersion").and_then(Value::as_str).is_some_and(crate::istio::is_istio_api) {
+            parse_istio(source, doc, &value, out);
+        } else {
+            parse_document(source, doc, value, out);
+        }
+    }
+}
+
+/// An Istio document, read as the Strait resource it converts to when the conversion is exact; otherwise
+/// refused with every field that would behave differently (`strait import --accept-changes` makes the
+/// reviewed conversion a file of Strait resources).
+fn parse_istio(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
+    use crate::istio::{convert, Outcome};
+    let json = match serde_json::to_value(value) {
+        Ok(json) => json,
+        Err(e) => {
+            let message = format!("document {doc}: not a Kubernetes object: {e}");
+            return out.rejected.push(Rejection { source: source.to_string(), key: None, message });
+        }
+    };
+    let converted = convert(json, &strait_api::default_trust_domain());
+    let reject = |out: &mut Discovered, key: Option<ObjectKey>, message: String| {
+        out.rejected.push(Rejection {
+            source: source.to_string(),
+            key,
+            message: format!("document {doc}: {}: {message}", converted.origin),
+        })
+    };
+    match &converted.outcome {
+        Outcome::Resource { object, .. } if !converted.changes_behaviour() => {
+            out.objects.push(Sourced { source: source.to_string(), object: (**object).clone() })
+        }
+        Outcome::Resource { object, .. } => {
+            let notes: Vec<String> =
+                converted.notes.iter().filter(|n| n.changes_behaviour()).map(ToString::to_string).collect();
+            reject(out, Some(object.key()), format!("would behave differently in Strait: {}", notes.join("; ")))
+        }
+        Outcome::NamespaceMtls { mode } => reject(
+            out,
+            None,
+            format!(
+                "set the namespace's mode in the Mesh file instead: namespaces: [{{name: {}, mtlsMode: {mode}}}]",
+                converted.namespace
+            ),
+        ),
+        Outcome::Refused(reason) => reject(out, None, reason.clone()),
     }
 }
 
@@ -306,6 +351,47 @@ mod tests {
         let mut d = Discovered::default();
         parse_file("mesh.yaml", text, &mut d);
         d
+    }
+
+    #[test]
+    fn reads_istio_documents_that_convert_exactly_and_refuses_the_rest_naming_the_field() {
+        let d = parse(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v1}, weight: 90}, {destination: {host: reviews, subset: v2}, weight: 10}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy: {connectionPool: {http: {http1MaxPendingRequests: 50}}}
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: shop}
+spec:
+  hosts: [ratings]
+  http: [{route: [{destination: {host: ratings}}], mirror: {host: shadow}}]
+"#,
+        );
+        let kinds: Vec<ObjectKey> = d.objects.iter().map(|o| o.object.key()).collect();
+        assert_eq!(
+            kinds,
+            [
+                ObjectKey::new(Kind::TrafficRoute, "shop", "reviews"),
+                ObjectKey::new(Kind::DestinationPolicy, "shop", "reviews")
+            ]
+        );
+        assert_eq!(d.rejected.len(), 1, "{:?}", d.rejected);
+        let rejected = &d.rejected[0];
+        assert_eq!(rejected.key, Some(ObjectKey::new(Kind::TrafficRoute, "shop", "ratings")));
+        assert!(rejected.message.contains("spec.http[0].mirror"), "{}", rejected.message);
     }
 
     #[test]

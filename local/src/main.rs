@@ -3,12 +3,14 @@
 //! - `strait local` starts a whole mesh (control plane, two node proxies, demo backends) as child processes of
 //!   itself, on loopback addresses, without Kubernetes or root; `strait local --netns` runs it in network
 //!   namespaces with transparent capture instead (root, Linux);
-//! - `strait proxy`, `strait control` and `strait demo-backend` are those children (and usable on their own).
+//! - `strait proxy`, `strait control` and `strait demo-backend` are those children (and usable on their own);
+//! - `strait import` converts Istio resources to Strait's.
 
 mod children;
 mod control;
 mod demo;
 mod http_get;
+mod import;
 mod launch;
 mod netns_mesh;
 mod plan;
@@ -33,6 +35,9 @@ enum Command {
     Control(control::ControlArgs),
     /// A small HTTP server answering JSON with its version, its identity and the caller's identity.
     DemoBackend(demo::DemoArgs),
+    /// Convert Istio resources (VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication) to
+    /// Strait's, naming every field that was dropped or changed.
+    Import(import::ImportArgs),
     /// A tiny HTTP client for checks from inside a pod's network namespace (tests).
     #[command(hide = true)]
     HttpGet(http_get::HttpGetArgs),
@@ -44,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(args) => strait_proxy::cli::run_with(*args),
         Command::Control(args) => control::run(args),
         Command::DemoBackend(args) => demo::run(args),
+        Command::Import(args) => import::run(args),
         Command::HttpGet(args) => http_get::run(args),
     };
     match result {
