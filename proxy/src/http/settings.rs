@@ -4,6 +4,7 @@
 use strait_api::{DestinationPolicySpec, MeshConfig, Named, Service};
 
 use super::resilience::{BudgetConfig, OutlierConfig, PoolLimits, ServiceRef, Strategy};
+use super::upstream::ConnectionReuse;
 
 /// The DestinationPolicy whose host is `service`, if any; only a policy of the service's own namespace counts
 /// (one in another namespace could otherwise redirect, or starve, traffic it does not own).
@@ -23,9 +24,12 @@ pub struct DestinationSettings {
     pub strategy: Strategy,
     pub outlier: OutlierConfig,
     pub limits: PoolLimits,
-    /// `connectionPool.tcp.maxConnections`: connections from this node to the service (TCP ports), or HTTP/1.1
-    /// requests in flight to it, each of which holds one upstream connection (HTTP ports).
+    /// `connectionPool.tcp.maxConnections`: connections from this node to the service, on TCP ports (counted
+    /// per client connection) and HTTP ports (upstream connections, see `upstream::ConnectionSlots`; an HTTP/1.1
+    /// request in flight holds one, so it also caps those requests).
     pub max_connections: Option<u32>,
+    /// `connectionPool.http.idleTimeout` and `maxRequestsPerConnection`, for the pooled upstream connections.
+    pub reuse: ConnectionReuse,
     /// `connectionPool.http.useClientProtocol`: the upstream HTTP version follows the client, not the port.
     pub use_client_protocol: bool,
     /// `retryBudget`, or the default budget.
@@ -62,12 +66,25 @@ impl DestinationSettings {
             .transpose()
             .map_err(|e| error(format!("connectionPool.tcp.connectTimeout: {e}")))?
             .filter(|d| !d.is_zero());
+        let http = pool.and_then(|c| c.http.as_ref());
+        // As Istio, zero means "not set" for both.
+        let idle_timeout = http
+            .and_then(|h| h.idle_timeout.as_deref())
+            .map(strait_api::parse_duration)
+            .transpose()
+            .map_err(|e| error(format!("connectionPool.http.idleTimeout: {e}")))?
+            .filter(|d| !d.is_zero());
+        let reuse = ConnectionReuse {
+            idle_timeout,
+            max_requests_per_connection: http.and_then(|h| h.max_requests_per_connection).filter(|m| *m > 0),
+        };
         Ok(DestinationSettings {
             policy: Some(spec.clone()),
             strategy,
             outlier,
             limits: PoolLimits::from_spec(pool.and_then(|c| c.http.as_ref())),
             max_connections: pool.and_then(|c| c.tcp.as_ref()).and_then(|t| t.max_connections).filter(|m| *m > 0),
+            reuse,
             use_client_protocol: pool
                 .and_then(|c| c.http.as_ref())
                 .and_then(|h| h.use_client_protocol)
@@ -86,6 +103,7 @@ impl Default for DestinationSettings {
             outlier: OutlierConfig::disabled(),
             limits: PoolLimits::from_spec(None),
             max_connections: None,
+            reuse: ConnectionReuse::default(),
             use_client_protocol: false,
             budget: BudgetConfig::default(),
             connect_timeout: None,
