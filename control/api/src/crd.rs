@@ -133,6 +133,12 @@ pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 /// A header value: no control characters but tab.
 pub const HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x08\x0a-\x1f\x7f]*$";
 
+/// `retryOn`: a comma-separated list of the conditions the proxy implements and status codes, as validation
+/// checks ([`crate::RETRY_ON_CONDITIONS`]).
+pub const RETRY_ON_PATTERN: &str = "^ *((5xx|gateway-error|reset|connect-failure|refused-stream|retriable-4xx|\
+retriable-status-codes|[1-5][0-9][0-9]) *)?(, *((5xx|gateway-error|reset|connect-failure|refused-stream|\
+retriable-4xx|retriable-status-codes|[1-5][0-9][0-9]) *)?)*$";
+
 /// The CEL rule bounding a duration field: `parse_duration`'s maximum. The pattern alone cannot say it;
 /// the API server's `duration()` reads exactly the strings the pattern admits (and more).
 pub const DURATION_RULE: &str = "duration(self) <= duration('24h')";
@@ -403,6 +409,7 @@ fn traffic_route_rules(spec: &mut Value) {
         duration(spec, path);
     }
     set(spec, "http[].retries.attempts", json!({"minimum": 0, "maximum": bounds::MAX_RETRY_ATTEMPTS}));
+    set(spec, "http[].retries.retryOn", json!({"pattern": RETRY_ON_PATTERN}));
     percentage(spec, "http[].fault.delay.percentage");
     http_status(spec, "http[].fault.abort.httpStatus");
     percentage(spec, "http[].fault.abort.percentage");
@@ -433,6 +440,20 @@ fn destination_policy_rules(spec: &mut Value) {
     for path in bounds::DESTINATION_POLICY_DURATIONS {
         duration(spec, path);
     }
+    rule(
+        spec,
+        "loadBalancer",
+        "!(has(self.simple) && has(self.consistentHash))",
+        "set either simple or consistentHash, not both",
+    );
+    rule(
+        spec,
+        "loadBalancer.consistentHash",
+        "(has(self.httpHeaderName) ? 1 : 0) + (has(self.httpCookie) ? 1 : 0) == 1",
+        "set exactly one of httpHeaderName, httpCookie",
+    );
+    set(spec, "loadBalancer.consistentHash.httpHeaderName", json!({"pattern": HEADER_NAME_PATTERN}));
+    set(spec, "loadBalancer.consistentHash.httpCookie", json!({"minLength": 1}));
     for path in ["outlierDetection.consecutive5xxErrors", "outlierDetection.consecutiveGatewayErrors"] {
         set(spec, path, json!({"maximum": bounds::MAX_CONSECUTIVE_ERRORS}));
     }

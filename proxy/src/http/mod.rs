@@ -18,6 +18,7 @@ pub mod outbound;
 pub mod outlier;
 pub mod resilience;
 pub mod retry;
+pub mod reuse;
 pub mod route;
 pub mod settings;
 pub mod trace;

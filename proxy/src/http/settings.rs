@@ -4,7 +4,6 @@
 use strait_api::{DestinationPolicySpec, MeshConfig, Named, Service};
 
 use super::resilience::{BudgetConfig, OutlierConfig, PoolLimits, ServiceRef, Strategy};
-use super::upstream::ConnectionReuse;
 
 /// The DestinationPolicy whose host is `service`, if any; only a policy of the service's own namespace counts
 /// (one in another namespace could otherwise redirect, or starve, traffic it does not own).
@@ -108,5 +107,25 @@ impl Default for DestinationSettings {
             budget: BudgetConfig::default(),
             connect_timeout: None,
         }
+    }
+}
+
+/// Idle upstream HTTP connections close after this long unless the destination sets `http.idleTimeout`.
+pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The destination's `connectionPool` settings for the pooled connections that carry its requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionReuse {
+    /// `http.idleTimeout`: a pooled connection idle this long is closed (hyper checks at that interval, so
+    /// it closes between one and two timeouts after its last request). `None`: [`POOL_IDLE`].
+    pub idle_timeout: Option<std::time::Duration>,
+    /// `http.maxRequestsPerConnection`: a connection is retired after carrying this many requests.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+impl ConnectionReuse {
+    /// The pool's idle timeout.
+    pub fn idle(&self) -> std::time::Duration {
+        self.idle_timeout.unwrap_or(POOL_IDLE)
     }
 }

@@ -13,13 +13,13 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper_util::client::legacy::connect::{capture_connection, Connected, Connection};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_api::{Protocol, ServiceRef};
@@ -61,10 +61,6 @@ impl Pooled {
         Pooled { conn, requests: RequestCount::default(), _slot: slot }
     }
 }
-
-/// Requests sent on one connection so far; hyper copies it into every response the connection carries.
-#[derive(Clone, Debug, Default)]
-pub struct RequestCount(Arc<AtomicU32>);
 
 impl Connection for Pooled {
     fn connected(&self) -> Connected {
@@ -400,54 +396,7 @@ pub fn translate_response<B>(response: &mut http::Response<B>, client: Version) 
 
 pub type UpstreamClient = Client<MeshConnector, BoxBody>;
 
-/// The destination's `connectionPool` settings for the connections that carry its requests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnectionReuse {
-    /// `http.idleTimeout`: a pooled connection idle this long is closed (hyper checks at that interval, so
-    /// it closes between one and two timeouts after its last request). `None`: [`POOL_IDLE`].
-    pub idle_timeout: Option<Duration>,
-    /// `http.maxRequestsPerConnection`: a connection is retired after carrying this many requests.
-    pub max_requests_per_connection: Option<u32>,
-}
-
-impl ConnectionReuse {
-    /// The settings of the service in front of `endpoint` (defaults when it has none).
-    pub fn for_endpoint(ctx: &ProxyContext, endpoint: SocketAddr) -> Self {
-        let state = ctx.state.current();
-        state.endpoint_service(endpoint).map(|s| state.destination_settings(s).reuse).unwrap_or_default()
-    }
-
-    fn idle(&self) -> Duration {
-        self.idle_timeout.unwrap_or(POOL_IDLE)
-    }
-}
-
-/// Sends `request` on `client` and, when the connection it went out on has now carried
-/// `max_requests_per_connection` requests, retires it: hyper's pool never hands a poisoned connection out
-/// again, so it closes once its response ends (an HTTP/2 connection, once its streams in flight end; those
-/// may take it a few requests past the limit, as they were sent before the count reached it).
-pub async fn send<C>(
-    client: &Client<C, BoxBody>,
-    mut request: http::Request<BoxBody>,
-    reuse: ConnectionReuse,
-) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    let Some(max) = reuse.max_requests_per_connection.filter(|m| *m > 0) else {
-        return client.request(request).await;
-    };
-    let captured = capture_connection(&mut request);
-    let response = client.request(request).await?;
-    if let Some(count) = response.extensions().get::<RequestCount>() {
-        if count.0.fetch_add(1, Ordering::AcqRel).saturating_add(1) >= max {
-            if let Some(connected) = captured.connection_metadata().as_ref() {
-                connected.poison();
-            }
-        }
-    }
-    Ok(response)
-}
+pub use super::reuse::{send, ConnectionReuse, RequestCount};
 
 /// hyper clients (with their connection pools) per source workload, HTTP version and idle timeout. Keyed by
 /// the workload, not by its address alone: a pod that reuses a departed pod's IP must never get its pooled
@@ -477,9 +426,6 @@ impl SourceKey {
         }
     }
 }
-
-/// Idle upstream HTTP connections close after this long unless the destination sets `http.idleTimeout`.
-pub const POOL_IDLE: Duration = Duration::from_secs(60);
 
 impl Clients {
     pub fn get(
