@@ -40,6 +40,9 @@ pub const REASON_ACCEPTED: &str = "Accepted";
 pub const REASON_INVALID: &str = "Invalid";
 pub const REASON_RESOLVED_REFS: &str = "ResolvedRefs";
 pub const REASON_REF_NOT_FOUND: &str = "RefNotFound";
+/// `Accepted=False`: a DestinationPolicy sets a field an older policy for the same host set differently; the
+/// message names the field and the policy that applies.
+pub const REASON_CONFLICTED: &str = "Conflicted";
 
 /// Namespace label that puts a namespace's pods in the mesh (value [`MESH_ENABLED`]).
 pub const MESH_LABEL: &str = "strait.dev/mesh";
