@@ -5,19 +5,29 @@
 //! one, and is left out otherwise, so one mistake never holds back the rest of the mesh. The exception is an
 //! AuthorizationPolicy with no good version: leaving it out would allow what it was written to deny, so it is
 //! replaced by one that denies every request to what it selects (fail closed) until it is fixed.
+//!
+//! DestinationPolicies for one host are merged (`translate::merge_destination_policies`) in precedence order:
+//! the oldest first by `metadata.creationTimestamp` (Kubernetes), then the one this control plane saw first,
+//! then namespace/name, as Gateway API resolves conflicts. The file provider has no creation times, so there
+//! the order is the one in which this process first saw them (all at once at start: namespace/name), so a
+//! policy added next to a working one is the newcomer. A policy that conflicts with an earlier one is left
+//! out (its last good version kept if it had one) and reported in [`Admitted::conflicts`], naming the winner.
 
 use std::collections::BTreeMap;
 
 use strait_api::{Action, AuthorizationPolicySpec, MeshConfig, Named};
 
-use crate::model::{Discovered, Object, ObjectKey, Snapshot, Sourced};
-use crate::translate::{reference_problems, translate};
+use crate::model::{Discovered, Kind, Object, ObjectKey, Snapshot, Sourced};
+use crate::translate::{merge_destination_policies, reference_problems, translate};
 
 /// Remembers the last good version of every object across rounds.
 #[derive(Debug, Default)]
 pub struct Admission {
     trust_domain: String,
     last_good: BTreeMap<ObjectKey, Sourced>,
+    /// The round in which each present object was first seen (what orders DestinationPolicies of equal age).
+    first_seen: BTreeMap<ObjectKey, u64>,
+    round: u64,
 }
 
 /// The outcome of one round.
@@ -26,14 +36,44 @@ pub struct Admitted {
     pub snapshot: Snapshot,
     /// Every problem found, `<source>: <Kind> <ns>/<name>: <field>: <message>`, with what was done about it.
     pub problems: Vec<String>,
+    /// DestinationPolicies left out for conflicting with an earlier one for the same host: the message names
+    /// the field and the winner (for the `Accepted=False`, reason `Conflicted`, condition).
+    pub conflicts: BTreeMap<ObjectKey, String>,
 }
 
 impl Admission {
     pub fn new(trust_domain: impl Into<String>) -> Self {
-        Admission { trust_domain: trust_domain.into(), last_good: BTreeMap::new() }
+        Admission { trust_domain: trust_domain.into(), ..Default::default() }
+    }
+
+    /// The snapshot of `accepted`, its DestinationPolicies in precedence order (see the module's doc).
+    fn snapshot(&self, accepted: &BTreeMap<ObjectKey, Sourced>) -> Snapshot {
+        let mut snapshot = Snapshot::from_objects(accepted.values().map(|s| &s.object));
+        let precedence = |dp: &strait_api::Named<strait_api::DestinationPolicySpec>| {
+            let key = ObjectKey::new(Kind::DestinationPolicy, &dp.namespace, &dp.name);
+            let created = accepted.get(&key).and_then(|s| s.created);
+            (created.is_none(), created, self.first_seen.get(&key).copied().unwrap_or(u64::MAX))
+        };
+        // Stable: equal precedence keeps the namespace/name order.
+        snapshot.destination_policies.sort_by_key(|dp| precedence(dp));
+        snapshot
     }
 
     pub fn admit(&mut self, discovered: &Discovered) -> Admitted {
+        self.round += 1;
+        let present: std::collections::BTreeSet<ObjectKey> = discovered
+            .objects
+            .iter()
+            .map(|s| s.object.key())
+            .chain(discovered.rejected.iter().filter_map(|r| r.key.clone()))
+            .collect();
+        // An object deleted and created again is new; one that is only unreadable for now keeps its place.
+        let unreadable = discovered.rejected.iter().any(|r| r.key.is_none());
+        self.first_seen.retain(|key, _| present.contains(key) || unreadable);
+        for key in present {
+            self.first_seen.entry(key).or_insert(self.round);
+        }
+        let mut conflicts = BTreeMap::new();
         let mut problems = Vec::new();
         let mut accepted: BTreeMap<ObjectKey, Sourced> = BTreeMap::new();
         // Objects that failed (key, source): candidates for their last good version.
@@ -88,7 +128,10 @@ impl Admission {
         // Falling back can itself break a reference (an old route naming a subset since removed), so repeat;
         // every round either reverts an object to its last good version or removes it, so this ends.
         for round in 0.. {
-            let snapshot = Snapshot::from_objects(accepted.values().map(|s| &s.object));
+            let snapshot = self.snapshot(&accepted);
+            for conflict in merge_destination_policies(&snapshot.destination_policies).conflicts {
+                conflicts.insert(conflict.loser.clone(), conflict.message());
+            }
             let mut found: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
             for (key, message) in reference_problems(&snapshot) {
                 found.entry(key).or_default().push(message);
@@ -108,9 +151,9 @@ impl Admission {
             }
         }
 
-        let snapshot = Snapshot::from_objects(accepted.values().map(|s| &s.object));
+        let snapshot = self.snapshot(&accepted);
         self.last_good = accepted;
-        Admitted { snapshot, problems }
+        Admitted { snapshot, problems, conflicts }
     }
 
     /// Puts the last good version of `key` in place of the failed one; returns the message to report. An
@@ -137,7 +180,7 @@ impl Admission {
                     namespace: key.namespace.clone(),
                     spec: deny_all,
                 });
-                accepted.insert(key.clone(), Sourced { source: "fail-closed".into(), object });
+                accepted.insert(key.clone(), Sourced::new("fail-closed", object));
                 format!("{message}; denying every request to {scope} until it is fixed (fail closed)")
             }
             None => {
@@ -349,6 +392,112 @@ spec:
                 "{:?}",
                 out.problems
             );
+        }
+    }
+
+    fn extra_policy(name: &str, body: &str) -> String {
+        format!(
+            "apiVersion: strait.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {{name: {name}, namespace: shop}}\n\
+             spec:\n  host: reviews.shop.svc.cluster.local\n  {body}\n"
+        )
+    }
+
+    fn merged_policy(out: &Admitted) -> strait_api::Named<strait_api::DestinationPolicySpec> {
+        let config = translate(&out.snapshot, "cluster.local", "");
+        let [policy] = &config.destination_policies[..] else {
+            panic!("one policy per host: {:?}", config.destination_policies)
+        };
+        policy.clone()
+    }
+
+    /// Issue 21, item 4: a second policy for the host (sorting first by name) that only adds a pool limit is
+    /// merged in; the route nobody touched keeps resolving its subsets.
+    #[test]
+    fn a_second_policy_for_the_same_host_is_merged_field_by_field() {
+        let mut admission = Admission::new("cluster.local");
+        let route = route("v2", "x");
+        let first = admission.admit(&discover(&[("dp.yaml", POLICY), ("route.yaml", &route)]));
+        assert!(first.problems.is_empty(), "{:?}", first.problems);
+        let extra = extra_policy("aaa-extra", "connectionPool: {http: {maxRequests: 1000}}");
+        let out =
+            admission.admit(&discover(&[("aaa-extra.yaml", &extra), ("dp.yaml", POLICY), ("route.yaml", &route)]));
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        assert!(out.conflicts.is_empty());
+        assert_eq!(out.snapshot.traffic_routes, first.snapshot.traffic_routes, "the route is untouched");
+        assert_eq!(out.snapshot.destination_policies.len(), 2, "both are accepted");
+        let merged = merged_policy(&out);
+        assert_eq!((merged.namespace.as_str(), merged.name.as_str()), ("shop", "reviews"), "named after the first");
+        let subsets: Vec<&str> = merged.spec.subsets.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(subsets, ["v1", "v2"]);
+        let http = merged.spec.connection_pool.and_then(|p| p.http).expect("the newcomer's pool limit");
+        assert_eq!(http.max_requests, Some(1000));
+        translate(&out.snapshot, "cluster.local", "node-a").validate().expect("the merged configuration is valid");
+    }
+
+    /// A newcomer that sets a field the working policy set differently is left out whole, names the winner,
+    /// and changes nothing that was working; fixed, it merges.
+    #[test]
+    fn a_conflicting_newcomer_is_left_out_naming_the_policy_that_applies() {
+        let mut admission = Admission::new("cluster.local");
+        let hashed = format!("{POLICY}  loadBalancer: {{consistentHash: {{httpHeaderName: x-user-id}}}}\n");
+        let route = route("v2", "x");
+        let first = admission.admit(&discover(&[("dp.yaml", &hashed), ("route.yaml", &route)]));
+        assert!(first.problems.is_empty(), "{:?}", first.problems);
+
+        let rival = extra_policy(
+            "aaa-extra",
+            "loadBalancer: {simple: ROUND_ROBIN}\n  connectionPool: {http: {maxRequests: 1000}}",
+        );
+        let out =
+            admission.admit(&discover(&[("aaa-extra.yaml", &rival), ("dp.yaml", &hashed), ("route.yaml", &route)]));
+        assert_eq!(out.snapshot, first.snapshot, "nothing that worked changed");
+        let loser = ObjectKey::new(Kind::DestinationPolicy, "shop", "aaa-extra");
+        let message = &out.conflicts[&loser];
+        assert_eq!(
+            message,
+            "spec.loadBalancer: conflicts with DestinationPolicy shop/reviews, which applies to host \
+             reviews.shop.svc.cluster.local first (the older policy wins)"
+        );
+        assert_eq!(
+            out.problems,
+            [format!("aaa-extra.yaml: DestinationPolicy shop/aaa-extra: {message}; left out (it has no earlier good version)")],
+            "the log line names both"
+        );
+
+        // A subset defined differently conflicts too; the same subset twice does not.
+        let subset = extra_policy("aaa-extra", "subsets: [{name: v1, labels: {version: other}}]");
+        let out =
+            admission.admit(&discover(&[("aaa-extra.yaml", &subset), ("dp.yaml", &hashed), ("route.yaml", &route)]));
+        assert!(out.conflicts[&loser].starts_with("spec.subsets[v1]: conflicts with DestinationPolicy shop/reviews"));
+        let same = extra_policy(
+            "aaa-extra",
+            "subsets: [{name: v1, labels: {version: v1}}, {name: v3, labels: {version: v3}}]",
+        );
+        let out =
+            admission.admit(&discover(&[("aaa-extra.yaml", &same), ("dp.yaml", &hashed), ("route.yaml", &route)]));
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        let subsets: Vec<String> = merged_policy(&out).spec.subsets.iter().map(|s| s.name.clone()).collect();
+        assert_eq!(subsets, ["v1", "v2", "v3"]);
+    }
+
+    /// With creation times (Kubernetes), the older policy wins whatever the names and the order seen.
+    #[test]
+    fn the_older_policy_wins_a_conflict() {
+        let policy = |name: &str, created: i64, lb: &str| {
+            let mut d = discover(&[("kubernetes", &extra_policy(name, &format!("loadBalancer: {{simple: {lb}}}")))]);
+            d.objects[0].created = Some(created);
+            d.objects.remove(0)
+        };
+        for (older, newer) in [("aaa", "zzz"), ("zzz", "aaa")] {
+            let mut admission = Admission::new("cluster.local");
+            let discovered = Discovered {
+                objects: vec![policy(newer, 2_000, "RANDOM"), policy(older, 1_000, "ROUND_ROBIN")],
+                rejected: vec![],
+            };
+            let out = admission.admit(&discovered);
+            assert_eq!(merged_policy(&out).name, older, "{older} is older");
+            let loser = ObjectKey::new(Kind::DestinationPolicy, "shop", newer);
+            assert!(out.conflicts[&loser].contains(&format!("DestinationPolicy shop/{older}")), "{:?}", out.conflicts);
         }
     }
 

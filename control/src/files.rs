@@ -261,7 +261,7 @@ fn parse_document(source: &str, doc: usize, value: Value, out: &mut Discovered) 
         _ => unreachable!("only CRD kinds reach here"),
     };
     match object {
-        Ok(object) => out.objects.push(Sourced { source: source.to_string(), object }),
+        Ok(object) => out.objects.push(Sourced::new(source, object)),
         Err(message) => reject(out, Some(key), message),
     }
 }
@@ -336,7 +336,7 @@ fn parse_mesh(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
                 _ => typed(entry.clone(), &prefix).map(Object::Service),
             };
             match object {
-                Ok(object) => out.objects.push(Sourced { source: source.to_string(), object }),
+                Ok(object) => out.objects.push(Sourced::new(source, object)),
                 Err(message) => reject(out, key, message),
             }
         }

@@ -141,6 +141,16 @@ impl Object {
 pub struct Sourced {
     pub source: String,
     pub object: Object,
+    /// `metadata.creationTimestamp` (Unix seconds) where the provider knows it (Kubernetes; files do not):
+    /// the older of two DestinationPolicies for one host takes precedence, as Gateway API resolves conflicts.
+    pub created: Option<i64>,
+}
+
+impl Sourced {
+    /// An object without a known creation time.
+    pub fn new(source: impl Into<String>, object: Object) -> Self {
+        Sourced { source: source.into(), object, created: None }
+    }
 }
 
 /// Something a provider could not turn into an object.

@@ -1,9 +1,15 @@
 //! Pure functions from the accepted inputs ([`Snapshot`]) to what a node proxy runs on ([`MeshConfig`]), and
 //! the checks that need more than one object (a route's subset must exist in its host's DestinationPolicy).
+//!
+//! Several DestinationPolicies for one host are merged field by field, in the snapshot's order (oldest first,
+//! see `admit`), as Istio merges DestinationRules: each adds the fields and subsets the earlier ones left
+//! unset. One that sets a field an earlier one set to something else conflicts: it is left out whole (never
+//! half applied), and the earlier policy, with every route resolved against it, stays as it was.
 
 use std::collections::BTreeMap;
 
-use strait_api::{Endpoint, MeshConfig, Named, NamespaceConfig};
+use serde_json::Value;
+use strait_api::{DestinationPolicySpec, Endpoint, MeshConfig, Named, NamespaceConfig};
 
 use crate::model::{Kind, ObjectKey, Snapshot};
 
@@ -58,8 +64,131 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshCon
         services,
         authorization_policies: snapshot.authorization_policies.clone(),
         traffic_routes: snapshot.traffic_routes.clone(),
-        destination_policies: snapshot.destination_policies.clone(),
+        destination_policies: merge_destination_policies(&snapshot.destination_policies).policies,
     }
+}
+
+/// DestinationPolicies merged per host (one each, named after the first), and those left out.
+#[derive(Debug, Default)]
+pub struct MergedPolicies {
+    pub policies: Vec<Named<DestinationPolicySpec>>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A DestinationPolicy left out because it sets a field an earlier policy for its host set differently.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub loser: ObjectKey,
+    /// The policy that applies to the host first (the oldest), and so stays.
+    pub winner: ObjectKey,
+    pub host: String,
+    /// The first conflicting field, `spec.<path>`.
+    pub field: String,
+    /// Policies merged into the winner before this one (each may have set the field).
+    pub merged_with: Vec<ObjectKey>,
+}
+
+impl Conflict {
+    /// The loser's problem: names the field, the winner and the host.
+    pub fn message(&self) -> String {
+        let merged: Vec<String> = self.merged_with.iter().map(|k| format!("{}/{}", k.namespace, k.name)).collect();
+        let merged = if merged.is_empty() { String::new() } else { format!(", merged with {}", merged.join(", ")) };
+        format!(
+            "{}: conflicts with {}{merged}, which applies to host {} first (the older policy wins)",
+            self.field, self.winner, self.host
+        )
+    }
+}
+
+/// Merges `policies` (in precedence order, first wins) per canonical host. Policies naming another
+/// namespace's service are skipped: they are refused by [`reference_problems`].
+pub fn merge_destination_policies(policies: &[Named<DestinationPolicySpec>]) -> MergedPolicies {
+    // Per host: the merged policy, its JSON form, and the later policies merged into it.
+    let mut merged: Vec<(String, Named<DestinationPolicySpec>, Value, Vec<ObjectKey>)> = Vec::new();
+    let mut conflicts = Vec::new();
+    for dp in policies {
+        if foreign_namespace(&dp.spec.host, &dp.namespace).is_some() {
+            continue;
+        }
+        let host = canonical_host(&dp.spec.host, &dp.namespace);
+        let Ok(candidate) = serde_json::to_value(&dp.spec) else { continue };
+        let key = ObjectKey::new(Kind::DestinationPolicy, &dp.namespace, &dp.name);
+        let Some((_, first, current, others)) = merged.iter_mut().find(|(h, _, _, _)| *h == host) else {
+            merged.push((host, dp.clone(), candidate, Vec::new()));
+            continue;
+        };
+        let mut next = current.clone();
+        // The spelling of the host may differ ("reviews" and its FQDN); the first one's stands.
+        let candidate = without_key(candidate, "host");
+        let combined = match merge_value(&mut next, &candidate, "spec") {
+            Ok(()) => serde_json::from_value::<DestinationPolicySpec>(next.clone()).map_err(|e| format!("spec: {e}")),
+            Err(field) => Err(field),
+        };
+        match combined {
+            Ok(spec) => {
+                first.spec = spec;
+                *current = next;
+                others.push(key);
+            }
+            Err(field) => conflicts.push(Conflict {
+                loser: key,
+                winner: ObjectKey::new(Kind::DestinationPolicy, &first.namespace, &first.name),
+                host,
+                field,
+                merged_with: others.clone(),
+            }),
+        }
+    }
+    MergedPolicies { policies: merged.into_iter().map(|(_, policy, _, _)| policy).collect(), conflicts }
+}
+
+fn without_key(mut value: Value, key: &str) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.remove(key);
+    }
+    value
+}
+
+/// Adds what `from` sets and `into` does not; `Err(path)` at the first field both set differently. Subsets
+/// merge by name; `loadBalancer` is one choice, compared whole (a `simple` and a `consistentHash` from two
+/// policies would make a third that neither wrote).
+fn merge_value(into: &mut Value, from: &Value, path: &str) -> Result<(), String> {
+    match (into, from) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (key, value) in from {
+                let field = format!("{path}.{key}");
+                match into.get_mut(key) {
+                    None => {
+                        into.insert(key.clone(), value.clone());
+                    }
+                    Some(existing) if existing == value => {}
+                    Some(existing) if key == "subsets" && path == "spec" => merge_subsets(existing, value, &field)?,
+                    Some(existing) if key != "loadBalancer" && existing.is_object() && value.is_object() => {
+                        merge_value(existing, value, &field)?
+                    }
+                    Some(_) => return Err(field),
+                }
+            }
+            Ok(())
+        }
+        (into, from) if *into == *from => Ok(()),
+        _ => Err(path.to_string()),
+    }
+}
+
+fn merge_subsets(into: &mut Value, from: &Value, field: &str) -> Result<(), String> {
+    let (Value::Array(into), Value::Array(from)) = (into, from) else { return Err(field.to_string()) };
+    for subset in from {
+        match into.iter().find(|s| s.get("name") == subset.get("name")) {
+            Some(existing) if existing == subset => {}
+            Some(_) => {
+                let name = subset.get("name").and_then(Value::as_str).unwrap_or_default();
+                return Err(format!("{field}[{name}]"));
+            }
+            None => into.push(subset.clone()),
+        }
+    }
+    Ok(())
 }
 
 pub use strait_api::canonical_host;
@@ -74,18 +203,21 @@ fn foreign_namespace(host: &str, namespace: &str) -> Option<String> {
 /// the field's path.
 pub fn reference_problems(snapshot: &Snapshot) -> Vec<(ObjectKey, String)> {
     let mut problems = Vec::new();
-    let mut policies: BTreeMap<String, &Named<strait_api::DestinationPolicySpec>> = BTreeMap::new();
     for dp in &snapshot.destination_policies {
         if let Some(other) = foreign_namespace(&dp.spec.host, &dp.namespace) {
             let message = format!(
                 "spec.host: names a service of namespace {other}; a DestinationPolicy applies only to services of its own namespace"
             );
             problems.push((ObjectKey::new(Kind::DestinationPolicy, &dp.namespace, &dp.name), message));
-            continue;
         }
-        // Sorted input: the first policy for a host wins, the same one every time.
-        policies.entry(canonical_host(&dp.spec.host, &dp.namespace)).or_insert(dp);
     }
+    // Routes resolve against the merged policy of their host, which a conflicting newcomer never changes.
+    let merged = merge_destination_policies(&snapshot.destination_policies);
+    for conflict in &merged.conflicts {
+        problems.push((conflict.loser.clone(), conflict.message()));
+    }
+    let policies: BTreeMap<String, &Named<DestinationPolicySpec>> =
+        merged.policies.iter().map(|dp| (canonical_host(&dp.spec.host, &dp.namespace), dp)).collect();
     for route in &snapshot.traffic_routes {
         for (i, host) in route.spec.hosts.iter().enumerate() {
             if let Some(other) = foreign_namespace(host, &route.namespace) {

@@ -211,6 +211,13 @@ impl HttpMesh {
         stats["requests"].as_u64().with_context(|| format!("no request count in {stats}"))
     }
 
+    /// A counter of the backend of `pod` from its stats (`connections`, `max_in_flight`, see the `http`
+    /// backend).
+    pub fn backend_stat(&self, pod: &str, key: &str) -> Result<u64> {
+        let stats = self.control(pod, "GET", "stats")?;
+        stats[key].as_u64().with_context(|| format!("no {key} in {stats}"))
+    }
+
     /// Both proxies' logs, for assertion messages.
     pub fn logs(&self) -> String {
         format!(

@@ -306,6 +306,65 @@ async fn routes_reach_proxies_and_invalid_ones_are_reported_in_status_not_pushed
     running.shutdown().await;
 }
 
+/// Issue 21, item 4: a second DestinationPolicy for `reviews` (named to sort first) that only adds a pool
+/// limit is merged into the one proxies get, and the route keeps its subsets; a third that sets that limit
+/// differently loses to the older policies, says so in its status naming them, and changes nothing that was
+/// pushed.
+#[tokio::test]
+async fn a_second_destination_policy_for_a_host_merges_or_loses_to_the_older_one() {
+    init_tracing();
+    let fake = cluster().await;
+    let running = start_control(&fake, loopback()).await;
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+    until(&mut rx, Duration::from_secs(10), "the first configuration", |c| default_subset(c, "reviews").is_some())
+        .await;
+
+    let extra = |name: &str, spec: Value| {
+        json!({
+            "apiVersion": "strait.dev/v1alpha1", "kind": "DestinationPolicy",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": spec,
+        })
+    };
+    fake.apply(extra("aaa-extra", json!({"host": "reviews", "connectionPool": {"http": {"maxRequests": 1000}}})))
+        .expect("second policy");
+    let merged = until(&mut rx, Duration::from_secs(5), "the merged policy", |c| {
+        c.destination_policies.iter().any(|p| {
+            p.spec.connection_pool.as_ref().and_then(|c| c.http.as_ref()).and_then(|h| h.max_requests) == Some(1000)
+        })
+    })
+    .await;
+    let [policy] = &merged.destination_policies[..] else { panic!("one policy per host: {merged:?}") };
+    assert_eq!(policy.name, "reviews", "named after the older policy");
+    assert_eq!(policy.spec.subsets.len(), 2, "the subsets stay");
+    assert_eq!(default_subset(&merged, "reviews").as_deref(), Some("v1"), "the route is still pushed");
+    eventually("Accepted=True for the merged newcomer", Duration::from_secs(5), || {
+        condition(&fake, "DestinationPolicy", "aaa-extra", "Accepted").filter(|c| c["status"] == "True")
+    })
+    .await;
+
+    fake.apply(extra("aaa-rival", json!({"host": "reviews", "connectionPool": {"http": {"maxRequests": 5}}})))
+        .expect("third policy");
+    let conflicted = eventually("Accepted=False, Conflicted", Duration::from_secs(5), || {
+        condition(&fake, "DestinationPolicy", "aaa-rival", "Accepted").filter(|c| c["reason"] == "Conflicted")
+    })
+    .await;
+    assert_eq!(conflicted["status"], "False");
+    let message = conflicted["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "spec.connectionPool.http.maxRequests: conflicts with DestinationPolicy shop/reviews, merged with shop/aaa-extra"
+        ),
+        "{message}"
+    );
+    assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv()).await.is_err(), "nothing was pushed");
+    let accepted = condition(&fake, "DestinationPolicy", "reviews", "Accepted").expect("Accepted");
+    assert_eq!(accepted["status"], "True", "the winner stays accepted");
+
+    task.abort();
+    running.shutdown().await;
+}
+
 #[tokio::test]
 async fn workloads_follow_their_pods_across_nodes_and_certificates_only_the_asking_node() {
     init_tracing();

@@ -40,6 +40,9 @@ pub const REASON_ACCEPTED: &str = "Accepted";
 pub const REASON_INVALID: &str = "Invalid";
 pub const REASON_RESOLVED_REFS: &str = "ResolvedRefs";
 pub const REASON_REF_NOT_FOUND: &str = "RefNotFound";
+/// `Accepted=False`: a DestinationPolicy sets a field an older policy for the same host set differently; the
+/// message names the field and the policy that applies.
+pub const REASON_CONFLICTED: &str = "Conflicted";
 
 /// Namespace label that puts a namespace's pods in the mesh (value [`MESH_ENABLED`]).
 pub const MESH_LABEL: &str = "strait.dev/mesh";
@@ -132,6 +135,12 @@ pub const REDIRECT_URI_PATTERN: &str = r"^/[\t -~]*$";
 pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 /// A header value: no control characters but tab.
 pub const HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x08\x0a-\x1f\x7f]*$";
+
+/// `retryOn`: a comma-separated list of the conditions the proxy implements and status codes, as validation
+/// checks ([`crate::RETRY_ON_CONDITIONS`]).
+pub const RETRY_ON_PATTERN: &str = "^ *((5xx|gateway-error|reset|connect-failure|refused-stream|retriable-4xx|\
+retriable-status-codes|[1-5][0-9][0-9]) *)?(, *((5xx|gateway-error|reset|connect-failure|refused-stream|\
+retriable-4xx|retriable-status-codes|[1-5][0-9][0-9]) *)?)*$";
 
 /// The CEL rule bounding a duration field: `parse_duration`'s maximum. The pattern alone cannot say it;
 /// the API server's `duration()` reads exactly the strings the pattern admits (and more).
@@ -403,6 +412,7 @@ fn traffic_route_rules(spec: &mut Value) {
         duration(spec, path);
     }
     set(spec, "http[].retries.attempts", json!({"minimum": 0, "maximum": bounds::MAX_RETRY_ATTEMPTS}));
+    set(spec, "http[].retries.retryOn", json!({"pattern": RETRY_ON_PATTERN}));
     percentage(spec, "http[].fault.delay.percentage");
     http_status(spec, "http[].fault.abort.httpStatus");
     percentage(spec, "http[].fault.abort.percentage");
@@ -433,6 +443,20 @@ fn destination_policy_rules(spec: &mut Value) {
     for path in bounds::DESTINATION_POLICY_DURATIONS {
         duration(spec, path);
     }
+    rule(
+        spec,
+        "loadBalancer",
+        "!(has(self.simple) && has(self.consistentHash))",
+        "set either simple or consistentHash, not both",
+    );
+    rule(
+        spec,
+        "loadBalancer.consistentHash",
+        "(has(self.httpHeaderName) ? 1 : 0) + (has(self.httpCookie) ? 1 : 0) == 1",
+        "set exactly one of httpHeaderName, httpCookie",
+    );
+    set(spec, "loadBalancer.consistentHash.httpHeaderName", json!({"pattern": HEADER_NAME_PATTERN}));
+    set(spec, "loadBalancer.consistentHash.httpCookie", json!({"minLength": 1}));
     for path in ["outlierDetection.consecutive5xxErrors", "outlierDetection.consecutiveGatewayErrors"] {
         set(spec, path, json!({"maximum": bounds::MAX_CONSECUTIVE_ERRORS}));
     }

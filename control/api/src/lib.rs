@@ -17,7 +17,7 @@ mod validate;
 pub use config::*;
 pub use host::{canonical_host, ServiceRef, CLUSTER_DOMAIN};
 pub use resources::*;
-pub use validate::ValidationError;
+pub use validate::{check_retry_on, ValidationError, RETRY_ON_CONDITIONS};
 
 /// The Kubernetes custom resources (`strait.dev/v1alpha1`) wrapping the specs, with their status types and
 /// the CRD generator's post-processing. Only with the `kube` feature (the control plane's).

@@ -56,7 +56,7 @@ destinationPolicies:
   spec:
     host: reviews
     subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
-    loadBalancer: {simple: ROUND_ROBIN, consistentHash: {httpHeaderName: x-user, httpCookie: c}}
+    loadBalancer: {consistentHash: {httpHeaderName: x-user}}
     connectionPool:
       tcp: {maxConnections: 100, connectTimeout: 1s}
       http: {maxPendingRequests: 10, maxRequests: 100, maxRequestsPerConnection: 1, idleTimeout: 1h}

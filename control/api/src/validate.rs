@@ -267,6 +267,9 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
         }
         if let Some(retries) = &rule.retries {
             check_max(p, &format!("{f}.retries.attempts"), retries.attempts, MAX_RETRY_ATTEMPTS);
+            if let Some(Err(e)) = retries.retry_on.as_deref().map(check_retry_on) {
+                p.push(format!("{f}.retries.retryOn"), e);
+            }
             if let Some(v) = &retries.per_try_timeout {
                 if let Err(e) = parse_duration(v) {
                     p.push(format!("{f}.retries.perTryTimeout"), e);
@@ -411,9 +414,58 @@ fn check_string_match(p: &mut Problems, field: &str, sm: &StringMatch) {
     }
 }
 
+/// The `retryOn` conditions the proxy implements (Istio's names); a list may also hold status codes.
+/// gRPC conditions (`unavailable`, `cancelled`, ...) are not implemented, so they are refused, not ignored.
+pub const RETRY_ON_CONDITIONS: [&str; 7] =
+    ["5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx", "retriable-status-codes"];
+
+/// Checks a comma-separated `retryOn` list: every entry a known condition or a status code 100-599.
+pub fn check_retry_on(text: &str) -> Result<(), String> {
+    let unknown: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .filter(|t| !RETRY_ON_CONDITIONS.contains(t) && !t.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c)))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let names = unknown.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ");
+    let verb = if unknown.len() == 1 { "is" } else { "are" };
+    Err(format!(
+        "{names} {verb} not a retry condition (known: {}, or status codes 100-599)",
+        RETRY_ON_CONDITIONS.join(", ")
+    ))
+}
+
+fn validate_load_balancer(p: &mut Problems, field: &str, lb: &LoadBalancer) {
+    if lb.simple.is_some() && lb.consistent_hash.is_some() {
+        p.push(field, "set either simple or consistentHash, not both");
+    }
+    if let Some(hash) = &lb.consistent_hash {
+        let f = format!("{field}.consistentHash");
+        match (&hash.http_header_name, &hash.http_cookie) {
+            (Some(header), None) => {
+                if header.len() <= MAX_STRING_LEN && http::HeaderName::try_from(header.as_str()).is_err() {
+                    p.push(format!("{f}.httpHeaderName"), format!("{header:?} is not a valid HTTP header name"));
+                }
+            }
+            (None, Some(cookie)) => {
+                if cookie.is_empty() {
+                    p.push(format!("{f}.httpCookie"), "must not be empty");
+                }
+            }
+            _ => p.push(f, "set exactly one of httpHeaderName, httpCookie"),
+        }
+    }
+}
+
 fn validate_destination_policy(p: &mut Problems, field: &str, spec: &DestinationPolicySpec) {
     if spec.host.is_empty() {
         p.push(format!("{field}.spec.host"), "is required");
+    }
+    if let Some(lb) = &spec.load_balancer {
+        validate_load_balancer(p, &format!("{field}.spec.loadBalancer"), lb);
     }
     check_strings(p, &format!("{field}.spec"), spec, DESTINATION_POLICY_STRINGS, DESTINATION_POLICY_DURATIONS);
     if let Some(pool) = &spec.connection_pool {
@@ -706,6 +758,76 @@ trafficRoutes:
                 "destinationPolicies[shop/d].spec.retryBudget.minRetriesPerSecond: 100001 is more than the maximum of 100000",
             ]
         );
+    }
+
+    /// Issue 21, item 3: what the proxy used to warn about while traffic flowed is refused at apply.
+    #[test]
+    fn load_balancers_retry_conditions_and_durations_are_refused_naming_the_field() {
+        let policy = |body: &str| {
+            format!("destinationPolicies:\n- name: d\n  namespace: shop\n  spec:\n    host: reviews\n    {body}\n")
+        };
+        let cases = [
+            (
+                "loadBalancer: {simple: ROUND_ROBIN, consistentHash: {httpHeaderName: x-user-id}}",
+                "destinationPolicies[shop/d].spec.loadBalancer: set either simple or consistentHash, not both",
+            ),
+            (
+                "loadBalancer: {consistentHash: {httpHeaderName: \"bad header\"}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash.httpHeaderName: \"bad header\" is not a valid HTTP header name",
+            ),
+            (
+                "loadBalancer: {consistentHash: {}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash: set exactly one of httpHeaderName, httpCookie",
+            ),
+            (
+                "loadBalancer: {consistentHash: {httpHeaderName: x-user-id, httpCookie: user}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash: set exactly one of httpHeaderName, httpCookie",
+            ),
+            (
+                "loadBalancer: {consistentHash: {httpCookie: \"\"}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash.httpCookie: must not be empty",
+            ),
+            (
+                "connectionPool: {tcp: {connectTimeout: fast}}",
+                "destinationPolicies[shop/d].spec.connectionPool.tcp.connectTimeout: \"fast\" is not a duration",
+            ),
+            (
+                "connectionPool: {http: {idleTimeout: -5s}}",
+                "destinationPolicies[shop/d].spec.connectionPool.http.idleTimeout: \"-5s\" is not a duration",
+            ),
+        ];
+        for (body, expected) in cases {
+            let problems = problems_of(&policy(body));
+            assert_eq!(problems.len(), 1, "{body}: {problems:?}");
+            assert!(problems[0].starts_with(expected), "{body}: {problems:?}");
+        }
+        for good in [
+            "loadBalancer: {simple: ROUND_ROBIN}",
+            "loadBalancer: {consistentHash: {httpHeaderName: x-user-id}}",
+            "loadBalancer: {consistentHash: {httpCookie: user}}",
+            "connectionPool: {tcp: {connectTimeout: 250ms}, http: {idleTimeout: 0s, maxRequestsPerConnection: 1}}",
+        ] {
+            MeshConfig::from_yaml(&policy(good)).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+
+        let problems = problems_of(&route_with(
+            "{retries: {attempts: 3, retryOn: \"bogus,5xx\"}, route: [{destination: {host: reviews}}]}",
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "trafficRoutes[shop/r].spec.http[0].retries.retryOn: \"bogus\" is not a retry condition (known: 5xx, "
+            ),
+            "{problems:?}"
+        );
+        let problems = problems_of(&route_with(
+            "{retries: {attempts: 3, retryOn: \"unavailable,600,5xx\"}, route: [{destination: {host: reviews}}]}",
+        ));
+        assert!(problems[0].contains("\"unavailable\", \"600\" are not a retry condition"), "{problems:?}");
+        let ok = route_with(
+            "{retries: {attempts: 3, retryOn: \" 5xx, gateway-error,reset,connect-failure,refused-stream,retriable-4xx,retriable-status-codes,503,429\"}, route: [{destination: {host: reviews}}]}",
+        );
+        MeshConfig::from_yaml(&ok).expect("every known condition");
     }
 
     /// What a proxy would refuse (and with it the whole configuration) is refused here, by field.

@@ -68,7 +68,7 @@ pub fn workload(pod: &Pod, namespace_meshed: bool) -> Option<Result<Sourced, Rej
         meshed: Some(namespace_meshed),
         tunnel_port: strait_api::DEFAULT_TUNNEL_PORT,
     };
-    Some(Ok(Sourced { source: SOURCE.to_string(), object: Object::Workload(workload) }))
+    Some(Ok(Sourced::new(SOURCE, Object::Workload(workload))))
 }
 
 /// A Service with the ready endpoints of its EndpointSlices. Selector-less and selected services alike take
@@ -126,9 +126,9 @@ pub fn service(svc: &Service, slices: &[&EndpointSlice]) -> Result<Sourced, Reje
         }
     }
     endpoints.sort_by_key(|e| e.address);
-    Ok(Sourced {
-        source: SOURCE.to_string(),
-        object: Object::Service(model::Service {
+    Ok(Sourced::new(
+        SOURCE,
+        Object::Service(model::Service {
             name: key.name.clone(),
             namespace: key.namespace.clone(),
             addresses,
@@ -136,7 +136,7 @@ pub fn service(svc: &Service, slices: &[&EndpointSlice]) -> Result<Sourced, Reje
             selector: BTreeMap::new(),
             endpoints,
         }),
-    })
+    ))
 }
 
 /// The Service an EndpointSlice belongs to: (namespace, name).

@@ -65,11 +65,10 @@ pub fn read(kind: CrdKind, object: &DynamicObject) -> (CrdObject, Result<Sourced
         CrdKind::DestinationPolicy => typed(spec).map(|spec| Object::DestinationPolicy(named(&key, spec))),
         CrdKind::AuthorizationPolicy => typed(spec).map(|spec| Object::AuthorizationPolicy(named(&key, spec))),
     };
-    let result = parsed.map(|object| Sourced { source: SOURCE.to_string(), object }).map_err(|message| Rejection {
-        source: SOURCE.to_string(),
-        key: Some(key),
-        message,
-    });
+    let created = object.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second());
+    let result = parsed
+        .map(|object| Sourced { source: SOURCE.to_string(), object, created })
+        .map_err(|message| Rejection { source: SOURCE.to_string(), key: Some(key), message });
     (meta, result)
 }
 

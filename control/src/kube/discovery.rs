@@ -177,10 +177,7 @@ fn snapshot(stores: &Stores) -> (Discovered, Vec<CrdObject>) {
             tracing::warn!("{warning}");
         }
         meshed.insert(namespace.name.clone(), namespace.meshed);
-        discovered.objects.push(crate::model::Sourced {
-            source: crds::SOURCE.to_string(),
-            object: crate::model::Object::Namespace(namespace),
-        });
+        discovered.objects.push(crate::model::Sourced::new(crds::SOURCE, crate::model::Object::Namespace(namespace)));
     }
     for pod in stores.pods.state() {
         let namespace_meshed = meshed.get(&pod.namespace().unwrap_or_default()).copied().unwrap_or(false);

@@ -72,6 +72,12 @@ pub fn judge(trust_domain: &str, admission: &mut Admission, discovered: &Discove
             Verdicts { accepted, resolved_refs: not_checked() }
         } else if in_snapshot(&admitted.snapshot, &sourced.object) {
             Verdicts { accepted: Verdict::True, resolved_refs: Verdict::True }
+        } else if let Some(message) = admitted.conflicts.get(&key) {
+            // Its references are fine; it lost to an older policy for the same host.
+            Verdicts {
+                accepted: Verdict::False { reason: crd::REASON_CONFLICTED, message: message.clone() },
+                resolved_refs: Verdict::True,
+            }
         } else {
             // Valid alone but not admitted: its references do not resolve against what is in use.
             let problems = unresolved(&admitted.snapshot, &sourced.object);
@@ -283,6 +289,29 @@ spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}
         assert!(message.starts_with("spec.http[0].timeout: \"99999999999999999999s\" is longer than 24h"), "{message}");
         // The rest of the configuration still applies.
         assert_eq!(verdicts[&key(Kind::DestinationPolicy)].accepted, Verdict::True);
+    }
+
+    /// Issue 21, item 4: the policy that lost a conflict says so, naming the one that applies; the winner and
+    /// the route stay accepted.
+    #[test]
+    fn a_conflicting_policy_is_not_accepted_and_names_the_winner() {
+        use crate::model::Kind;
+        let mut admission = Admission::new("cluster.local");
+        let hashed = format!("{POLICY}  \n").replace(
+            "spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}",
+            "spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}], loadBalancer: {simple: RANDOM}}",
+        );
+        judge("cluster.local", &mut admission, &discover(&[&hashed, &route("v1", "/a")]));
+        let rival =
+            "apiVersion: strait.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: aaa, namespace: shop}\n\
+                     spec: {host: reviews, loadBalancer: {simple: ROUND_ROBIN}}\n";
+        let verdicts = judge("cluster.local", &mut admission, &discover(&[rival, &hashed, &route("v1", "/a")]));
+        let loser = &verdicts[&ObjectKey::new(Kind::DestinationPolicy, "shop", "aaa")];
+        let Verdict::False { reason, message } = &loser.accepted else { panic!("{verdicts:?}") };
+        assert_eq!(*reason, crd::REASON_CONFLICTED);
+        assert!(message.starts_with("spec.loadBalancer: conflicts with DestinationPolicy shop/reviews"), "{message}");
+        assert_eq!(verdicts[&key(Kind::DestinationPolicy)].accepted, Verdict::True);
+        assert_eq!(verdicts[&key(Kind::TrafficRoute)].accepted, Verdict::True);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Backend {
     last_sweep: Mutex<Instant>,
     pub limiter: Arc<Limiter>,
     pub budget: Arc<RetryBudget>,
+    /// `connectionPool.http.idleTimeout`, `maxRequestsPerConnection`.
+    pub reuse: super::upstream::ConnectionReuse,
     ejections_reported: AtomicU64,
 }
 
@@ -154,7 +156,11 @@ fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Op
         _ => None,
     };
     let outlier_config = settings.outlier;
-    let limits = settings.limits;
+    // An HTTP/1.1 request in flight holds one upstream connection, so `tcp.maxConnections` caps those too
+    // (requests beyond wait in the pending queue rather than fail to connect). An HTTP/2 upstream multiplexes.
+    let http1_possible = settings.use_client_protocol || port.protocol() != Protocol::Http2;
+    let limits =
+        if http1_possible { settings.limits.with_connection_cap(settings.max_connections) } else { settings.limits };
     let same = |f: fn(&DestinationPolicySpec) -> String| {
         previous.is_some_and(|p| p.policy.as_ref().map(f) == policy.as_ref().map(f))
     };
@@ -197,6 +203,7 @@ fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Op
         last_sweep: Mutex::new(Instant::now()),
         limiter,
         budget,
+        reuse: settings.reuse,
         ejections_reported: AtomicU64::new(ejections),
     }
 }

@@ -136,8 +136,9 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         }
     };
     *request.uri_mut() = uri;
-    let client = d.ctx.http.pod_client(&d.ctx, version);
-    let mut response = match client.request(request.map(boxed)).await {
+    let reuse = super::reuse::reuse_for_endpoint(&d.ctx, d.target);
+    let client = d.ctx.http.pod_client(&d.ctx, version, reuse);
+    let mut response = match super::reuse::send(&client, request.map(boxed), reuse).await {
         Ok(response) => response.map(boxed),
         Err(e) => {
             debug!(target = %d.target, error = %e, "pod did not answer");

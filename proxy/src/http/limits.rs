@@ -27,6 +27,14 @@ impl Default for PoolLimits {
 }
 
 impl PoolLimits {
+    /// At most `max_connections` requests in flight, when each holds one upstream connection (HTTP/1.1):
+    /// `tcp.maxConnections` on an HTTP port, as Envoy applies it. Requests beyond wait in the pending queue
+    /// for a connection, and overflow past it, as for `maxRequests`.
+    pub fn with_connection_cap(self, max_connections: Option<u32>) -> Self {
+        let Some(cap) = max_connections.filter(|c| *c > 0).map(|c| c as usize) else { return self };
+        PoolLimits { max_requests: Some(self.max_requests.map_or(cap, |m| m.min(cap))), ..self }
+    }
+
     /// As Istio, zero means "not set".
     pub fn from_spec(pool: Option<&HttpPool>) -> Self {
         let set = |v: Option<u32>| v.filter(|v| *v > 0).map(|v| v as usize);
@@ -189,6 +197,17 @@ mod tests {
         let permits: Vec<Permit> =
             futures_util::future::try_join_all((0..10_000).map(|_| limiter.acquire())).await.expect("all");
         assert_eq!((permits.len(), limiter.overflows()), (10_000, 0));
+    }
+
+    #[test]
+    fn max_connections_caps_requests_in_flight_over_http1() {
+        let pool = HttpPool { max_pending_requests: Some(50), ..Default::default() };
+        let limits = PoolLimits::from_spec(Some(&pool));
+        assert_eq!(limits.with_connection_cap(Some(100)), PoolLimits { max_requests: Some(100), max_pending: 50 });
+        assert_eq!(limits.with_connection_cap(None), limits);
+        assert_eq!(limits.with_connection_cap(Some(0)), limits, "zero is unset");
+        let both = PoolLimits { max_requests: Some(10), max_pending: 50 };
+        assert_eq!(both.with_connection_cap(Some(100)).max_requests, Some(10), "the lower of the two");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod outbound;
 pub mod outlier;
 pub mod resilience;
 pub mod retry;
+pub mod reuse;
 pub mod route;
 pub mod settings;
 pub mod trace;
@@ -166,8 +167,13 @@ pub struct HttpContext {
 }
 
 impl HttpContext {
-    pub fn pod_client(&self, ctx: &Arc<crate::context::ProxyContext>, version: Version) -> upstream::PodClient {
-        self.clients.pod_client(ctx, version)
+    pub fn pod_client(
+        &self,
+        ctx: &Arc<crate::context::ProxyContext>,
+        version: Version,
+        reuse: upstream::ConnectionReuse,
+    ) -> upstream::PodClient {
+        self.clients.pod_client(ctx, version, reuse)
     }
 }
 
@@ -175,7 +181,7 @@ impl HttpContext {
 #[derive(Default)]
 pub struct HttpClients {
     mesh: upstream::Clients,
-    pods: std::sync::Mutex<std::collections::HashMap<Version, upstream::PodClient>>,
+    pods: std::sync::Mutex<std::collections::HashMap<(Version, std::time::Duration), upstream::PodClient>>,
 }
 
 impl HttpClients {
@@ -184,8 +190,9 @@ impl HttpClients {
         ctx: &Arc<crate::context::ProxyContext>,
         source: &Arc<crate::state::WorkloadInfo>,
         version: Version,
+        reuse: upstream::ConnectionReuse,
     ) -> upstream::UpstreamClient {
-        self.mesh.get(ctx, source, version)
+        self.mesh.get(ctx, source, version, reuse)
     }
 
     /// Drops the clients of sources `keep` refuses.
@@ -193,9 +200,20 @@ impl HttpClients {
         self.mesh.retain(keep);
     }
 
-    pub fn pod_client(&self, ctx: &Arc<crate::context::ProxyContext>, version: Version) -> upstream::PodClient {
+    pub fn pod_client(
+        &self,
+        ctx: &Arc<crate::context::ProxyContext>,
+        version: Version,
+        reuse: upstream::ConnectionReuse,
+    ) -> upstream::PodClient {
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        pods.entry(version).or_insert_with(|| upstream::pod_client(ctx.outgoing, version)).clone()
+        let key = upstream::pod_client_key(version, reuse);
+        pods.entry(key).or_insert_with(|| upstream::pod_client(ctx.outgoing, version, reuse)).clone()
+    }
+
+    /// Open upstream connections per destination service (`tcp.maxConnections`).
+    pub fn connection_slots(&self) -> &upstream::ConnectionSlots {
+        self.mesh.slots()
     }
 }
 

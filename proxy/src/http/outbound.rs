@@ -216,7 +216,7 @@ async fn forward(
         super::upstream::translate_request(&mut request, version);
     }
     let hash_key: Option<Vec<u8>> = backend.hash_on().and_then(|h| h.key(request.headers())).map(<[u8]>::to_vec);
-    let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version);
+    let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version, backend.reuse);
     let stats = RetryStats::default();
     let params = RetryParams {
         // An upgraded connection cannot be replayed.
@@ -251,7 +251,14 @@ async fn forward(
                 *request.uri_mut() = uri;
             }
             let mut guard = backend.balancer.start(endpoint);
-            let result = client.request(request.map(boxed)).await.map_err(SendError::from);
+            let result = super::upstream::send(&client, request.map(boxed), backend.reuse).await.map_err(|e| {
+                // `tcp.maxConnections`: refused here (503 `UO`), like the request limits.
+                if super::upstream::is_overflow(&e) {
+                    SendError::Overflow
+                } else {
+                    SendError::Client(e)
+                }
+            });
             let outcome = match &result {
                 Ok(response) => Outcome::Response(response.status()),
                 Err(e) => classify(e),

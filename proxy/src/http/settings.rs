@@ -23,9 +23,12 @@ pub struct DestinationSettings {
     pub strategy: Strategy,
     pub outlier: OutlierConfig,
     pub limits: PoolLimits,
-    /// `connectionPool.tcp.maxConnections`: connections from this node to the service (TCP ports), or HTTP/1.1
-    /// requests in flight to it, each of which holds one upstream connection (HTTP ports).
+    /// `connectionPool.tcp.maxConnections`: connections from this node to the service, on TCP ports (counted
+    /// per client connection) and HTTP ports (upstream connections, see `upstream::ConnectionSlots`; an HTTP/1.1
+    /// request in flight holds one, so it also caps those requests).
     pub max_connections: Option<u32>,
+    /// `connectionPool.http.idleTimeout` and `maxRequestsPerConnection`, for the pooled upstream connections.
+    pub reuse: ConnectionReuse,
     /// `connectionPool.http.useClientProtocol`: the upstream HTTP version follows the client, not the port.
     pub use_client_protocol: bool,
     /// `retryBudget`, or the default budget.
@@ -62,12 +65,25 @@ impl DestinationSettings {
             .transpose()
             .map_err(|e| error(format!("connectionPool.tcp.connectTimeout: {e}")))?
             .filter(|d| !d.is_zero());
+        let http = pool.and_then(|c| c.http.as_ref());
+        // As Istio, zero means "not set" for both.
+        let idle_timeout = http
+            .and_then(|h| h.idle_timeout.as_deref())
+            .map(strait_api::parse_duration)
+            .transpose()
+            .map_err(|e| error(format!("connectionPool.http.idleTimeout: {e}")))?
+            .filter(|d| !d.is_zero());
+        let reuse = ConnectionReuse {
+            idle_timeout,
+            max_requests_per_connection: http.and_then(|h| h.max_requests_per_connection).filter(|m| *m > 0),
+        };
         Ok(DestinationSettings {
             policy: Some(spec.clone()),
             strategy,
             outlier,
             limits: PoolLimits::from_spec(pool.and_then(|c| c.http.as_ref())),
             max_connections: pool.and_then(|c| c.tcp.as_ref()).and_then(|t| t.max_connections).filter(|m| *m > 0),
+            reuse,
             use_client_protocol: pool
                 .and_then(|c| c.http.as_ref())
                 .and_then(|h| h.use_client_protocol)
@@ -86,9 +102,30 @@ impl Default for DestinationSettings {
             outlier: OutlierConfig::disabled(),
             limits: PoolLimits::from_spec(None),
             max_connections: None,
+            reuse: ConnectionReuse::default(),
             use_client_protocol: false,
             budget: BudgetConfig::default(),
             connect_timeout: None,
         }
+    }
+}
+
+/// Idle upstream HTTP connections close after this long unless the destination sets `http.idleTimeout`.
+pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The destination's `connectionPool` settings for the pooled connections that carry its requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionReuse {
+    /// `http.idleTimeout`: a pooled connection idle this long is closed (hyper checks at that interval, so
+    /// it closes between one and two timeouts after its last request). `None`: [`POOL_IDLE`].
+    pub idle_timeout: Option<std::time::Duration>,
+    /// `http.maxRequestsPerConnection`: a connection is retired after carrying this many requests.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+impl ConnectionReuse {
+    /// The pool's idle timeout.
+    pub fn idle(&self) -> std::time::Duration {
+        self.idle_timeout.unwrap_or(POOL_IDLE)
     }
 }

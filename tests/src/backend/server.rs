@@ -125,6 +125,28 @@ struct Instance {
     hang: AtomicBool,
     /// Requests seen, control requests excluded.
     requests: AtomicU64,
+    /// Connections that carried at least one request other than a control request.
+    connections: AtomicU64,
+    /// Requests being answered now, and the most there ever were at once (control requests excluded).
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// One request's place in the in-flight count, until its handler returns.
+struct InFlight<'a>(&'a Instance);
+
+impl<'a> InFlight<'a> {
+    fn enter(instance: &'a Instance) -> Self {
+        let now = instance.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        instance.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(instance)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Serves HTTP/1.1 and h2c (hyper-util's auto builder picks by the connection preface). Every answer is a
@@ -144,13 +166,18 @@ struct Instance {
 /// are never failed or hung):
 /// - `POST /control/fail-percent/<n>`: answer 503 n% of the requests from now on;
 /// - `POST /control/hang/<0|1>`: stop (1) or resume (0) answering;
-/// - `GET /control/stats`: `{"name":..,"requests":N}`, requests seen so far (control requests excluded).
+/// - `GET /control/stats`: `{"name":..,"requests":N,"connections":C,"max_in_flight":M}`: requests seen so far,
+///   connections that carried them, the most answered at once (control requests and connections that carried
+///   only those excluded).
 pub async fn http(addr: SocketAddr, config: HttpConfig) -> Result<()> {
     let listener = bind(addr).await?;
     let config = Arc::new(Instance {
         fail_percent: AtomicU32::new(config.fail_percent),
         hang: AtomicBool::new(config.hang),
         requests: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        max_in_flight: AtomicU64::new(0),
         config,
     });
     loop {
@@ -170,7 +197,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, config: Arc<Insta
     // stream: closing a socket with a zero linger sends RST instead of FIN.
     let dup: OwnedFd = stream.as_fd().try_clone_to_owned()?;
     let reset = Arc::new(Notify::new());
-    let ctx = Arc::new(Ctx { config, peer, local, reset: reset.clone() });
+    let ctx = Arc::new(Ctx { config, peer, local, reset: reset.clone(), counted: AtomicBool::new(false) });
     let only = ctx.config.config.only;
     let service = service_fn(move |req| handle(req, ctx.clone()));
     let io = TokioIo::new(stream);
@@ -206,6 +233,8 @@ struct Ctx {
     peer: SocketAddr,
     local: SocketAddr,
     reset: Arc<Notify>,
+    /// Whether this connection is in `Instance::connections` yet.
+    counted: AtomicBool,
 }
 
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
@@ -226,6 +255,10 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
         return Ok(control(&req, arg.unwrap_or(""), instance));
     }
     instance.requests.fetch_add(1, Ordering::Relaxed);
+    if !ctx.counted.swap(true, Ordering::Relaxed) {
+        instance.connections.fetch_add(1, Ordering::Relaxed);
+    }
+    let _in_flight = InFlight::enter(instance);
     if instance.hang.load(Ordering::Relaxed) {
         std::future::pending::<()>().await;
     }
@@ -356,6 +389,8 @@ fn control(req: &Request<Incoming>, what: &str, instance: &Instance) -> Response
         "name": instance.config.name,
         "version": instance.config.version,
         "requests": instance.requests.load(Ordering::Relaxed),
+        "connections": instance.connections.load(Ordering::Relaxed),
+        "max_in_flight": instance.max_in_flight.load(Ordering::Relaxed),
         "fail_percent": instance.fail_percent.load(Ordering::Relaxed),
         "hang": instance.hang.load(Ordering::Relaxed),
     });

@@ -116,6 +116,21 @@ fn the_schema_carries_the_cross_field_rules() {
     {
         assert_eq!(rules_at(&mut route, path), ["exactly one of exact, prefix, regex, present is required"], "{path}");
     }
+    let mut dp = spec_schema("DestinationPolicy");
+    assert_eq!(rules_at(&mut dp, "loadBalancer"), ["set either simple or consistentHash, not both"]);
+    assert_eq!(rules_at(&mut dp, "loadBalancer.consistentHash"), ["set exactly one of httpHeaderName, httpCookie"]);
+    assert_eq!(at(&mut dp, "loadBalancer.consistentHash.httpHeaderName")["pattern"], json!(HEADER_NAME_PATTERN));
+    let header = regex::Regex::new(HEADER_NAME_PATTERN).unwrap();
+    assert!(header.is_match("x-user-id") && !header.is_match("bad header"));
+
+    assert_eq!(at(&mut route, "http[].retries.retryOn")["pattern"], json!(RETRY_ON_PATTERN));
+    let retry_on = regex::Regex::new(RETRY_ON_PATTERN).unwrap();
+    for ok in ["5xx", "5xx,reset,connect-failure", " gateway-error , 503,429", "retriable-status-codes,503", ""] {
+        assert!(retry_on.is_match(ok) && crate::check_retry_on(ok).is_ok(), "{ok:?}");
+    }
+    for bad in ["bogus,5xx", "5xx,unavailable", "600", "5xx;reset"] {
+        assert!(!retry_on.is_match(bad) && crate::check_retry_on(bad).is_err(), "{bad:?}");
+    }
     // Every list a CEL rule runs under is bounded, or the API server refuses the CRD for its estimated cost.
     assert!(at(&mut route, "http").contains_key("maxItems"));
     assert!(at(&mut route, "http[].route").contains_key("maxItems"));
