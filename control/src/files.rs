@@ -188,7 +188,7 @@ fn parse_istio(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
     };
     match &converted.outcome {
         Outcome::Resource { object, .. } if !converted.changes_behaviour() => {
-            out.objects.push(Sourced { source: source.to_string(), object: (**object).clone() })
+            out.objects.push(Sourced::new(source, (**object).clone()))
         }
         Outcome::Resource { object, .. } => {
             let notes: Vec<String> =

@@ -86,6 +86,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         for node in &plan.nodes {
             let mut proxy_args: Vec<String> = vec![
                 "proxy".into(),
+                // A development mesh: one line per request is worth its cost here.
+                "--access-log".into(),
                 "--node".into(),
                 node.name.clone(),
                 "--mode".into(),

@@ -126,6 +126,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         for node in cluster.nodes() {
             let proxy_args: Vec<String> = vec![
                 "proxy".into(),
+                // A development mesh: one line per request is worth its cost here.
+                "--access-log".into(),
                 "--node".into(),
                 node.name().to_string(),
                 "--mode".into(),

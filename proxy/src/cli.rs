@@ -63,7 +63,7 @@ pub struct Args {
     root_cert: Option<PathBuf>,
     /// Connections one local workload may hold open through the proxy at once; one more is refused (and
     /// counted in `strait_connections_refused_total{reason="source_limit"}`), so no pod can exhaust the proxy.
-    #[arg(long, default_value_t = crate::tcp::limits::DEFAULT_PER_WORKLOAD as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "STRAIT_MAX_CONNECTIONS_PER_WORKLOAD", default_value_t = crate::tcp::limits::DEFAULT_PER_WORKLOAD as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections_per_workload: u32,
     /// Where the last configuration received from the control plane is kept (owner-only), so that a restart
     /// while the control plane is unreachable serves it instead of starting empty (in Kubernetes: a hostPath).
@@ -94,6 +94,11 @@ pub struct Args {
     /// Log lines as JSON (for log shippers) instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Write an access line (log target `access`) per HTTP request and per TCP connection at their end. Off by
+    /// default, as in Istio and Linkerd: at a line per request it is a large part of the proxy's CPU per request,
+    /// and metrics carry the same counts. `STRAIT_ACCESS_LOG=true` (or 1, yes, on) in the environment turns it on too.
+    #[arg(long, env = "STRAIT_ACCESS_LOG", value_parser = clap::builder::BoolishValueParser::new())]
+    access_log: bool,
     /// On SIGTERM (or `POST /drain` on the admin port): how long connections in flight may take to finish
     /// before the proxy closes them and exits (`30s`, `2m`; at most 1h). Keep the pod's
     /// terminationGracePeriodSeconds a little longer.
@@ -142,7 +147,7 @@ pub fn main() -> anyhow::Result<()> {
 
 /// Runs the proxy with already-parsed flags until SIGTERM, Ctrl-C or `POST /drain`, then drains it.
 pub fn run_with(args: Args) -> anyhow::Result<()> {
-    let (log_control, _log_guard) = crate::telemetry::logging::init(args.log_json);
+    let (log_control, _log_guard) = crate::telemetry::logging::init(args.log_json, args.access_log);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(run(args, log_control));
     // What is still open after the drain is closed here; a blocking task (an `nft` run) gets a moment.

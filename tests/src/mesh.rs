@@ -189,7 +189,11 @@ impl Mesh {
     fn spawn_proxy(&self, node: &str) -> Result<ChildGuard> {
         let bin = workspace_binary("strait-proxy")?;
         let mut cmd = Command::new(bin);
+        // Access lines on (the proxy's default is off): the tests read them and failures print them;
+        // `STRAIT_TEST_ACCESS_LOG=false` (the benchmark's default) leaves the proxy's default.
+        let access_log = std::env::var("STRAIT_TEST_ACCESS_LOG").unwrap_or_else(|_| "true".into());
         cmd.env("RUST_LOG", std::env::var("STRAIT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("STRAIT_ACCESS_LOG", access_log)
             .arg("--node")
             .arg(node)
             .arg("--config")

@@ -338,7 +338,7 @@ fn write_config(path: &Path, config: &MeshConfig) -> Result<()> {
 fn spawn_proxy(cluster: &Cluster, node: &str, config: &Path, ca: &Path) -> Result<ChildGuard> {
     let mut cmd = Command::new(workspace_binary("strait-proxy")?);
     cmd.env("RUST_LOG", "info")
-        .args(["--node", node, "--redirect", "tproxy", "--mark", PROXY_MARK, "--log-json"])
+        .args(["--node", node, "--redirect", "tproxy", "--mark", PROXY_MARK, "--log-json", "--access-log"])
         .arg("--config")
         .arg(config)
         .arg("--ca-dir")

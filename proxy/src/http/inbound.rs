@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, StatusCode};
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
@@ -21,6 +22,8 @@ use crate::policy::{Decision, HttpAttributes, Request as AuthzRequest};
 use crate::state::WorkloadInfo;
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
+use crate::telemetry::logging::access_enabled;
+use crate::telemetry::series::RequestSeries;
 
 use super::normalize::XFCC;
 use super::xfcc;
@@ -30,7 +33,13 @@ struct Destination {
     caller: Caller,
     workload: Arc<WorkloadInfo>,
     target: SocketAddr,
-    labels: ConnectionLabels,
+    /// The connection's labels and metric series.
+    series: Arc<RequestSeries>,
+    // Per connection, not per request: the caller's principal (for policy), the XFCC value its handshake
+    // proved, and the pod's authority for the upstream URI.
+    principal: Option<String>,
+    xfcc: Option<HeaderValue>,
+    authority: Option<Authority>,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 (detected from the first bytes) on `io` until the peer closes it.
@@ -44,7 +53,12 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let destination = Arc::new(Destination { ctx: ctx.clone(), caller, workload, target, labels });
+    let principal = caller.identity.as_ref().map(|i| i.principal());
+    let xfcc = caller.identity.as_ref().and_then(|identity| xfcc::encode(workload.identity.as_ref(), identity));
+    let authority = Authority::try_from(target.to_string()).ok();
+    let series = Arc::new(RequestSeries::new(ctx.metrics.clone(), labels));
+    let destination =
+        Arc::new(Destination { ctx: ctx.clone(), caller, workload, target, series, principal, xfcc, authority });
     let handler = move |request| {
         let destination = destination.clone();
         async move { handle(&destination, request).await }
@@ -66,16 +80,15 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     // same choice for escaped slashes as the source (both read it from the service's TrafficRoutes).
     let state = d.ctx.state.current();
     let normalized = super::normalize::request(&mut request, state.endpoint_escaped_slashes(d.target));
-    let log_path = request.uri().path().to_string();
+    let log_path = if access_enabled() { request.uri().path().to_string() } else { String::new() };
     // Recorded (metrics and the access line) when the response body has been sent.
     let access = |response: &Response<BoxBody>, flags: ResponseFlag, detail: &str| Access {
-        metrics: d.ctx.metrics.clone(),
-        labels: d.labels.clone(),
+        series: d.series.clone(),
         protocol,
         status: response.status().as_u16(),
         grpc_status: grpc_status(response.headers()),
         flags,
-        route: "-".into(),
+        route: std::borrow::Cow::Borrowed("-"),
         upstream: Some(d.target),
         retries: 0,
         detail: detail.to_string(),
@@ -91,9 +104,9 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         let access = access(&response, ResponseFlag::DownstreamProtocolError, rejection.as_str());
         return observed(response, access);
     }
-    let principal = d.caller.identity.as_ref().map(|i| i.principal());
+    let principal = d.principal.as_deref();
     let decision = state.policies.evaluate(&AuthzRequest {
-        source_principal: principal.as_deref(),
+        source_principal: principal,
         source_namespace: d.caller.identity.as_ref().map(|i| i.namespace()),
         source_ip: d.caller.address,
         destination: &d.workload.workload,
@@ -104,7 +117,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     if let Decision::Deny(denial) = decision {
         d.ctx.metrics.policy_denied("destination", &denial.policy, denial.reason.as_str());
         info!(
-            source = principal.as_deref().unwrap_or("(plaintext)"),
+            source = principal.unwrap_or("(plaintext)"),
             destination = %d.workload.workload.name,
             method = %request.method(),
             path = %request.uri().path(),
@@ -118,18 +131,15 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     }
 
     // Whatever the caller claimed was stripped (`normalize`); what the handshake proved is set.
-    if let Some(value) =
-        d.caller.identity.as_ref().and_then(|caller| xfcc::encode(d.workload.identity.as_ref(), caller))
-    {
-        request.headers_mut().insert(XFCC, value);
+    if let Some(value) = &d.xfcc {
+        request.headers_mut().insert(XFCC, value.clone());
     }
     let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
     // Authorized already; other upgrades were stripped by `normalize`.
     let upgrade = super::upgrade::wants_websocket(&request).then(|| hyper::upgrade::on(&mut request));
-    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    let uri = match format!("http://{}{path}", d.target).parse() {
-        Ok(uri) => uri,
-        Err(_) => {
+    let uri = match upstream_uri(request.uri(), d.authority.as_ref()) {
+        Some(uri) => uri,
+        None => {
             let response = text(StatusCode::BAD_REQUEST, "request target is not valid\n");
             let access = access(&response, ResponseFlag::DownstreamProtocolError, "");
             return observed(response, access);
@@ -158,4 +168,35 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     }
     let access = access(&response, ResponseFlag::None, "");
     observed(response, access)
+}
+
+/// `http://<pod>/<path and query>` (the path `/` when the request had none), from the parts already parsed:
+/// no string is formatted and parsed again. `None` for a target that is not a path (`*`, an authority).
+fn upstream_uri(uri: &Uri, authority: Option<&Authority>) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    match &parts.path_and_query {
+        Some(pq) if !pq.as_str().starts_with('/') => return None,
+        Some(_) => {}
+        None => parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/")),
+    }
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority?.clone());
+    Uri::from_parts(parts).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_uri_keeps_path_and_query_and_names_the_pod() {
+        let pod = Authority::from_static("10.1.0.2:8080");
+        let uri = |s: &str| s.parse::<Uri>().expect("a valid URI");
+        let up = |s: &str| upstream_uri(&uri(s), Some(&pod)).map(|u| u.to_string());
+        assert_eq!(up("/a/b?x=1&y=%20").as_deref(), Some("http://10.1.0.2:8080/a/b?x=1&y=%20"));
+        assert_eq!(up("http://reviews.shop:9080/r?q").as_deref(), Some("http://10.1.0.2:8080/r?q"));
+        assert_eq!(up("*"), None);
+        assert_eq!(up("reviews.shop:9080").as_deref(), Some("http://10.1.0.2:8080/"));
+        assert_eq!(upstream_uri(&uri("/"), None), None);
+    }
 }

@@ -4,6 +4,7 @@
 //! request metrics, with the gRPC status from the trailers when the headers had none, and the `access` line.
 //! Per request this costs one shared counter; no frame is copied.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +17,9 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::telemetry::flags::ResponseFlag;
-use crate::telemetry::labels::ConnectionLabels;
-use crate::telemetry::metrics::{Metrics, RequestOutcome};
+use crate::telemetry::logging::{Dash, DashAddr};
+use crate::telemetry::metrics::RequestOutcome;
+use crate::telemetry::series::RequestSeries;
 
 /// A request body that counts its data bytes into a counter shared with the request's [`Access`].
 pub struct CountedRequest<B> {
@@ -59,21 +61,22 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountedRequest<B> {
 /// Everything about one request that is known when its response headers are; completed with the response's
 /// byte count and trailers when the body ends.
 pub struct Access {
-    pub metrics: Arc<Metrics>,
-    pub labels: ConnectionLabels,
+    /// The connection's labels and resolved metric series (see `telemetry::series`).
+    pub series: Arc<RequestSeries>,
     pub protocol: &'static str,
     pub status: u16,
     /// From the response headers (a trailers-only gRPC answer); empty otherwise.
     pub grpc_status: String,
     pub flags: ResponseFlag,
     /// The route's name (source side), `-` where no route applies (destination side).
-    pub route: String,
+    pub route: Cow<'static, str>,
     pub upstream: Option<SocketAddr>,
     pub retries: u64,
     /// Why the proxy answered itself, when it did: the policy that denied the request (never sent to the
     /// client) or the normalization rule that refused it; empty otherwise.
     pub detail: String,
     pub method: http::Method,
+    /// Empty when the access log is off (`telemetry::logging::access_enabled`): only the line needs it.
     pub path: String,
     pub trace_id: String,
     pub start: Instant,
@@ -89,39 +92,35 @@ impl Access {
         };
         let duration = self.start.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
-        self.metrics.request(
-            &self.labels,
-            &RequestOutcome {
-                protocol: self.protocol,
-                status: self.status,
-                grpc_status: &grpc_status,
-                flags: self.flags,
-                duration,
-                request_bytes,
-                response_bytes,
-            },
-        );
-        let labels = &self.labels;
-        let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        self.series.record(&RequestOutcome {
+            protocol: self.protocol,
+            status: self.status,
+            grpc_status: &grpc_status,
+            flags: self.flags,
+            duration,
+            request_bytes,
+            response_bytes,
+        });
+        let labels = self.series.labels();
         tracing::info!(
             target: "access",
             reporter = labels.reporter,
             protocol = self.protocol,
-            source_workload = %or_dash(&labels.source_workload),
-            source_namespace = %or_dash(&labels.source_namespace),
-            source_identity = %or_dash(&labels.source_principal),
-            destination_workload = %or_dash(&labels.destination_workload),
-            destination_namespace = %or_dash(&labels.destination_namespace),
-            destination_identity = %or_dash(&labels.destination_principal),
-            destination_service = %or_dash(&labels.destination_service),
+            source_workload = %Dash(&labels.source_workload),
+            source_namespace = %Dash(&labels.source_namespace),
+            source_identity = %Dash(&labels.source_principal),
+            destination_workload = %Dash(&labels.destination_workload),
+            destination_namespace = %Dash(&labels.destination_namespace),
+            destination_identity = %Dash(&labels.destination_principal),
+            destination_service = %Dash(&labels.destination_service),
             route = %self.route,
-            upstream = %self.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+            upstream = %DashAddr(self.upstream),
             method = %self.method,
             path = %self.path,
             status = self.status,
-            grpc_status = %or_dash(&grpc_status),
+            grpc_status = %Dash(&grpc_status),
             flags = self.flags.as_str(),
-            detail = %or_dash(&self.detail),
+            detail = %Dash(&self.detail),
             retries = self.retries,
             request_bytes,
             response_bytes,
@@ -194,10 +193,12 @@ mod tests {
     use http_body_util::{BodyExt, StreamBody};
     use std::convert::Infallible;
 
+    use crate::telemetry::labels::ConnectionLabels;
+    use crate::telemetry::metrics::Metrics;
+
     fn access(metrics: &Arc<Metrics>, request_bytes: Arc<AtomicU64>) -> Access {
         Access {
-            metrics: metrics.clone(),
-            labels: ConnectionLabels::new("source"),
+            series: Arc::new(RequestSeries::new(metrics.clone(), ConnectionLabels::new("source"))),
             protocol: "grpc",
             status: 200,
             grpc_status: String::new(),

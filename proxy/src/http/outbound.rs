@@ -21,20 +21,27 @@ use crate::context::ProxyContext;
 use crate::state::{ServiceTarget, State, WorkloadInfo};
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
+use crate::telemetry::logging::access_enabled;
+use crate::telemetry::series::SourceSeries;
 
 /// One pod connection to one service port.
 struct Downstream {
     ctx: Arc<ProxyContext>,
     source: Arc<WorkloadInfo>,
     front: ServiceTarget,
-    labels: ConnectionLabels,
+    /// `front`'s service as route tables and settings are keyed, made once per connection.
+    front_ref: ServiceRef,
+    /// The connection's labels and metric series, per destination workload reached.
+    series: SourceSeries,
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on the pod's connection until it closes.
 pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadInfo>, front: ServiceTarget) {
     let labels = ConnectionLabels::new("source").with_source(&source).with_service(&front.service).mutual_tls(true);
     let drain = ctx.drain.watch();
-    let downstream = Arc::new(Downstream { ctx, source, front, labels });
+    let series = SourceSeries::new(ctx.metrics.clone(), labels);
+    let front_ref = ServiceRef::new(&front.service.name, &front.service.namespace);
+    let downstream = Arc::new(Downstream { ctx, source, front, front_ref, series });
     let handler = move |request| {
         let downstream = downstream.clone();
         async move { handle(&downstream, request).await }
@@ -48,7 +55,7 @@ type ReqBody = CountedRequest<Incoming>;
 /// What a request's metrics and access log say about it.
 struct Record {
     flags: ResponseFlag,
-    route: String,
+    route: std::borrow::Cow<'static, str>,
     upstream: Option<SocketAddr>,
     destination: Option<Arc<WorkloadInfo>>,
     retries: u64,
@@ -66,15 +73,15 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
     };
     let method = request.method().clone();
     let state = d.ctx.state.current();
-    let front = ServiceRef::new(&d.front.service.name, &d.front.service.namespace);
+    let front = &d.front_ref;
     // Before routing: routes match, and the destination authorizes, what the backend will receive.
-    let normalized = super::normalize::request(&mut request, state.route_table(&front).escaped_slashes());
-    // The normalized path, or the path as sent when it was refused.
-    let path = request.uri().path().to_string();
+    let normalized = super::normalize::request(&mut request, state.route_table(front).escaped_slashes());
+    // The normalized path, or the path as sent when it was refused (for the access line only).
+    let path = if access_enabled() { request.uri().path().to_string() } else { String::new() };
     let trace = super::trace::add_hop(request.headers_mut());
     let mut record = Record {
         flags: ResponseFlag::None,
-        route: "default".into(),
+        route: std::borrow::Cow::Borrowed("default"),
         upstream: None,
         destination: None,
         retries: 0,
@@ -88,14 +95,9 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
             text(StatusCode::BAD_REQUEST, format!("{rejection}\n"))
         }
     };
-    let mut labels = d.labels.clone();
-    if let Some(destination) = &record.destination {
-        labels = labels.with_destination(destination);
-    }
     // Recorded (metrics and the access line) when the response body has been sent.
     let access = Access {
-        metrics: d.ctx.metrics.clone(),
-        labels,
+        series: d.series.to(record.destination.as_ref()),
         protocol,
         status: response.status().as_u16(),
         grpc_status: grpc_status(response.headers()),
@@ -119,8 +121,8 @@ async fn route_request(
     mut request: Request<ReqBody>,
     record: &mut Record,
 ) -> Response<BoxBody> {
-    let front = ServiceRef::new(&d.front.service.name, &d.front.service.namespace);
-    let table = state.route_table(&front).clone();
+    let front = &d.front_ref;
+    let table = state.route_table(front).clone();
     let (parts, body) = request.into_parts();
     let route = table.route(&parts);
     request = Request::from_parts(parts, body);
@@ -135,7 +137,7 @@ async fn route_request(
         };
         return forward(d, state, &destination, request, None, None, record).await;
     };
-    record.route = route.name().to_string();
+    record.route = route.name().to_string().into();
     let split = match route.action() {
         Action::Forward(split) => split,
         Action::Redirect(redirect) => {

@@ -246,16 +246,26 @@ impl Metrics {
         crate::telemetry::logging::tcp_access(labels, flags.as_str(), sent, received);
     }
 
+    /// Records one request. The HTTP paths go through a connection's [`super::series::RequestSeries`], which
+    /// resolves the series once rather than per request.
     pub fn request(&self, labels: &ConnectionLabels, outcome: &RequestOutcome<'_>) {
+        self.request_handles(labels, outcome).record(outcome);
+    }
+
+    /// The four request series (count, duration, request and response size) of `labels` with `outcome`'s
+    /// protocol, code, gRPC status and flags: one label-set lookup each, done once and kept by the caller.
+    pub(crate) fn request_handles(&self, labels: &ConnectionLabels, outcome: &RequestOutcome<'_>) -> RequestHandles {
         let code = outcome.status.to_string();
         let values: [&str; 19] = join(
             labels.peer_values(),
             [outcome.protocol, &code, outcome.grpc_status, outcome.flags.as_str(), labels.security_policy()],
         );
-        self.requests.with_label_values(&values).inc();
-        self.request_duration.with_label_values(&values).observe(outcome.duration.as_secs_f64() * 1000.0);
-        self.request_bytes.with_label_values(&values).observe(outcome.request_bytes as f64);
-        self.response_bytes.with_label_values(&values).observe(outcome.response_bytes as f64);
+        RequestHandles {
+            requests: self.requests.with_label_values(&values),
+            duration: self.request_duration.with_label_values(&values),
+            request_bytes: self.request_bytes.with_label_values(&values),
+            response_bytes: self.response_bytes.with_label_values(&values),
+        }
     }
 
     pub fn refused(&self, listener: &str, refusal: Refusal) {
@@ -306,6 +316,25 @@ impl Metrics {
             tracing::warn!(error = %e, "could not encode metrics");
         }
         out
+    }
+}
+
+/// One request label set's series. A handle shares its series with the registry (series are never removed
+/// from the request families), so recording through it is a few atomic adds.
+#[derive(Clone)]
+pub(crate) struct RequestHandles {
+    requests: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    request_bytes: prometheus::Histogram,
+    response_bytes: prometheus::Histogram,
+}
+
+impl RequestHandles {
+    pub(crate) fn record(&self, outcome: &RequestOutcome<'_>) {
+        self.requests.inc();
+        self.duration.observe(outcome.duration.as_secs_f64() * 1000.0);
+        self.request_bytes.observe(outcome.request_bytes as f64);
+        self.response_bytes.observe(outcome.response_bytes as f64);
     }
 }
 
