@@ -59,6 +59,15 @@ pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListe
 
 /// [`bind_listener`] for a std listener (the admin server binds before its runtime exists).
 pub fn bind_std(addr: SocketAddr, transparent: bool) -> io::Result<std::net::TcpListener> {
+    let socket = bind_socket(addr, transparent)?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A socket bound to `addr` with the listener's options, not yet listening. Binding reports a port conflict at
+/// once; only `listen` puts the socket in its SO_REUSEPORT group, where the kernel starts handing it
+/// connections.
+pub fn bind_socket(addr: SocketAddr, transparent: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -75,22 +84,27 @@ pub fn bind_std(addr: SocketAddr, transparent: bool) -> io::Result<std::net::Tcp
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Starts listening on a socket from [`bind_socket`].
+pub fn listen(socket: Socket) -> io::Result<TcpListener> {
     socket.listen(1024)?;
-    Ok(socket.into())
+    TcpListener::from_std(socket.into())
 }
 
 /// Binds `addr`, and when it is the IPv4 wildcard also the IPv6 wildcard on the same port, so IPv6 pods are
-/// captured too. A node without IPv6 just gets the IPv4 listener.
-pub fn bind_dual_stack(addr: SocketAddr, transparent: bool) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = vec![bind_listener(addr, transparent)?];
+/// captured too. A node without IPv6 just gets the IPv4 socket. Not listening yet: see [`listen`].
+pub fn bind_dual_stack(addr: SocketAddr, transparent: bool) -> io::Result<Vec<Socket>> {
+    let mut sockets = vec![bind_socket(addr, transparent)?];
     if addr.ip() == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
         let v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), addr.port());
-        match bind_listener(v6, transparent) {
-            Ok(listener) => listeners.push(listener),
+        match bind_socket(v6, transparent) {
+            Ok(socket) => sockets.push(socket),
             Err(e) => tracing::info!(%v6, error = %e, "no IPv6 listener (IPv6 unavailable on this node?)"),
         }
     }
-    Ok(listeners)
+    Ok(sockets)
 }
 
 /// Options for the proxy's own outgoing connections.
