@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use strait_tests::backend::{self, HttpGet};
 use strait_tests::mesh::{ECHO_PORT, ECHO_VIP};
 use strait_tests::mesh_http::{HttpMesh, REVIEWS_VIP};
-use strait_tests::{exec, require_root};
+use strait_tests::{exec, require_root, Capture};
 
 fn echo_vip() -> SocketAddr {
     SocketAddr::new(ECHO_VIP.parse().expect("constant"), ECHO_PORT)
@@ -276,7 +276,8 @@ fn generate_load(
 /// Under a steady load of new connections and keep-alive requests (HTTP and TCP) from a1, node-a's proxy, then
 /// node-b's, then node-a's again are replaced as a DaemonSet rolling update with surge does it: the new proxy
 /// starts beside the old one on the same ports (SO_REUSEPORT), becomes ready, and the old one is sent SIGTERM
-/// and drains. No request fails; every old proxy exits 0 well within its grace.
+/// and drains. No request fails, nothing crosses the node-to-node link in plaintext (a capture on node-a's
+/// uplink for the whole run), and every old proxy exits 0 well within its grace.
 #[test]
 fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
     if !require_root() {
@@ -287,6 +288,9 @@ fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
     let b1 = mesh.mesh.cluster.pod("b1");
     let _echo = backend::tcp_echo(b1.netns_name(), SocketAddr::new(b1.ip().into(), ECHO_PORT))?;
 
+    // The node-to-node link, for the whole run: every byte between the nodes must be inside the mTLS tunnel.
+    let node_a = mesh.mesh.cluster.node("node-a");
+    let link = Capture::start(node_a.netns_name(), node_a.uplink(), "tcp")?;
     let stop = Arc::new(AtomicBool::new(false));
     let load = Arc::new(Mutex::new(Load::default()));
     let threads = generate_load(mesh.client().to_string(), Duration::from_millis(10), stop.clone(), load.clone());
@@ -347,7 +351,16 @@ fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
         total.tcp_fresh.failed,
         total.tcp_fresh.sent
     );
+    let link = link.stop()?;
     outcome?;
+    for plaintext in [&b"steady load"[..], b"GET /fresh", b"GET /keepalive", b"HTTP/1.1 200"] {
+        ensure!(
+            !link.contains(plaintext),
+            "{:?} crossed the node-to-node link in plaintext during the rollouts",
+            String::from_utf8_lossy(plaintext)
+        );
+    }
+    ensure!(link.packet_count() > 100, "the capture saw only {} packets", link.packet_count());
     for (kind, counts) in
         [("http fresh", &total.http_fresh), ("http keep-alive", &total.http_keepalive), ("tcp fresh", &total.tcp_fresh)]
     {
