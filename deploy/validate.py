@@ -8,8 +8,8 @@
    `x-kubernetes-validations` CEL rule evaluated with cel-python, and list-type=map keys checked for
    uniqueness, as the API server would.
 3. Deliberately broken resources must be refused, so a rule that stops working fails this check.
-4. kustomization.yaml lists files that exist, and every manifest here is listed (but examples/ and the
-   optional observability/ extras, whose monitors need the Prometheus Operator's CRDs).
+4. kustomization.yaml lists files that exist, and every manifest here is listed (but examples/, the
+   optional observability/ extras, whose monitors need the Prometheus Operator's CRDs, and uninstall/).
 5. observability/: PodMonitor / ServiceMonitor select the proxies' metrics port; dashboards query only metric
    families the proxy exports.
 
@@ -301,7 +301,8 @@ def main():
         if not os.path.exists(os.path.join(DEPLOY, rel)):
             fail("kustomization.yaml", f"lists {rel}, which does not exist")
     for rel in manifest_files():
-        optional = rel.startswith("examples" + os.sep) or rel.startswith(OPTIONAL + os.sep)
+        # uninstall/ is applied by hand after the mesh is deleted, never with it.
+        optional = any(rel.startswith(d + os.sep) for d in ("examples", OPTIONAL, "uninstall"))
         if not optional and rel not in listed:
             fail("kustomization.yaml", f"does not list {rel}")
 

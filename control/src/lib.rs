@@ -70,12 +70,24 @@ pub struct Parts {
 }
 
 /// A running control plane. Dropping it stops everything (connections included) soon after;
-/// [`Running::shutdown`] waits until it has.
+/// [`Running::shutdown`] waits until it has, [`Running::drain`] first lets the proxies move elsewhere.
 pub struct Running {
     local_addr: SocketAddr,
     stats: Arc<Stats>,
     root_pem: String,
     tasks: JoinSet<()>,
+    /// The task serving the proxies' connections: the one that ends on its own when drained.
+    server: tokio::task::Id,
+    drain: watch::Sender<bool>,
+}
+
+/// How [`Running::drain`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every proxy connection closed within the grace period.
+    Clean,
+    /// The grace period ran out; what was still open was closed.
+    GraceExpired,
 }
 
 impl Running {
@@ -99,9 +111,38 @@ impl Running {
 
     /// Runs until a task ends, which only happens on a bug: the tasks loop forever.
     pub async fn wait(mut self) -> anyhow::Result<()> {
+        self.until_failure().await
+    }
+
+    /// [`Running::wait`] without giving up the handle, so the caller can still [`Running::drain`] it.
+    pub async fn until_failure(&mut self) -> anyhow::Result<()> {
         match self.tasks.join_next().await {
             Some(Err(e)) if e.is_panic() => anyhow::bail!("a control plane task panicked: {e}"),
             _ => anyhow::bail!("a control plane task ended unexpectedly"),
+        }
+    }
+
+    /// Drains (on SIGTERM): readiness turns false, the listener closes (a second replica, or a replacement
+    /// bound beside this one with SO_REUSEPORT, takes new connections), every configuration stream ends cleanly
+    /// so its proxy reconnects elsewhere while serving its last good configuration, connections get GOAWAY and
+    /// signing requests in flight finish. Returns once every connection has closed, or after `grace`, having
+    /// stopped everything.
+    pub async fn drain(mut self, grace: Duration) -> Drained {
+        self.stats.set_draining();
+        self.drain.send_replace(true);
+        let server = self.server;
+        let outcome = tokio::time::timeout(grace, async {
+            while let Some(joined) = self.tasks.join_next_with_id().await {
+                if joined.map(|(id, ())| id).unwrap_or_else(|e| e.id()) == server {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.tasks.shutdown().await;
+        match outcome {
+            Ok(()) => Drained::Clean,
+            Err(_) => Drained::GraceExpired,
         }
     }
 }
@@ -135,12 +176,13 @@ pub async fn start_with(listen: SocketAddr, cert_ttl: Duration, parts: Parts) ->
     let resolver = tls::ControlCertResolver::new(signer.clone(), identity, cert_ttl)
         .context("issuing the control plane's server certificate")?;
     let acceptor = tokio_rustls::TlsAcceptor::from(strait_certs::server_config_without_client_auth(resolver));
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listener = server::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let local_addr = listener.local_addr().context("reading the bound address")?;
 
     let stats = Arc::new(Stats::new());
     let (discovered_tx, discovered_rx) = watch::channel(Arc::new(model::Discovered::default()));
     let (published_tx, published_rx) = watch::channel(None);
+    let (drain, drain_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(parts.discovery.run(discovered_tx));
     tasks.spawn(push::publish(discovered_rx, published_tx, trust_domain.clone(), stats.clone()));
@@ -150,10 +192,11 @@ pub async fn start_with(listen: SocketAddr, cert_ttl: Duration, parts: Parts) ->
         signer,
         stats: stats.clone(),
         trust_domain,
+        drain: drain_rx,
     });
-    tasks.spawn(server::serve(listener, acceptor, shared));
+    let server = tasks.spawn(server::serve(listener, acceptor, shared)).id();
     tracing::info!(%local_addr, "control plane listening");
-    Ok(Running { local_addr, stats, root_pem, tasks })
+    Ok(Running { local_addr, stats, root_pem, tasks, server, drain })
 }
 
 /// Starts the control plane and runs it until a task fails.

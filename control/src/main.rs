@@ -48,6 +48,19 @@ struct Args {
     /// Monitoring port (plain HTTP): /metrics, /ready, /live.
     #[arg(long, env = "STRAIT_MONITORING", default_value = "0.0.0.0:15014")]
     monitoring: SocketAddr,
+    /// On SIGTERM or Ctrl-C: readiness turns false, the listener closes, every proxy's configuration stream ends
+    /// so it reconnects to another replica (serving its last good configuration meanwhile), and signing requests
+    /// in flight get this long to finish (`30s`, `2m`; at most 1h). A second signal exits at once.
+    #[arg(long, env = "STRAIT_DRAIN_GRACE", default_value = "30s", value_parser = parse_grace)]
+    drain_grace: std::time::Duration,
+}
+
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    let grace = strait_api::parse_duration(text).map_err(|e| e.to_string())?;
+    if grace > std::time::Duration::from_secs(3600) {
+        return Err(format!("a drain grace of {grace:?} is longer than the limit of 1h"));
+    }
+    Ok(grace)
 }
 
 #[tokio::main]
@@ -59,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let running = if args.kubernetes {
+    let mut running = if args.kubernetes {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the Kubernetes API (in-cluster configuration, else KUBECONFIG)")?;
@@ -87,11 +100,25 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the monitoring port {}", args.monitoring))?;
     tokio::spawn(strait_control::monitoring::serve(monitoring, running.stats().clone()));
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::select! {
-        result = running.wait() => result,
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; shutting down");
-            Ok(())
-        }
+        result = running.until_failure() => return result,
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
     }
+    let started = std::time::Instant::now();
+    tracing::info!(grace = ?args.drain_grace, "draining: not ready, no new connections; proxies are told to reconnect elsewhere");
+    tokio::select! {
+        drained = running.drain(args.drain_grace) => match drained {
+            strait_control::Drained::Clean => tracing::info!(elapsed = ?started.elapsed(), "drained"),
+            strait_control::Drained::GraceExpired => {
+                tracing::warn!(grace = ?args.drain_grace, "drain grace period over: closing what is still open")
+            }
+        },
+        _ = terminate.recv() => tracing::warn!("second signal during the drain: exiting now"),
+        _ = interrupt.recv() => tracing::warn!("second signal during the drain: exiting now"),
+    }
+    Ok(())
 }

@@ -31,6 +31,7 @@ fn handle(stats: &Stats, request: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/live" => respond(StatusCode::OK, "live\n".into()),
+        "/ready" if stats.is_draining() => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n".into()),
         "/ready" if stats.version() > 0 => respond(StatusCode::OK, format!("ready: version {}\n", stats.version())),
         "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration built yet\n".into()),
         _ => respond(StatusCode::NOT_FOUND, "unknown path: /metrics, /ready, /live\n".into()),

@@ -82,7 +82,8 @@ pub async fn publish(
 }
 
 /// Serves one proxy's stream: pushes every new version to `tx` and records the ACKs read from `acks`.
-/// Returns when the proxy goes away.
+/// Returns when the proxy goes away, or when the control plane drains: the stream then ends cleanly and the
+/// proxy, which keeps serving its last good configuration, reconnects (to another replica).
 pub async fn serve_stream(
     node: String,
     mut published: PublishedRx,
@@ -90,6 +91,7 @@ pub async fn serve_stream(
     stats: Arc<Stats>,
     acks: Incoming,
     tx: mpsc::Sender<Bytes>,
+    drain: watch::Receiver<bool>,
 ) {
     stats.stream_opened(&node);
     let reader = tokio::spawn(read_acks(acks, node.clone(), stats.clone()));
@@ -117,6 +119,10 @@ pub async fn serve_stream(
         tokio::select! {
             changed = published.changed() => if changed.is_err() { break },
             _ = tx.closed() => break,
+            () = crate::server::drain_started(drain.clone()) => {
+                tracing::info!(node, "draining: ending the configuration stream so the proxy reconnects elsewhere");
+                break;
+            }
         }
     }
     reader.abort();

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use strait_api::protocol::CertificateRequest;
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -38,13 +38,40 @@ pub struct Shared {
     pub signer: Arc<Signer>,
     pub stats: Arc<Stats>,
     pub trust_domain: String,
+    /// True once the control plane drains: no new connection or stream, open streams end so that their proxies
+    /// reconnect to another replica, connections get GOAWAY.
+    pub drain: watch::Receiver<bool>,
 }
 
-/// Accepts connections until the future is dropped; dropping it also ends every connection it serves.
+/// Resolves once the drain has started (at once if it has); never if the sender is gone.
+pub(crate) async fn drain_started(mut drain: watch::Receiver<bool>) {
+    if drain.wait_for(|draining| *draining).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Binds the push endpoint with SO_REUSEPORT, so that a replacement control plane on the same host (or the
+/// second of two replicas behind one address) can listen beside a draining one: once the draining one closes
+/// its listener, every new connection goes to the other.
+pub fn bind(listen: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if listen.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(listen)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections until the drain starts, then closes the listener and returns once every connection has
+/// ended (each is told to go away); dropping the future ends every connection at once.
 pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = drain_started(shared.drain.clone()) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
@@ -64,22 +91,36 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
+            let drain = shared.drain.clone();
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(shared, req).await) }
             });
-            let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 // Find proxies that vanished without closing, so their streams and counters go away.
                 .keep_alive_interval(Some(Duration::from_secs(10)))
                 .keep_alive_timeout(Duration::from_secs(20))
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+                .serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = drain_started(drain) => {
+                    // GOAWAY: a signing request in flight finishes; configuration streams end on their own
+                    // (push::serve_stream watches the drain), and the connection closes after them.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+    drop(listener);
+    tracing::info!(connections = connections.len(), "draining: listener closed, connections told to go away");
+    while connections.join_next().await.is_some() {}
+    tracing::info!("drained: every proxy connection has closed");
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
@@ -126,6 +167,10 @@ async fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<String
 }
 
 fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response<Body> {
+    if *shared.drain.borrow() {
+        // A stream opened between the drain and the GOAWAY: the proxy retries, on another replica.
+        return text(StatusCode::SERVICE_UNAVAILABLE, "this control plane is draining; reconnect".to_string());
+    }
     tracing::info!(node, "configuration stream opened");
     // One message in flight: a slow proxy gets the newest version next, not a backlog of stale ones.
     let (tx, rx) = mpsc::channel(1);
@@ -136,6 +181,7 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
         shared.stats.clone(),
         req.into_body(),
         tx,
+        shared.drain.clone(),
     ));
     let mut response = Response::new(ChannelBody(rx).boxed());
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));

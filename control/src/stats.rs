@@ -1,7 +1,7 @@
 //! What the control plane knows about its proxies: per-node push/ACK state and Prometheus counters.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -26,6 +26,8 @@ pub struct Stats {
     nodes: Mutex<BTreeMap<String, NodeStatus>>,
     problems: Mutex<Vec<String>>,
     version: AtomicU64,
+    /// Set when the control plane starts draining: not ready from then on.
+    draining: AtomicBool,
 }
 
 impl Stats {
@@ -61,7 +63,16 @@ impl Stats {
             nodes: Mutex::new(BTreeMap::new()),
             problems: Mutex::new(Vec::new()),
             version: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     pub fn registry(&self) -> &Registry {

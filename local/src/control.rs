@@ -49,19 +49,19 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         let mut options = strait_control::Options::new(args.files, args.ca_dir, args.token_file);
         options.trust_domain = args.trust_domain;
         options.listen = args.listen;
-        let running = if replacements.is_empty() {
+        let mut running = if replacements.is_empty() {
             strait_control::start(options).await?
         } else {
             start_replacing(options, replacements).await?
         };
         tokio::select! {
-            result = running.wait() => result,
-            result = shutdown_signal() => {
-                result?;
-                tracing::info!("shutting down");
-                Ok(())
-            }
+            result = running.until_failure() => return result,
+            result = shutdown_signal() => result?,
         }
+        // As `strait-control` does: the proxies' streams end cleanly and they keep their configuration.
+        tracing::info!("draining");
+        let _ = running.drain(std::time::Duration::from_secs(5)).await;
+        Ok(())
     })
 }
 

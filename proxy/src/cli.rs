@@ -39,8 +39,14 @@ enum Rules {
 #[command(name = "strait-proxy", version, about = "Strait node proxy")]
 pub struct Args {
     /// This node's name, as workloads' `node` fields name it.
-    #[arg(long, env = "NODE_NAME")]
-    node: String,
+    #[arg(long, env = "NODE_NAME", required_unless_present = "uninstall")]
+    node: Option<String>,
+    /// Remove what the proxy installed on this node (the `inet strait` nftables table, and TPROXY's policy
+    /// routing rule and route table) and exit; nothing else on the node is touched. Run it once the node's proxy
+    /// is gone (the DaemonSet deleted): it refuses while a proxy still answers on --admin, which would put the
+    /// rules back. A proxy that exits, even on SIGTERM, keeps them on purpose (pods fail closed meanwhile).
+    #[arg(long)]
+    uninstall: bool,
     /// Mesh configuration file (YAML), watched for changes.
     #[arg(long, env = "STRAIT_CONFIG")]
     config: Option<PathBuf>,
@@ -125,7 +131,7 @@ fn trust_bundle(args: &Args) -> anyhow::Result<strait_certs::TrustBundle> {
         .with_context(|| format!("{} holds no usable root certificate", path.display()))
 }
 
-fn control_plane_client(args: &Args, addr: &str) -> anyhow::Result<ControlPlaneClient> {
+fn control_plane_client(args: &Args, node: &str, addr: &str) -> anyhow::Result<ControlPlaneClient> {
     let identity = match &args.control_plane_identity {
         Some(id) => id.parse::<Identity>().context("--control-plane-identity")?,
         None => Identity::new(&args.trust_domain, "strait-system", "strait-control")
@@ -135,8 +141,8 @@ fn control_plane_client(args: &Args, addr: &str) -> anyhow::Result<ControlPlaneC
     let token = std::fs::read_to_string(token_path).with_context(|| format!("reading {}", token_path.display()))?;
     let root_path = args.root_cert.as_ref().context("--root-cert is required with --control-plane")?;
     let root = std::fs::read_to_string(root_path).with_context(|| format!("reading {}", root_path.display()))?;
-    let client = ControlPlaneClient::new(addr, identity, &root, &token, &args.node)
-        .context("configuring the control-plane client")?;
+    let client =
+        ControlPlaneClient::new(addr, identity, &root, &token, node).context("configuring the control-plane client")?;
     Ok(client.with_token_file(token_path.clone()))
 }
 
@@ -148,6 +154,9 @@ pub fn main() -> anyhow::Result<()> {
 /// Runs the proxy with already-parsed flags until SIGTERM, Ctrl-C or `POST /drain`, then drains it.
 pub fn run_with(args: Args) -> anyhow::Result<()> {
     let (log_control, _log_guard) = crate::telemetry::logging::init(args.log_json, args.access_log);
+    if args.uninstall {
+        return uninstall(&args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(run(args, log_control));
     // What is still open after the drain is closed here; a blocking task (an `nft` run) gets a moment.
@@ -156,11 +165,12 @@ pub fn run_with(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> anyhow::Result<()> {
+    let node = args.node.clone().context("--node is required")?;
     let metrics = Arc::new(Metrics::new());
-    let state = StateStore::new(&args.node);
+    let state = StateStore::new(&node);
     let certs = match &args.control_plane {
         Some(addr) => {
-            let client = control_plane_client(&args, addr)?;
+            let client = control_plane_client(&args, &node, addr)?;
             let certs = Arc::new(CertStore::new(Arc::new(client.issuer()), trust_bundle(&args)?));
             let last_good = args.last_good_config.clone();
             if let Some(path) = &last_good {
@@ -243,7 +253,7 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
     admin::announce_replacement(args.admin);
     admin::spawn(admin, args.admin, args.metrics)?;
     proxy.start(&options).await?;
-    tracing::info!(node = %args.node, admin = %args.admin, metrics = %args.metrics, "strait-proxy started");
+    tracing::info!(%node, admin = %args.admin, metrics = %args.metrics, "strait-proxy started");
     let mut signals = Signals::new()?;
     let drain = proxy.ctx.drain.clone();
     tokio::select! {
@@ -267,6 +277,31 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
             tracing::warn!(in_flight = drain.in_flight(), "second signal during the drain: closing now");
         }
     }
+    Ok(())
+}
+
+/// `--uninstall`: removes the node's rules and policy routing, once no proxy runs on the node.
+fn uninstall(args: &Args) -> anyhow::Result<()> {
+    let probe = match args.admin.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), args.admin.port())
+        }
+        ip if ip.is_unspecified() => SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), args.admin.port()),
+        _ => args.admin,
+    };
+    if std::net::TcpStream::connect_timeout(&probe, Duration::from_secs(1)).is_ok() {
+        anyhow::bail!(
+            "a proxy still answers on {probe} (--admin): stop it first (delete the DaemonSet), or it would put the rules back"
+        );
+    }
+    // Removal needs only the table's name and the TPROXY mark and route table, which are fixed.
+    let spec = redirect::RedirectSpec::default();
+    redirect::remove(&spec).context("removing the node's redirection rules")?;
+    tracing::info!(
+        table = redirect::TABLE,
+        tproxy_table = spec.tproxy_table,
+        "uninstalled: the node's Strait rules and policy routing are gone"
+    );
     Ok(())
 }
 
@@ -307,5 +342,21 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.interrupt.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[test]
+    fn the_node_is_required_unless_uninstalling() {
+        assert!(Args::try_parse_from(["strait-proxy"]).is_err());
+        let uninstall = Args::try_parse_from(["strait-proxy", "--uninstall"]).expect("--uninstall alone");
+        assert!(uninstall.uninstall && uninstall.node.is_none());
+        let run = Args::try_parse_from(["strait-proxy", "--node", "node-a"]).expect("--node");
+        assert!(!run.uninstall && run.node.as_deref() == Some("node-a"));
     }
 }

@@ -16,13 +16,15 @@ use crate::state::State;
 use crate::tcp::socket::bind_listener;
 
 /// Follows configuration changes: fetches certificates for new local workloads, re-binds explicit listeners,
-/// re-renders redirection rules.
+/// re-renders redirection rules, and starts the transparent listeners once the first configuration is in place.
 pub(crate) async fn reconcile(
     ctx: Arc<ProxyContext>,
     mut listeners: Option<ExplicitListeners>,
+    mut pending: Option<crate::serve::PendingListeners>,
     mut rules: Option<RulesReconciler>,
 ) {
     let mut states = ctx.state.subscribe();
+    let mut listening_failed = false;
     loop {
         let state = states.borrow_and_update().clone();
         prefetch_certificates(&ctx, &state).await;
@@ -52,6 +54,18 @@ pub(crate) async fn reconcile(
             rules = done.map(|(reconciler, _)| reconciler);
         }
         if in_place {
+            if let Some(pending) = pending.take() {
+                match pending.listen(&ctx) {
+                    Ok(()) => info!(version = %state.version, "configuration in place: listening"),
+                    Err(e) => {
+                        // Never ready, so a rolling update keeps the proxy this one was to replace.
+                        tracing::error!(error = %e, "could not listen on the transparent ports; not ready");
+                        listening_failed = true;
+                    }
+                }
+            }
+        }
+        if in_place && !listening_failed {
             *ctx.synced.lock().unwrap_or_else(|e| e.into_inner()) = state.version.clone();
         }
         tokio::select! {

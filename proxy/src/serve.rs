@@ -14,7 +14,7 @@ use crate::drain::Drain;
 use crate::reconcile::{reconcile, ExplicitListeners, RulePorts, RulesReconciler};
 use crate::redirect;
 use crate::state::StateStore;
-use crate::tcp::socket::{bind_dual_stack, Capture, Outgoing};
+use crate::tcp::socket::{bind_dual_stack, listen, Capture, Outgoing};
 use crate::telemetry::metrics::Metrics;
 use crate::tunnel::{Pool, PoolConfig};
 
@@ -87,22 +87,16 @@ impl Proxy {
         match &options.mode {
             ListenMode::Transparent { redirect } => {
                 let transparent = options.transparent_sockets();
-                let outbound = bind_dual_stack(options.outbound_addr, transparent)
-                    .with_context(|| format!("binding the outbound listener on {}", options.outbound_addr))?;
-                let tunnel = bind_dual_stack(options.tunnel_addr, transparent)
-                    .with_context(|| format!("binding the tunnel listener on {}", options.tunnel_addr))?;
-                let plaintext = bind_dual_stack(options.plaintext_addr, transparent)
-                    .with_context(|| format!("binding the inbound plaintext listener on {}", options.plaintext_addr))?;
-                info!(outbound = %options.outbound_addr, tunnel = %options.tunnel_addr, plaintext = %options.plaintext_addr, ipv6 = outbound.len() > 1, "listening (transparent)");
-                for listener in outbound {
-                    tokio::spawn(crate::tcp::outbound::serve(listener, ctx.clone()));
-                }
-                for listener in tunnel {
-                    tokio::spawn(crate::tunnel::server::serve(listener, ctx.clone()));
-                }
-                for listener in plaintext {
-                    tokio::spawn(crate::tcp::plaintext::serve(listener, ctx.clone()));
-                }
+                // Bound now, so that a port conflict is reported at start-up; listening only once the
+                // configuration is in place (see `PendingListeners`).
+                let bind = |addr: SocketAddr, what: &str| {
+                    bind_dual_stack(addr, transparent).with_context(|| format!("binding the {what} listener on {addr}"))
+                };
+                let mut pending = PendingListeners::default();
+                pending.add(Path::Outbound, bind(options.outbound_addr, "outbound")?);
+                pending.add(Path::Tunnel, bind(options.tunnel_addr, "tunnel")?);
+                pending.add(Path::Plaintext, bind(options.plaintext_addr, "inbound plaintext")?);
+                info!(outbound = %options.outbound_addr, tunnel = %options.tunnel_addr, plaintext = %options.plaintext_addr, "bound (transparent); listening once the configuration is in place");
                 let ports = RulePorts {
                     outbound: options.outbound_addr.port(),
                     plaintext: options.plaintext_addr.port(),
@@ -113,15 +107,109 @@ impl Proxy {
                     crate::tcp::socket::enable_listener_migration();
                 }
                 let rules = redirect.map(|mode| RulesReconciler::new(mode, ports));
-                tokio::spawn(reconcile(ctx, None, rules));
+                tokio::spawn(reconcile(ctx, None, Some(pending), rules));
             }
             ListenMode::Explicit { bind_services } => {
                 // Bind once now so a port conflict is reported at start-up, not in a log line later.
                 let mut listeners = ExplicitListeners::new(*bind_services);
                 listeners.reconcile(&ctx, &ctx.state.current())?;
-                tokio::spawn(reconcile(ctx, Some(listeners), None));
+                tokio::spawn(reconcile(ctx, Some(listeners), None, None));
             }
         }
         Ok(())
+    }
+}
+
+/// Which connection path a transparent listener serves.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Outbound,
+    Tunnel,
+    Plaintext,
+}
+
+/// The transparent listeners, bound but not yet listening. A listening socket joins its port's SO_REUSEPORT
+/// group at once, and from then on the kernel hands it a share of the node's new connections: a replacement
+/// proxy that listened before it had its configuration (from the control plane, with no last good one on
+/// disk) would refuse those as coming from unknown pods while the proxy it replaces could still serve them. So
+/// the reconcile loop calls [`PendingListeners::listen`] once the configuration and the node's rules are in
+/// place, before readiness can turn true.
+#[derive(Default)]
+pub(crate) struct PendingListeners {
+    sockets: Vec<(Path, socket2::Socket)>,
+}
+
+impl PendingListeners {
+    fn add(&mut self, path: Path, sockets: Vec<socket2::Socket>) {
+        self.sockets.extend(sockets.into_iter().map(|s| (path, s)));
+    }
+
+    /// Listens on every socket and starts its accept loop.
+    pub(crate) fn listen(self, ctx: &Arc<ProxyContext>) -> std::io::Result<()> {
+        let mut listeners = Vec::with_capacity(self.sockets.len());
+        for (path, socket) in self.sockets {
+            listeners.push((path, listen(socket)?));
+        }
+        for (path, listener) in listeners {
+            let ctx = ctx.clone();
+            match path {
+                Path::Outbound => tokio::spawn(crate::tcp::outbound::serve(listener, ctx)),
+                Path::Tunnel => tokio::spawn(crate::tunnel::server::serve(listener, ctx)),
+                Path::Plaintext => tokio::spawn(crate::tcp::plaintext::serve(listener, ctx)),
+            };
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strait_api::MeshConfig;
+    use strait_certs::{MeshCa, TrustBundle};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    fn free_address() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral port");
+        listener.local_addr().expect("its address")
+    }
+
+    /// A proxy started without a configuration (a replacement whose control plane has not answered yet) binds
+    /// its ports but takes no connection: the kernel would otherwise hand it a share of the node's new
+    /// connections, which it could only refuse. It listens once the configuration is in place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn transparent_listeners_listen_only_once_a_configuration_is_in_place() {
+        let ca = MeshCa::generate("cluster.local").expect("a CA");
+        let certs = Arc::new(CertStore::new(Arc::new(ca.clone()), TrustBundle::from_ca(&ca)));
+        let state = StateStore::new("node-a");
+        let options = ProxyOptions {
+            mode: ListenMode::Transparent { redirect: None },
+            outbound_addr: free_address(),
+            tunnel_addr: free_address(),
+            plaintext_addr: free_address(),
+            mark: None,
+            connect_timeout: Duration::from_secs(1),
+            pool: Default::default(),
+            max_connections_per_workload: 16,
+        };
+        let addresses = [options.outbound_addr, options.tunnel_addr, options.plaintext_addr];
+        let proxy = Proxy::new(&options, state.clone(), certs, Arc::new(Metrics::new()));
+        proxy.start(&options).await.expect("the ports are bound");
+        // Time for the reconcile loop to run on the empty view (it must not listen).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for addr in addresses {
+            assert!(TcpStream::connect(addr).await.is_err(), "{addr} accepts connections before any configuration");
+        }
+
+        state.apply(MeshConfig::default(), "1".into()).expect("a valid configuration");
+        for addr in addresses {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(addr).await.is_err() {
+                assert!(tokio::time::Instant::now() < deadline, "{addr} not listening with the configuration in place");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(*proxy.ctx.synced.lock().expect("synced"), "1", "in place only once listening");
     }
 }

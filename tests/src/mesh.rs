@@ -254,6 +254,18 @@ impl Mesh {
         Ok(())
     }
 
+    /// SIGKILLs the node's proxy (no drain, no clean-up: a crash or `kill -9`) and reaps it; its rules stay.
+    pub fn kill_proxy(&mut self, node: &str) -> Result<std::process::ExitStatus> {
+        let mut child = self.proxies.remove(node).with_context(|| format!("no proxy is running on {node}"))?;
+        child.kill()
+    }
+
+    /// Starts a node proxy and returns at once, without waiting for it to be ready (the caller measures that).
+    pub fn spawn_proxy_now(&mut self, node: &str) -> Result<()> {
+        anyhow::ensure!(!self.proxies.contains_key(node), "a proxy is already running on {node}");
+        self.start_proxy(node)
+    }
+
     /// Starts a stopped node proxy again and waits until it is ready.
     pub fn resume_proxy(&mut self, node: &str) -> Result<()> {
         self.start_proxy(node)?;

@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use strait_tests::backend::{self, HttpGet};
 use strait_tests::mesh::{ECHO_PORT, ECHO_VIP};
 use strait_tests::mesh_http::{HttpMesh, REVIEWS_VIP};
-use strait_tests::{exec, require_root};
+use strait_tests::{exec, require_root, Capture};
 
 fn echo_vip() -> SocketAddr {
     SocketAddr::new(ECHO_VIP.parse().expect("constant"), ECHO_PORT)
@@ -276,7 +276,8 @@ fn generate_load(
 /// Under a steady load of new connections and keep-alive requests (HTTP and TCP) from a1, node-a's proxy, then
 /// node-b's, then node-a's again are replaced as a DaemonSet rolling update with surge does it: the new proxy
 /// starts beside the old one on the same ports (SO_REUSEPORT), becomes ready, and the old one is sent SIGTERM
-/// and drains. No request fails; every old proxy exits 0 well within its grace.
+/// and drains. No request fails, nothing crosses the node-to-node link in plaintext (a capture on node-a's
+/// uplink for the whole run), and every old proxy exits 0 well within its grace.
 #[test]
 fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
     if !require_root() {
@@ -287,6 +288,9 @@ fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
     let b1 = mesh.mesh.cluster.pod("b1");
     let _echo = backend::tcp_echo(b1.netns_name(), SocketAddr::new(b1.ip().into(), ECHO_PORT))?;
 
+    // The node-to-node link, for the whole run: every byte between the nodes must be inside the mTLS tunnel.
+    let node_a = mesh.mesh.cluster.node("node-a");
+    let link = Capture::start(node_a.netns_name(), node_a.uplink(), "tcp")?;
     let stop = Arc::new(AtomicBool::new(false));
     let load = Arc::new(Mutex::new(Load::default()));
     let threads = generate_load(mesh.client().to_string(), Duration::from_millis(10), stop.clone(), load.clone());
@@ -347,7 +351,16 @@ fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
         total.tcp_fresh.failed,
         total.tcp_fresh.sent
     );
+    let link = link.stop()?;
     outcome?;
+    for plaintext in [&b"steady load"[..], b"GET /fresh", b"GET /keepalive", b"HTTP/1.1 200"] {
+        ensure!(
+            !link.contains(plaintext),
+            "{:?} crossed the node-to-node link in plaintext during the rollouts",
+            String::from_utf8_lossy(plaintext)
+        );
+    }
+    ensure!(link.packet_count() > 100, "the capture saw only {} packets", link.packet_count());
     for (kind, counts) in
         [("http fresh", &total.http_fresh), ("http keep-alive", &total.http_keepalive), ("tcp fresh", &total.tcp_fresh)]
     {
@@ -362,5 +375,59 @@ fn replacing_node_proxies_under_load_loses_no_request() -> Result<()> {
             mesh.logs()
         );
     }
+    Ok(())
+}
+
+/// A pod being deleted leaves its services' endpoints first (the EndpointSlice update), while its requests are
+/// still in flight: here b1 leaves `reviews` (HTTP) and `echo` (TCP) in a configuration change while a 3 s
+/// request is at b1 and an L4 stream to b1 is open. The request completes 200, the stream keeps flowing, and
+/// every new request goes to b2; b1 sees none.
+#[test]
+fn an_endpoint_leaving_its_services_finishes_what_is_in_flight_and_gets_nothing_new() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let only = |config: &mut strait_api::MeshConfig, service: &str, pods: &[&str]| {
+        let addresses: Vec<std::net::IpAddr> =
+            config.workloads.iter().filter(|w| pods.contains(&w.name.as_str())).map(|w| w.address).collect();
+        for s in config.services.iter_mut().filter(|s| s.name == service) {
+            s.endpoints = addresses.iter().map(|a| strait_api::Endpoint { address: *a, ready: true }).collect();
+        }
+    };
+    let mesh = HttpMesh::start_with_grace(&[], &[], |config| only(config, "reviews", &["b1"]), None)?;
+    let b1 = mesh.mesh.cluster.pod("b1");
+    let _echo = backend::tcp_echo(b1.netns_name(), SocketAddr::new(b1.ip().into(), ECHO_PORT))?;
+    let client = mesh.client().to_string();
+
+    let mut stream = exec::connect_from(&client, echo_vip())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    exchange(&mut stream, b"before")?;
+    let slow = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            let get = HttpGet::new(format!("http://{REVIEWS_VIP}/delay/3000")).timeout(Duration::from_secs(20));
+            backend::http_get(&client, &get)
+        })
+    };
+    // Generous: the request is waiting at b1 well within this.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (b1_before, b2_before) = (mesh.backend_requests("b1")?, mesh.backend_requests("b2")?);
+    ensure!(b1_before == 1 && b2_before == 0, "the slow request is not (only) at b1: b1 {b1_before}, b2 {b2_before}");
+
+    // b1 leaves both services; the workload itself stays (the pod is still terminating).
+    let mut config = strait_tests::mesh_http::config(&mesh.mesh.cluster);
+    only(&mut config, "reviews", &["b2"]);
+    only(&mut config, "echo", &[]);
+    mesh.mesh.update_config(&config)?;
+
+    exchange(&mut stream, b"after b1 left the echo service")?;
+    let new = mesh.get(&HttpGet::new(format!("http://{REVIEWS_VIP}/new")).count(10))?;
+    ensure!(new.iter().all(|r| r.status == Some(200)), "new requests failed: {new:?}\n{}", mesh.logs());
+    let slow = backend::single(slow.join().map_err(|_| anyhow::anyhow!("the client thread panicked"))??)?;
+    ensure!(slow.status == Some(200), "the request in flight at b1 failed: {slow:?}\n{}", mesh.logs());
+    exchange(&mut stream, b"still flowing")?;
+    let (b1_after, b2_after) = (mesh.backend_requests("b1")?, mesh.backend_requests("b2")?);
+    ensure!(b1_after == b1_before, "b1 got {} new requests after leaving the service", b1_after - b1_before);
+    ensure!(b2_after - b2_before == 10, "b2 got {} of the 10 new requests", b2_after - b2_before);
     Ok(())
 }

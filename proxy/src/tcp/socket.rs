@@ -59,6 +59,15 @@ pub fn bind_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListe
 
 /// [`bind_listener`] for a std listener (the admin server binds before its runtime exists).
 pub fn bind_std(addr: SocketAddr, transparent: bool) -> io::Result<std::net::TcpListener> {
+    let socket = bind_socket(addr, transparent)?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A socket bound to `addr` with the listener's options, not yet listening. Binding reports a port conflict at
+/// once; only `listen` puts the socket in its SO_REUSEPORT group, where the kernel starts handing it
+/// connections.
+pub fn bind_socket(addr: SocketAddr, transparent: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -75,22 +84,27 @@ pub fn bind_std(addr: SocketAddr, transparent: bool) -> io::Result<std::net::Tcp
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Starts listening on a socket from [`bind_socket`].
+pub fn listen(socket: Socket) -> io::Result<TcpListener> {
     socket.listen(1024)?;
-    Ok(socket.into())
+    TcpListener::from_std(socket.into())
 }
 
 /// Binds `addr`, and when it is the IPv4 wildcard also the IPv6 wildcard on the same port, so IPv6 pods are
-/// captured too. A node without IPv6 just gets the IPv4 listener.
-pub fn bind_dual_stack(addr: SocketAddr, transparent: bool) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = vec![bind_listener(addr, transparent)?];
+/// captured too. A node without IPv6 just gets the IPv4 socket. Not listening yet: see [`listen`].
+pub fn bind_dual_stack(addr: SocketAddr, transparent: bool) -> io::Result<Vec<Socket>> {
+    let mut sockets = vec![bind_socket(addr, transparent)?];
     if addr.ip() == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
         let v6 = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), addr.port());
-        match bind_listener(v6, transparent) {
-            Ok(listener) => listeners.push(listener),
+        match bind_socket(v6, transparent) {
+            Ok(socket) => sockets.push(socket),
             Err(e) => tracing::info!(%v6, error = %e, "no IPv6 listener (IPv6 unavailable on this node?)"),
         }
     }
-    Ok(listeners)
+    Ok(sockets)
 }
 
 /// Options for the proxy's own outgoing connections.
@@ -164,7 +178,9 @@ where
     // Non-blocking (it was bound so): accept until the queue is empty.
     let mut queued = 0usize;
     while let Ok((tcp, peer)) = listener.accept() {
-        match TcpStream::from_std(tcp) {
+        // accept(2) does not pass the listener's O_NONBLOCK on to the new socket, and tokio needs it: a
+        // blocking socket would park a runtime worker in read(2) until the client spoke again.
+        match tcp.set_nonblocking(true).and_then(|()| TcpStream::from_std(tcp)) {
             Ok(tcp) => {
                 queued += 1;
                 tokio::spawn(handle(tcp, canonical(peer), drain.watch()));
@@ -200,4 +216,58 @@ pub fn enable_listener_migration() {
 pub(crate) async fn accept_error(e: &io::Error) {
     tracing::warn!(error = %e, "accept failed");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Connections still queued on the listener when the drain starts are taken and served like any other,
+    /// on non-blocking sockets: accept(2) does not pass O_NONBLOCK on, and a blocking socket under tokio parks a
+    /// worker thread in read(2) (under load the client saw no answer, then a reset when the process exited).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_queued_at_the_drain_are_served_on_non_blocking_sockets() {
+        let listener = bind_listener(([127, 0, 0, 1], 0).into(), false).expect("bind");
+        let addr = listener.local_addr().expect("address");
+        // Queued before anything accepts: the kernel completes the handshakes on its own.
+        let mut clients = Vec::new();
+        for i in 0..8u8 {
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            client.write_all(&[i]).await.expect("write");
+            clients.push(client);
+        }
+        let drain = Drain::new();
+        drain.start();
+        let blocking = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = blocking.clone();
+        accept_until_drained(listener, &drain, move |mut tcp, _peer, watch| {
+            let seen = seen.clone();
+            async move {
+                if !SockRef::from(&tcp).nonblocking().expect("socket flags") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let mut byte = [0u8; 1];
+                if tcp.read_exact(&mut byte).await.is_ok() {
+                    let _ = tcp.write_all(&[byte[0] + 100]).await;
+                }
+                drop(watch);
+            }
+        })
+        .await;
+        for (i, client) in clients.iter_mut().enumerate() {
+            let mut answer = [0u8; 1];
+            tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut answer))
+                .await
+                .expect("a queued connection is answered")
+                .expect("a queued connection is not reset");
+            assert_eq!(answer[0], i as u8 + 100);
+        }
+        assert_eq!(blocking.load(std::sync::atomic::Ordering::Relaxed), 0, "a queued connection was left blocking");
+        assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed once the queue is taken");
+    }
 }
