@@ -58,7 +58,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     check_addresses(&plan.bindings(), &args.config_dir)?;
 
-    let State { dir: state_dir, config_dir, ca_dir, token_file, created_ca: created } =
+    let State { dir: state_dir, config_dir, ca_dir, token_file, last_good_dir, created_ca: created } =
         State::prepare(&args, &trust_domain)?;
 
     // One thread for everything: the children's death signal is tied to the thread that started them.
@@ -102,6 +102,9 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 node.admin.to_string(),
                 "--metrics".into(),
                 node.metrics.to_string(),
+                // A proxy restarted while the control plane is away serves what it last had.
+                "--last-good-config".into(),
+                s(&last_good_dir.join(format!("{}.json", node.name))),
             ];
             if node.bind_services {
                 proxy_args.push("--bind-services".into());
@@ -122,21 +125,26 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         }
         print_summary(&plan, &args, created);
 
-        let outcome = loop {
-            tokio::select! {
-                _ = signals.recv() => break Ok(()),
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                    if let Some((name, status, tail)) = children.exited() {
-                        break Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping the mesh\n{tail}"));
-                    }
-                }
-            }
-        };
+        supervise_until_signal(&mut children, &mut signals).await;
         println!("stopping the local mesh...");
         children.stop(Duration::from_secs(5));
         println!("stopped.");
-        outcome
+        Ok(())
     })
+}
+
+/// Restarts children that exit (with backoff, each event logged on stderr) until Ctrl-C or SIGTERM.
+pub(crate) async fn supervise_until_signal(children: &mut Children, signals: &mut Signals) {
+    loop {
+        tokio::select! {
+            _ = signals.recv() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                for event in children.supervise() {
+                    eprintln!("strait local: {event}");
+                }
+            }
+        }
+    }
 }
 
 /// The state directory, made ready: the mesh CA (created on first run) and the proxies' token.
@@ -146,6 +154,9 @@ pub(crate) struct State {
     pub config_dir: PathBuf,
     pub ca_dir: PathBuf,
     pub token_file: PathBuf,
+    /// Where each node proxy keeps its last good configuration (emptied at start: it serves restarts within
+    /// this run, not an earlier run's mesh).
+    pub last_good_dir: PathBuf,
     pub created_ca: bool,
 }
 
@@ -160,7 +171,15 @@ impl State {
             .with_context(|| format!("creating or loading the mesh CA in {}", ca_dir.display()))?;
         let token_file = dir.join("token");
         ensure_token(&token_file)?;
-        Ok(State { dir, config_dir, ca_dir, token_file, created_ca })
+        let last_good_dir = dir.join("last-good");
+        match std::fs::remove_dir_all(&last_good_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("emptying {}", last_good_dir.display()))
+            }
+            _ => {}
+        }
+        std::fs::create_dir_all(&last_good_dir).with_context(|| format!("creating {}", last_good_dir.display()))?;
+        Ok(State { dir, config_dir, ca_dir, token_file, last_good_dir, created_ca })
     }
 }
 

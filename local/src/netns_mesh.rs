@@ -144,6 +144,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 trust_domain.clone(),
                 "--admin".into(),
                 ADMIN.to_string(),
+                "--last-good-config".into(),
+                s(&state.last_good_dir.join(format!("{}.json", node.name()))),
             ];
             children.spawn_in(node.netns_name(), node.name(), &proxy_args)?;
         }
@@ -171,22 +173,13 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         let summary = Summary { cluster: &cluster, layout: &layout, plan: &plan, args: &args, state: &state };
         summary.print(control, client, service, &netns_dir, &translated);
 
-        let outcome = loop {
-            tokio::select! {
-                _ = signals.recv() => break Ok(()),
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                    if let Some((name, status, tail)) = children.exited() {
-                        break Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping the mesh\n{tail}"));
-                    }
-                }
-            }
-        };
+        crate::launch::supervise_until_signal(&mut children, &mut signals).await;
         println!("stopping the local mesh...");
         children.stop(Duration::from_secs(5));
         let tag = cluster.tag().to_string();
         drop(cluster);
         println!("stopped; namespaces {tag}* removed.");
-        outcome
+        Ok(())
     })
 }
 
