@@ -1,12 +1,13 @@
 //! Request bodies that a retry can send again.
 //!
-//! A body is made replayable only when that costs no waiting that could deadlock: it is empty, or it
-//! announces an exact length (`Content-Length`) no larger than the cap, so the client is committed to sending
-//! it all without waiting for a response. Such a body is read in full before the first attempt; every attempt
-//! then yields the same bytes. Anything else (streams of unknown length such as gRPC streams, or bodies
-//! over the cap) is sent once, unbuffered, and that request is not retried. (linkerd2-proxy tees the body
-//! while the first attempt streams it instead; that also covers unknown lengths, at the price of shared
-//! state between attempts. A later improvement if unary gRPC retries matter.)
+//! A body is made replayable only when that costs no waiting that could deadlock: it is empty, it announces an
+//! exact length (`Content-Length`) no larger than the cap, so the client is committed to sending it all without
+//! waiting for a response, or its length is unknown but it has already arrived in full (a unary gRPC request:
+//! HEADERS and DATA with END_STREAM come together, without a length). Such a body is read before the first
+//! attempt; every attempt then yields the same bytes. Anything else (a stream still open, such as a streaming
+//! gRPC call, or a body over the cap) is sent once, unbuffered, after what was already read, and that request
+//! is not retried. (linkerd2-proxy tees the body while the first attempt streams it instead; that also covers
+//! bodies still arriving, at the price of shared state between attempts.)
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -70,20 +71,33 @@ where
     if body.is_end_stream() {
         return Ok(Prepared::Replayable(Replay::default()));
     }
-    match body.size_hint().exact() {
-        Some(len) if len <= cap as u64 => {}
-        _ => return Ok(Prepared::Once(RetryBody::once(body))),
-    }
+    // Exact length within the cap: wait for all of it. Unknown length: take only what has already arrived.
+    let wait = match body.size_hint().exact() {
+        Some(len) if len <= cap as u64 => true,
+        Some(_) => return Ok(Prepared::Once(RetryBody::once(body))),
+        None => false,
+    };
     let mut chunks = VecDeque::new();
     let mut len = 0;
     let mut trailers = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = if wait {
+            body.frame().await
+        } else {
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                // Still arriving: the client may be waiting for the response before it sends more.
+                Poll::Pending => return Ok(Prepared::Once(RetryBody(Inner::Streaming { prefix: chunks, rest: body }))),
+            }
+        };
+        let Some(frame) = frame else { break };
         match frame?.into_data() {
             Ok(data) => {
                 len += data.len();
                 chunks.push_back(data);
                 if len > cap {
-                    // The length was announced wrongly; hyper normally refuses that before we see it.
+                    // Over the cap without a length, or the length was announced wrongly (hyper normally
+                    // refuses that before we see it).
                     return Ok(Prepared::Once(RetryBody(Inner::Streaming { prefix: chunks, rest: body })));
                 }
             }
@@ -210,10 +224,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_of_unknown_length_is_not_waited_for() {
+    async fn a_body_of_unknown_length_still_arriving_is_not_waited_for() {
+        use futures_util::StreamExt as _;
         let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![Ok(Frame::data(Bytes::from_static(b"x")))];
+        // One frame there, then nothing yet (a client streaming, waiting for the response).
+        let body = StreamBody::new(futures_util::stream::iter(frames).chain(futures_util::stream::pending()));
+        let Ok(Prepared::Once(mut once)) = buffer(body, DEFAULT_REPLAY_CAP).await else {
+            panic!("expected a body sent once");
+        };
+        let first = once.frame().await.expect("the prefix").expect("a frame").into_data().expect("data");
+        assert_eq!(&first[..], b"x", "what was read is sent first");
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_that_has_arrived_is_replayable() {
+        // A unary gRPC request as hyper presents it: no length, the message and END_STREAM already there.
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x02hi")))];
         let body = StreamBody::new(futures_util::stream::iter(frames));
-        assert!(matches!(buffer(body, DEFAULT_REPLAY_CAP).await, Ok(Prepared::Once(_))));
+        let Ok(Prepared::Replayable(replay)) = buffer(body, DEFAULT_REPLAY_CAP).await else {
+            panic!("expected a replayable body");
+        };
+        for _ in 0..2 {
+            assert_eq!(&collect(replay.body::<Empty<Bytes>>()).await.0[..], b"\0\0\0\0\x02hi");
+        }
+        // Over the cap: sent once, intact.
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"abc"))), Ok(Frame::data(Bytes::from_static(b"def")))];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let Ok(Prepared::Once(once)) = buffer(body, 4).await else { panic!("expected a streamed body") };
+        assert_eq!(&collect(once).await.0[..], b"abcdef");
     }
 
     #[tokio::test]
