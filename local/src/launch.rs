@@ -18,18 +18,20 @@ use crate::plan::{Base, Binding, Plan};
 
 #[derive(Args, Debug)]
 pub struct LocalArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<LocalCommand>,
     /// Where the mesh CA, the proxies' token and the logs are kept (created on first run).
-    #[arg(long, default_value = ".strait-local")]
+    #[arg(long, default_value = ".strait-local", global = true)]
     pub(crate) state_dir: PathBuf,
     /// The mesh description (kind: Mesh) and the TrafficRoute, DestinationPolicy and AuthorizationPolicy
     /// resources. Watched: saved edits are pushed to the proxies live.
-    #[arg(long, default_value = "deploy/local")]
+    #[arg(long, default_value = "deploy/local", global = true)]
     pub(crate) config_dir: PathBuf,
     /// First two octets of the addresses `strait local` picks for the control plane (<base>.0.2:15012) and the
     /// node proxies (<base>.1.1, <base>.2.1, ... ports 15000 admin and 15020 metrics). Workload and service
     /// addresses come from the files.
-    #[arg(long, default_value = "127.0")]
-    base_ip: Base,
+    #[arg(long, default_value = "127.0", global = true)]
+    pub(crate) base_ip: Base,
     /// How long to wait for the mesh to come up, in seconds.
     #[arg(long, default_value_t = 60)]
     pub(crate) start_timeout: u64,
@@ -37,11 +39,22 @@ pub struct LocalArgs {
     /// workload, the control plane on the underlay) with the proxies capturing pod traffic transparently
     /// (nftables TPROXY), as in a cluster. Workloads get pod addresses (10.1.0.x on the first node, ...), services
     /// 10.96.0.x; --base-ip does not apply.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub(crate) netns: bool,
 }
 
-pub fn run(args: LocalArgs) -> anyhow::Result<()> {
+#[derive(clap::Subcommand, Debug)]
+pub enum LocalCommand {
+    /// Run a command as a workload of the running local mesh (a caller of your own): it gets the workload's
+    /// identity on the mesh and the services' addresses in its environment, e.g.
+    /// `strait local exec --as client -- sh -c 'curl http://$STRAIT_SERVICE_REVIEWS/'`.
+    Exec(crate::exec::ExecArgs),
+}
+
+pub fn run(mut args: LocalArgs) -> anyhow::Result<()> {
+    if let Some(LocalCommand::Exec(exec)) = args.command.take() {
+        return crate::exec::run(&args, exec);
+    }
     anyhow::ensure!(
         args.config_dir.is_dir(),
         "--config-dir {}: not a directory. Run `strait local` from the repository root (where deploy/local/ is), \
@@ -114,6 +127,19 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         for b in &plan.backends {
             children.spawn(&plan.backend_name(b), &b.args())?;
         }
+        for r in &plan.runs {
+            let w = &r.workload;
+            let mut env = crate::plan::workload_env(w, &r.listen, &r.identity);
+            env.extend(crate::forward::start(w.address, &plan.services, &w.namespace).await?);
+            children.start(crate::children::Spec {
+                name: w.name.clone(),
+                program: r.argv.first().cloned().unwrap_or_default().into(),
+                args: r.argv.iter().skip(1).cloned().collect(),
+                env,
+                netns: None,
+                current_dir: None,
+            })?;
+        }
 
         let deadline = Instant::now() + Duration::from_secs(args.start_timeout);
         tokio::select! {
@@ -123,9 +149,14 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 anyhow::bail!("interrupted while starting");
             }
         }
-        print_summary(&plan, &args, created);
+        let mut externals = Externals::new(&plan.externals);
+        externals.check().await;
+        print_summary(&plan, &args, created, &externals);
 
-        supervise_until_signal(&mut children, &mut signals).await;
+        tokio::select! {
+            _ = supervise_until_signal(&mut children, &mut signals) => {}
+            _ = externals.watch() => {}
+        }
         println!("stopping the local mesh...");
         children.stop(Duration::from_secs(5));
         println!("stopped.");
@@ -300,7 +331,8 @@ async fn wait_until_up(plan: &Plan, children: &mut Children, deadline: Instant) 
                 s.addresses.iter().flat_map(move |a| s.ports.iter().map(move |p| SocketAddr::new(*a, p.port)))
             });
             let backends = plan.backends.iter().map(|b| b.listen);
-            for addr in backends.chain(services) {
+            let runs = plan.runs.iter().flat_map(|r| r.listen.iter().copied());
+            for addr in backends.chain(runs).chain(services) {
                 if !connects(addr).await {
                     waiting_for = format!("{addr} to accept connections");
                     break;
@@ -351,17 +383,96 @@ pub(crate) fn url(addr: SocketAddr) -> String {
     }
 }
 
-fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool) {
+/// The ports of the external workloads (`external: true`), and whether each listens yet.
+pub(crate) struct Externals {
+    ports: Vec<(String, SocketAddr, bool)>,
+}
+
+impl Externals {
+    pub(crate) fn new(externals: &[crate::plan::ExternalPlan]) -> Self {
+        let ports = externals
+            .iter()
+            .flat_map(|e| {
+                let name = format!("{}/{}", e.workload.namespace, e.workload.name);
+                e.listen.iter().map(move |addr| (name.clone(), *addr, false))
+            })
+            .collect();
+        Externals { ports }
+    }
+
+    async fn check(&mut self) {
+        for (_, addr, listening) in &mut self.ports {
+            *listening = connects(*addr).await;
+        }
+    }
+
+    /// Banner lines: each external workload's port and whether it listens.
+    pub(crate) fn banner(&self, env_hint: impl Fn(&str) -> String) -> String {
+        let mut out = String::new();
+        for (name, addr, listening) in &self.ports {
+            if *listening {
+                out.push_str(&format!(
+                    "  external:       {name} listening on {addr}
+"
+                ));
+            } else {
+                out.push_str(&format!(
+                    "  external:       {name} NOT listening yet on {addr}: start it there{}
+",
+                    env_hint(name)
+                ));
+            }
+        }
+        out
+    }
+
+    /// Says once when a port that was not listening starts to (and when one stops); never returns.
+    async fn watch(&mut self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (name, addr, listening) in &mut self.ports {
+                let now = connects(*addr).await;
+                if now != *listening {
+                    *listening = now;
+                    let state = if now { "is listening" } else { "stopped listening" };
+                    eprintln!("strait local: external workload {name} {state} on {addr}");
+                }
+            }
+        }
+    }
+}
+
+fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool, externals: &Externals) {
     let nodes: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
     let mut out = String::new();
     let shown_state = args.state_dir.display();
+    let mut parts = vec![format!("{} demo backend(s)", plan.backends.len())];
+    if !plan.runs.is_empty() {
+        parts.push(format!("{} workload(s) of yours", plan.runs.len()));
+    }
+    if !plan.externals.is_empty() {
+        parts.push(format!("{} external", plan.externals.len()));
+    }
     out.push_str(&format!(
-        "strait local mesh is up: control plane {}, node proxies {} (mTLS between them), {} demo backend(s); logs in {}/logs/\n",
+        "strait local mesh is up: control plane {}, node proxies {} (mTLS between them), {}; logs in {}/logs/\n",
         plan.control,
         nodes.join(" and "),
-        plan.backends.len(),
+        parts.join(", "),
         shown_state,
     ));
+    for r in &plan.runs {
+        let listen: Vec<String> = r.listen.iter().map(ToString::to_string).collect();
+        let on = if listen.is_empty() { String::new() } else { format!(" on {}", listen.join(", ")) };
+        out.push_str(&format!(
+            "  workload:       {}/{} (run: {}){on}; log {}/logs/{}.log\n",
+            r.workload.namespace,
+            r.workload.name,
+            r.argv.join(" "),
+            shown_state,
+            r.workload.name
+        ));
+    }
+    out.push_str(&externals.banner(|_| " (see the Mesh file; `strait local` says when it comes)".to_string()));
     let service =
         plan.services.iter().find_map(|s| Some(SocketAddr::new(*s.addresses.first()?, s.ports.first()?.port)));
     if let Some(vip) = service {
@@ -397,6 +508,13 @@ fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool) {
     let metrics: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/metrics", n.name, n.metrics)).collect();
     out.push_str(&format!("  admin:          {}\n", admin.join("  ")));
     out.push_str(&format!("  metrics:        {}\n", metrics.join("  ")));
+    if let Some(c) = plan.clients.iter().find(|c| Some(c.node.as_str()) == plan.service_node().map(|n| n.name.as_str()))
+    {
+        out.push_str(&format!(
+            "  your client:    strait local exec --as {} -- <command>   (services in $STRAIT_SERVICE_<NAME>)\n",
+            c.name
+        ));
+    }
     out.push_str(&format!(
         "  mesh CA:        {} ({})\n",
         args.state_dir.join("ca").display(),

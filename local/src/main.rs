@@ -8,8 +8,11 @@
 mod children;
 mod control;
 mod demo;
+mod exec;
+mod forward;
 mod http_get;
 mod launch;
+mod launch_spec;
 mod netns_mesh;
 mod plan;
 mod pods;
