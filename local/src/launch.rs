@@ -426,16 +426,15 @@ impl Externals {
         out
     }
 
-    /// Says once when a port that was not listening starts to (and when one stops); never returns.
+    /// Says once when a port that was not listening starts to, then leaves it alone (a probe is a connection
+    /// the user's server would see and log); never returns.
     async fn watch(&mut self) {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            for (name, addr, listening) in &mut self.ports {
-                let now = connects(*addr).await;
-                if now != *listening {
-                    *listening = now;
-                    let state = if now { "is listening" } else { "stopped listening" };
-                    eprintln!("strait local: external workload {name} {state} on {addr}");
+            for (name, addr, listening) in self.ports.iter_mut().filter(|(_, _, listening)| !*listening) {
+                if connects(*addr).await {
+                    *listening = true;
+                    eprintln!("strait local: external workload {name} is listening on {addr}");
                 }
             }
         }

@@ -306,13 +306,19 @@ where
     };
     params.budget.deposit();
     let (parts, body) = req.into_parts();
-    let replay = match body::buffer(body, params.replay_cap).await.map_err(|e| RetryError::RequestBody(e.into()))? {
-        Prepared::Replayable(replay) => replay,
-        Prepared::Once(body) => return attempt(policy, params, &mut send, Request::from_parts(parts, body)).await,
-    };
+    // The first try's body: a replay, or the client's body teed (replayable afterwards if it ended in time).
+    let (mut replay, mut first, tee) =
+        match body::buffer(body, params.replay_cap).await.map_err(|e| RetryError::RequestBody(e.into()))? {
+            Prepared::Replayable(replay) => (Some(replay), None, None),
+            Prepared::Once(body) => return attempt(policy, params, &mut send, Request::from_parts(parts, body)).await,
+            Prepared::Teed(body, tee) => (None, Some(body), Some(tee)),
+        };
     let mut retry = 0;
     loop {
-        let result = attempt(policy, params, &mut send, Request::from_parts(parts.clone(), replay.body())).await;
+        let Some(body) = first.take().or_else(|| replay.as_ref().map(|r| r.body())) else {
+            return Err(RetryError::RequestBody("no request body to send again".into()));
+        };
+        let result = attempt(policy, params, &mut send, Request::from_parts(parts.clone(), body)).await;
         let (outcome, grpc) = match &result {
             Ok(response) => (Outcome::Response(response.status()), trailers_only_grpc_status(response.headers())),
             Err(RetryError::Upstream(e)) => (classify(e), None),
@@ -324,6 +330,13 @@ where
                 params.stats.succeeded.fetch_add(1, Relaxed);
             }
             return result;
+        }
+        if replay.is_none() {
+            // A teed body that has not ended (a stream still open) or went over the cap cannot be sent again.
+            match tee.as_ref().and_then(body::Tee::replay) {
+                Some(copy) => replay = Some(copy),
+                None => return result,
+            }
         }
         if !params.budget.try_withdraw() {
             params.stats.budget_exhausted.fetch_add(1, Relaxed);
@@ -462,6 +475,34 @@ mod tests {
         assert_eq!(tries.borrow().len(), 3);
         assert!(tries.borrow().iter().all(|b| &b[..] == b"\0\0\0\0\x01x"), "every try sends the message");
         assert_eq!((stats.retries(), stats.succeeded()), (2, 1));
+
+        // A body still arriving when the call is routed (no length, as gRPC clients send it) is teed: the
+        // first try streams it, and once it has ended the retry replays the copy.
+        let stats = RetryStats::default();
+        let params = RetryParams { policy: Some(&policy), budget: &budget, stats: &stats, replay_cap: 1024 };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
+        let late = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"late")))).await;
+        });
+        let tries = RefCell::new(Vec::new());
+        let send = |req: Request<RetryBody<_>>| {
+            let tries = &tries;
+            async move {
+                let body = req.into_body().collect().await.map_err(|_| "body")?.to_bytes();
+                let n = {
+                    let mut tries = tries.borrow_mut();
+                    tries.push(body);
+                    tries.len()
+                };
+                Ok::<_, &'static str>(if n == 1 { grpc_answer("14") } else { grpc_answer("0") })
+            }
+        };
+        let call = Request::post("/pkg.Svc/Method").body(late).expect("req");
+        let response = retry_loop(call, params, send, classify).await.expect("an answer");
+        assert_eq!(trailers_only_grpc_status(response.headers()), Some(0));
+        assert_eq!(tries.borrow().iter().map(|b| &b[..]).collect::<Vec<_>>(), [b"late", b"late"]);
 
         // INTERNAL is not in the list: answered as it is, no retry.
         let stats = RetryStats::default();
