@@ -75,6 +75,7 @@ pub fn run(local: &LocalArgs, args: ExecArgs) -> anyhow::Result<()> {
         let mut command = Command::new(program);
         command.args(rest).envs(env);
         let mut command = strait_netns::exec::command_in(&pod.netns, &command);
+        die_with_parent(&mut command);
         return exit_with(command.status().with_context(|| format!("running {program} in {}", pod.netns))?);
     }
 
@@ -95,14 +96,32 @@ pub fn run(local: &LocalArgs, args: ExecArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     let status = runtime.block_on(async {
         env.extend(crate::forward::start(workload.address, &plan.services, &workload.namespace).await?);
-        let mut command = tokio::process::Command::new(program);
-        command.args(rest).envs(env);
+        let mut std_command = Command::new(program);
+        std_command.args(rest).envs(env);
+        die_with_parent(&mut std_command);
+        let mut command = tokio::process::Command::from(std_command);
         let mut child = command.spawn().with_context(|| format!("starting {program}"))?;
         child.wait().await.with_context(|| format!("waiting for {program}"))
     })?;
     // The forwarders end with the runtime.
     runtime.shutdown_background();
     exit_with(status)
+}
+
+/// The command gets SIGTERM if `exec` itself is killed: it works through `exec`'s forwarders (or, in a pod,
+/// should not outlive the one who started it).
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is. (A race with our own
+    // death before prctl only leaves the command running, as a plain child would be.)
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Exits with the command's status (128 + the signal, as a shell does, when a signal ended it).
