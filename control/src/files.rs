@@ -291,6 +291,20 @@ fn typed<T: DeserializeOwned>(value: Value, prefix: &str) -> Result<T, String> {
     })
 }
 
+/// Fields of a Mesh workload that say how `strait local` runs it (`run: [cmd, args...]`, `external: true`):
+/// `strait local` reads and validates them; the control plane has no use for them.
+pub const LAUNCH_FIELDS: [&str; 2] = ["run", "external"];
+
+fn without_launch_fields(entry: &Value) -> Value {
+    let mut entry = entry.clone();
+    if let Some(map) = entry.as_mapping_mut() {
+        for field in LAUNCH_FIELDS {
+            map.remove(field);
+        }
+    }
+    entry
+}
+
 /// A `kind: Mesh` document: lists of namespaces, workloads and services, each entry its own object.
 fn parse_mesh(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
     let reject = |out: &mut Discovered, key: Option<ObjectKey>, message: String| {
@@ -332,7 +346,7 @@ fn parse_mesh(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
             let prefix = format!("spec.{field}[{i}]");
             let object = match kind {
                 Kind::Namespace => typed(entry.clone(), &prefix).map(Object::Namespace),
-                Kind::Workload => typed(entry.clone(), &prefix).map(Object::Workload),
+                Kind::Workload => typed(without_launch_fields(entry), &prefix).map(Object::Workload),
                 _ => typed(entry.clone(), &prefix).map(Object::Service),
             };
             match object {
@@ -422,6 +436,25 @@ spec:
             keys,
             ["Namespace shop", "Workload shop/reviews-v1", "Service shop/reviews", "TrafficRoute shop/reviews"]
         );
+    }
+
+    #[test]
+    fn how_strait_local_runs_a_workload_is_left_to_it() {
+        let d = parse(
+            r#"
+apiVersion: strait.dev/v1alpha1
+kind: Mesh
+spec:
+  workloads:
+  - {name: api, namespace: shop, node: n, address: 127.0.10.1, run: [./api, --port, "9000"]}
+  - {name: db, namespace: shop, node: n, address: 127.0.10.2, external: true}
+  - {name: typo, namespace: shop, node: n, address: 127.0.10.3, runn: [x]}
+"#,
+        );
+        let keys: Vec<String> = d.objects.iter().map(|o| o.object.key().to_string()).collect();
+        assert_eq!(keys, ["Workload shop/api", "Workload shop/db"]);
+        assert_eq!(d.rejected.len(), 1, "{:?}", d.rejected);
+        assert!(d.rejected[0].message.contains("runn"), "{}", d.rejected[0].message);
     }
 
     #[test]

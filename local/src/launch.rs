@@ -18,18 +18,20 @@ use crate::plan::{Base, Binding, Plan};
 
 #[derive(Args, Debug)]
 pub struct LocalArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<LocalCommand>,
     /// Where the mesh CA, the proxies' token and the logs are kept (created on first run).
-    #[arg(long, default_value = ".strait-local")]
+    #[arg(long, default_value = ".strait-local", global = true)]
     pub(crate) state_dir: PathBuf,
     /// The mesh description (kind: Mesh) and the TrafficRoute, DestinationPolicy and AuthorizationPolicy
     /// resources. Watched: saved edits are pushed to the proxies live.
-    #[arg(long, default_value = "deploy/local")]
+    #[arg(long, default_value = "deploy/local", global = true)]
     pub(crate) config_dir: PathBuf,
     /// First two octets of the addresses `strait local` picks for the control plane (<base>.0.2:15012) and the
     /// node proxies (<base>.1.1, <base>.2.1, ... ports 15000 admin and 15020 metrics). Workload and service
     /// addresses come from the files.
-    #[arg(long, default_value = "127.0")]
-    base_ip: Base,
+    #[arg(long, default_value = "127.0", global = true)]
+    pub(crate) base_ip: Base,
     /// How long to wait for the mesh to come up, in seconds.
     #[arg(long, default_value_t = 60)]
     pub(crate) start_timeout: u64,
@@ -37,11 +39,22 @@ pub struct LocalArgs {
     /// workload, the control plane on the underlay) with the proxies capturing pod traffic transparently
     /// (nftables TPROXY), as in a cluster. Workloads get pod addresses (10.1.0.x on the first node, ...), services
     /// 10.96.0.x; --base-ip does not apply.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub(crate) netns: bool,
 }
 
-pub fn run(args: LocalArgs) -> anyhow::Result<()> {
+#[derive(clap::Subcommand, Debug)]
+pub enum LocalCommand {
+    /// Run a command as a workload of the running local mesh (a caller of your own): it gets the workload's
+    /// identity on the mesh and the services' addresses in its environment, e.g.
+    /// `strait local exec --as client -- sh -c 'curl http://$STRAIT_SERVICE_REVIEWS/'`.
+    Exec(crate::exec::ExecArgs),
+}
+
+pub fn run(mut args: LocalArgs) -> anyhow::Result<()> {
+    if let Some(LocalCommand::Exec(exec)) = args.command.take() {
+        return crate::exec::run(&args, exec);
+    }
     anyhow::ensure!(
         args.config_dir.is_dir(),
         "--config-dir {}: not a directory. Run `strait local` from the repository root (where deploy/local/ is), \
@@ -58,7 +71,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
     }
     check_addresses(&plan.bindings(), &args.config_dir)?;
 
-    let State { dir: state_dir, config_dir, ca_dir, token_file, created_ca: created } =
+    let State { dir: state_dir, config_dir, ca_dir, token_file, last_good_dir, created_ca: created } =
         State::prepare(&args, &trust_domain)?;
 
     // One thread for everything: the children's death signal is tied to the thread that started them.
@@ -104,6 +117,9 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 node.admin.to_string(),
                 "--metrics".into(),
                 node.metrics.to_string(),
+                // A proxy restarted while the control plane is away serves what it last had.
+                "--last-good-config".into(),
+                s(&last_good_dir.join(format!("{}.json", node.name))),
             ];
             if node.bind_services {
                 proxy_args.push("--bind-services".into());
@@ -112,6 +128,19 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         }
         for b in &plan.backends {
             children.spawn(&plan.backend_name(b), &b.args())?;
+        }
+        for r in &plan.runs {
+            let w = &r.workload;
+            let mut env = crate::plan::workload_env(w, &r.listen, &r.identity);
+            env.extend(crate::forward::start(w.address, &plan.services, &w.namespace).await?);
+            children.start(crate::children::Spec {
+                name: w.name.clone(),
+                program: r.argv.first().cloned().unwrap_or_default().into(),
+                args: r.argv.iter().skip(1).cloned().collect(),
+                env,
+                netns: None,
+                current_dir: None,
+            })?;
         }
 
         let deadline = Instant::now() + Duration::from_secs(args.start_timeout);
@@ -122,23 +151,33 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 anyhow::bail!("interrupted while starting");
             }
         }
-        print_summary(&plan, &args, created);
+        let mut externals = Externals::new(&plan.externals);
+        externals.check().await;
+        print_summary(&plan, &args, created, &externals);
 
-        let outcome = loop {
-            tokio::select! {
-                _ = signals.recv() => break Ok(()),
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                    if let Some((name, status, tail)) = children.exited() {
-                        break Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping the mesh\n{tail}"));
-                    }
-                }
-            }
-        };
+        tokio::select! {
+            _ = supervise_until_signal(&mut children, &mut signals) => {}
+            _ = externals.watch() => {}
+        }
         println!("stopping the local mesh...");
         children.stop(Duration::from_secs(5));
         println!("stopped.");
-        outcome
+        Ok(())
     })
+}
+
+/// Restarts children that exit (with backoff, each event logged on stderr) until Ctrl-C or SIGTERM.
+pub(crate) async fn supervise_until_signal(children: &mut Children, signals: &mut Signals) {
+    loop {
+        tokio::select! {
+            _ = signals.recv() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                for event in children.supervise() {
+                    eprintln!("strait local: {event}");
+                }
+            }
+        }
+    }
 }
 
 /// The state directory, made ready: the mesh CA (created on first run) and the proxies' token.
@@ -148,6 +187,9 @@ pub(crate) struct State {
     pub config_dir: PathBuf,
     pub ca_dir: PathBuf,
     pub token_file: PathBuf,
+    /// Where each node proxy keeps its last good configuration (emptied at start: it serves restarts within
+    /// this run, not an earlier run's mesh).
+    pub last_good_dir: PathBuf,
     pub created_ca: bool,
 }
 
@@ -162,7 +204,15 @@ impl State {
             .with_context(|| format!("creating or loading the mesh CA in {}", ca_dir.display()))?;
         let token_file = dir.join("token");
         ensure_token(&token_file)?;
-        Ok(State { dir, config_dir, ca_dir, token_file, created_ca })
+        let last_good_dir = dir.join("last-good");
+        match std::fs::remove_dir_all(&last_good_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("emptying {}", last_good_dir.display()))
+            }
+            _ => {}
+        }
+        std::fs::create_dir_all(&last_good_dir).with_context(|| format!("creating {}", last_good_dir.display()))?;
+        Ok(State { dir, config_dir, ca_dir, token_file, last_good_dir, created_ca })
     }
 }
 
@@ -283,7 +333,8 @@ async fn wait_until_up(plan: &Plan, children: &mut Children, deadline: Instant) 
                 s.addresses.iter().flat_map(move |a| s.ports.iter().map(move |p| SocketAddr::new(*a, p.port)))
             });
             let backends = plan.backends.iter().map(|b| b.listen);
-            for addr in backends.chain(services) {
+            let runs = plan.runs.iter().flat_map(|r| r.listen.iter().copied());
+            for addr in backends.chain(runs).chain(services) {
                 if !connects(addr).await {
                     waiting_for = format!("{addr} to accept connections");
                     break;
@@ -334,17 +385,95 @@ pub(crate) fn url(addr: SocketAddr) -> String {
     }
 }
 
-fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool) {
+/// The ports of the external workloads (`external: true`), and whether each listens yet.
+pub(crate) struct Externals {
+    ports: Vec<(String, SocketAddr, bool)>,
+}
+
+impl Externals {
+    pub(crate) fn new(externals: &[crate::plan::ExternalPlan]) -> Self {
+        let ports = externals
+            .iter()
+            .flat_map(|e| {
+                let name = format!("{}/{}", e.workload.namespace, e.workload.name);
+                e.listen.iter().map(move |addr| (name.clone(), *addr, false))
+            })
+            .collect();
+        Externals { ports }
+    }
+
+    async fn check(&mut self) {
+        for (_, addr, listening) in &mut self.ports {
+            *listening = connects(*addr).await;
+        }
+    }
+
+    /// Banner lines: each external workload's port and whether it listens.
+    pub(crate) fn banner(&self, env_hint: impl Fn(&str) -> String) -> String {
+        let mut out = String::new();
+        for (name, addr, listening) in &self.ports {
+            if *listening {
+                out.push_str(&format!(
+                    "  external:       {name} listening on {addr}
+"
+                ));
+            } else {
+                out.push_str(&format!(
+                    "  external:       {name} NOT listening yet on {addr}: start it there{}
+",
+                    env_hint(name)
+                ));
+            }
+        }
+        out
+    }
+
+    /// Says once when a port that was not listening starts to, then leaves it alone (a probe is a connection
+    /// the user's server would see and log); never returns.
+    async fn watch(&mut self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for (name, addr, listening) in self.ports.iter_mut().filter(|(_, _, listening)| !*listening) {
+                if connects(*addr).await {
+                    *listening = true;
+                    eprintln!("strait local: external workload {name} is listening on {addr}");
+                }
+            }
+        }
+    }
+}
+
+fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool, externals: &Externals) {
     let nodes: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
     let mut out = String::new();
     let shown_state = args.state_dir.display();
+    let mut parts = vec![format!("{} demo backend(s)", plan.backends.len())];
+    if !plan.runs.is_empty() {
+        parts.push(format!("{} workload(s) of yours", plan.runs.len()));
+    }
+    if !plan.externals.is_empty() {
+        parts.push(format!("{} external", plan.externals.len()));
+    }
     out.push_str(&format!(
-        "strait local mesh is up: control plane {}, node proxies {} (mTLS between them), {} demo backend(s); logs in {}/logs/\n",
+        "strait local mesh is up: control plane {}, node proxies {} (mTLS between them), {}; logs in {}/logs/\n",
         plan.control,
         nodes.join(" and "),
-        plan.backends.len(),
+        parts.join(", "),
         shown_state,
     ));
+    for r in &plan.runs {
+        let listen: Vec<String> = r.listen.iter().map(ToString::to_string).collect();
+        let on = if listen.is_empty() { String::new() } else { format!(" on {}", listen.join(", ")) };
+        out.push_str(&format!(
+            "  workload:       {}/{} (run: {}){on}; log {}/logs/{}.log\n",
+            r.workload.namespace,
+            r.workload.name,
+            r.argv.join(" "),
+            shown_state,
+            r.workload.name
+        ));
+    }
+    out.push_str(&externals.banner(|_| " (see the Mesh file; `strait local` says when it comes)".to_string()));
     let service =
         plan.services.iter().find_map(|s| Some(SocketAddr::new(*s.addresses.first()?, s.ports.first()?.port)));
     if let Some(vip) = service {
@@ -380,6 +509,13 @@ fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool) {
     let metrics: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/metrics", n.name, n.metrics)).collect();
     out.push_str(&format!("  admin:          {}\n", admin.join("  ")));
     out.push_str(&format!("  metrics:        {}\n", metrics.join("  ")));
+    if let Some(c) = plan.clients.iter().find(|c| Some(c.node.as_str()) == plan.service_node().map(|n| n.name.as_str()))
+    {
+        out.push_str(&format!(
+            "  your client:    strait local exec --as {} -- <command>   (services in $STRAIT_SERVICE_<NAME>)\n",
+            c.name
+        ));
+    }
     out.push_str(&format!(
         "  mesh CA:        {} ({})\n",
         args.state_dir.join("ca").display(),

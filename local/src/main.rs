@@ -9,9 +9,12 @@
 mod children;
 mod control;
 mod demo;
+mod exec;
+mod forward;
 mod http_get;
 mod import;
 mod launch;
+mod launch_spec;
 mod netns_mesh;
 mod plan;
 mod pods;

@@ -146,6 +146,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 trust_domain.clone(),
                 "--admin".into(),
                 ADMIN.to_string(),
+                "--last-good-config".into(),
+                s(&state.last_good_dir.join(format!("{}.json", node.name()))),
             ];
             children.spawn_in(node.netns_name(), node.name(), &proxy_args)?;
         }
@@ -156,6 +158,41 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
             children.spawn_in(&netns, &plan.backend_name(b), &b.args())?;
             backends.push((netns, b.listen));
         }
+        for r in &plan.runs {
+            let w = &r.workload;
+            let netns = pod_netns(w).with_context(|| format!("no pod for workload {}/{}", w.namespace, w.name))?;
+            let mut env = crate::plan::workload_env(w, &r.listen, &r.identity);
+            env.extend(crate::forward::direct_env(&plan.services, &w.namespace));
+            children.start(crate::children::Spec {
+                name: w.name.clone(),
+                program: r.argv.first().cloned().unwrap_or_default().into(),
+                args: r.argv.iter().skip(1).cloned().collect(),
+                env,
+                netns: Some(netns.clone()),
+                current_dir: None,
+            })?;
+            for addr in &r.listen {
+                backends.push((netns.clone(), *addr));
+            }
+        }
+        // For `strait local exec --as` and the external workloads' users: which namespace each pod is.
+        let pods_file = crate::exec::pods_file(&state.dir);
+        let pods = crate::exec::PodsFile {
+            pods: plan
+                .workloads
+                .iter()
+                .filter_map(|w| {
+                    Some(crate::exec::PodEntry {
+                        workload: format!("{}/{}", w.namespace, w.name),
+                        netns: pod_netns(w)?,
+                        address: w.address.to_string(),
+                    })
+                })
+                .collect(),
+            service_env: crate::exec::PodsFile::service_env(&plan),
+        };
+        std::fs::write(&pods_file, serde_json::to_vec_pretty(&pods)?)
+            .with_context(|| format!("writing {}", pods_file.display()))?;
         let client = plan.clients.iter().find_map(|c| Some((c, pod_netns(c)?)));
         let service =
             plan.services.iter().find_map(|s| Some(SocketAddr::new(*s.addresses.first()?, s.ports.first()?.port)));
@@ -173,22 +210,13 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         let summary = Summary { cluster: &cluster, layout: &layout, plan: &plan, args: &args, state: &state };
         summary.print(control, client, service, &netns_dir, &translated);
 
-        let outcome = loop {
-            tokio::select! {
-                _ = signals.recv() => break Ok(()),
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                    if let Some((name, status, tail)) = children.exited() {
-                        break Err(anyhow::anyhow!("{name} exited unexpectedly ({status}); stopping the mesh\n{tail}"));
-                    }
-                }
-            }
-        };
+        crate::launch::supervise_until_signal(&mut children, &mut signals).await;
         println!("stopping the local mesh...");
         children.stop(Duration::from_secs(5));
         let tag = cluster.tag().to_string();
         drop(cluster);
         println!("stopped; namespaces {tag}* removed.");
-        outcome
+        Ok(())
     })
 }
 
@@ -366,6 +394,28 @@ impl Summary<'_> {
             self.args.state_dir.join("ca").display(),
             if self.state.created_ca { "created now" } else { "kept from an earlier run" }
         ));
+        for e in &self.plan.externals {
+            let w = &e.workload;
+            let listen: Vec<String> = e.listen.iter().map(ToString::to_string).collect();
+            out.push_str(&format!(
+                "  external:       {}/{} on {}: start it in its pod with `sudo strait local --netns exec --as {} -- \
+                 <command>`\n",
+                w.namespace,
+                w.name,
+                listen.join(", "),
+                w.name
+            ));
+        }
+        for r in &self.plan.runs {
+            out.push_str(&format!(
+                "  workload:       {}/{} (run: {}) in its pod; log {}/logs/{}.log\n",
+                r.workload.namespace,
+                r.workload.name,
+                r.argv.join(" "),
+                self.args.state_dir.display(),
+                r.workload.name
+            ));
+        }
         out.push_str("Ctrl-C stops everything and removes the namespaces.\n");
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(out.as_bytes());

@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use strait_control::files::FileContents;
 use strait_control::model::{Object, Service, Workload};
 
+use crate::launch_spec::Launch;
+
 /// Every configuration file of `config_dir`, as the control plane's file provider reads them.
 pub fn read_config_dir(config_dir: &Path) -> anyhow::Result<FileContents> {
     strait_control::files::read_dir(config_dir)
@@ -44,7 +46,12 @@ impl Base {
 pub struct Plan {
     pub control: SocketAddr,
     pub nodes: Vec<NodePlan>,
+    /// Demo backends: for the workloads a service selects that say neither `run` nor `external`.
     pub backends: Vec<Backend>,
+    /// Workloads with `run:`, started by `strait local`.
+    pub runs: Vec<RunPlan>,
+    /// Workloads with `external: true`, started by the user.
+    pub externals: Vec<ExternalPlan>,
     /// Workloads no service selects: the callers.
     pub clients: Vec<Workload>,
     pub services: Vec<Service>,
@@ -71,6 +78,14 @@ pub struct Backend {
 }
 
 impl Plan {
+    /// Where the workload's own process is to listen (its `run:` or `external` ports), if it has one.
+    pub fn listen_of(&self, w: &Workload) -> Vec<SocketAddr> {
+        let same = |o: &Workload| o.namespace == w.namespace && o.name == w.name;
+        let runs = self.runs.iter().filter(|r| same(&r.workload)).flat_map(|r| r.listen.iter());
+        let externals = self.externals.iter().filter(|e| same(&e.workload)).flat_map(|e| e.listen.iter());
+        runs.chain(externals).copied().collect()
+    }
+
     /// The child-process name of a demo backend: its workload's, with the port when that workload serves
     /// several ports (one process each).
     pub fn backend_name(&self, backend: &Backend) -> String {
@@ -97,6 +112,48 @@ impl Backend {
             self.workload.name.clone(),
         ]
     }
+}
+
+/// A workload whose process `strait local` starts (`run:`).
+pub struct RunPlan {
+    pub workload: Workload,
+    pub argv: Vec<String>,
+    /// Where it is to listen: one address per target port of the services selecting it (none for a client).
+    pub listen: Vec<SocketAddr>,
+    pub identity: String,
+}
+
+/// A workload the user starts (`external: true`).
+pub struct ExternalPlan {
+    pub workload: Workload,
+    pub listen: Vec<SocketAddr>,
+}
+
+/// What a workload's process finds in its environment, besides the services' addresses
+/// ([`crate::forward`]): who it is, where to listen, which source address is its identity.
+pub fn workload_env(workload: &Workload, listen: &[SocketAddr], identity: &str) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("STRAIT_WORKLOAD".to_string(), workload.name.clone()),
+        ("STRAIT_NAMESPACE".to_string(), workload.namespace.clone()),
+        ("STRAIT_IDENTITY".to_string(), identity.to_string()),
+        ("STRAIT_ADDRESS".to_string(), workload.address.to_string()),
+        // The address to bind outgoing connections to so that the mesh knows the caller (loopback mode).
+        ("STRAIT_SOURCE_ADDR".to_string(), workload.address.to_string()),
+    ];
+    if let Some(first) = listen.first() {
+        env.push(("STRAIT_LISTEN".to_string(), first.to_string()));
+        env.push(("STRAIT_PORT".to_string(), first.port().to_string()));
+        let all: Vec<String> = listen.iter().map(ToString::to_string).collect();
+        env.push(("STRAIT_LISTEN_ALL".to_string(), all.join(",")));
+    }
+    if let Some(version) = workload.labels.get("version") {
+        env.push(("STRAIT_VERSION".to_string(), version.clone()));
+    }
+    env
+}
+
+fn identity(trust_domain: &str, w: &Workload) -> String {
+    format!("spiffe://{trust_domain}/ns/{}/sa/{}", w.namespace, w.service_account)
 }
 
 /// An address something will bind, and what.
@@ -154,21 +211,42 @@ impl Plan {
                 }
             }
         }
+        let launches = crate::launch_spec::read(files)?;
         let mut backends = Vec::new();
+        let mut runs = Vec::new();
+        let mut externals = Vec::new();
         let mut clients = Vec::new();
         for (i, w) in workloads.iter().enumerate() {
-            match backend_ports.get(&i) {
-                Some(ports) => {
-                    for port in ports {
+            let ports = backend_ports.get(&i);
+            let listen: Vec<SocketAddr> =
+                ports.into_iter().flatten().map(|port| SocketAddr::new(w.address, *port)).collect();
+            let identity = identity(trust_domain, w);
+            match launches.get(&(w.namespace.clone(), w.name.clone())) {
+                Some(Launch::Run(argv)) => {
+                    runs.push(RunPlan { workload: w.clone(), argv: argv.clone(), listen, identity });
+                }
+                Some(Launch::External) => {
+                    anyhow::ensure!(
+                        !listen.is_empty(),
+                        "workload {}/{}: `external: true`, but no service selects it, so there is no port to wait                          for: leave `external` out (a caller needs nothing started; see `strait local exec --as`)",
+                        w.namespace,
+                        w.name
+                    );
+                    externals.push(ExternalPlan { workload: w.clone(), listen });
+                }
+                None => {
+                    for addr in listen {
                         backends.push(Backend {
-                            listen: SocketAddr::new(w.address, *port),
+                            listen: addr,
                             version: w.labels.get("version").cloned().unwrap_or_else(|| "v1".to_string()),
-                            identity: format!("spiffe://{trust_domain}/ns/{}/sa/{}", w.namespace, w.service_account),
+                            identity: identity.clone(),
                             workload: w.clone(),
                         });
                     }
                 }
-                None => clients.push(w.clone()),
+            }
+            if ports.is_none() {
+                clients.push(w.clone());
             }
         }
 
@@ -195,6 +273,8 @@ impl Plan {
             control: SocketAddr::from((base.ip(0, 2), 15012)),
             nodes,
             backends,
+            runs,
+            externals,
             clients,
             services,
             route_file,
@@ -231,6 +311,15 @@ impl Plan {
                 addr: b.listen,
                 what: format!("demo backend {}/{}", b.workload.namespace, b.workload.name),
             });
+        }
+        // An external workload's ports are not checked: the user may have started it already.
+        for r in &self.runs {
+            for addr in &r.listen {
+                out.push(Binding {
+                    addr: *addr,
+                    what: format!("workload {}/{} (run: {})", r.workload.namespace, r.workload.name, r.argv.join(" ")),
+                });
+            }
         }
         out
     }

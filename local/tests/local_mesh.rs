@@ -64,7 +64,8 @@ fn copy_config(layout: &Layout, dir: &Path, skip: &[&str]) {
     for entry in std::fs::read_dir(deploy_local()).expect("read deploy/local") {
         let entry = entry.expect("read deploy/local");
         let name = entry.file_name().to_string_lossy().into_owned();
-        if skip.contains(&name.as_str()) {
+        // examples/ holds other meshes.
+        if skip.contains(&name.as_str()) || !entry.path().is_file() {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).expect("read a deploy/local file");

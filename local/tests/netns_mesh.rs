@@ -24,7 +24,10 @@ fn copy_config(dir: &Path) {
     std::fs::create_dir_all(dir).expect("create the config dir");
     for entry in std::fs::read_dir(deploy_local()).expect("read deploy/local") {
         let entry = entry.expect("read deploy/local");
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy a deploy/local file");
+        // examples/ holds other meshes.
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy a deploy/local file");
+        }
     }
 }
 
@@ -213,4 +216,63 @@ fn netns_mesh_captures_transparently_routes_authorizes_and_cleans_up() {
     assert!(rest.contains("stopped"), "{rest}");
     let left = namespaces_with(&tag);
     assert!(left.is_empty(), "namespaces left after SIGTERM: {left:?}");
+}
+
+/// The example of your own services (deploy/local/examples/grpc) in namespaces: the greeters' `run:` starts
+/// them inside their pods, the echo server (external) is started in its pod with `exec --as echo`, and the
+/// callers run in theirs with `exec --as`; calls are captured, routed and authorized as in a cluster.
+#[test]
+fn netns_mesh_runs_your_workloads_in_their_pods() {
+    if !strait_netns::require_root_and(&[Tool::IP, Tool::SYSCTL, Tool::NFT]) {
+        return;
+    }
+    let bin = Path::new(env!("CARGO_BIN_EXE_strait")).parent().expect("the binaries' directory").to_path_buf();
+    assert!(bin.join("example-client").is_file(), "build the example first: cargo build -p strait-example-grpc");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (config, state) = (tmp.path().join("config"), tmp.path().join("state"));
+    std::fs::create_dir_all(&config).expect("config dir");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/examples/grpc");
+    for name in ["mesh.yaml", "greeter-route.yaml", "authz.yaml"] {
+        let text = std::fs::read_to_string(example.join(name)).expect("an example file");
+        let text = text.replace("[target/debug/", &format!("[{}/", bin.display()));
+        std::fs::write(config.join(name), text).expect("write the config copy");
+    }
+    let mesh = start(&config, &state);
+    assert!(mesh.banner.contains("shop/greeter-v1 (run: "), "{}", mesh.banner);
+    assert!(mesh.banner.contains("external:       shop/echo on "), "{}", mesh.banner);
+
+    let exec = |workload: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strait"));
+        cmd.arg("local").arg("--netns").arg("--config-dir").arg(&config).arg("--state-dir").arg(&state);
+        cmd.args(["exec", "--as", workload, "--"]);
+        cmd
+    };
+    // The external echo server, started by the user in its pod; it listens on the pod's address.
+    let mut echo = exec("echo").arg(bin.join("example-ws-echo")).spawn().expect("start the echo server");
+    let client = |workload: &str, args: &[&str]| -> serde_json::Value {
+        let out = exec(workload).arg(bin.join("example-client")).args(args).output().expect("exec the client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("{e}: {text:?}; stderr {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let unary = client("client", &["unary", "--count", "50"]);
+    assert_eq!(unary["statuses"], serde_json::json!({"0": 50}), "{unary}");
+    assert_eq!(unary["callers"], serde_json::json!({"spiffe://cluster.local/ns/shop/sa/client": 50}), "{unary}");
+    let v2 = unary["versions"]["v2"].as_u64().unwrap_or(0);
+    assert!(v2 > 0 && v2 < 30, "80/20 over 50 calls: {v2} from v2 ({unary})");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ws = loop {
+        let ws = client("client", &["ws", "--binary", "65536"]);
+        if ws["binary_echoed"] == true || Instant::now() > deadline {
+            break ws;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!((ws["text_echoed"].clone(), ws["binary_echoed"].clone()), (true.into(), true.into()), "{ws}");
+    let denied = client("intruder", &["unary"]);
+    assert_eq!(denied["statuses"], serde_json::json!({"http 403": 1}), "{denied}");
+    drop(mesh);
+    // The echo server's namespace is gone; `exec` ends with it.
+    let _ = echo.kill();
+    let _ = echo.wait();
 }

@@ -4,6 +4,12 @@
 //! Semantics follow Istio: `attempts` is the number of RETRIES (total tries = attempts + 1); `retryOn` names
 //! Envoy's conditions. Only idempotent methods are retried unless `retryNonIdempotent` is set, except after a
 //! connect failure: such a request never reached the server, so retrying it is always safe.
+//!
+//! gRPC conditions (`cancelled`, `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`) match a
+//! trailers-only answer (the status in the response headers: the server failed the call before sending any
+//! message, and nothing has reached the client yet) with that `grpc-status`. As in Envoy and gRPC's own retry
+//! policy they apply whatever the method (every gRPC call is a POST): naming the code is the opt-in. A status
+//! in trailers after messages cannot be retried (the response is already on its way).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -50,6 +56,19 @@ impl Outcome {
 pub struct RetryOn {
     bits: u8,
     codes: Vec<StatusCode>,
+    /// gRPC status codes, bit n for code n.
+    grpc: u32,
+}
+
+/// The gRPC conditions of `retryOn` and their status codes.
+const GRPC_CONDITIONS: [(&str, u32); 5] =
+    [("cancelled", 1), ("deadline-exceeded", 4), ("resource-exhausted", 8), ("internal", 13), ("unavailable", 14)];
+
+/// The `grpc-status` of a trailers-only gRPC answer (in the response headers); `None` for anything else.
+pub fn trailers_only_grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    // gRPC codes are 0..=16; anything else is not a status this proxy acts on.
+    value.parse().ok().filter(|code| *code <= 16)
 }
 
 impl RetryOn {
@@ -61,8 +80,7 @@ impl RetryOn {
 
     /// Parses Istio's comma-separated list. Returns the conditions and the tokens that were not understood
     /// (the caller logs them; the rest of the policy still applies). `refused-stream` is treated as `reset`
-    /// (a refused stream is a reset the server promises it did not process), and gRPC conditions
-    /// (`unavailable`, `cancelled`, ...) are not supported yet.
+    /// (a refused stream is a reset the server promises it did not process).
     pub fn parse(text: &str) -> (RetryOn, Vec<String>) {
         let mut on = RetryOn::default();
         let mut ignored = Vec::new();
@@ -75,6 +93,10 @@ impl RetryOn {
                 "retriable-4xx" => on.bits |= Self::RETRIABLE_4XX,
                 // The explicit codes in the same list are what it enables.
                 "retriable-status-codes" => {}
+                grpc if GRPC_CONDITIONS.iter().any(|(name, _)| *name == grpc) => {
+                    let code = GRPC_CONDITIONS.iter().find(|(name, _)| *name == grpc).map_or(0, |(_, c)| *c);
+                    on.grpc |= 1 << code;
+                }
                 code => match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
                     Some(status) if !on.codes.contains(&status) => on.codes.push(status),
                     Some(_) => {}
@@ -87,7 +109,16 @@ impl RetryOn {
 
     /// Istio's default: `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` + 503.
     pub fn istio_default() -> Self {
-        RetryOn { bits: Self::CONNECT_FAILURE | Self::RESET, codes: vec![StatusCode::SERVICE_UNAVAILABLE] }
+        RetryOn {
+            bits: Self::CONNECT_FAILURE | Self::RESET,
+            codes: vec![StatusCode::SERVICE_UNAVAILABLE],
+            grpc: 1 << 14 | 1 << 1,
+        }
+    }
+
+    /// Whether a trailers-only gRPC answer with status `code` is to be retried.
+    pub fn matches_grpc(&self, code: u32) -> bool {
+        code < 32 && self.grpc & (1 << code) != 0
     }
 
     pub fn matches(&self, outcome: &Outcome) -> bool {
@@ -180,10 +211,17 @@ impl RetryPolicy {
         self.per_try_timeout
     }
 
-    /// Whether this outcome of a `method` request may be retried (ignoring attempts left and the budget).
-    pub fn should_retry(&self, method: &Method, outcome: &Outcome) -> bool {
-        self.retry_on.matches(outcome)
-            && (*outcome == Outcome::ConnectFailure || self.retry_non_idempotent || is_idempotent(method))
+    /// Whether this outcome of a `method` request may be retried (ignoring attempts left and the budget);
+    /// `grpc` is the status of a trailers-only gRPC answer.
+    pub fn should_retry(&self, method: &Method, outcome: &Outcome, grpc: Option<u32>) -> bool {
+        (self.retry_on.matches(outcome)
+            && (*outcome == Outcome::ConnectFailure || self.retry_non_idempotent || is_idempotent(method)))
+            || grpc.is_some_and(|code| self.retry_on.matches_grpc(code))
+    }
+
+    /// Whether `outcome` (and `grpc`) is a failure this policy retries at all.
+    fn retries_on(&self, outcome: &Outcome, grpc: Option<u32>) -> bool {
+        self.retry_on.matches(outcome) || grpc.is_some_and(|code| self.retry_on.matches_grpc(code))
     }
 }
 
@@ -268,24 +306,37 @@ where
     };
     params.budget.deposit();
     let (parts, body) = req.into_parts();
-    let replay = match body::buffer(body, params.replay_cap).await.map_err(|e| RetryError::RequestBody(e.into()))? {
-        Prepared::Replayable(replay) => replay,
-        Prepared::Once(body) => return attempt(policy, params, &mut send, Request::from_parts(parts, body)).await,
-    };
+    // The first try's body: a replay, or the client's body teed (replayable afterwards if it ended in time).
+    let (mut replay, mut first, tee) =
+        match body::buffer(body, params.replay_cap).await.map_err(|e| RetryError::RequestBody(e.into()))? {
+            Prepared::Replayable(replay) => (Some(replay), None, None),
+            Prepared::Once(body) => return attempt(policy, params, &mut send, Request::from_parts(parts, body)).await,
+            Prepared::Teed(body, tee) => (None, Some(body), Some(tee)),
+        };
     let mut retry = 0;
     loop {
-        let result = attempt(policy, params, &mut send, Request::from_parts(parts.clone(), replay.body())).await;
-        let outcome = match &result {
-            Ok(response) => Outcome::Response(response.status()),
-            Err(RetryError::Upstream(e)) => classify(e),
-            Err(RetryError::PerTryTimeout(_)) => Outcome::Timeout,
+        let Some(body) = first.take().or_else(|| replay.as_ref().map(|r| r.body())) else {
+            return Err(RetryError::RequestBody("no request body to send again".into()));
+        };
+        let result = attempt(policy, params, &mut send, Request::from_parts(parts.clone(), body)).await;
+        let (outcome, grpc) = match &result {
+            Ok(response) => (Outcome::Response(response.status()), trailers_only_grpc_status(response.headers())),
+            Err(RetryError::Upstream(e)) => (classify(e), None),
+            Err(RetryError::PerTryTimeout(_)) => (Outcome::Timeout, None),
             Err(RetryError::RequestBody(_)) => return result,
         };
-        if retry >= policy.retries || !policy.should_retry(&parts.method, &outcome) {
-            if retry > 0 && !policy.retry_on.matches(&outcome) {
+        if retry >= policy.retries || !policy.should_retry(&parts.method, &outcome, grpc) {
+            if retry > 0 && !policy.retries_on(&outcome, grpc) {
                 params.stats.succeeded.fetch_add(1, Relaxed);
             }
             return result;
+        }
+        if replay.is_none() {
+            // A teed body that has not ended (a stream still open) or went over the cap cannot be sent again.
+            match tee.as_ref().and_then(body::Tee::replay) {
+                Some(copy) => replay = Some(copy),
+                None => return result,
+            }
         }
         if !params.budget.try_withdraw() {
             params.stats.budget_exhausted.fetch_add(1, Relaxed);
@@ -360,9 +411,107 @@ mod tests {
         let (on, ignored) = RetryOn::parse(" retriable-status-codes, 503,429 ,unavailable,bogus");
         assert!(on.matches(&status(503)) && on.matches(&status(429)) && !on.matches(&status(500)));
         assert!(!on.matches(&Outcome::Reset));
-        assert_eq!(ignored, ["unavailable", "bogus"]);
+        assert_eq!(ignored, ["bogus"]);
+        assert!(on.matches_grpc(14) && !on.matches_grpc(1), "unavailable is a gRPC condition");
 
         assert!(!RetryOn::parse("").0.matches(&status(503)));
+    }
+
+    /// A trailers-only gRPC answer: HTTP 200 with the status in the headers.
+    fn grpc_answer(code: &'static str) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        response.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static(code));
+        response
+    }
+
+    #[test]
+    fn grpc_conditions_match_trailers_only_statuses_whatever_the_method() {
+        let (on, ignored) = RetryOn::parse("unavailable,cancelled,deadline-exceeded,resource-exhausted,internal");
+        assert!(ignored.is_empty(), "{ignored:?}");
+        for code in [14, 1, 4, 8, 13] {
+            assert!(on.matches_grpc(code), "code {code}");
+        }
+        for code in [0, 2, 3, 5, 12, 16, 31, 32, u32::MAX] {
+            assert!(!on.matches_grpc(code), "code {code}");
+        }
+        assert!(!on.matches(&status(503)), "gRPC conditions are not HTTP ones");
+        let (policy, _) = RetryPolicy::from_spec(&spec(2, "unavailable")).expect("valid");
+        assert!(policy.should_retry(&Method::POST, &status(200), Some(14)), "gRPC calls are POSTs");
+        assert!(!policy.should_retry(&Method::POST, &status(200), Some(13)));
+        assert!(!policy.should_retry(&Method::POST, &status(200), None));
+        // The status is read from the headers only, and only a gRPC code counts.
+        assert_eq!(trailers_only_grpc_status(grpc_answer("14").headers()), Some(14));
+        assert_eq!(trailers_only_grpc_status(grpc_answer("0").headers()), Some(0));
+        assert_eq!(trailers_only_grpc_status(grpc_answer("99").headers()), None);
+        assert_eq!(trailers_only_grpc_status(grpc_answer("unavailable").headers()), None);
+        assert_eq!(trailers_only_grpc_status(&http::HeaderMap::new()), None);
+        // Istio's default retries `unavailable` and `cancelled`.
+        assert!(RetryOn::istio_default().matches_grpc(14) && RetryOn::istio_default().matches_grpc(1));
+        assert!(!RetryOn::istio_default().matches_grpc(13));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_unary_grpc_call_answered_unavailable_is_retried_until_it_succeeds() {
+        let policy = fast(RetryPolicy::new(2, RetryOn::parse("unavailable").0));
+        let budget = RetryBudget::default();
+        let stats = RetryStats::default();
+        let params = RetryParams { policy: Some(&policy), budget: &budget, stats: &stats, replay_cap: 1024 };
+        let tries = RefCell::new(Vec::new());
+        let send = |req: Request<RetryBody<Full<Bytes>>>| {
+            let n = tries.borrow().len();
+            let body = async move { req.into_body().collect().await.map(|b| b.to_bytes()) };
+            let answer = if n < 2 { grpc_answer("14") } else { grpc_answer("0") };
+            let tries = &tries;
+            async move {
+                let body = body.await.map_err(|_| "body")?;
+                tries.borrow_mut().push(body);
+                Ok::<_, &'static str>(answer)
+            }
+        };
+        let call = Request::post("/pkg.Svc/Method").body(Full::new(Bytes::from_static(b"\0\0\0\0\x01x"))).expect("req");
+        let response = retry_loop(call, params, send, classify).await.expect("an answer");
+        assert_eq!(trailers_only_grpc_status(response.headers()), Some(0));
+        assert_eq!(tries.borrow().len(), 3);
+        assert!(tries.borrow().iter().all(|b| &b[..] == b"\0\0\0\0\x01x"), "every try sends the message");
+        assert_eq!((stats.retries(), stats.succeeded()), (2, 1));
+
+        // A body still arriving when the call is routed (no length, as gRPC clients send it) is teed: the
+        // first try streams it, and once it has ended the retry replays the copy.
+        let stats = RetryStats::default();
+        let params = RetryParams { policy: Some(&policy), budget: &budget, stats: &stats, replay_cap: 1024 };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
+        let late = http_body_util::StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"late")))).await;
+        });
+        let tries = RefCell::new(Vec::new());
+        let send = |req: Request<RetryBody<_>>| {
+            let tries = &tries;
+            async move {
+                let body = req.into_body().collect().await.map_err(|_| "body")?.to_bytes();
+                let n = {
+                    let mut tries = tries.borrow_mut();
+                    tries.push(body);
+                    tries.len()
+                };
+                Ok::<_, &'static str>(if n == 1 { grpc_answer("14") } else { grpc_answer("0") })
+            }
+        };
+        let call = Request::post("/pkg.Svc/Method").body(late).expect("req");
+        let response = retry_loop(call, params, send, classify).await.expect("an answer");
+        assert_eq!(trailers_only_grpc_status(response.headers()), Some(0));
+        assert_eq!(tries.borrow().iter().map(|b| &b[..]).collect::<Vec<_>>(), [b"late", b"late"]);
+
+        // INTERNAL is not in the list: answered as it is, no retry.
+        let stats = RetryStats::default();
+        let params = RetryParams { policy: Some(&policy), budget: &budget, stats: &stats, replay_cap: 1024 };
+        let send = |_req| std::future::ready(Ok::<_, &'static str>(grpc_answer("13")));
+        let call = Request::post("/pkg.Svc/Method").body(Full::new(Bytes::new())).expect("req");
+        let response = retry_loop(call, params, send, classify).await.expect("an answer");
+        assert_eq!(trailers_only_grpc_status(response.headers()), Some(13));
+        assert_eq!(stats.retries(), 0);
     }
 
     #[test]
@@ -376,9 +525,9 @@ mod tests {
         assert!(ignored.is_empty());
         assert_eq!(policy.retries(), 3);
         assert_eq!(policy.per_try_timeout(), Some(Duration::from_secs(2)));
-        assert!(policy.should_retry(&Method::GET, &status(503)));
-        assert!(!policy.should_retry(&Method::GET, &status(500)));
-        assert!(policy.should_retry(&Method::GET, &Outcome::ConnectFailure));
+        assert!(policy.should_retry(&Method::GET, &status(503), None));
+        assert!(!policy.should_retry(&Method::GET, &status(500), None));
+        assert!(policy.should_retry(&Method::GET, &Outcome::ConnectFailure, None));
         let bad = RetryPolicySpec { attempts: 1, per_try_timeout: Some("2 parsecs".into()), ..Default::default() };
         assert!(RetryPolicy::from_spec(&bad).is_err());
     }
@@ -386,12 +535,12 @@ mod tests {
     #[test]
     fn non_idempotent_methods_are_retried_only_when_never_sent_or_allowed() {
         let (policy, _) = RetryPolicy::from_spec(&spec(2, "5xx")).expect("valid");
-        assert!(policy.should_retry(&Method::PUT, &status(503)));
-        assert!(!policy.should_retry(&Method::POST, &status(503)));
-        assert!(!policy.should_retry(&Method::PATCH, &Outcome::Reset));
-        assert!(policy.should_retry(&Method::POST, &Outcome::ConnectFailure));
+        assert!(policy.should_retry(&Method::PUT, &status(503), None));
+        assert!(!policy.should_retry(&Method::POST, &status(503), None));
+        assert!(!policy.should_retry(&Method::PATCH, &Outcome::Reset, None));
+        assert!(policy.should_retry(&Method::POST, &Outcome::ConnectFailure, None));
         let policy = policy.with_retry_non_idempotent(true);
-        assert!(policy.should_retry(&Method::POST, &status(503)));
+        assert!(policy.should_retry(&Method::POST, &status(503), None));
     }
 
     #[test]
