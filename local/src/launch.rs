@@ -81,6 +81,8 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 trust_domain.clone(),
                 "--listen".into(),
                 plan.control.to_string(),
+                "--monitoring".into(),
+                plan.monitoring.to_string(),
             ],
         )?;
         for node in &plan.nodes {
@@ -377,6 +379,10 @@ fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool) {
     let admin: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/config_dump", n.name, n.admin)).collect();
     let metrics: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/metrics", n.name, n.metrics)).collect();
     out.push_str(&format!("  admin:          {}\n", admin.join("  ")));
+    out.push_str(&format!(
+        "  status:         strait status --control {}   (strait check, config, why, tap)\n",
+        plan.monitoring
+    ));
     out.push_str(&format!("  metrics:        {}\n", metrics.join("  ")));
     out.push_str(&format!(
         "  mesh CA:        {} ({})\n",

@@ -33,24 +33,38 @@ enum Command {
     Control(control::ControlArgs),
     /// A small HTTP server answering JSON with its version, its identity and the caller's identity.
     DemoBackend(demo::DemoArgs),
+    /// Every node proxy: connected since, configuration version, ACK/NACK, workloads, certificate expiry.
+    Status(strait_ops::status::StatusArgs),
+    /// Preflight and health checks with hints; the exit status says whether all passed.
+    Check(strait_ops::check::CheckArgs),
     /// A tiny HTTP client for checks from inside a pod's network namespace (tests).
     #[command(hide = true)]
     HttpGet(http_get::HttpGetArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    let result = match Cli::parse().command {
+    let outcome = match Cli::parse().command {
+        Command::Status(args) => strait_ops::block_on(strait_ops::status::run(args)),
+        Command::Check(args) => strait_ops::block_on(strait_ops::check::run(args)),
+        other => run(other).map(|()| true),
+    };
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Local(args) => launch::run(args),
         Command::Proxy(args) => strait_proxy::cli::run_with(*args),
         Command::Control(args) => control::run(args),
         Command::DemoBackend(args) => demo::run(args),
         Command::HttpGet(args) => http_get::run(args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Command::Status(_) | Command::Check(_) => unreachable!("operator commands are run above"),
     }
 }

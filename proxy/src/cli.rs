@@ -132,7 +132,7 @@ fn control_plane_client(args: &Args, addr: &str) -> anyhow::Result<ControlPlaneC
     let root = std::fs::read_to_string(root_path).with_context(|| format!("reading {}", root_path.display()))?;
     let client = ControlPlaneClient::new(addr, identity, &root, &token, &args.node)
         .context("configuring the control-plane client")?;
-    Ok(client.with_token_file(token_path.clone()))
+    Ok(client.with_token_file(token_path.clone()).with_admin_address(args.admin))
 }
 
 /// Parses the command line and runs the proxy until SIGTERM or Ctrl-C, then drains it (see `drain`).

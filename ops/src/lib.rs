@@ -1,0 +1,22 @@
+//! The operator commands of the `strait` binary, against a running mesh (a cluster through its control plane's
+//! monitoring port, or `strait local`) or a directory of manifests:
+//!
+//! - `status`: every node proxy as the control plane sees it (`status.rs`);
+//! - `check`: preflight and health with hints, exit status for scripts (`check.rs`, with `node.rs` for the
+//!   machine's kernel and nftables and `crds.rs` for the cluster's CRDs).
+//!
+//! Every command returns whether it succeeded (`check` fails when a check does); errors are for what kept it
+//! from answering at all.
+#![forbid(unsafe_code)]
+
+pub mod check;
+mod crds;
+pub mod http;
+mod node;
+pub mod output;
+pub mod status;
+
+/// Runs one command on a small runtime of its own.
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<bool>>>(command: F) -> anyhow::Result<bool> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(command)
+}
