@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
-mod crds;
+pub mod crds;
 pub mod http;
 mod node;
 pub mod output;
