@@ -37,6 +37,12 @@ enum Command {
     Status(strait_ops::status::StatusArgs),
     /// Preflight and health checks with hints; the exit status says whether all passed.
     Check(strait_ops::check::CheckArgs),
+    /// A node proxy's configuration: compiled routes, subsets and endpoints, policies, live destination state.
+    Config(strait_ops::config::ConfigArgs),
+    /// The decision the mesh would take for a request, and why (live, or offline with --from DIR).
+    Why(strait_ops::why::WhyArgs),
+    /// Problems in a directory of manifests: rejected objects, shadowed rules, unknown hosts and subsets.
+    Lint(strait_ops::lint::LintArgs),
     /// A tiny HTTP client for checks from inside a pod's network namespace (tests).
     #[command(hide = true)]
     HttpGet(http_get::HttpGetArgs),
@@ -46,6 +52,9 @@ fn main() -> std::process::ExitCode {
     let outcome = match Cli::parse().command {
         Command::Status(args) => strait_ops::block_on(strait_ops::status::run(args)),
         Command::Check(args) => strait_ops::block_on(strait_ops::check::run(args)),
+        Command::Config(args) => strait_ops::block_on(strait_ops::config::run(args)),
+        Command::Why(args) => strait_ops::block_on(strait_ops::why::run(args)),
+        Command::Lint(args) => strait_ops::block_on(strait_ops::lint::run(args)),
         other => run(other).map(|()| true),
     };
     match outcome {
@@ -65,6 +74,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Control(args) => control::run(args),
         Command::DemoBackend(args) => demo::run(args),
         Command::HttpGet(args) => http_get::run(args),
-        Command::Status(_) | Command::Check(_) => unreachable!("operator commands are run above"),
+        Command::Status(_) | Command::Check(_) | Command::Config(_) | Command::Why(_) | Command::Lint(_) => {
+            unreachable!("operator commands are run above")
+        }
     }
 }

@@ -59,10 +59,6 @@ impl Mesh {
         format!("127.{}.0.2:15014", self.octet)
     }
 
-    fn config_dir(&self) -> PathBuf {
-        self._dir.path().join("config")
-    }
-
     /// `strait <args> --control <this mesh>`: (success, stdout).
     fn strait(&self, args: &[&str]) -> (bool, String) {
         strait(&[args, &["--control", &self.control()]].concat())
@@ -151,6 +147,42 @@ fn operator_commands_on_a_local_mesh() {
     let report: serde_json::Value = serde_json::from_str(&json).expect("check -o json is JSON");
     assert_eq!(report["passed"], true, "{json}");
 
+    // config: the node's configuration, compiled routes and, after a request, the live destination state.
+    request_through_the_mesh(mesh.octet);
+    let (ok, json) = mesh.strait(&["config", "node-a", "-o", "json"]);
+    assert!(ok, "{json}");
+    let dump: serde_json::Value = serde_json::from_str(&json).expect("config -o json is JSON");
+    assert_eq!(dump["node"], "node-a");
+    let reviews = dump["compiled"].as_array().and_then(|s| s.iter().find(|s| s["service"] == "demo/reviews"));
+    let reviews = reviews.unwrap_or_else(|| panic!("the compiled reviews service:\n{json}"));
+    assert_eq!(reviews["routes"][0]["name"], "canary", "{json}");
+    assert_eq!(reviews["subsets"].as_array().map(Vec::len), Some(2), "{json}");
+    let destination = &dump["destinations"][0];
+    assert!(destination["service"].as_str().unwrap_or("").starts_with("reviews.demo"), "{json}");
+    assert!(destination["endpoints"].as_array().is_some_and(|e| e.iter().all(|e| e["ejected"] == false)), "{json}");
+    assert!(destination["retryBudget"]["available"].is_u64(), "{json}");
+    let (ok, yaml) = mesh.strait(&["config", "node-b", "--workload", "reviews-v1"]);
+    assert!(ok, "{yaml}");
+    let dump: serde_json::Value = serde_yaml::from_str(&yaml).expect("config prints YAML");
+    assert_eq!(dump["config"]["workloads"].as_array().map(Vec::len), Some(1), "{yaml}");
+    assert_eq!(dump["config"]["workloads"][0]["name"], "reviews-v1", "{yaml}");
+    assert_eq!(dump["config"]["authorizationPolicies"][0]["name"], "reviews-deny-admin", "{yaml}");
+    let (ok, out) = mesh.strait(&["config", "node-z"]);
+    assert!(!ok && out.contains("no proxy on node \"node-z\""), "{out}");
+
+    // why, live: the source's proxy's own configuration decides.
+    let (ok, why) = mesh.strait(&["why", "demo/client", "reviews", "--path", "/admin"]);
+    assert!(ok, "{why}");
+    assert!(why.contains("route rule:   canary (every request), forward"), "{why}");
+    assert!(why.contains("DENY by demo/reviews-deny-admin"), "{why}");
+    let client = format!("127.{}.0.1", mesh.octet);
+    let (ok, why) = mesh.strait(&["why", &client, "reviews", "--path", "/", "-o", "json"]);
+    assert!(ok, "{why}");
+    let why: serde_json::Value = serde_json::from_str(&why).expect("why -o json is JSON");
+    assert_eq!(why["source"]["identity"], "spiffe://cluster.local/ns/demo/sa/client", "{why}");
+    assert_eq!(why["destinations"][0]["weightPercent"], 90.0, "{why}");
+    assert_eq!(why["destinations"][0]["endpoints"][0]["authorization"]["decision"], "ALLOW", "{why}");
+
     // A proxy stopped: `strait local` itself is frozen first so it does not stop the whole mesh when its child
     // dies; the control plane sees the stream close at once (the kernel closes a killed process's sockets).
     signal(mesh.child.id() as i32, "-STOP");
@@ -170,7 +202,76 @@ fn operator_commands_on_a_local_mesh() {
     assert!(report.trim_end().ends_with("some checks FAILED"), "{report}");
     let (_, table) = mesh.strait(&["status"]);
     assert!(row_of(&table, "node-b").contains("DISCONNECTED"), "{table}");
-    drop(mesh.config_dir());
+}
+
+/// One GET from the client workload's address to the service, so node-a has destination state to show.
+fn request_through_the_mesh(octet: u8) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let answer = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.bind(std::net::SocketAddr::from(([127, octet, 0, 1], 0))).expect("bind the client address");
+        let mut stream =
+            socket.connect(std::net::SocketAddr::from(([127, octet, 100, 1], SERVICE_PORT))).await.expect("connect");
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n").await.expect("write");
+        let mut raw = Vec::new();
+        let read = stream.read_to_end(&mut raw);
+        tokio::time::timeout(std::time::Duration::from_secs(10), read).await.expect("an answer").expect("read");
+        String::from_utf8_lossy(&raw).into_owned()
+    });
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// `why` and `lint` offline, on manifest directories: deploy/local as it is, and a copy with mistakes.
+#[test]
+fn why_and_lint_read_a_manifest_directory() {
+    let local = deploy_local();
+    let local = local.to_str().expect("a UTF-8 path");
+    let (ok, why) =
+        strait(&["why", "client", "reviews.demo", "--method", "DELETE", "--path", "/x//../items", "--from", local]);
+    assert!(ok, "{why}");
+    assert!(why.contains("request:      DELETE /items to demo/reviews port 8080 (http)"), "normalized: {why}");
+    assert!(
+        why.contains("reviews subset v1, 90% of requests") && why.contains("reviews subset v2, 10% of requests"),
+        "{why}"
+    );
+    assert!(why.contains("timeout:      10s") && why.contains("up to 2 retries on 5xx,reset,connect-failure"), "{why}");
+    assert!(why.contains("DENY by demo/reviews-deny-admin"), "DELETE is denied: {why}");
+    let (ok, why) = strait(&["why", "client", "reviews", "--path", "/%2Fadmin", "--from", local]);
+    assert!(ok && why.contains("refused:"), "an encoded slash is refused before routing: {why}");
+    let (ok, out) = strait(&["why", "nobody", "reviews", "--from", local]);
+    assert!(!ok && out.contains("no workload nobody"), "{out}");
+
+    let (ok, lint) = strait(&["lint", local]);
+    assert!(ok, "deploy/local lints clean:\n{lint}");
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    copy_config(0, dir.path());
+    std::fs::write(
+        dir.path().join("more-routes.yaml"),
+        "apiVersion: strait.dev/v1alpha1
+kind: TrafficRoute
+metadata: {name: extra, namespace: demo}
+spec:
+  hosts: [reviews, ratings]
+  http:
+  - name: everything
+    route: [{destination: {host: reviews, subset: v1}}]
+  - name: never
+    match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+",
+    )
+    .expect("write a route");
+    let (ok, lint) = strait(&["lint", dir.path().to_str().expect("a UTF-8 path"), "-o", "json"]);
+    assert!(!ok, "lint finds problems:\n{lint}");
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&lint).expect("lint -o json is JSON");
+    let has = |kind: &str, text: &str| {
+        findings.iter().any(|f| f["kind"] == kind && f["message"].as_str().unwrap_or("").contains(text))
+    };
+    assert!(has("unknown-host", "TrafficRoute demo/extra: hosts: ratings names no Service"), "{lint}");
+    assert!(has("conflict", "demo/reviews is named by 2 TrafficRoutes"), "{lint}");
+    assert!(has("shadowed", "rule never is never reached: rule everything before it matches every request"), "{lint}");
 }
 
 fn row_of<'t>(table: &'t str, node: &str) -> &'t str {

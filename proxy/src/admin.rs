@@ -36,6 +36,9 @@ pub struct Admin {
     /// Set by `POST /superseded`, which a replacement proxy sends when it starts on this node (see
     /// [`announce_replacement`]): readiness answers for the newest proxy only.
     pub superseded: Arc<std::sync::atomic::AtomicBool>,
+    /// The running proxy's shared state, for the live destination state in `/config_dump` (`None` in tests
+    /// of the admin server alone).
+    pub(crate) context: Option<Arc<crate::context::ProxyContext>>,
 }
 
 type Body = Full<Bytes>;
@@ -90,10 +93,15 @@ impl Admin {
     /// without their keys.
     pub fn config_dump(&self) -> serde_json::Value {
         let state = self.state.current();
+        let destinations = self.context.as_ref().map(|c| c.http.backends.dump()).unwrap_or_default();
         serde_json::json!({
             "node": state.node,
             "version": state.version,
             "config": &*state.config,
+            // What the proxy compiled from it: route rules in the order they are tried, subsets with endpoints.
+            "compiled": crate::explain::services(&state),
+            // Live state of the destinations it has sent to: outlier ejections, pool, retry budget.
+            "destinations": destinations,
             "certificates": self.certs_dump(),
         })
     }
@@ -316,6 +324,7 @@ mod tests {
             synced: None,
             drain: Some(Drain::new()),
             superseded: Default::default(),
+            context: None,
         };
         (admin, identity)
     }

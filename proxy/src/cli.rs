@@ -234,6 +234,7 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         synced: Some(proxy.ctx.synced.clone()),
         drain: Some(proxy.ctx.drain.clone()),
         superseded: Default::default(),
+        context: Some(proxy.ctx.clone()),
     };
     admin::announce_replacement(args.admin);
     admin::spawn(admin, args.admin, args.metrics)?;
