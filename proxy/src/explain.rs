@@ -434,7 +434,7 @@ pub(crate) fn services(state: &State) -> Vec<ServiceView> {
                         .map(|b| b.endpoints(state, Some(&subset.name)))
                         .unwrap_or_default()
                 });
-                SubsetView { name: subset.name.clone(), labels: subset.labels.clone().into_iter().collect(), endpoints }
+                SubsetView { name: subset.name.clone(), labels: subset.labels.clone(), endpoints }
             })
             .collect();
         out.push(ServiceView {
@@ -480,7 +480,7 @@ pub struct RuleView {
 #[serde(rename_all = "camelCase")]
 pub struct SubsetView {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Ready endpoints (pod address, target port of the service's first port).
     pub endpoints: Vec<SocketAddr>,
 }
@@ -538,4 +538,57 @@ fn verdict(e: &Explanation) -> String {
         })
         .collect();
     format!("{via}: {}", reachable.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "
+workloads:
+- {name: a, namespace: shop, serviceAccount: a, node: n1, address: 10.1.0.2}
+- {name: c, namespace: shop, serviceAccount: c, node: n1, address: 10.1.0.3}
+- {name: b, namespace: shop, serviceAccount: b, node: n2, address: 10.2.0.2, labels: {app: b}}
+services:
+- name: b
+  namespace: shop
+  addresses: [10.96.0.2]
+  ports: [{port: 80, name: http, targetPort: 8080}]
+  endpoints: [{address: 10.2.0.2}]
+authorizationPolicies:
+- name: allow-a
+  namespace: shop
+  spec:
+    action: ALLOW
+    rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/a]}}]}]
+";
+
+    fn query(source: &str) -> Query {
+        Query {
+            source: source.into(),
+            destination: "b".into(),
+            method: "GET".into(),
+            path: "/x".into(),
+            ..Query::default()
+        }
+    }
+
+    #[test]
+    fn names_the_allow_policy_that_matched_or_the_default_deny() {
+        let config: MeshConfig = serde_yaml::from_str(CONFIG).expect("a configuration");
+        let explainer = Explainer::new(config, "n1").expect("compiles");
+        let allowed = explainer.explain(&query("shop/a")).expect("explained");
+        let endpoint = &allowed.destinations[0].endpoints[0];
+        assert_eq!(endpoint.address, "10.2.0.2:8080".parse().expect("an address"));
+        assert_eq!(
+            (endpoint.authorization.decision.as_str(), endpoint.authorization.policy.as_str()),
+            ("ALLOW", "shop/allow-a")
+        );
+        assert!(allowed.route.is_none() && allowed.verdict.contains("no TrafficRoute rule"), "{allowed:?}");
+        let denied = explainer.explain(&query("10.1.0.3")).expect("explained");
+        let authorization = &denied.destinations[0].endpoints[0].authorization;
+        assert_eq!((authorization.decision.as_str(), authorization.policy.as_str()), ("DENY", "default"));
+        assert!(denied.verdict.contains("403"), "{denied:?}");
+        assert!(explainer.explain(&query("shop/nobody")).is_err());
+    }
 }
