@@ -43,6 +43,8 @@ enum Command {
     Why(strait_ops::why::WhyArgs),
     /// Problems in a directory of manifests: rejected objects, shadowed rules, unknown hosts and subsets.
     Lint(strait_ops::lint::LintArgs),
+    /// A live stream of the requests the node proxies serve (sampled, bounded).
+    Tap(strait_ops::tap::TapArgs),
     /// A tiny HTTP client for checks from inside a pod's network namespace (tests).
     #[command(hide = true)]
     HttpGet(http_get::HttpGetArgs),
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Command::Config(args) => strait_ops::block_on(strait_ops::config::run(args)),
         Command::Why(args) => strait_ops::block_on(strait_ops::why::run(args)),
         Command::Lint(args) => strait_ops::block_on(strait_ops::lint::run(args)),
+        Command::Tap(args) => strait_ops::block_on(strait_ops::tap::run(args)),
         other => run(other).map(|()| true),
     };
     match outcome {
@@ -74,7 +77,12 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Control(args) => control::run(args),
         Command::DemoBackend(args) => demo::run(args),
         Command::HttpGet(args) => http_get::run(args),
-        Command::Status(_) | Command::Check(_) | Command::Config(_) | Command::Why(_) | Command::Lint(_) => {
+        Command::Status(_)
+        | Command::Check(_)
+        | Command::Config(_)
+        | Command::Why(_)
+        | Command::Lint(_)
+        | Command::Tap(_) => {
             unreachable!("operator commands are run above")
         }
     }

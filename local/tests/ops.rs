@@ -183,6 +183,40 @@ fn operator_commands_on_a_local_mesh() {
     assert_eq!(why["destinations"][0]["weightPercent"], 90.0, "{why}");
     assert_eq!(why["destinations"][0]["endpoints"][0]["authorization"]["decision"], "ALLOW", "{why}");
 
+    // tap: requests as they flow, from both proxies, until the limit.
+    let mut tap = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(["tap", "--to", "reviews", "--limit", "4", "--seconds", "60", "-o", "json", "--control", &mesh.control()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start strait tap");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The tap subscribes while requests already flow; it ends once it has shown its limit.
+    let status = loop {
+        request_through_the_mesh(mesh.octet);
+        if let Some(status) = tap.try_wait().expect("the tap process") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = tap.kill();
+            panic!("strait tap did not end after 4 requests within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut lines = String::new();
+    std::io::Read::read_to_string(&mut tap.stdout.take().expect("stdout"), &mut lines).expect("read the tap");
+    assert!(status.success(), "{lines}");
+    let events: Vec<serde_json::Value> =
+        lines.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(events.len(), 4, "{lines}");
+    let source = events.iter().find(|e| e["reporter"] == "source").unwrap_or_else(|| panic!("a source event: {lines}"));
+    assert_eq!(source["route"], "canary", "{lines}");
+    assert_eq!(source["status"], 200, "{lines}");
+    assert_eq!(source["sourceIdentity"], "spiffe://cluster.local/ns/demo/sa/client", "{lines}");
+    assert_eq!(source["destinationIdentity"], "spiffe://cluster.local/ns/demo/sa/reviews", "{lines}");
+    assert!(["v1", "v2"].contains(&source["destinationVersion"].as_str().unwrap_or("")), "{lines}");
+    assert!(source["durationMs"].is_u64() && source["method"] == "GET" && source["path"] == "/", "{lines}");
+
     // A proxy stopped: `strait local` itself is frozen first so it does not stop the whole mesh when its child
     // dies; the control plane sees the stream close at once (the kernel closes a killed process's sockets).
     signal(mesh.child.id() as i32, "-STOP");

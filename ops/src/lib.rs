@@ -6,7 +6,8 @@
 //!   machine's kernel and nftables and `crds.rs` for the cluster's CRDs);
 //! - `config`: a node proxy's configuration, compiled view and live destination state (`config.rs`);
 //! - `why`: the decision for one request, by the proxy's own compiled configuration (`why.rs`), live or from a
-//!   manifest directory (`manifests.rs`); `lint`: problems in a manifest directory (`lint.rs`).
+//!   manifest directory (`manifests.rs`); `lint`: problems in a manifest directory (`lint.rs`);
+//! - `tap`: the live request stream of the proxies' admin `/tap` (`tap.rs`).
 //!
 //! Every command returns whether it succeeded (`check` fails when a check does); errors are for what kept it
 //! from answering at all.
@@ -21,6 +22,7 @@ mod manifests;
 mod node;
 pub mod output;
 pub mod status;
+pub mod tap;
 pub mod why;
 
 /// Runs one command on a small runtime of its own.

@@ -41,13 +41,14 @@ pub struct Admin {
     pub(crate) context: Option<Arc<crate::context::ProxyContext>>,
 }
 
-type Body = Full<Bytes>;
+/// Whole answers, and the tap's stream.
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// The process id of the proxy that answered, on every admin and metrics response.
 pub const PID_HEADER: &str = "x-strait-pid";
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(Full::new(body.into()).boxed());
     *response.status_mut() = status;
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
         response.headers_mut().insert(http::header::CONTENT_TYPE, value);
@@ -165,6 +166,27 @@ impl Admin {
                 "application/json",
                 serde_json::to_vec_pretty(&self.config_dump()).unwrap_or_default(),
             ),
+            // Request paths and identities: for operators on the node (or through a port-forward) only.
+            (Method::GET, "/tap") if !peer_is_local => {
+                reply(StatusCode::FORBIDDEN, "text/plain", "tap is served to localhost only\n")
+            }
+            (Method::GET, "/tap") => match crate::tap::Filter::parse(request.uri().query()) {
+                Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                Ok(filter) => match crate::tap::open(filter) {
+                    Ok(body) => {
+                        let mut response = Response::new(body.boxed());
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+                        response
+                    }
+                    Err(crate::tap::TapError::Busy) => reply(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "text/plain",
+                        format!("{} taps are open already\n", crate::tap::MAX_TAPS),
+                    ),
+                },
+            },
             (Method::GET, "/certs") => reply(
                 StatusCode::OK,
                 "application/json",

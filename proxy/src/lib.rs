@@ -9,6 +9,7 @@
 //!   where it comes from; `serve` and `reconcile`: listeners and the loop that follows configuration changes;
 //! - `drain`: the one lifecycle (SIGTERM -> not ready -> stop accepting -> go away -> grace -> exit);
 //! - `telemetry/`: metrics, the access log and logging; `admin`: the admin server; `redirect/`: nftables;
+//! - `tap`: the live request stream of the admin port's `/tap`;
 //! - `explain`: what the compiled configuration decides for a request, and why (`strait why`, `strait config`).
 //!
 //! The crate's public surface is what the binaries and the integration tests use.
@@ -29,6 +30,7 @@ mod reconcile;
 pub mod redirect;
 mod serve;
 mod state;
+mod tap;
 mod tcp;
 pub mod telemetry;
 pub mod tunnel;
