@@ -32,9 +32,25 @@ fn handle(stats: &Stats, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/live" => respond(StatusCode::OK, "live\n".into()),
         "/ready" if stats.is_draining() => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n".into()),
+        strait_api::status::STATUS_PATH => proxy_status(stats),
         "/ready" if stats.version() > 0 => respond(StatusCode::OK, format!("ready: version {}\n", stats.version())),
         "/ready" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready: no configuration built yet\n".into()),
-        _ => respond(StatusCode::NOT_FOUND, "unknown path: /metrics, /ready, /live\n".into()),
+        _ => respond(StatusCode::NOT_FOUND, "unknown path: /metrics, /ready, /live, /debug/proxies\n".into()),
+    }
+}
+
+/// `GET /debug/proxies`: every node proxy's stream, versions, ACK/NACK, workloads and certificate expiry, as JSON
+/// (`strait status`, `strait check`). Read-only; it holds no secret (see `strait_api::status`).
+fn proxy_status(stats: &Stats) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(&stats.mesh_status()) {
+        Ok(json) => {
+            let mut response = respond(StatusCode::OK, json);
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the status: {e}\n")),
     }
 }
 
@@ -79,5 +95,45 @@ mod tests {
         let metrics = get(addr, "/metrics").await;
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    }
+
+    #[tokio::test]
+    async fn serves_each_proxys_status_as_json() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stats = Arc::new(Stats::new());
+        let config: strait_api::MeshConfig = serde_yaml::from_str(
+            "workloads:\n- {name: a1, namespace: shop, node: node-a, address: 10.1.0.2}\n\
+             - {name: b1, namespace: shop, node: node-b, address: 10.2.0.2}\n",
+        )
+        .expect("config");
+        stats.set_version(7);
+        stats.stream_opened("node-a");
+        stats.reported_admin("node-a", "127.0.1.1:15000".parse().expect("addr"));
+        stats.pushed("node-a", 7, &config);
+        stats.nacked("node-a", 7, "workloads[1]: bad");
+        stats.stream_opened("node-b");
+        stats.pushed("node-b", 7, &config);
+        stats.acked("node-b", 7);
+        stats.stream_closed("node-b");
+        let text = get(addr_after_spawn(listener, addr, stats), strait_api::status::STATUS_PATH).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let body = text.split_once("\r\n\r\n").expect("a body").1;
+        let status: strait_api::status::MeshStatus = serde_json::from_str(body).expect("MeshStatus JSON");
+        assert_eq!(status.version, 7);
+        let a = &status.proxies[0];
+        assert_eq!((a.node.as_str(), a.sync(7)), ("node-a", strait_api::status::Sync::Nacked));
+        assert_eq!(a.nack_reason.as_deref(), Some("workloads[1]: bad"));
+        assert_eq!(a.admin_address.as_deref(), Some("127.0.1.1:15000"));
+        assert_eq!(a.workloads, vec!["shop/a1".to_string()]);
+        assert!(a.connected_since.is_some() && a.disconnected_since.is_none());
+        let b = &status.proxies[1];
+        assert_eq!(b.sync(7), strait_api::status::Sync::Disconnected);
+        assert!(b.connected_since.is_none() && b.disconnected_since.is_some());
+    }
+
+    fn addr_after_spawn(listener: TcpListener, addr: std::net::SocketAddr, stats: Arc<Stats>) -> std::net::SocketAddr {
+        tokio::spawn(serve(listener, stats));
+        addr
     }
 }

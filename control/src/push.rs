@@ -110,7 +110,7 @@ pub async fn serve_stream(
                         break;
                     }
                     tracing::debug!(node, version = p.version, "pushed configuration");
-                    stats.pushed(&node, p.version);
+                    stats.pushed(&node, p.version, &push.config);
                 }
                 Err(e) => tracing::error!(node, error = %e, "cannot encode the configuration"),
             }

@@ -172,6 +172,11 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
         return text(StatusCode::SERVICE_UNAVAILABLE, "this control plane is draining; reconnect".to_string());
     }
     tracing::info!(node, "configuration stream opened");
+    // Where operators reach this proxy's admin port (`strait config`); ignored unless it is an address.
+    let admin = req.headers().get(strait_api::status::ADMIN_HEADER).and_then(|v| v.to_str().ok()?.parse().ok());
+    if let Some(admin) = admin {
+        shared.stats.reported_admin(&node, admin);
+    }
     // One message in flight: a slow proxy gets the newest version next, not a backlog of stale ones.
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(serve_stream(
@@ -211,6 +216,7 @@ async fn sign(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Resp
     match shared.signer.sign(&snapshot, &node, &request) {
         Ok(response) => {
             tracing::info!(node, identity = request.identity, "signed a workload certificate");
+            shared.stats.signed(&node, &response.chain_pem);
             match serde_json::to_vec(&response) {
                 Ok(json) => {
                     let mut r = Response::new(Full::new(Bytes::from(json)).boxed());

@@ -1,8 +1,13 @@
 //! What the control plane knows about its proxies: per-node push/ACK state and Prometheus counters.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::SystemTime;
+
+use strait_api::status::{CertificateStatus, MeshStatus, ProxyStatus};
+use strait_api::MeshConfig;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -16,6 +21,17 @@ pub struct NodeStatus {
     pub last_nacked: Option<u64>,
     /// The reason of the last NACK.
     pub last_error: Option<String>,
+    /// Since when a stream has been open without a gap (`None` while disconnected).
+    pub connected_since: Option<SystemTime>,
+    /// When the last stream closed, if none is open now.
+    pub disconnected_since: Option<SystemTime>,
+    /// The admin address the proxy reported on its stream.
+    pub admin: Option<SocketAddr>,
+    /// `namespace/name` of the meshed workloads on the node in the configuration last pushed to it.
+    pub workloads: Vec<String>,
+    /// Expiry of the certificate last signed for each identity on the node (at most one entry per workload
+    /// identity of the node's configuration, so bounded by it).
+    pub certificates: BTreeMap<String, SystemTime>,
 }
 
 pub struct Stats {
@@ -107,17 +123,87 @@ impl Stats {
 
     pub(crate) fn stream_opened(&self, node: &str) {
         self.streams.with_label_values(&[node]).inc();
-        self.update(node, |s| s.connected_streams += 1);
+        self.update(node, |s| {
+            s.connected_streams += 1;
+            if s.connected_since.is_none() {
+                s.connected_since = Some(SystemTime::now());
+            }
+            s.disconnected_since = None;
+        });
     }
 
     pub(crate) fn stream_closed(&self, node: &str) {
         self.streams.with_label_values(&[node]).dec();
-        self.update(node, |s| s.connected_streams = s.connected_streams.saturating_sub(1));
+        self.update(node, |s| {
+            s.connected_streams = s.connected_streams.saturating_sub(1);
+            if s.connected_streams == 0 {
+                s.connected_since = None;
+                s.disconnected_since = Some(SystemTime::now());
+            }
+        });
     }
 
-    pub(crate) fn pushed(&self, node: &str, version: u64) {
+    /// The admin address a proxy reported when it opened its stream.
+    pub(crate) fn reported_admin(&self, node: &str, admin: SocketAddr) {
+        self.update(node, |s| s.admin = Some(admin));
+    }
+
+    /// `config` is what was pushed: the node's meshed workloads are read from it, and certificates of identities
+    /// no longer on the node are forgotten.
+    pub(crate) fn pushed(&self, node: &str, version: u64, config: &MeshConfig) {
         self.pushes.with_label_values(&[node]).inc();
-        self.update(node, |s| s.last_pushed = Some(version));
+        let local: Vec<&strait_api::Workload> =
+            config.workloads.iter().filter(|w| w.node == node && w.meshed).collect();
+        let workloads = local.iter().map(|w| format!("{}/{}", w.namespace, w.name)).collect();
+        let identities: Vec<String> = local
+            .iter()
+            .map(|w| format!("spiffe://{}/ns/{}/sa/{}", config.trust_domain, w.namespace, w.service_account))
+            .collect();
+        self.update(node, |s| {
+            s.last_pushed = Some(version);
+            s.workloads = workloads;
+            s.certificates.retain(|identity, _| identities.contains(identity));
+        });
+    }
+
+    /// Records the expiry of a certificate just signed for `node` (`chain_pem`: leaf first).
+    pub(crate) fn signed(&self, node: &str, chain_pem: &str) {
+        let leaf = strait_certs::certs_from_pem(chain_pem)
+            .ok()
+            .and_then(|chain| chain.into_iter().next())
+            .and_then(|der| strait_certs::workload::parse_leaf(der.as_ref()).ok());
+        if let Some(leaf) = leaf {
+            self.update(node, |s| {
+                s.certificates.insert(leaf.identity.to_string(), leaf.not_after);
+            });
+        }
+    }
+
+    /// Everything above, for operators (`GET /debug/proxies`).
+    pub fn mesh_status(&self) -> MeshStatus {
+        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let proxies = self
+            .nodes()
+            .into_iter()
+            .map(|(node, s)| ProxyStatus {
+                node,
+                connected_streams: s.connected_streams,
+                connected_since: s.connected_since.map(unix),
+                disconnected_since: s.disconnected_since.map(unix),
+                admin_address: s.admin.map(|a| a.to_string()),
+                last_pushed: s.last_pushed,
+                last_acked: s.last_acked,
+                last_nacked: s.last_nacked,
+                nack_reason: s.last_error,
+                workloads: s.workloads,
+                certificates: s
+                    .certificates
+                    .into_iter()
+                    .map(|(identity, t)| CertificateStatus { identity, not_after_unix: unix(t) })
+                    .collect(),
+            })
+            .collect();
+        MeshStatus { version: self.version(), problems: self.problems(), proxies }
     }
 
     pub(crate) fn acked(&self, node: &str, version: u64) {

@@ -35,6 +35,9 @@ pub struct ControlArgs {
     /// cluster's addresses this way. Repeatable.
     #[arg(long = "replace", value_name = "FILE")]
     replace: Vec<PathBuf>,
+    /// Monitoring port (plain HTTP): /metrics, /ready, /live, /debug/proxies (`strait status`). Off unless given.
+    #[arg(long)]
+    monitoring: Option<SocketAddr>,
 }
 
 pub fn run(args: ControlArgs) -> anyhow::Result<()> {
@@ -54,6 +57,12 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         } else {
             start_replacing(options, replacements).await?
         };
+        if let Some(addr) = args.monitoring {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the monitoring port {addr}"))?;
+            tokio::spawn(strait_control::monitoring::serve(listener, running.stats().clone()));
+        }
         tokio::select! {
             result = running.until_failure() => return result,
             result = shutdown_signal() => result?,

@@ -94,6 +94,8 @@ pub fn run(mut args: LocalArgs) -> anyhow::Result<()> {
                 trust_domain.clone(),
                 "--listen".into(),
                 plan.control.to_string(),
+                "--monitoring".into(),
+                plan.monitoring.to_string(),
             ],
         )?;
         for node in &plan.nodes {
@@ -508,6 +510,10 @@ fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool, externals: &Ex
     let admin: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/config_dump", n.name, n.admin)).collect();
     let metrics: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/metrics", n.name, n.metrics)).collect();
     out.push_str(&format!("  admin:          {}\n", admin.join("  ")));
+    out.push_str(&format!(
+        "  status:         strait status --control {}   (also check, config, why)\n",
+        plan.monitoring
+    ));
     out.push_str(&format!("  metrics:        {}\n", metrics.join("  ")));
     if let Some(c) = plan.clients.iter().find(|c| Some(c.node.as_str()) == plan.service_node().map(|n| n.name.as_str()))
     {

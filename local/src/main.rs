@@ -41,25 +41,58 @@ enum Command {
     /// Convert Istio resources (VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication) to
     /// Strait's, naming every field that was dropped or changed.
     Import(import::ImportArgs),
+    /// Every node proxy: connected since, configuration version, ACK/NACK, workloads, certificate expiry.
+    Status(strait_ops::status::StatusArgs),
+    /// Preflight and health checks with hints; the exit status says whether all passed.
+    Check(strait_ops::check::CheckArgs),
+    /// A node proxy's configuration: compiled routes, subsets and endpoints, policies, live destination state.
+    Config(strait_ops::config::ConfigArgs),
+    /// The decision the mesh would take for a request, and why (live, or offline with --from DIR).
+    Why(strait_ops::why::WhyArgs),
+    /// Problems in a directory of manifests: rejected objects, shadowed rules, unknown hosts and subsets.
+    Lint(strait_ops::lint::LintArgs),
+    /// A live stream of the requests the node proxies serve (sampled, bounded).
+    Tap(strait_ops::tap::TapArgs),
     /// A tiny HTTP client for checks from inside a pod's network namespace (tests).
     #[command(hide = true)]
     HttpGet(http_get::HttpGetArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    let result = match Cli::parse().command {
+    let outcome = match Cli::parse().command {
+        Command::Status(args) => strait_ops::block_on(strait_ops::status::run(args)),
+        Command::Check(args) => strait_ops::block_on(strait_ops::check::run(args)),
+        Command::Config(args) => strait_ops::block_on(strait_ops::config::run(args)),
+        Command::Why(args) => strait_ops::block_on(strait_ops::why::run(args)),
+        Command::Lint(args) => strait_ops::block_on(strait_ops::lint::run(args)),
+        Command::Tap(args) => strait_ops::block_on(strait_ops::tap::run(args)),
+        other => run(other).map(|()| true),
+    };
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Local(args) => launch::run(args),
         Command::Proxy(args) => strait_proxy::cli::run_with(*args),
         Command::Control(args) => control::run(args),
         Command::DemoBackend(args) => demo::run(args),
         Command::Import(args) => import::run(args),
         Command::HttpGet(args) => http_get::run(args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+        Command::Status(_)
+        | Command::Check(_)
+        | Command::Config(_)
+        | Command::Why(_)
+        | Command::Lint(_)
+        | Command::Tap(_) => {
+            unreachable!("operator commands are run above")
         }
     }
 }

@@ -45,6 +45,8 @@ impl Base {
 
 pub struct Plan {
     pub control: SocketAddr,
+    /// The control plane's monitoring port (/metrics, /ready, /debug/proxies for `strait status`).
+    pub monitoring: SocketAddr,
     pub nodes: Vec<NodePlan>,
     /// Demo backends: for the workloads a service selects that say neither `run` nor `external`.
     pub backends: Vec<Backend>,
@@ -271,6 +273,7 @@ impl Plan {
             .collect();
         Ok(Plan {
             control: SocketAddr::from((base.ip(0, 2), 15012)),
+            monitoring: SocketAddr::from((base.ip(0, 2), 15014)),
             nodes,
             backends,
             runs,
@@ -285,7 +288,10 @@ impl Plan {
 
     /// Every address the mesh's processes will listen on, in start order.
     pub fn bindings(&self) -> Vec<Binding> {
-        let mut out = vec![Binding { addr: self.control, what: "control plane".into() }];
+        let mut out = vec![
+            Binding { addr: self.control, what: "control plane".into() },
+            Binding { addr: self.monitoring, what: "control plane monitoring".into() },
+        ];
         for node in &self.nodes {
             out.push(Binding { addr: node.admin, what: format!("{} admin", node.name) });
             out.push(Binding { addr: node.metrics, what: format!("{} metrics", node.name) });

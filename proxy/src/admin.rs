@@ -36,15 +36,19 @@ pub struct Admin {
     /// Set by `POST /superseded`, which a replacement proxy sends when it starts on this node (see
     /// [`announce_replacement`]): readiness answers for the newest proxy only.
     pub superseded: Arc<std::sync::atomic::AtomicBool>,
+    /// The running proxy's shared state, for the live destination state in `/config_dump` (`None` in tests
+    /// of the admin server alone).
+    pub(crate) context: Option<Arc<crate::context::ProxyContext>>,
 }
 
-type Body = Full<Bytes>;
+/// Whole answers, and the tap's stream.
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// The process id of the proxy that answered, on every admin and metrics response.
 pub const PID_HEADER: &str = "x-strait-pid";
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(Full::new(body.into()).boxed());
     *response.status_mut() = status;
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
         response.headers_mut().insert(http::header::CONTENT_TYPE, value);
@@ -90,10 +94,15 @@ impl Admin {
     /// without their keys.
     pub fn config_dump(&self) -> serde_json::Value {
         let state = self.state.current();
+        let destinations = self.context.as_ref().map(|c| c.http.backends.dump()).unwrap_or_default();
         serde_json::json!({
             "node": state.node,
             "version": state.version,
             "config": &*state.config,
+            // What the proxy compiled from it: route rules in the order they are tried, subsets with endpoints.
+            "compiled": crate::explain::services(&state),
+            // Live state of the destinations it has sent to: outlier ejections, pool, retry budget.
+            "destinations": destinations,
             "certificates": self.certs_dump(),
         })
     }
@@ -157,6 +166,27 @@ impl Admin {
                 "application/json",
                 serde_json::to_vec_pretty(&self.config_dump()).unwrap_or_default(),
             ),
+            // Request paths and identities: for operators on the node (or through a port-forward) only.
+            (Method::GET, "/tap") if !peer_is_local => {
+                reply(StatusCode::FORBIDDEN, "text/plain", "tap is served to localhost only\n")
+            }
+            (Method::GET, "/tap") => match crate::tap::Filter::parse(request.uri().query()) {
+                Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+                Ok(filter) => match crate::tap::open(filter) {
+                    Ok(body) => {
+                        let mut response = Response::new(body.boxed());
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+                        response
+                    }
+                    Err(crate::tap::TapError::Busy) => reply(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "text/plain",
+                        format!("{} taps are open already\n", crate::tap::MAX_TAPS),
+                    ),
+                },
+            },
             (Method::GET, "/certs") => reply(
                 StatusCode::OK,
                 "application/json",
@@ -316,6 +346,7 @@ mod tests {
             synced: None,
             drain: Some(Drain::new()),
             superseded: Default::default(),
+            context: None,
         };
         (admin, identity)
     }

@@ -143,7 +143,7 @@ fn control_plane_client(args: &Args, node: &str, addr: &str) -> anyhow::Result<C
     let root = std::fs::read_to_string(root_path).with_context(|| format!("reading {}", root_path.display()))?;
     let client =
         ControlPlaneClient::new(addr, identity, &root, &token, node).context("configuring the control-plane client")?;
-    Ok(client.with_token_file(token_path.clone()))
+    Ok(client.with_token_file(token_path.clone()).with_admin_address(args.admin))
 }
 
 /// Parses the command line and runs the proxy until SIGTERM or Ctrl-C, then drains it (see `drain`).
@@ -249,6 +249,7 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         synced: Some(proxy.ctx.synced.clone()),
         drain: Some(proxy.ctx.drain.clone()),
         superseded: Default::default(),
+        context: Some(proxy.ctx.clone()),
     };
     admin::announce_replacement(args.admin);
     admin::spawn(admin, args.admin, args.metrics)?;

@@ -80,6 +80,8 @@ struct Inner {
     /// every request, so a long-lived proxy never presents an expired one.
     token_file: Option<std::path::PathBuf>,
     node: header::HeaderValue,
+    /// This proxy's admin address, told to the control plane so operators find it by node name.
+    admin: Option<header::HeaderValue>,
 }
 
 impl ControlPlaneClient {
@@ -99,7 +101,7 @@ impl ControlPlaneClient {
             header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| ClientError::BadHeader)?;
         let node = header::HeaderValue::from_str(node).map_err(|_| ClientError::BadHeader)?;
         Ok(ControlPlaneClient {
-            inner: Arc::new(Inner { addr: addr.into(), tls, authorization, token_file: None, node }),
+            inner: Arc::new(Inner { addr: addr.into(), tls, authorization, token_file: None, node, admin: None }),
             backoff: Backoff::default(),
         })
     }
@@ -109,6 +111,15 @@ impl ControlPlaneClient {
     pub fn with_token_file(mut self, path: std::path::PathBuf) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.token_file = Some(path);
+        }
+        self
+    }
+
+    /// Names `admin` (this proxy's admin address) on the configuration stream, for `strait status` and
+    /// `strait config`.
+    pub fn with_admin_address(mut self, admin: std::net::SocketAddr) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.admin = header::HeaderValue::from_str(&admin.to_string()).ok();
         }
         self
     }
@@ -156,7 +167,10 @@ impl ControlPlaneClient {
     {
         let (mut sender, _conn) = self.inner.connect().await?;
         let (ack_tx, ack_rx) = mpsc::channel::<Bytes>(4);
-        let request = self.inner.request(STREAM_PATH, ChannelBody(ack_rx))?;
+        let mut request = self.inner.request(STREAM_PATH, ChannelBody(ack_rx))?;
+        if let Some(admin) = &self.inner.admin {
+            request.headers_mut().insert(strait_api::status::ADMIN_HEADER, admin.clone());
+        }
         let response = sender.send_request(request).await?;
         if response.status() != StatusCode::OK {
             return Err(refused(STREAM_PATH, response).await);

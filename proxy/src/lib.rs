@@ -8,7 +8,9 @@
 //! - `state`: the compiled, immutable configuration the data path reads; `control_plane` / `config_file`:
 //!   where it comes from; `serve` and `reconcile`: listeners and the loop that follows configuration changes;
 //! - `drain`: the one lifecycle (SIGTERM -> not ready -> stop accepting -> go away -> grace -> exit);
-//! - `telemetry/`: metrics, the access log and logging; `admin`: the admin server; `redirect/`: nftables.
+//! - `telemetry/`: metrics, the access log and logging; `admin`: the admin server; `redirect/`: nftables;
+//! - `tap`: the live request stream of the admin port's `/tap`;
+//! - `explain`: what the compiled configuration decides for a request, and why (`strait why`, `strait config`).
 //!
 //! The crate's public surface is what the binaries and the integration tests use.
 #![forbid(unsafe_code)]
@@ -19,6 +21,7 @@ mod config_file;
 mod context;
 pub mod control_plane;
 pub mod drain;
+pub mod explain;
 mod http;
 mod last_good;
 mod plan;
@@ -27,6 +30,7 @@ mod reconcile;
 pub mod redirect;
 mod serve;
 mod state;
+mod tap;
 mod tcp;
 pub mod telemetry;
 pub mod tunnel;

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod host;
 pub mod protocol;
 pub mod resources;
+pub mod status;
 mod validate;
 
 pub use config::*;

@@ -139,6 +139,42 @@ impl Backends {
         Some(backend)
     }
 
+    /// The live state of every destination this proxy has sent to, for `/config_dump`: endpoints with their
+    /// outlier ejection, the connection-pool limiter and the retry budget.
+    pub fn dump(&self) -> Vec<serde_json::Value> {
+        let now = Instant::now();
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<serde_json::Value> = cache
+            .iter()
+            .map(|((_, port), (version, b))| {
+                let endpoints: Vec<serde_json::Value> = b
+                    .service
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        let addr = SocketAddr::new(e.address, b.target_port);
+                        serde_json::json!({"address": addr, "ready": e.ready, "ejected": b.outlier.is_ejected(addr, now)})
+                    })
+                    .collect();
+                serde_json::json!({
+                    "service": b.name(),
+                    "port": port,
+                    "configVersion": version,
+                    "endpoints": endpoints,
+                    "ejectionsTotal": b.outlier.ejections(),
+                    "pool": {
+                        "inFlight": b.limiter.in_flight(),
+                        "pending": b.limiter.pending(),
+                        "overflowsTotal": b.limiter.overflows(),
+                    },
+                    "retryBudget": {"available": b.budget.available()},
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| (v["service"].as_str().unwrap_or("").to_string(), v["port"].as_u64()));
+        out
+    }
+
     /// Forgets the state of services that are gone (their balancer loads, ejections and budgets).
     pub fn retain(&self, keep: impl Fn(&ServiceRef) -> bool) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|(service, _), _| keep(service));

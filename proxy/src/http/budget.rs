@@ -113,7 +113,6 @@ impl RetryBudget {
     }
 
     /// Retries the budget would allow right now (for /config_dump and tests).
-    #[cfg(test)]
     pub fn available(&self) -> u64 {
         let balance = self.lock().sum(Instant::now()) + self.reserve;
         (balance.max(0) / self.withdrawal) as u64

@@ -80,7 +80,9 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     // same choice for escaped slashes as the source (both read it from the service's TrafficRoutes).
     let state = d.ctx.state.current();
     let normalized = super::normalize::request(&mut request, state.endpoint_escaped_slashes(d.target));
-    let log_path = if access_enabled() { request.uri().path().to_string() } else { String::new() };
+    // Only the access line and a tap read it.
+    let log_path =
+        if access_enabled() || crate::tap::active() { request.uri().path().to_string() } else { String::new() };
     // Recorded (metrics and the access line) when the response body has been sent.
     let access = |response: &Response<BoxBody>, flags: ResponseFlag, detail: &str| Access {
         series: d.series.clone(),

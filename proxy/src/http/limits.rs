@@ -104,17 +104,14 @@ impl Limiter {
     }
 
     /// Requests refused so far (for the `UO` metric).
-    #[cfg(test)]
     pub fn overflows(&self) -> u64 {
         self.overflows.load(Relaxed)
     }
 
-    #[cfg(test)]
     pub fn pending(&self) -> usize {
         self.pending.load(Relaxed)
     }
 
-    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         match (&self.permits, self.limits.max_requests) {
             (Some(permits), Some(max)) => max.saturating_sub(permits.available_permits()),

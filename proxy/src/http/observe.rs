@@ -128,6 +128,25 @@ impl Access {
             trace_id = %self.trace_id,
             "request"
         );
+        crate::tap::publish(|| crate::tap::TapEvent {
+            reporter: labels.reporter,
+            source_workload: labels.source_workload.clone(),
+            source_namespace: labels.source_namespace.clone(),
+            source_identity: labels.source_principal.clone(),
+            destination_workload: labels.destination_workload.clone(),
+            destination_namespace: labels.destination_namespace.clone(),
+            destination_identity: labels.destination_principal.clone(),
+            destination_version: labels.destination_version.clone(),
+            destination_service: labels.destination_service.clone(),
+            method: self.method.to_string(),
+            path: self.path.clone(),
+            status: self.status,
+            duration_ms: duration.as_millis() as u64,
+            route: self.route.to_string(),
+            upstream: self.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+            flags: self.flags.as_str(),
+            retries: self.retries,
+        });
     }
 }
 

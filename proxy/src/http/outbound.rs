@@ -77,7 +77,8 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
     // Before routing: routes match, and the destination authorizes, what the backend will receive.
     let normalized = super::normalize::request(&mut request, state.route_table(front).escaped_slashes());
     // The normalized path, or the path as sent when it was refused (for the access line only).
-    let path = if access_enabled() { request.uri().path().to_string() } else { String::new() };
+    // Only the access line and a tap read it.
+    let path = if access_enabled() || crate::tap::active() { request.uri().path().to_string() } else { String::new() };
     let trace = super::trace::add_hop(request.headers_mut());
     let mut record = Record {
         flags: ResponseFlag::None,

@@ -157,7 +157,6 @@ impl OutlierDetector {
         ejected == 0 || (ejected + 1) * 100 <= self.config.max_ejection_percent as usize * states.len()
     }
 
-    #[cfg(test)]
     pub fn is_ejected(&self, endpoint: SocketAddr, now: Instant) -> bool {
         self.lock().get(&endpoint).is_some_and(|s| s.ejected_at(now))
     }

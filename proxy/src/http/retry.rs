@@ -148,6 +148,31 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// For operators (`strait why`, `/config_dump`): what the compiled policy retries, and how.
+    pub fn describe(&self) -> String {
+        let on = &self.retry_on;
+        let mut conditions: Vec<String> = [
+            (RetryOn::FIVE_XX, "5xx"),
+            (RetryOn::GATEWAY_ERROR, "gateway-error"),
+            (RetryOn::RESET, "reset"),
+            (RetryOn::CONNECT_FAILURE, "connect-failure"),
+            (RetryOn::RETRIABLE_4XX, "retriable-4xx"),
+        ]
+        .iter()
+        .filter(|(bit, _)| on.bits & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect();
+        conditions.extend(on.codes.iter().map(|c| c.as_u16().to_string()));
+        let mut out = format!("up to {} retries on {}", self.retries, conditions.join(","));
+        if let Some(t) = self.per_try_timeout {
+            out.push_str(&format!(", {t:?} per try"));
+        }
+        if self.retry_non_idempotent {
+            out.push_str(", non-idempotent requests too");
+        }
+        out
+    }
+
     /// Compiles the spec. Errors make the policy unusable (a bad duration); the second value lists
     /// `retryOn` tokens that were ignored.
     pub fn from_spec(spec: &RetryPolicySpec) -> Result<(RetryPolicy, Vec<String>), String> {

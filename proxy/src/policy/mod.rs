@@ -176,43 +176,54 @@ impl Policies {
     }
 
     pub fn evaluate(&self, request: &Request<'_>) -> Decision {
+        self.evaluate_explained(request).0
+    }
+
+    /// [`Policies::evaluate`], plus the `namespace/name` of the first ALLOW policy that matched (`None` when the
+    /// request is allowed because no ALLOW policy applies, or denied); for `strait why`. Allocates nothing more
+    /// than `evaluate` did.
+    pub fn evaluate_explained<'s>(&'s self, request: &Request<'_>) -> (Decision, Option<&'s str>) {
         let mut allow_applies = false;
-        let mut allowed = false;
-        for policy in self.applicable(request.destination) {
+        let mut allowed: Option<&'s str> = None;
+        let (own, root) = self.applicable(request.destination);
+        let labels = &request.destination.labels;
+        let selected = |p: &&Policy| p.selector.as_ref().is_none_or(|s| s.matches(labels));
+        for policy in own.iter().chain(root).filter(selected) {
             let l7 = L7::for_check(request, policy.action);
             match policy.action {
                 Action::Deny => {
                     if policy.matches(request, l7) {
-                        return Decision::Deny(Denial {
-                            policy: policy.id.clone(),
-                            reason: DenyReason::DenyPolicyMatched,
-                        });
+                        let denial = Denial { policy: policy.id.clone(), reason: DenyReason::DenyPolicyMatched };
+                        return (Decision::Deny(denial), None);
                     }
                 }
                 Action::Allow => {
                     allow_applies = true;
                     // Keep looping: a later DENY still wins.
-                    allowed = allowed || policy.matches(request, l7);
+                    if allowed.is_none() && policy.matches(request, l7) {
+                        allowed = Some(&policy.id);
+                    }
                 }
             }
         }
-        if allow_applies && !allowed {
-            Decision::Deny(Denial { policy: "default".to_string(), reason: DenyReason::NoAllowPolicyMatched })
-        } else {
-            Decision::Allow
+        match allowed {
+            None if allow_applies => (
+                Decision::Deny(Denial { policy: "default".to_string(), reason: DenyReason::NoAllowPolicyMatched }),
+                None,
+            ),
+            _ => (Decision::Allow, allowed),
         }
     }
 
-    fn applicable<'s>(&'s self, destination: &'s Workload) -> impl Iterator<Item = &'s Policy> + 's {
-        let own = self.by_namespace.get(&destination.namespace);
+    /// The policies of the destination's namespace and of the root namespace (selectors not yet applied).
+    fn applicable(&self, destination: &Workload) -> (&[Policy], &[Policy]) {
+        let own = self.by_namespace.get(&destination.namespace).map_or(&[][..], Vec::as_slice);
         // A workload in the root namespace must not see the root's policies twice.
-        let root = (destination.namespace != self.root_namespace)
-            .then(|| self.by_namespace.get(&self.root_namespace))
-            .flatten();
-        own.into_iter()
-            .chain(root)
-            .flatten()
-            .filter(|p| p.selector.as_ref().is_none_or(|s| s.matches(&destination.labels)))
+        let root = match destination.namespace != self.root_namespace {
+            true => self.by_namespace.get(&self.root_namespace).map_or(&[][..], Vec::as_slice),
+            false => &[],
+        };
+        (own, root)
     }
 }
 

@@ -56,6 +56,8 @@ pub static RESOURCES: &[ResourceType] = &[
         status_subresource: false,
         create_only: true,
     },
+    // `strait check` reads the installed CRDs.
+    kind("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, true),
     kind("strait.dev", "v1alpha1", "TrafficRoute", "trafficroutes", true, true),
     kind("strait.dev", "v1alpha1", "DestinationPolicy", "destinationpolicies", true, true),
     kind("strait.dev", "v1alpha1", "AuthorizationPolicy", "authorizationpolicies", true, true),

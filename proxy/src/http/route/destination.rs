@@ -49,7 +49,6 @@ impl Split {
         Ok(Split { destinations, total })
     }
 
-    #[cfg(test)]
     pub fn destinations(&self) -> &[RouteDestination] {
         &self.destinations
     }

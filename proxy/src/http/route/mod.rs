@@ -111,7 +111,7 @@ impl RouteTable {
         self.routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(request, &query)))
     }
 
-    #[cfg(test)]
+    /// The compiled rules, in the order they are tried.
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
@@ -183,6 +183,21 @@ impl Route {
 
     pub fn action(&self) -> &Action {
         &self.action
+    }
+
+    /// Whether the rule matches every request (no `match`): later rules of its table are never reached.
+    pub fn matches_everything(&self) -> bool {
+        self.matches.is_empty()
+    }
+
+    /// The index of the first of the rule's `match` entries that `request` satisfies (0 for a rule without
+    /// any), or `None` when the rule does not match.
+    pub fn matching_entry(&self, request: &Parts) -> Option<usize> {
+        let query = QueryParams::new(request.uri.query());
+        if self.matches.is_empty() {
+            return Some(0);
+        }
+        self.matches.iter().position(|m| m.matches(request, &query))
     }
 
     /// A destination drawn by weight; `None` for redirects and direct responses.
