@@ -517,8 +517,16 @@ fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool, externals: &Ex
     out.push_str(&format!("  metrics:        {}\n", metrics.join("  ")));
     if let Some(c) = plan.clients.iter().find(|c| Some(c.node.as_str()) == plan.service_node().map(|n| n.name.as_str()))
     {
+        // The same flags as this run, so the command finds the same mesh.
+        let mut flags = String::new();
+        if args.config_dir != Path::new("deploy/local") {
+            flags.push_str(&format!(" --config-dir {}", args.config_dir.display()));
+        }
+        if args.base_ip.0 != [127, 0] {
+            flags.push_str(&format!(" --base-ip {}.{}", args.base_ip.0[0], args.base_ip.0[1]));
+        }
         out.push_str(&format!(
-            "  your client:    strait local exec --as {} -- <command>   (services in $STRAIT_SERVICE_<NAME>)\n",
+            "  your client:    strait local{flags} exec --as {} -- <command>   (services in $STRAIT_SERVICE_<NAME>)\n",
             c.name
         ));
     }

@@ -109,7 +109,11 @@ async fn own_grpc_and_websocket_services_get_the_canary_retries_and_deny() {
         "0 demo backend(s), 2 workload(s) of yours, 1 external".to_string(),
         format!("shop/greeter-v1 (run: {}/example-greeter) on {}:50051", bin_dir().display(), layout.ip(3, 2)),
         format!("external:       shop/echo NOT listening yet on {echo_addr}"),
-        "strait local exec --as client -- <command>".to_string(),
+        format!(
+            "strait local --config-dir {} --base-ip {} exec --as client -- <command>",
+            config.display(),
+            layout.base_ip()
+        ),
     ] {
         assert!(mesh.banner.contains(&expected), "the banner lacks {expected:?}:\n{}", mesh.banner);
     }
