@@ -27,6 +27,10 @@ pub struct ControlArgs {
     /// Address of the push and signing endpoint (TLS, HTTP/2).
     #[arg(long, default_value = "127.0.0.1:15012")]
     listen: SocketAddr,
+    /// Monitoring endpoint (plain HTTP), as `strait-control`'s: /metrics (pushes, ACKs and NACKs per node),
+    /// /ready once a configuration is built, /live. Default: the --listen address's IP, port 15014.
+    #[arg(long)]
+    monitoring: Option<SocketAddr>,
     /// File holding the bearer token proxies present.
     #[arg(long)]
     token_file: PathBuf,
@@ -37,6 +41,9 @@ pub struct ControlArgs {
     replace: Vec<PathBuf>,
 }
 
+/// istiod's monitoring port, as `strait-control` uses it.
+const MONITORING_PORT: u16 = 15014;
+
 pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -46,6 +53,10 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let replacements = read_replacements(&args.replace)?;
+        let monitoring = args.monitoring.unwrap_or(SocketAddr::new(args.listen.ip(), MONITORING_PORT));
+        let monitoring = tokio::net::TcpListener::bind(monitoring)
+            .await
+            .with_context(|| format!("binding the monitoring port {monitoring}"))?;
         let mut options = strait_control::Options::new(args.files, args.ca_dir, args.token_file);
         options.trust_domain = args.trust_domain;
         options.listen = args.listen;
@@ -54,6 +65,7 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         } else {
             start_replacing(options, replacements).await?
         };
+        tokio::spawn(strait_control::monitoring::serve(monitoring, running.stats().clone()));
         tokio::select! {
             result = running.wait() => result,
             result = shutdown_signal() => {
