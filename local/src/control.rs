@@ -27,6 +27,11 @@ pub struct ControlArgs {
     /// Address of the push and signing endpoint (TLS, HTTP/2).
     #[arg(long, default_value = "127.0.0.1:15012")]
     listen: SocketAddr,
+    /// Monitoring endpoint (plain HTTP), as `strait-control`'s: /metrics (pushes, ACKs and NACKs per node),
+    /// /ready once a configuration is built, /live, /debug/proxies (`strait status`). Default: the --listen
+    /// address's IP, port 15014.
+    #[arg(long)]
+    monitoring: Option<SocketAddr>,
     /// File holding the bearer token proxies present.
     #[arg(long)]
     token_file: PathBuf,
@@ -35,10 +40,10 @@ pub struct ControlArgs {
     /// cluster's addresses this way. Repeatable.
     #[arg(long = "replace", value_name = "FILE")]
     replace: Vec<PathBuf>,
-    /// Monitoring port (plain HTTP): /metrics, /ready, /live, /debug/proxies (`strait status`). Off unless given.
-    #[arg(long)]
-    monitoring: Option<SocketAddr>,
 }
+
+/// istiod's monitoring port, as `strait-control` uses it.
+const MONITORING_PORT: u16 = 15014;
 
 pub fn run(args: ControlArgs) -> anyhow::Result<()> {
     init_logging();
@@ -49,6 +54,10 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let replacements = read_replacements(&args.replace)?;
+        let monitoring = args.monitoring.unwrap_or(SocketAddr::new(args.listen.ip(), MONITORING_PORT));
+        let monitoring = tokio::net::TcpListener::bind(monitoring)
+            .await
+            .with_context(|| format!("binding the monitoring port {monitoring}"))?;
         let mut options = strait_control::Options::new(args.files, args.ca_dir, args.token_file);
         options.trust_domain = args.trust_domain;
         options.listen = args.listen;
@@ -57,12 +66,7 @@ pub fn run(args: ControlArgs) -> anyhow::Result<()> {
         } else {
             start_replacing(options, replacements).await?
         };
-        if let Some(addr) = args.monitoring {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the monitoring port {addr}"))?;
-            tokio::spawn(strait_control::monitoring::serve(listener, running.stats().clone()));
-        }
+        tokio::spawn(strait_control::monitoring::serve(monitoring, running.stats().clone()));
         tokio::select! {
             result = running.until_failure() => return result,
             result = shutdown_signal() => result?,

@@ -21,7 +21,9 @@ use strait_certs::{CertStore, Identity, MeshCa};
 enum Mode {
     /// Pod traffic is captured by the node's rules (production).
     Transparent,
-    /// No interception: bind per-workload tunnel listeners and (with --bind-services) service addresses.
+    /// No interception (no root): bind each local workload's tunnel address (<workload IP>:<its tunnel port>)
+    /// and, with --bind-services, each service address. Ignores --outbound, --tunnel, --plaintext and
+    /// --redirect.
     Explicit,
 }
 
@@ -36,7 +38,14 @@ enum Rules {
 }
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "strait-proxy", version, about = "Strait node proxy")]
+#[command(
+    name = "strait-proxy",
+    version,
+    about = "Strait node proxy",
+    after_help = "Explicit mode (--mode explicit) binds per-workload tunnel addresses and, with --bind-services, \
+service addresses instead of the capture listeners: it ignores --outbound, --tunnel, --plaintext and --redirect. \
+--admin and --metrics apply in both modes (give each proxy on one machine its own)."
+)]
 pub struct Args {
     /// This node's name, as workloads' `node` fields name it.
     #[arg(long, env = "NODE_NAME", required_unless_present = "uninstall")]
@@ -79,19 +88,26 @@ pub struct Args {
     trust_domain: String,
     #[arg(long, value_enum, default_value = "transparent")]
     mode: Mode,
+    /// Capture rules the proxy installs (transparent mode; ignored in explicit mode).
     #[arg(long, value_enum, default_value = "none")]
     redirect: Rules,
-    /// In explicit mode, also listen on every service address (outbound).
+    /// In explicit mode, also listen on every service address (outbound): give it to the proxy of the node
+    /// the clients run on, only (two proxies cannot bind one service address).
     #[arg(long)]
     bind_services: bool,
+    /// Outbound capture listener (transparent mode; ignored in explicit mode).
     #[arg(long, default_value = "0.0.0.0:15001")]
     outbound: SocketAddr,
+    /// Inbound mTLS tunnel listener (transparent mode; ignored in explicit mode, which binds each workload's).
     #[arg(long, default_value = "0.0.0.0:15008")]
     tunnel: SocketAddr,
+    /// Inbound plaintext capture listener (transparent mode; ignored in explicit mode).
     #[arg(long, default_value = "0.0.0.0:15006")]
     plaintext: SocketAddr,
+    /// Admin endpoint: /ready, /live, /config_dump, /certs, /logging, /drain (both modes).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// Prometheus metrics endpoint, /metrics (both modes).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics: SocketAddr,
     /// SO_MARK for the proxy's own connections, so capture rules skip them (needs CAP_NET_ADMIN).
@@ -348,7 +364,7 @@ impl Signals {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
+    use clap::{CommandFactory, Parser};
 
     use super::Args;
 
@@ -359,5 +375,17 @@ mod tests {
         assert!(uninstall.uninstall && uninstall.node.is_none());
         let run = Args::try_parse_from(["strait-proxy", "--node", "node-a"]).expect("--node");
         assert!(!run.uninstall && run.node.as_deref() == Some("node-a"));
+    }
+
+    /// Issue 21, item 6: someone composing a mesh by hand learns from `--help` which flags explicit mode
+    /// does not use.
+    #[test]
+    fn help_names_the_flags_explicit_mode_ignores() {
+        let help = Args::command().render_long_help().to_string();
+        assert!(help.contains("it ignores --outbound, --tunnel, --plaintext and --redirect"), "{help}");
+        for flag in ["--outbound", "--tunnel", "--plaintext", "--redirect"] {
+            let line = help.lines().skip_while(|l| !l.trim_start().starts_with(flag)).nth(1).unwrap_or_default();
+            assert!(line.contains("ignored in explicit mode"), "{flag}: {line:?}");
+        }
     }
 }
