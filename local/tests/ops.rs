@@ -103,6 +103,10 @@ fn copy_config(octet: u8, dir: &Path) {
     std::fs::create_dir_all(dir).expect("create the config dir");
     for entry in std::fs::read_dir(deploy_local()).expect("read deploy/local") {
         let entry = entry.expect("read deploy/local");
+        // The mesh's own files; `examples/` holds other meshes.
+        if !entry.path().is_file() {
+            continue;
+        }
         let text = std::fs::read_to_string(entry.path()).expect("read a deploy/local file");
         std::fs::write(dir.join(entry.file_name()), rewrite(octet, &text)).expect("write the config copy");
     }

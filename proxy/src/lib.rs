@@ -24,6 +24,7 @@ pub mod drain;
 pub mod explain;
 mod http;
 mod last_good;
+mod listeners;
 mod plan;
 mod policy;
 mod reconcile;

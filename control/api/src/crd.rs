@@ -139,8 +139,9 @@ pub const HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x08\x0a-\x1f\x7f]*$";
 /// `retryOn`: a comma-separated list of the conditions the proxy implements and status codes, as validation
 /// checks ([`crate::RETRY_ON_CONDITIONS`]).
 pub const RETRY_ON_PATTERN: &str = "^ *((5xx|gateway-error|reset|connect-failure|refused-stream|retriable-4xx|\
-retriable-status-codes|[1-5][0-9][0-9]) *)?(, *((5xx|gateway-error|reset|connect-failure|refused-stream|\
-retriable-4xx|retriable-status-codes|[1-5][0-9][0-9]) *)?)*$";
+retriable-status-codes|cancelled|deadline-exceeded|internal|resource-exhausted|unavailable|[1-5][0-9][0-9]) *)?\
+(, *((5xx|gateway-error|reset|connect-failure|refused-stream|retriable-4xx|retriable-status-codes|cancelled|\
+deadline-exceeded|internal|resource-exhausted|unavailable|[1-5][0-9][0-9]) *)?)*$";
 
 /// The CEL rule bounding a duration field: `parse_duration`'s maximum. The pattern alone cannot say it;
 /// the API server's `duration()` reads exactly the strings the pattern admits (and more).

@@ -414,10 +414,22 @@ fn check_string_match(p: &mut Problems, field: &str, sm: &StringMatch) {
     }
 }
 
-/// The `retryOn` conditions the proxy implements (Istio's names); a list may also hold status codes.
-/// gRPC conditions (`unavailable`, `cancelled`, ...) are not implemented, so they are refused, not ignored.
-pub const RETRY_ON_CONDITIONS: [&str; 7] =
-    ["5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx", "retriable-status-codes"];
+/// The `retryOn` conditions the proxy implements (Istio's names, the gRPC ones matched on a trailers-only
+/// answer's `grpc-status`); a list may also hold status codes. Anything else is refused, not ignored.
+pub const RETRY_ON_CONDITIONS: [&str; 12] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "refused-stream",
+    "retriable-4xx",
+    "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
 
 /// Checks a comma-separated `retryOn` list: every entry a known condition or a status code 100-599.
 pub fn check_retry_on(text: &str) -> Result<(), String> {
@@ -821,11 +833,11 @@ trafficRoutes:
             "{problems:?}"
         );
         let problems = problems_of(&route_with(
-            "{retries: {attempts: 3, retryOn: \"unavailable,600,5xx\"}, route: [{destination: {host: reviews}}]}",
+            "{retries: {attempts: 3, retryOn: \"unavailble,600,5xx\"}, route: [{destination: {host: reviews}}]}",
         ));
-        assert!(problems[0].contains("\"unavailable\", \"600\" are not a retry condition"), "{problems:?}");
+        assert!(problems[0].contains("\"unavailble\", \"600\" are not a retry condition"), "{problems:?}");
         let ok = route_with(
-            "{retries: {attempts: 3, retryOn: \" 5xx, gateway-error,reset,connect-failure,refused-stream,retriable-4xx,retriable-status-codes,503,429\"}, route: [{destination: {host: reviews}}]}",
+            "{retries: {attempts: 3, retryOn: \" 5xx, gateway-error,reset,connect-failure,refused-stream,retriable-4xx,retriable-status-codes,503,429,unavailable,cancelled,deadline-exceeded,internal,resource-exhausted\"}, route: [{destination: {host: reviews}}]}",
         );
         MeshConfig::from_yaml(&ok).expect("every known condition");
     }
