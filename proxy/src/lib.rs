@@ -21,6 +21,7 @@ pub mod control_plane;
 pub mod drain;
 mod http;
 mod last_good;
+mod listeners;
 mod plan;
 mod policy;
 mod reconcile;

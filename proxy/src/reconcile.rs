@@ -20,7 +20,7 @@ use crate::tcp::socket::bind_listener;
 pub(crate) async fn reconcile(
     ctx: Arc<ProxyContext>,
     mut listeners: Option<ExplicitListeners>,
-    mut pending: Option<crate::serve::PendingListeners>,
+    mut pending: Option<crate::listeners::PendingListeners>,
     mut rules: Option<RulesReconciler>,
 ) {
     let mut states = ctx.state.subscribe();
