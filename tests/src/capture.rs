@@ -69,8 +69,9 @@ impl Capture {
             if let Some(status) = child.exited()? {
                 anyhow::bail!("{} exited ({status}): {}", child.describe(), child.stderr());
             }
-            if started.elapsed() > Duration::from_secs(10) {
-                anyhow::bail!("{} did not start listening within 10s; stderr:\n{}", child.describe(), child.stderr());
+            // Generous: on a machine busy with parallel netns tests tcpdump has taken over 10 s to attach.
+            if started.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("{} did not start listening within 30s; stderr:\n{}", child.describe(), child.stderr());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
