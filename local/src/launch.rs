@@ -511,7 +511,7 @@ fn print_summary(plan: &Plan, args: &LocalArgs, created_ca: bool, externals: &Ex
     let metrics: Vec<String> = plan.nodes.iter().map(|n| format!("{} http://{}/metrics", n.name, n.metrics)).collect();
     out.push_str(&format!("  admin:          {}\n", admin.join("  ")));
     out.push_str(&format!(
-        "  status:         strait status --control {}   (also check, config, why)\n",
+        "  status:         strait status --control {}   (also check, config, why, tap)\n",
         plan.monitoring
     ));
     out.push_str(&format!("  metrics:        {}\n", metrics.join("  ")));

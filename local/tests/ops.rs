@@ -221,6 +221,20 @@ fn operator_commands_on_a_local_mesh() {
     assert!(["v1", "v2"].contains(&source["destinationVersion"].as_str().unwrap_or("")), "{lines}");
     assert!(source["durationMs"].is_u64() && source["method"] == "GET" && source["path"] == "/", "{lines}");
 
+    // Per-route metrics on the source proxy: the rule and the subset each request went to.
+    let metrics = http_get(std::net::SocketAddr::from(([127, mesh.octet, 1, 1], 15020)), "/metrics");
+    let routed = metrics
+        .lines()
+        .filter(|l| l.starts_with("strait_route_requests_total{") && l.contains("route=\"canary\""))
+        .collect::<Vec<_>>();
+    assert!(!routed.is_empty(), "no per-route series:\n{metrics}");
+    assert!(
+        routed.iter().all(|l| l.contains("destination_service=\"reviews.demo.svc.cluster.local\"")
+            && (l.contains("subset=\"v1\"") || l.contains("subset=\"v2\""))
+            && l.contains("response_code_class=\"2xx\"")),
+        "{routed:?}"
+    );
+
     // A proxy stopped: `strait local` itself is frozen first so it does not stop the whole mesh when its child
     // dies; the control plane sees the stream close at once (the kernel closes a killed process's sockets).
     signal(mesh.child.id() as i32, "-STOP");
@@ -258,6 +272,17 @@ fn request_through_the_mesh(octet: u8) {
         String::from_utf8_lossy(&raw).into_owned()
     });
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A plain GET: the whole response, head included.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("a timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    text
 }
 
 /// `why` and `lint` offline, on manifest directories: deploy/local as it is, and a copy with mistakes.

@@ -19,7 +19,7 @@ pub mod crds;
 pub mod http;
 pub mod lint;
 mod manifests;
-mod node;
+pub mod node;
 pub mod output;
 pub mod status;
 pub mod tap;

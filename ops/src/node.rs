@@ -12,12 +12,12 @@ use crate::check::Check;
 /// redirect whose original destination the proxy reads with SO_ORIGINAL_DST (conntrack). `nft -c` asks the
 /// kernel to validate it without changing anything.
 const FEATURE_PROBE: &str = "table inet strait_check {
-  chain tproxy {
+  chain probe_tproxy {
     type filter hook prerouting priority mangle; policy accept;
     meta l4proto tcp socket transparent 1 meta mark set 0x1 accept
     meta l4proto tcp ip daddr 10.0.0.1 tproxy ip to :15001 meta mark set 0x1 accept
   }
-  chain redirect {
+  chain probe_nat {
     type nat hook prerouting priority dstnat; policy accept;
     ct state new tcp dport 1 redirect to :15001
   }

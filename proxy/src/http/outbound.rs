@@ -136,7 +136,9 @@ async fn route_request(
             port: None,
             weight: super::route::Weight(1),
         };
-        return forward(d, state, &destination, request, None, None, record).await;
+        let response = forward(d, state, &destination, request, None, None, record).await;
+        d.ctx.metrics.routes.request(&d.front.service.hostname(), "default", None, response.status().as_u16());
+        return response;
     };
     record.route = route.name().to_string().into();
     let split = match route.action() {
@@ -168,6 +170,8 @@ async fn route_request(
     }
     let destination = split.pick(&mut rand::rng()).clone();
     let mut response = forward(d, state, &destination, request, route.timeout(), route.retry_policy(), record).await;
+    let status = response.status().as_u16();
+    d.ctx.metrics.routes.request(&d.front.service.hostname(), route.name(), destination.subset.as_deref(), status);
     route.headers().response.apply(response.headers_mut());
     response
 }
@@ -350,6 +354,10 @@ fn record_retries(d: &Downstream, backend: &Backend, stats: &RetryStats, record:
     if stats.budget_exhausted() > 0 {
         retries.with_label_values(&[service, "budget_exhausted"]).inc_by(stats.budget_exhausted());
     }
+    let routes = &d.ctx.metrics.routes;
+    routes.retries(service, &record.route, "attempted", stats.retries());
+    routes.retries(service, &record.route, "succeeded", stats.succeeded());
+    routes.retries(service, &record.route, "budget_exhausted", stats.budget_exhausted());
     let ejections = backend.take_new_ejections();
     if ejections > 0 {
         d.ctx.metrics.circuit.with_label_values(&[service, "ejection"]).inc_by(ejections);

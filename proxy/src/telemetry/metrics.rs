@@ -48,6 +48,8 @@ pub struct Metrics {
     tls_failures: IntCounterVec,
     pub tunnel_connections: IntGauge,
     ejected_endpoints: IntGaugeVec,
+    /// Requests and retries by TrafficRoute rule and subset (`routes.rs`).
+    pub routes: super::routes::RouteMetrics,
     config_updates: IntCounterVec,
     config_last_update: prometheus::Gauge,
     certificate_expiry: GaugeVec,
@@ -73,6 +75,8 @@ pub const FAMILIES: &[&str] = &[
     "strait_config_updates_total",
     "strait_config_last_update_timestamp_seconds",
     "strait_certificate_expiry_timestamp_seconds",
+    "strait_route_requests_total",
+    "strait_route_retries_total",
 ];
 
 /// Why a connection was refused before any byte reached a workload; also the access log's response flag.
@@ -203,6 +207,7 @@ impl Metrics {
                 )
                 .expect("metric definition is static and valid"),
             ),
+            routes: super::routes::RouteMetrics::new(&registry),
             config_updates: counter(
                 &registry,
                 "strait_config_updates_total",
@@ -397,6 +402,8 @@ mod tests {
         m.retries.with_label_values(&["reviews.shop.svc.cluster.local", "attempted"]).inc();
         m.circuit.with_label_values(&["reviews.shop.svc.cluster.local", "overflow"]).inc();
         m.set_ejected_endpoints("reviews.shop.svc.cluster.local", 1);
+        m.routes.request("reviews.shop.svc.cluster.local", "canary", Some("v2"), 503);
+        m.routes.retries("reviews.shop.svc.cluster.local", "canary", "attempted", 1);
         m.refused("outbound", Refusal::UnknownSource);
         m.policy_denied("destination", "shop/deny", "deny_matched");
         m.tls_handshake_failure("outbound", TlsFailureReason::WrongIdentity);
