@@ -164,6 +164,12 @@ where
     // Non-blocking (it was bound so): accept until the queue is empty.
     let mut queued = 0usize;
     while let Ok((tcp, peer)) = listener.accept() {
+        // accept(2) does not pass the listener's O_NONBLOCK on, and tokio refuses a blocking socket (a panic in
+        // debug builds, which ended the sweep and left the rest of the queue unserved).
+        if let Err(e) = tcp.set_nonblocking(true) {
+            tracing::debug!(error = %e, "a queued connection could not be made non-blocking");
+            continue;
+        }
         match TcpStream::from_std(tcp) {
             Ok(tcp) => {
                 queued += 1;
@@ -200,4 +206,50 @@ pub fn enable_listener_migration() {
 pub(crate) async fn accept_error(e: &io::Error) {
     tracing::warn!(error = %e, "accept failed");
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt as _;
+
+    use super::*;
+
+    /// Connections queued on the listener when the drain starts are taken and served, not reset: the sweep
+    /// after the signal accepts every one of them (a blocking socket from accept(2) once panicked it).
+    #[tokio::test]
+    async fn connections_queued_when_the_drain_starts_are_served() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        // Queued, never accepted before the drain: the kernel completes the handshakes on its own.
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let drain = Drain::new();
+        drain.start();
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        accept_until_drained(listener, &drain, move |mut tcp, _peer, _watch| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async move {
+                use tokio::io::AsyncWriteExt as _;
+                let _ = tcp.write_all(b"served").await;
+            }
+        })
+        .await;
+        assert_eq!(served.load(Ordering::SeqCst), 3, "every queued connection is handed on");
+        for mut client in clients {
+            let mut reply = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut reply))
+                .await
+                .expect("answered in time")
+                .expect("read");
+            assert_eq!(reply, b"served");
+        }
+    }
 }
