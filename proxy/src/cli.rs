@@ -237,6 +237,13 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
     };
     admin::announce_replacement(args.admin);
     admin::spawn(admin, args.admin, args.metrics)?;
+    if args.control_plane.is_some() && matches!(options.mode, ListenMode::Transparent { .. }) {
+        // A transparent listener joins the node's SO_REUSEPORT group as soon as it is bound and takes its share
+        // of the pods' new connections: bound before the first configuration, it would refuse them all ("not a
+        // meshed workload on this node") while a predecessor could serve them. Until then the predecessor (or,
+        // with none, the fail-closed rules) keeps the node as it is.
+        wait_for_configuration(&proxy.ctx.state).await;
+    }
     proxy.start(&options).await?;
     tracing::info!(node = %args.node, admin = %args.admin, metrics = %args.metrics, "strait-proxy started");
     let mut signals = Signals::new()?;
@@ -283,6 +290,19 @@ fn serve_last_good(path: &std::path::Path, state: &StateStore) {
 }
 
 /// Ctrl-C, or SIGTERM as Kubernetes and process supervisors send it.
+/// Returns once a configuration (from the control plane, or the last good one on disk) is in place.
+async fn wait_for_configuration(state: &StateStore) {
+    let mut updates = state.subscribe();
+    if !updates.borrow_and_update().is_loaded() {
+        tracing::info!("waiting for the first configuration before binding the listeners");
+    }
+    while !updates.borrow_and_update().is_loaded() {
+        if updates.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 struct Signals {
     term: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
@@ -302,5 +322,20 @@ impl Signals {
             _ = self.term.recv() => {}
             _ = self.interrupt.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replacement in control-plane mode binds nothing until a configuration is in place.
+    #[tokio::test]
+    async fn listeners_wait_for_the_first_configuration() {
+        let state = StateStore::new("node-a");
+        let mut waiting = Box::pin(wait_for_configuration(&state));
+        assert!(tokio::time::timeout(Duration::ZERO, &mut waiting).await.is_err(), "no configuration yet");
+        state.apply(strait_api::MeshConfig::default(), "v1".into()).expect("an empty mesh applies");
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("returns once one is in place");
     }
 }
