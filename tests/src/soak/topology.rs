@@ -90,17 +90,23 @@ impl Desired {
 
     /// The `kind: Mesh` document with the cluster's addresses.
     pub fn mesh_yaml(&self, cluster: &Cluster) -> String {
+        self.mesh_yaml_with(&|pod| {
+            let p = cluster.pod(pod);
+            (p.node().to_string(), p.ip())
+        })
+    }
+
+    /// [`Desired::mesh_yaml`] with each pod's node and address from `pod`.
+    fn mesh_yaml_with(&self, pod: &dyn Fn(&str) -> (String, Ipv4Addr)) -> String {
         let mut out = format!(
             "apiVersion: strait.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: soak}}\nspec:\n  namespaces:\n  - {{name: \
              {NAMESPACE}, mtlsMode: STRICT}}\n  workloads:\n"
         );
-        let workload = |out: &mut String, pod: &str, app: &str, version: &str| {
-            let p = cluster.pod(pod);
+        let workload = |out: &mut String, name: &str, app: &str, version: &str| {
+            let (node, ip) = pod(name);
             out.push_str(&format!(
-                "  - {{name: {pod}, namespace: {NAMESPACE}, serviceAccount: {app}, node: {}, address: {}, labels: \
-                 {{app: {app}, version: {version}}}}}\n",
-                p.node(),
-                p.ip()
+                "  - {{name: {name}, namespace: {NAMESPACE}, serviceAccount: {app}, node: {node}, address: {ip}, labels: \
+                 {{app: {app}, version: {version}}}}}\n"
             ));
         };
         for (pod, _) in CLIENTS {
@@ -118,7 +124,7 @@ impl Desired {
                 .iter()
                 .filter(|(pod, app, ..)| *app == name && self.endpoints.contains(*pod))
                 .filter(|(pod, ..)| *pod != NEW_VERSION_POD || self.new_version_present)
-                .map(|(pod, ..)| format!("{{address: {}}}", cluster.pod(pod).ip()))
+                .map(|(name, ..)| format!("{{address: {}}}", pod(name).1))
                 .collect();
             out.push_str(&format!(
                 "  - name: {name}\n    namespace: {NAMESPACE}\n    addresses: [{}]\n    ports: [{port}]\n    endpoints: [{}]\n",
@@ -366,20 +372,42 @@ pub async fn config_version(cluster: &Cluster, node: &str) -> Result<(String, Op
 mod tests {
     use super::*;
 
+    /// The files as the control plane reads and admits them: every object accepted, none rejected, in every
+    /// state the churn produces.
     #[test]
-    fn the_files_parse_as_the_control_plane_reads_them() {
-        // Rendered without a cluster's addresses: the YAML shapes are what is checked here.
-        let desired = Desired::initial();
-        let routes = desired.routes_yaml();
-        let mut docs = 0;
-        for doc in serde_yaml::Deserializer::from_str(&routes) {
-            let value = serde_yaml::Value::deserialize(doc).expect("valid YAML");
-            assert!(value["kind"].as_str().is_some(), "{value:?}");
-            docs += 1;
+    fn the_control_plane_accepts_every_state_of_the_files() {
+        let pods: Vec<&str> = CLIENTS.iter().map(|(p, _)| *p).chain(BACKENDS.iter().map(|(p, ..)| *p)).collect();
+        let address = |name: &str| {
+            let i = pods.iter().position(|p| *p == name).expect("a pod of the layout") as u8;
+            let node = CLIENTS.iter().find(|(p, _)| *p == name).map(|(_, n)| *n).unwrap_or("node-b");
+            (node.to_string(), Ipv4Addr::new(10, 9, 0, 10 + i))
+        };
+        let mut states = vec![Desired::initial()];
+        let mut churned = Desired::initial();
+        churned.v1_weight = 90;
+        churned.endpoints.remove("r1");
+        churned.new_version_present = true;
+        churned.endpoints.insert(NEW_VERSION_POD.to_string());
+        states.push(churned);
+        for desired in states {
+            let files = BTreeMap::from([
+                ("mesh.yaml".to_string(), Ok(desired.mesh_yaml_with(&address).into_bytes())),
+                ("routes.yaml".to_string(), Ok(desired.routes_yaml().into_bytes())),
+            ]);
+            let discovered = strait_control::files::parse_files(&files);
+            assert!(discovered.rejected.is_empty(), "{:?}", discovered.rejected);
+            let admitted = strait_control::admit::Admission::new("cluster.local").admit(&discovered);
+            assert!(admitted.problems.is_empty(), "{:?}", admitted.problems);
+            let snapshot = &admitted.snapshot;
+            let workloads = pods.len() - usize::from(!desired.new_version_present);
+            assert_eq!(snapshot.workloads.len(), workloads);
+            assert_eq!(snapshot.services.len(), 4);
+            assert_eq!((snapshot.traffic_routes.len(), snapshot.destination_policies.len()), (2, 1));
+            let reviews = snapshot.services.iter().find(|s| s.name == "reviews").expect("reviews");
+            let endpoints = BACKENDS.iter().filter(|(p, app, ..)| *app == "reviews" && desired.endpoints.contains(*p));
+            assert_eq!(reviews.endpoints.len(), endpoints.count());
         }
-        assert_eq!(docs, 3);
-        assert!(routes.contains("weight: 50"));
     }
 
-    use serde::Deserialize as _;
+    use std::collections::BTreeMap;
 }
