@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -53,6 +54,10 @@ struct Args {
     /// in flight get this long to finish (`30s`, `2m`; at most 1h). A second signal exits at once.
     #[arg(long, env = "STRAIT_DRAIN_GRACE", default_value = "30s", value_parser = parse_grace)]
     drain_grace: std::time::Duration,
+    /// Lifetime of the workload certificates it signs (and of its own server certificate), e.g. `24h`, `60s`;
+    /// proxies renew at half-life. From 10s (shorter leaves no room for a renewal to be retried) to 30d.
+    #[arg(long, env = "STRAIT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_ttl)]
+    workload_cert_ttl: Duration,
 }
 
 fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
@@ -61,6 +66,29 @@ fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("a drain grace of {grace:?} is longer than the limit of 1h"));
     }
     Ok(grace)
+}
+
+/// Bounds of `--workload-cert-ttl`.
+const MIN_CERT_TTL: Duration = Duration::from_secs(10);
+const MAX_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// `<n><unit>` with unit `s`, `m`, `h` or `d`, within [`MIN_CERT_TTL`]..=[`MAX_CERT_TTL`].
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d), e.g. 60s"))?;
+    let seconds = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    let ttl = seconds.map(Duration::from_secs).unwrap_or(Duration::MAX);
+    if !(MIN_CERT_TTL..=MAX_CERT_TTL).contains(&ttl) {
+        return Err(format!("{s:?}: must be between 10s and 30d"));
+    }
+    Ok(ttl)
 }
 
 #[tokio::main]
@@ -83,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
             ca_secret: args.ca_secret,
             proxy_service_account: args.proxy_service_account,
             audience: args.token_audience,
+            cert_ttl: args.workload_cert_ttl,
             ..Default::default()
         };
         strait_control::kube::start(client, options).await?
@@ -94,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         let mut options = strait_control::Options::new(files, ca_dir, token_file);
         options.trust_domain = args.trust_domain;
         options.listen = args.listen;
+        options.cert_ttl = args.workload_cert_ttl;
         strait_control::start(options).await?
     };
     let monitoring = tokio::net::TcpListener::bind(args.monitoring)
@@ -121,4 +151,42 @@ async fn main() -> anyhow::Result<()> {
         _ = interrupt.recv() => tracing::warn!("second signal during the drain: exiting now"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_lifetime_is_bounded_and_needs_a_unit() {
+        assert_eq!(parse_ttl("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_ttl("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_ttl("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_ttl("30d"), Ok(MAX_CERT_TTL));
+        assert_eq!(parse_ttl("10s"), Ok(MIN_CERT_TTL));
+        for bad in ["9s", "31d", "60", "s", "", "1y", "-5s", "99999999999999999999d", "18446744073709551615d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_flag_reaches_the_options() {
+        let args = Args::try_parse_from(["strait-control", "--files", "f", "--ca-dir", "c", "--token-file", "t"])
+            .expect("defaults");
+        assert_eq!(args.workload_cert_ttl, strait_certs::DEFAULT_WORKLOAD_TTL);
+        let args = Args::try_parse_from([
+            "strait-control",
+            "--files",
+            "f",
+            "--ca-dir",
+            "c",
+            "--token-file",
+            "t",
+            "--workload-cert-ttl",
+            "60s",
+        ])
+        .expect("60s");
+        assert_eq!(args.workload_cert_ttl, Duration::from_secs(60));
+        assert!(Args::try_parse_from(["strait-control", "--kubernetes", "--workload-cert-ttl", "5s"]).is_err());
+    }
 }

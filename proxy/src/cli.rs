@@ -339,7 +339,6 @@ fn serve_last_good(path: &std::path::Path, state: &StateStore) {
     }
 }
 
-/// Ctrl-C, or SIGTERM as Kubernetes and process supervisors send it.
 struct Signals {
     term: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,

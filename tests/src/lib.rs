@@ -24,6 +24,7 @@ pub mod capture;
 pub mod fake_kube;
 pub mod mesh;
 pub mod mesh_http;
+pub mod soak;
 
 // The namespace cluster and the process/namespace helpers live in `strait-netns` (shared with
 // `strait local --netns`); these re-exports keep the `strait_tests::netns` and `strait_tests::exec` paths.

@@ -106,12 +106,14 @@ where
     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
         let handle = handle.clone();
         let draining = draining.clone();
+        // For a request that turns into a spliced upgrade: its own drain handle (see `upgrade::CONNECTION_DRAIN`).
+        let for_splice = (*draining).clone();
         let http1 = request.version() <= http::Version::HTTP_11;
         if !http1 {
             seen_http2.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         async move {
-            let mut response = handle(request).await;
+            let mut response = upgrade::CONNECTION_DRAIN.scope(for_splice, handle(request)).await;
             // Decided when the response is ready, so a long request that began before the drain gets it too;
             // never on a 101, whose connection becomes the upgraded stream.
             if http1 && draining.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -7,6 +7,19 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Request};
 use tracing::debug;
 
+tokio::task_local! {
+    /// The drain handle of the HTTP connection whose request is being handled (set by
+    /// [`super::serve_connection`]). A spliced connection outlives the HTTP connection it came from (hyper hands
+    /// the socket over and the connection task ends), so it must keep the drain waiting on its own: without it a
+    /// draining proxy counted no WebSocket in flight and exited at once, cutting every one of them.
+    pub static CONNECTION_DRAIN: crate::drain::Watch;
+}
+
+/// A drain handle of its own for a spliced connection, when the request is handled on a served connection.
+fn spliced_watch() -> Option<crate::drain::Watch> {
+    CONNECTION_DRAIN.try_with(|watch| watch.clone()).ok()
+}
+
 /// The upgrade token the proxies splice.
 const WEBSOCKET: &str = "websocket";
 /// Sent with `Upgrade: h2c`; meaningless once the upgrade is stripped.
@@ -67,7 +80,10 @@ pub fn strip_unsupported<B>(request: &mut Request<B>) {
 
 /// After a 101, the bytes of both upgraded connections are copied to each other.
 pub fn splice(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let watch = spliced_watch();
     tokio::spawn(async move {
+        // Held until the spliced connection ends, so a draining proxy waits for it (up to its grace).
+        let _watch = watch;
         let (down, up) = match tokio::try_join!(downstream, upstream) {
             Ok(pair) => pair,
             Err(e) => {
@@ -93,6 +109,17 @@ mod tests {
             builder = builder.header(*k, *v);
         }
         builder.body(()).expect("a valid request")
+    }
+
+    #[tokio::test]
+    async fn a_spliced_connection_keeps_the_drain_waiting_until_it_ends() {
+        let drain = crate::drain::Drain::new();
+        let held = CONNECTION_DRAIN.scope(drain.watch(), async { spliced_watch() }).await;
+        assert!(held.is_some(), "taken from the served connection's scope");
+        assert_eq!(drain.in_flight(), 1, "the HTTP connection's handle is gone, the spliced one counts");
+        drop(held);
+        assert_eq!(drain.in_flight(), 0);
+        assert!(spliced_watch().is_none(), "outside a served connection there is nothing to hold");
     }
 
     #[test]
