@@ -217,6 +217,35 @@ fn strict_refuses_plaintext_and_permissive_passes_it() -> Result<()> {
     Ok(())
 }
 
+/// kubelet probes come from the pod's own node, not from a workload: in every capture mode they reach a pod of a
+/// STRICT namespace, where plaintext from anywhere else is refused (see the test above).
+fn probes_from_the_pods_own_node_reach_it(mode: Mode) -> Result<()> {
+    let (mesh, echo) = start(mode, |_| {})?;
+    let node = mesh.cluster.node("node-b").netns_name().to_string();
+    for i in 0..3 {
+        assert!(gets_through(&node, echo.addr, &format!("PROBE{i}"))?, "{mode:?}: a probe from node-b was refused");
+    }
+    let other_node = mesh.cluster.node("node-a").netns_name().to_string();
+    assert!(!gets_through(&other_node, echo.addr, "OUTSIDER")?, "{mode:?}: plaintext from another node passed STRICT");
+    Ok(())
+}
+
+#[test]
+fn probes_from_the_pods_own_node_reach_it_with_tproxy() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    probes_from_the_pods_own_node_reach_it(Mode::Tproxy)
+}
+
+#[test]
+fn probes_from_the_pods_own_node_reach_it_with_redirect() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    probes_from_the_pods_own_node_reach_it(Mode::Redirect)
+}
+
 #[test]
 fn a_proxy_presenting_the_wrong_identity_is_refused() -> Result<()> {
     if !require_root() {
