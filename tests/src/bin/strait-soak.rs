@@ -1,5 +1,6 @@
 //! strait-soak: the mesh under steady load while everything around it changes (issue 19). Root; builds a
-//! namespace cluster and runs the workspace's debug binaries. `--duration 60s` for CI, 10 minutes by default.
+//! namespace cluster and runs the binaries of its own build profile (debug in CI, `--release` for the 10-minute
+//! run). `--duration 60s` for CI, 10 minutes by default.
 //! Exits 1 when a target is missed; the report goes to stdout and to `--out` (tests/bench/SOAK.md).
 
 use clap::Parser as _;

@@ -270,7 +270,7 @@ impl Report {
         let handled = (requests_total + pings).max(1) as f64;
         let _ = writeln!(
             body,
-            "\nCPU (all incarnations, start-up included): {}; node proxies together {:.0} µs per request/connection/ping handled ({} in total). Debug builds: compare runs, not releases.\n",
+            "\nCPU (all incarnations, start-up included): {}; node proxies together {:.0} µs per request/connection/ping handled ({} in total), {BUILD} builds: compare runs of one profile.\n",
             cpu.iter().map(|(r, s)| format!("{r} {s:.1} s")).collect::<Vec<_>>().join(", "),
             proxies / handled * 1e6,
             requests_total + pings
@@ -314,12 +314,13 @@ impl Report {
             out,
             "`strait-soak --duration {}s` (issue 19): 3 nodes in network namespaces, the control plane (file provider, \
              separate process) and one `strait-proxy` per node (TPROXY, control-plane mode), `strait-testbackend` pods; \
-             debug builds on a shared 2-core machine. Load: keep-alive HTTP/1.1 at {}/s over {} connections, new \
+             {BUILD} builds, {}. Load: keep-alive HTTP/1.1 at {}/s over {} connections, new \
              connections at {}/s (L7) and {}/s (L4), {} long-lived streams. Churn at once: a weight change every second, \
              certificates of {} lifetime, a backend restart every {:?} (endpoint out first), a new-version pod in and out \
              every minute, a control-plane SIGKILL + restart every 2 minutes, one node-proxy replacement \
              (drain grace {:?}).\n",
             o.duration.as_secs(),
+            machine(),
             o.keepalive_rate,
             o.keepalive_connections,
             o.l7_connection_rate,
@@ -444,9 +445,34 @@ fn resources_table(body: &mut String, samples: &[Sample]) {
     let _ = writeln!(body);
 }
 
+/// The profile the soak and the binaries it runs were built with (they come from the same target directory).
+const BUILD: &str = if cfg!(debug_assertions) { "debug" } else { "release" };
+
+/// When and where the run happened: a reader compares runs only with this in view.
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into());
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{date}, commit {commit}, {cores} cores, load average at the end {load}")
+}
+
 /// Counts the proxies' access-log lines that carry a response flag, by log file, protocol, status and
 /// flag. Ten minutes of access log are hundreds of MiB; `grep` picks the few interesting lines far faster than
-/// this debug build could read them all.
+/// a debug build could read them all.
 fn access_flags(ctx: &Ctx) -> BTreeMap<(String, String, String, String), u64> {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(&ctx.paths.logs) else { return out };
