@@ -19,6 +19,11 @@ mod netns_mesh;
 mod plan;
 mod pods;
 
+// The node proxy's allocator (see proxy/src/main.rs): `strait proxy` is the same proxy.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]

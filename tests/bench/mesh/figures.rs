@@ -184,12 +184,13 @@ impl Bench {
     }
 }
 
-/// An `oha` run as the tables read it: it reports three percentiles, so a list of 1000 latencies with those at
-/// their ranks (p50 up to 990, p99 to 999, p99.9 last) stands for the distribution; rate and count are oha's.
+/// An `oha` run as the tables read it: it reports three percentiles, so a list of 1000 latencies with each at
+/// the rank `RunStats::percentile` reads it from (the q-th value is index ceil(1000 q) - 1: 499 for p50, 989 for
+/// p99, 998 for p99.9) stands for the distribution; rate and count are oha's.
 fn oha_stats(run: tools::OhaRun, cpu: Vec<std::time::Duration>) -> RunStats {
-    let mut latencies = vec![run.p50.round() as u32; 990];
+    let mut latencies = vec![run.p50.round() as u32; 989];
     latencies.extend(std::iter::repeat_n(run.p99.round() as u32, 9));
-    latencies.push(run.p999.round() as u32);
+    latencies.extend(std::iter::repeat_n(run.p999.round() as u32, 2));
     RunStats {
         latencies,
         errors: run.errors,
