@@ -31,7 +31,8 @@
 //! `STRAIT_BENCH_ONLY=tcp,conn,http1,h2,oha,h2load,resources` picks figures; `STRAIT_BENCH_PATHS=l4,l7,haproxy`
 //! picks the proxied paths (direct always runs; handy under `perf record`); `STRAIT_BENCH_SMOKE=1` runs every
 //! path for one second and fails on any error (CI); `STRAIT_BENCH_IDLE=N` idle connections (10,000);
-//! `STRAIT_BENCH_INSTALL=0` never installs HAProxy. The proxies run with their defaults (access log off);
+//! `STRAIT_BENCH_INSTALL=0` never installs HAProxy. The proxies run with one worker thread each (HAProxy's
+//! `nbthread 1`; `STRAIT_WORKER_THREADS=N` to change) and otherwise their defaults (access log off);
 //! `STRAIT_ACCESS_LOG=true` turns it on, `STRAIT_TEST_LOG` is their `RUST_LOG` (default `info`). `oha` comes
 //! from `cargo install oha --locked`, `h2load` from the `nghttp2-client` package: without them their figures
 //! are skipped, saying so. Needs root (network namespaces); without it the benchmark prints why and exits
@@ -185,16 +186,22 @@ fn main() -> Result<()> {
         Err(unmet) => bail!("the mesh benchmark {unmet}"),
     }
     let settings = Settings::from_env();
+    // One runtime worker per proxy, as HAProxy runs one thread per side here: the same unit of work on both.
+    // The proxies inherit it; set STRAIT_WORKER_THREADS to measure another count.
+    if std::env::var_os("STRAIT_WORKER_THREADS").is_none() {
+        std::env::set_var("STRAIT_WORKER_THREADS", "1");
+    }
     prepare_environment(&settings)?;
     let proxy = mesh::workspace_binary("strait-proxy")?;
     println!("strait mesh benchmark{}", if settings.smoke { " (smoke: one short round, errors fail)" } else { "" });
     println!("  proxy binary: {} ({})", proxy.display(), build_profile(&proxy));
     println!("  machine: {} CPUs, kernel {}; load before: {}", num_cpus(), procs::kernel(), load_average());
     println!(
-        "  rounds: {} (median and min..max shown), window {:?}, proxies' RUST_LOG={}, access log {}",
+        "  rounds: {} (median and min..max shown), window {:?}, proxies' RUST_LOG={}, worker threads {}, access log {}",
         settings.rounds,
         settings.window,
         std::env::var("STRAIT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        std::env::var("STRAIT_WORKER_THREADS").unwrap_or_default(),
         std::env::var("STRAIT_ACCESS_LOG").unwrap_or_else(|_| "off (default)".into()),
     );
     let load_before = load_average();
