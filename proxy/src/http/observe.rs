@@ -92,11 +92,11 @@ pub struct Access {
 }
 
 impl Access {
-    fn finish(self, response_bytes: u64, trailers: Option<&HeaderMap>) {
+    fn finish(mut self, response_bytes: u64, trailers: Option<&HeaderMap>) {
         let grpc_status = if self.grpc_status.is_empty() {
             trailers.map(crate::http::grpc_status).unwrap_or_default()
         } else {
-            self.grpc_status
+            std::mem::take(&mut self.grpc_status)
         };
         let duration = self.start.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
@@ -110,7 +110,7 @@ impl Access {
             response_bytes,
         });
         let labels = self.series.labels();
-        if let Some(span) = self.span {
+        if let Some(span) = self.span.take() {
             let attributes = if span.recording() { span_attributes(&self, labels, &grpc_status) } else { Vec::new() };
             span.end(self.status, attributes);
         }
