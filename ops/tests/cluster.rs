@@ -213,7 +213,11 @@ async fn operator_commands_against_a_cluster() {
     for line in ["[ok]   node proxy node-a: connected", "[ok]   node proxy node-b: connected", "(held by the proxy)"] {
         assert!(report.contains(line), "{line:?} in:\n{report}");
     }
-    assert_eq!(report.lines().filter(|l| l.starts_with("[ok]") && l.contains("installed, v1alpha1")).count(), 3, "{report}");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("[ok]") && l.contains("installed, v1alpha1")).count(),
+        3,
+        "{report}"
+    );
 
     // status: both proxies, their pods as workloads, their admin addresses.
     let (ok, table) = strait(control, &["status"]).await;
@@ -242,8 +246,10 @@ async fn operator_commands_against_a_cluster() {
     assert!(ok, "{json}");
     let why: Value = serde_json::from_str(&json).expect("why -o json is JSON");
     assert_eq!(why["source"]["identity"], format!("{TD}/client"), "{json}");
-    let weights: Vec<f64> =
-        why["destinations"].as_array().map(|d| d.iter().filter_map(|d| d["weightPercent"].as_f64()).collect()).unwrap_or_default();
+    let weights: Vec<f64> = why["destinations"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|d| d["weightPercent"].as_f64()).collect())
+        .unwrap_or_default();
     assert_eq!(weights, [50.0, 50.0], "{json}");
 
     // tap: requests as they flow, from both proxies, with the rule and the subset it chose.
@@ -265,7 +271,8 @@ async fn operator_commands_against_a_cluster() {
     let output = output.await.expect("the tap task").expect("the tap's output");
     let lines = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "{lines}");
-    let events: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let events: Vec<Value> =
+        lines.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     assert_eq!(events.len(), 4, "{lines}");
     let source = events.iter().find(|e| e["reporter"] == "source").unwrap_or_else(|| panic!("a source event: {lines}"));
     assert_eq!(source["route"], "canary", "{lines}");

@@ -214,13 +214,19 @@ fn check(mesh: &HttpMesh, collector: &Collector) -> Result<()> {
     let source = one(&spans, "strait source")?;
     let attempt = one(&spans, "strait try")?;
     let destination = one(&spans, "strait destination")?;
-    assert_eq!((source.node.as_str(), attempt.node.as_str(), destination.node.as_str()), ("node-a", "node-a", "node-b"));
+    assert_eq!(
+        (source.node.as_str(), attempt.node.as_str(), destination.node.as_str()),
+        ("node-a", "node-a", "node-b")
+    );
     assert_eq!(source.parent_span_id, caller, "the source hop is the caller's child: {source:#?}");
     assert_eq!(attempt.parent_span_id, source.span_id, "the try is the source hop's child");
     assert_eq!(destination.parent_span_id, attempt.span_id, "the destination hop is the try's child");
     let seen = r.request_header("traceparent").context("no traceparent at the backend")?;
     assert_eq!(seen, format!("00-{trace}-{}-01", destination.span_id), "the backend's parent is the destination hop");
-    assert_eq!((source.kind, attempt.kind, destination.kind), (SpanKind::Server as i32, SpanKind::Client as i32, SpanKind::Server as i32));
+    assert_eq!(
+        (source.kind, attempt.kind, destination.kind),
+        (SpanKind::Server as i32, SpanKind::Client as i32, SpanKind::Server as i32)
+    );
     for (key, value) in [
         ("strait.route", "canary"),
         ("strait.subset", "v1"),
@@ -282,8 +288,8 @@ fn check(mesh: &HttpMesh, collector: &Collector) -> Result<()> {
     ensure!(seen.starts_with(&format!("00-{unsampled}-")) && seen.ends_with("-00"), "unsampled passed on: {seen}");
     // A sampled request after it, exported, shows the export ran past the unsampled one.
     let after = "33333333333333333333333333333333";
-    let get = HttpGet::new(HttpMesh::reviews_url("/after"))
-        .header("traceparent", &format!("00-{after}-4444444444444444-01"));
+    let get =
+        HttpGet::new(HttpMesh::reviews_url("/after")).header("traceparent", &format!("00-{after}-4444444444444444-01"));
     ensure!(backend::single(mesh.get(&get)?)?.status == Some(200));
     ensure!(collector.wait_for(after, 3)?.len() == 3, "the later sampled request is exported");
     assert!(collector.spans(unsampled).is_empty(), "nothing of the unsampled trace: {:#?}", collector.spans(unsampled));

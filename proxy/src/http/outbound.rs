@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use opentelemetry::trace::{SpanContext, SpanKind};
 use opentelemetry::KeyValue;
-use hyper::body::Incoming;
 use tokio::net::TcpStream;
 use tracing::debug;
 

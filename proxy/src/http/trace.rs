@@ -72,7 +72,8 @@ mod tests {
     #[test]
     fn keeps_an_unsampled_decision() {
         let mut headers = HeaderMap::new();
-        headers.insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        headers
+            .insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
         add_hop(&mut headers, "hop", SpanKind::Server);
         assert!(headers[TRACEPARENT].to_str().unwrap().ends_with("-00"));
     }
