@@ -247,6 +247,16 @@ def check_dashboards():
         exprs += [str(v.get("query", "")) for v in dashboard.get("templating", {}).get("list", [])]
         if not exprs:
             fail(rel, "no queries")
+        # Every $variable a query names is one the dashboard defines (or one of Grafana's own), and panel ids
+        # are unique (Grafana keys panel state by them).
+        defined = {v.get("name") for v in dashboard.get("templating", {}).get("list", [])}
+        for expr in exprs:
+            for var in re.findall(r"\$(?:\{)?([A-Za-z_][A-Za-z0-9_]*)", expr):
+                if var not in defined and not var.startswith("__"):
+                    fail(rel, f"query uses ${var}, which no templating variable defines: {expr}")
+        ids = [p.get("id") for p in dashboard.get("panels", [])]
+        if len(ids) != len(set(ids)):
+            fail(rel, f"panel ids repeat: {sorted(ids, key=str)}")
         for expr in exprs:
             for name in re.findall(r"\b((?:istio|strait)_[a-z_]+)", expr):
                 base = re.sub(r"_(bucket|sum|count)$", "", name)

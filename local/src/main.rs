@@ -15,6 +15,7 @@ mod http_get;
 mod import;
 mod launch;
 mod launch_spec;
+mod netns_access;
 mod netns_mesh;
 mod plan;
 mod pods;

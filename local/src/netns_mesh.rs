@@ -12,6 +12,8 @@
 //!   read from a copy with the cluster's addresses, written to `<state dir>/netns/`.
 //! - One `strait proxy --redirect tproxy --mark 0x539` per node namespace, as the end-to-end tests run it; it
 //!   installs its own rules. Admin on 127.0.0.1:15000 and metrics on :15020 inside the node's namespace.
+//! - The control plane's monitoring port and each proxy's admin port are forwarded from loopback addresses of
+//!   the host (`netns_access`), so `strait status`, `check`, `config` and `tap` work from the host as on loopback.
 //! - The demo backends inside their workloads' pod namespaces; the client workloads are pods with nothing
 //!   running: send requests with `ip netns exec <client namespace> curl ...`.
 //!
@@ -39,6 +41,7 @@ pub const NETNS_PREFIX: &str = "sl";
 /// As in the end-to-end tests: the proxies' own connections carry it, and their rules skip it.
 const PROXY_MARK: &str = "0x539";
 const CONTROL_PORT: u16 = 15012;
+const MONITORING_PORT: u16 = 15014;
 const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15000);
 
 pub fn run(args: LocalArgs) -> anyhow::Result<()> {
@@ -107,6 +110,30 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         // Declared after the cluster, so dropped before it: processes stop, then the namespaces go.
         let mut children = Children::new(&state.dir.join("logs"))?;
         let control = SocketAddr::new(UNDERLAY_IP.into(), CONTROL_PORT);
+        let monitoring = SocketAddr::new(UNDERLAY_IP.into(), MONITORING_PORT);
+        // The host's way in to the monitoring and admin ports (see `netns_access`), bound before anything runs
+        // so that a taken address is one clear error.
+        let base = args.base_ip;
+        let host_monitoring = SocketAddr::from((base.ip(0, 2), MONITORING_PORT));
+        crate::netns_access::start(crate::netns_access::Forward {
+            listen: host_monitoring,
+            netns: cluster.underlay_netns().to_string(),
+            target: monitoring,
+            what: "control plane monitoring".into(),
+        })
+        .await?;
+        let mut host_admin = BTreeMap::new();
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            let listen = SocketAddr::from((base.ip(i as u8 + 1, 1), ADMIN.port()));
+            crate::netns_access::start(crate::netns_access::Forward {
+                listen,
+                netns: node.netns_name().to_string(),
+                target: ADMIN,
+                what: format!("{} admin", node.name()),
+            })
+            .await?;
+            host_admin.insert(node.name().to_string(), listen);
+        }
         let s = |p: &Path| p.display().to_string();
         let mut control_args: Vec<String> = vec![
             "control".into(),
@@ -120,11 +147,13 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
             trust_domain.clone(),
             "--listen".into(),
             control.to_string(),
+            "--monitoring".into(),
+            monitoring.to_string(),
         ];
         control_args.extend(replace_args);
         children.spawn_in(cluster.underlay_netns(), "control", &control_args)?;
         for node in cluster.nodes() {
-            let proxy_args: Vec<String> = vec![
+            let mut proxy_args: Vec<String> = vec![
                 "proxy".into(),
                 // A development mesh: one line per request is worth its cost here.
                 "--access-log".into(),
@@ -149,6 +178,9 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
                 "--last-good-config".into(),
                 s(&state.last_good_dir.join(format!("{}.json", node.name()))),
             ];
+            if let Some(admin) = host_admin.get(node.name()) {
+                proxy_args.extend(["--advertise-admin".into(), admin.to_string()]);
+            }
             children.spawn_in(node.netns_name(), node.name(), &proxy_args)?;
         }
         let mut backends = Vec::new();
@@ -208,7 +240,7 @@ pub fn run(args: LocalArgs) -> anyhow::Result<()> {
         }
 
         let summary = Summary { cluster: &cluster, layout: &layout, plan: &plan, args: &args, state: &state };
-        summary.print(control, client, service, &netns_dir, &translated);
+        summary.print(control, host_monitoring, client, service, &netns_dir, &translated);
 
         crate::launch::supervise_until_signal(&mut children, &mut signals).await;
         println!("stopping the local mesh...");
@@ -330,6 +362,7 @@ impl Summary<'_> {
     fn print(
         &self,
         control: SocketAddr,
+        host_monitoring: SocketAddr,
         client: Option<(&strait_control::model::Workload, String)>,
         service: Option<SocketAddr>,
         netns_dir: &Path,
@@ -375,6 +408,11 @@ impl Summary<'_> {
                 self.args.config_dir.join(route).display()
             ));
         }
+        // The host's forwards into the namespaces (`netns_access`).
+        out.push_str(&format!(
+            "  status:         strait status --control {host_monitoring}   (also check, config, why, tap; from this \
+             machine)\n"
+        ));
         if let Some(node) = cluster.nodes().first() {
             out.push_str(&format!(
                 "  admin:          sudo ip netns exec {} curl http://{ADMIN}/config_dump   (metrics: port 15020; \

@@ -38,7 +38,7 @@ impl std::str::FromStr for Base {
 }
 
 impl Base {
-    fn ip(self, c: u8, d: u8) -> Ipv4Addr {
+    pub(crate) fn ip(self, c: u8, d: u8) -> Ipv4Addr {
         Ipv4Addr::new(self.0[0], self.0[1], c, d)
     }
 }

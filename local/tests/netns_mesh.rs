@@ -76,7 +76,13 @@ impl Drop for Mesh {
     }
 }
 
-fn start(config: &Path, state: &Path) -> Mesh {
+/// The second octet of test `test`'s host addresses (the forwards to the monitoring and admin ports):
+/// 100..=139, apart from the loopback tests' 150 and up.
+fn octet(test: u8) -> u8 {
+    100 + (std::process::id() % 10) as u8 * 4 + test
+}
+
+fn start(config: &Path, state: &Path, test: u8) -> Mesh {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strait"))
         .arg("local")
         .arg("--netns")
@@ -84,7 +90,7 @@ fn start(config: &Path, state: &Path) -> Mesh {
         .arg(config)
         .arg("--state-dir")
         .arg(state)
-        .args(["--start-timeout", "90"])
+        .args(["--start-timeout", "90", "--base-ip", &format!("127.{}", octet(test))])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -139,6 +145,71 @@ fn set_weights(config_dir: &Path, v1: u32, v2: u32) {
     std::fs::write(&path, edited).expect("write the route file");
 }
 
+/// `strait <args>` on the host: (success, stdout and stderr).
+fn strait(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strait")).args(args).output().expect("run strait");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `strait status`, `check`, `config` and `tap` run on the host reach the control plane and both proxies in
+/// their namespaces through `strait local`'s forwards (the addresses the banner names).
+fn operator_commands(mesh: &Mesh, client_ns: &str, octet: u8) {
+    let line = mesh.banner_line("status:");
+    let control = line.split_whitespace().skip_while(|w| *w != "--control").nth(1).unwrap_or_default().to_string();
+    assert_eq!(control, format!("127.{octet}.0.2:15014"), "the banner names the forwarded monitoring port: {line}");
+    let with_control = |args: &[&str]| strait(&[args, &["--control", &control]].concat());
+
+    let (ok, table) = with_control(&["status"]);
+    assert!(ok, "{table}");
+    for node in ["node-a", "node-b"] {
+        let row = table.lines().find(|l| l.starts_with(node)).unwrap_or_else(|| panic!("{node}:\n{table}"));
+        assert!(row.contains("SYNCED"), "{table}");
+        assert!(row.contains(&format!("127.{octet}.")) && row.contains(":15000"), "forwarded admin address: {table}");
+    }
+    let (ok, report) = with_control(&["check"]);
+    assert!(ok, "check fails on a fresh netns mesh:\n{report}");
+    for node in ["node-a", "node-b"] {
+        assert!(report.contains(&format!("[ok]   node proxy {node}: connected")), "{report}");
+    }
+    assert!(report.contains("(held by the proxy)"), "the proxies' admin ports answered through the forward:\n{report}");
+
+    let (ok, json) = with_control(&["config", "node-a", "-o", "json"]);
+    assert!(ok, "{json}");
+    let dump: serde_json::Value = serde_json::from_str(&json).expect("config -o json is JSON");
+    let reviews = dump["compiled"].as_array().and_then(|s| s.iter().find(|s| s["service"] == "demo/reviews"));
+    assert_eq!(reviews.map(|r| &r["routes"][0]["name"]), Some(&serde_json::json!("canary")), "{json}");
+
+    // The tap reaches both proxies' /tap as a local peer of their namespace; the source side names the subset.
+    let mut tap = Command::new(env!("CARGO_BIN_EXE_strait"))
+        .args(["tap", "--to", "reviews", "--limit", "4", "--seconds", "60", "-o", "json", "--control", &control])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start strait tap");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        answers(client_ns, 1);
+        if let Some(status) = tap.try_wait().expect("the tap process") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = tap.kill();
+            panic!("strait tap did not end after 4 requests within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut lines = String::new();
+    std::io::Read::read_to_string(&mut tap.stdout.take().expect("stdout"), &mut lines).expect("read the tap");
+    assert!(status.success(), "{lines}");
+    let events: Vec<serde_json::Value> =
+        lines.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let source = events.iter().find(|e| e["reporter"] == "source").unwrap_or_else(|| panic!("a source event: {lines}"));
+    assert_eq!(source["route"], "canary", "{lines}");
+    assert_eq!(source["subset"], source["destinationVersion"], "{lines}");
+    assert!(events.iter().any(|e| e["reporter"] == "destination"), "node-b's events too: {lines}");
+}
+
 fn namespaces_with(prefix: &str) -> Vec<String> {
     strait_netns::cluster::list_netns().into_iter().filter(|ns| ns.starts_with(prefix)).collect()
 }
@@ -158,7 +229,7 @@ fn netns_mesh_captures_transparently_routes_authorizes_and_cleans_up() {
     let (config, state) = (tmp.path().join("config"), tmp.path().join("state"));
     copy_config(&config);
 
-    let mut mesh = start(&config, &state);
+    let mut mesh = start(&config, &state, 0);
     let banner = mesh.banner.clone();
     let tag =
         mesh.banner_line("namespaces:").split_whitespace().next().expect("a tag").trim_end_matches('*').to_string();
@@ -193,6 +264,8 @@ fn netns_mesh_captures_transparently_routes_authorizes_and_cleans_up() {
     let denied = http_get(&client_ns, &format!("{SERVICE}/admin"), 1);
     assert_eq!(denied[0].0, 403, "{denied:?}");
     assert!(denied[0].1.contains("RBAC: access denied"), "{denied:?}");
+
+    operator_commands(&mesh, &client_ns, octet(0));
 
     // The route file stays live-watched in the configuration directory.
     set_weights(&config, 0, 100);
@@ -237,7 +310,7 @@ fn netns_mesh_runs_your_workloads_in_their_pods() {
         let text = text.replace("[target/debug/", &format!("[{}/", bin.display()));
         std::fs::write(config.join(name), text).expect("write the config copy");
     }
-    let mesh = start(&config, &state);
+    let mesh = start(&config, &state, 1);
     assert!(mesh.banner.contains("shop/greeter-v1 (run: "), "{}", mesh.banner);
     assert!(mesh.banner.contains("external:       shop/echo on "), "{}", mesh.banner);
 

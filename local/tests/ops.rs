@@ -219,6 +219,10 @@ fn operator_commands_on_a_local_mesh() {
     assert_eq!(source["sourceIdentity"], "spiffe://cluster.local/ns/demo/sa/client", "{lines}");
     assert_eq!(source["destinationIdentity"], "spiffe://cluster.local/ns/demo/sa/reviews", "{lines}");
     assert!(["v1", "v2"].contains(&source["destinationVersion"].as_str().unwrap_or("")), "{lines}");
+    assert_eq!(source["subset"], source["destinationVersion"], "the subset the rule picked: {lines}");
+    if let Some(destination) = events.iter().find(|e| e["reporter"] == "destination") {
+        assert_eq!(destination["subset"], "-", "the destination proxy routes nothing: {lines}");
+    }
     assert!(source["durationMs"].is_u64() && source["method"] == "GET" && source["path"] == "/", "{lines}");
 
     // Per-route metrics on the source proxy: the rule and the subset each request went to.

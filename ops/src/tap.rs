@@ -131,7 +131,7 @@ pub async fn run(args: TapArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// `source  demo/client -> demo/reviews-v2 (v2)  GET /  200  3ms  route=canary  upstream=127.0.2.3:9080`
+/// `source  demo/client -> demo/reviews-v2 (v2)  GET /  200  3ms  route=canary  subset=v2  upstream=127.0.2.3:9080`
 fn render(line: &str) -> String {
     let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else { return line.to_string() };
     if let Some(dropped) = e["dropped"].as_u64() {
@@ -143,7 +143,7 @@ fn render(line: &str) -> String {
         flags => format!("  flags={flags}"),
     };
     format!(
-        "{:<11} {}/{} -> {}/{} ({})  {} {}  {}  {}ms  route={}  upstream={}{flags}",
+        "{:<11} {}/{} -> {}/{} ({})  {} {}  {}  {}ms  route={}  subset={}  upstream={}{flags}",
         s("reporter"),
         s("sourceNamespace"),
         s("sourceWorkload"),
@@ -155,6 +155,23 @@ fn render(line: &str) -> String {
         e["status"],
         e["durationMs"],
         s("route"),
+        s("subset"),
         s("upstream"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    #[test]
+    fn a_line_shows_the_route_and_the_subset() {
+        let line = r#"{"reporter":"source","sourceNamespace":"demo","sourceWorkload":"client","destinationNamespace":"demo","destinationWorkload":"reviews-v2","destinationVersion":"v2","method":"GET","path":"/","status":200,"durationMs":3,"route":"canary","subset":"v2","upstream":"127.0.2.3:9080","flags":"-"}"#;
+        assert_eq!(
+            render(line),
+            "source      demo/client -> demo/reviews-v2 (v2)  GET /  200  3ms  route=canary  subset=v2  upstream=127.0.2.3:9080"
+        );
+        let dropped = render(r#"{"dropped":7}"#);
+        assert!(dropped.starts_with("... 7 request(s)"), "{dropped}");
+    }
 }

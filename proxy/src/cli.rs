@@ -107,6 +107,11 @@ pub struct Args {
     /// Admin endpoint: /ready, /live, /config_dump, /certs, /logging, /drain (both modes).
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// The admin address reported to the control plane (for `strait status`, `config`, `check` and `tap`) when
+    /// operators reach the admin port through a forward rather than at --admin (`strait local --netns` forwards
+    /// a loopback address of the host into the node's namespace). Defaults to --admin.
+    #[arg(long)]
+    advertise_admin: Option<SocketAddr>,
     /// Prometheus metrics endpoint, /metrics (both modes).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics: SocketAddr,
@@ -132,6 +137,23 @@ pub struct Args {
     /// small fixed thread counts).
     #[arg(long, env = "STRAIT_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
     worker_threads: Option<u16>,
+    /// Export a span per proxy hop (and per try) over OTLP/HTTP (protobuf) to this collector:
+    /// `http://collector:4318` (spans go to its `/v1/traces`) or a full URL. Off when unset. Spans wait in a
+    /// bounded queue (4096) and go out in batches; when the queue is full they are dropped and counted
+    /// (`strait_trace_spans_total{result="dropped"}`), never slowing a request.
+    #[arg(long, env = "STRAIT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of new traces exported (0 to 1; Istio's default is 1%). A request that arrives with a
+    /// `traceparent` follows its caller's sampling decision.
+    #[arg(long, env = "STRAIT_TRACE_SAMPLING", default_value_t = 0.01, value_parser = parse_ratio)]
+    trace_sampling: f64,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio from 0 to 1")),
+    }
 }
 
 fn parse_grace(s: &str) -> Result<Duration, String> {
@@ -165,7 +187,7 @@ fn control_plane_client(args: &Args, node: &str, addr: &str) -> anyhow::Result<C
     let root = std::fs::read_to_string(root_path).with_context(|| format!("reading {}", root_path.display()))?;
     let client =
         ControlPlaneClient::new(addr, identity, &root, &token, node).context("configuring the control-plane client")?;
-    Ok(client.with_token_file(token_path.clone()).with_admin_address(args.admin))
+    Ok(client.with_token_file(token_path.clone()).with_admin_address(args.advertise_admin.unwrap_or(args.admin)))
 }
 
 /// Parses the command line and runs the proxy until SIGTERM or Ctrl-C, then drains it (see `drain`).
@@ -193,6 +215,15 @@ pub fn run_with(args: Args) -> anyhow::Result<()> {
 async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> anyhow::Result<()> {
     let node = args.node.clone().context("--node is required")?;
     let metrics = Arc::new(Metrics::new());
+    if let Some(endpoint) = &args.otlp_endpoint {
+        let options = crate::telemetry::traces::TraceOptions {
+            endpoint: endpoint.clone(),
+            sampling: args.trace_sampling,
+            node: node.clone(),
+        };
+        crate::telemetry::traces::start(&options, metrics.trace_spans.clone())?;
+        tracing::info!(%endpoint, sampling = args.trace_sampling, "exporting traces");
+    }
     let state = StateStore::new(&node);
     let certs = match &args.control_plane {
         Some(addr) => {
@@ -304,6 +335,8 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
             tracing::warn!(in_flight = drain.in_flight(), "second signal during the drain: closing now");
         }
     }
+    // The spans of the last requests go out before the process does.
+    crate::telemetry::traces::flush(Duration::from_secs(2)).await;
     Ok(())
 }
 

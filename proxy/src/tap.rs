@@ -49,6 +49,9 @@ pub struct TapEvent {
     pub duration_ms: u64,
     /// The TrafficRoute rule (source side), `-` on the destination side.
     pub route: String,
+    /// The DestinationPolicy subset the rule sent the request to (source side); `-` without one, and on the
+    /// destination side.
+    pub subset: String,
     pub upstream: String,
     pub flags: &'static str,
     pub retries: u64,
@@ -253,6 +256,7 @@ mod tests {
             status: 200,
             duration_ms: 1,
             route: "canary".into(),
+            subset: "v1".into(),
             upstream: "127.0.2.2:9080".into(),
             flags: "-",
             retries: 0,
@@ -286,6 +290,7 @@ mod tests {
         }
         assert_eq!(lines.len(), 2, "the limit ends the tap: {lines:?}");
         assert!(lines[0].contains("\"path\":\"/tapped-1\"") && lines[0].contains("\"route\":\"canary\""), "{lines:?}");
+        assert!(lines[0].contains("\"subset\":\"v1\""), "{lines:?}");
 
         // A reader that does not read: the queue stays bounded, and the loss is reported.
         let mut slow = open(filter).expect("a tap");

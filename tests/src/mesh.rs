@@ -110,6 +110,8 @@ pub struct Mesh {
     capture: Capture,
     /// `--drain-grace` for the proxies started from now on (`None`: the proxy's default, 30 s).
     pub drain_grace: Option<Duration>,
+    /// More flags for the proxies started from now on (e.g. `--otlp-endpoint URL`).
+    pub proxy_args: Vec<String>,
     proxies: BTreeMap<String, ChildGuard>,
     // Last: the cluster goes after the proxies running in it.
     pub cluster: Cluster,
@@ -128,10 +130,21 @@ impl Mesh {
         capture: Capture,
         drain_grace: Option<Duration>,
     ) -> Result<Mesh> {
+        Self::start_with_args(cluster, config, capture, drain_grace, Vec::new())
+    }
+
+    /// [`Mesh::start_with_grace`] with more flags for every proxy (see [`Mesh::proxy_args`]).
+    pub fn start_with_args(
+        cluster: Cluster,
+        config: &MeshConfig,
+        capture: Capture,
+        drain_grace: Option<Duration>,
+        proxy_args: Vec<String>,
+    ) -> Result<Mesh> {
         let dir = tempfile::tempdir().context("creating the mesh's state directory")?;
         let ca = MeshCa::generate(&config.trust_domain).context("creating the mesh CA")?;
         ca.save(&dir.path().join("ca")).context("saving the mesh CA")?;
-        let mut mesh = Mesh { dir, ca, capture, drain_grace, proxies: BTreeMap::new(), cluster };
+        let mut mesh = Mesh { dir, ca, capture, drain_grace, proxy_args, proxies: BTreeMap::new(), cluster };
         let nodes: Vec<String> = mesh.cluster.nodes().iter().map(|n| n.name().to_string()).collect();
         for node in &nodes {
             mesh.write_config(node, config)?;
@@ -204,6 +217,7 @@ impl Mesh {
         if let Some(grace) = self.drain_grace {
             cmd.arg("--drain-grace").arg(format!("{}ms", grace.as_millis()));
         }
+        cmd.args(&self.proxy_args);
         let netns = self.cluster.node(node).netns_name().to_string();
         exec::spawn_in(&netns, cmd)
     }

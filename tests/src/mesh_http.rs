@@ -151,13 +151,24 @@ impl HttpMesh {
         configure: impl FnOnce(&mut MeshConfig),
         drain_grace: Option<std::time::Duration>,
     ) -> Result<HttpMesh> {
+        Self::start_with_args(b1_flags, b2_flags, configure, drain_grace, Vec::new())
+    }
+
+    /// [`HttpMesh::start_with_grace`] with more flags for both proxies (see [`Mesh::proxy_args`]).
+    pub fn start_with_args(
+        b1_flags: &[&str],
+        b2_flags: &[&str],
+        configure: impl FnOnce(&mut MeshConfig),
+        drain_grace: Option<std::time::Duration>,
+        proxy_args: Vec<String>,
+    ) -> Result<HttpMesh> {
         let cluster = cluster()?;
         let mut config = config(&cluster);
         configure(&mut config);
         let listen = |pod: &str| SocketAddr::new(cluster.pod(pod).ip().into(), BACKEND_PORT);
         let b1 = backend::http_with(cluster.pod("b1").netns_name(), listen("b1"), "reviews-b1", "v1", b1_flags)?;
         let b2 = backend::http_with(cluster.pod("b2").netns_name(), listen("b2"), "reviews-b2", "v2", b2_flags)?;
-        let mesh = Mesh::start_with_grace(cluster, &config, Capture::Tproxy, drain_grace)?;
+        let mesh = Mesh::start_with_args(cluster, &config, Capture::Tproxy, drain_grace, proxy_args)?;
         Ok(HttpMesh { b1, b2, mesh })
     }
 

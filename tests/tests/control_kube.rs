@@ -10,6 +10,7 @@ use strait_certs::{CertIssuer, Identity};
 use strait_control::kube::KubeOptions;
 use strait_control::Running;
 use strait_proxy::control_plane::{Backoff, ControlPlaneClient};
+use strait_tests::fake_kube::objects::{namespace, pod, proxy_pod, service, slice};
 use strait_tests::fake_kube::{FakeKube, TokenUser};
 use tokio::sync::mpsc;
 
@@ -29,50 +30,6 @@ fn init_tracing() {
 // ---------------------------------------------------------------------------------------------------------
 // Objects
 // ---------------------------------------------------------------------------------------------------------
-
-fn namespace(name: &str, meshed: bool) -> Value {
-    let labels = if meshed { json!({"strait.dev/mesh": "enabled"}) } else { json!({}) };
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
-}
-
-fn pod(ns: &str, name: &str, node: &str, ip: &str, sa: &str, labels: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"nodeName": node, "serviceAccountName": sa, "containers": [{"name": "app", "image": "app"}]},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "conditions": [{"type": "Ready", "status": "True"}]},
-    })
-}
-
-fn proxy_pod(name: &str, node: &str, ip: &str) -> Value {
-    let mut p = pod("strait-system", name, node, ip, "strait-proxy", json!({"app": "strait-proxy"}));
-    p["spec"]["hostNetwork"] = json!(true);
-    p
-}
-
-fn service(ns: &str, name: &str, cluster_ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-            "ports": [{"name": "http", "port": 9080, "targetPort": 9080, "appProtocol": "http"}],
-            "selector": {"app": name},
-        },
-    })
-}
-
-fn slice(ns: &str, service: &str, addresses: &[&str]) -> Value {
-    let endpoints: Vec<Value> =
-        addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-1"), "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
-        "endpoints": endpoints,
-    })
-}
 
 fn destination_policy() -> Value {
     json!({

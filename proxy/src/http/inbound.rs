@@ -11,6 +11,7 @@ use std::time::Instant;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use opentelemetry::trace::SpanKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info};
 
@@ -74,7 +75,8 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         let (body, counter) = CountedRequest::new(body);
         (Request::from_parts(parts, body), counter)
     };
-    let trace_id = super::trace::add_hop(request.headers_mut());
+    let hop = super::trace::add_hop(request.headers_mut(), "strait destination", SpanKind::Server);
+    let (trace_id, mut span) = (hop.trace_id, hop.span);
     let method = request.method().clone();
     // The calling proxy may be another version, or the caller a plaintext client: normalize again, with the
     // same choice for escaped slashes as the source (both read it from the service's TrafficRoutes).
@@ -84,19 +86,22 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     let log_path =
         if access_enabled() || crate::tap::active() { request.uri().path().to_string() } else { String::new() };
     // Recorded (metrics and the access line) when the response body has been sent.
-    let access = |response: &Response<BoxBody>, flags: ResponseFlag, detail: &str| Access {
+    let mut access = |response: &Response<BoxBody>, flags: ResponseFlag, detail: &str| Access {
         series: d.series.clone(),
         protocol,
         status: response.status().as_u16(),
         grpc_status: grpc_status(response.headers()),
         flags,
         route: std::borrow::Cow::Borrowed("-"),
+        subset: None,
         upstream: Some(d.target),
         retries: 0,
         detail: detail.to_string(),
         method: method.clone(),
         path: log_path.clone(),
         trace_id: trace_id.clone(),
+        // Each return path records one response, so the span is taken once.
+        span: span.take(),
         start,
         request_bytes: request_bytes.clone(),
     };

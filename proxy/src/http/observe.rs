@@ -16,10 +16,14 @@ use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
+use opentelemetry::KeyValue;
+
 use crate::telemetry::flags::ResponseFlag;
+use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::logging::{Dash, DashAddr};
 use crate::telemetry::metrics::RequestOutcome;
 use crate::telemetry::series::RequestSeries;
+use crate::telemetry::traces::HopSpan;
 
 /// A request body that counts its data bytes into a counter shared with the request's [`Access`].
 pub struct CountedRequest<B> {
@@ -70,6 +74,8 @@ pub struct Access {
     pub flags: ResponseFlag,
     /// The route's name (source side), `-` where no route applies (destination side).
     pub route: Cow<'static, str>,
+    /// The subset the route chose (source side); `None` without one, and on the destination side.
+    pub subset: Option<String>,
     pub upstream: Option<SocketAddr>,
     pub retries: u64,
     /// Why the proxy answered itself, when it did: the policy that denied the request (never sent to the
@@ -79,16 +85,18 @@ pub struct Access {
     /// Empty when the access log is off (`telemetry::logging::access_enabled`): only the line needs it.
     pub path: String,
     pub trace_id: String,
+    /// This hop's span, when traces are exported: ended here with the request's attributes.
+    pub span: Option<HopSpan>,
     pub start: Instant,
     pub request_bytes: Arc<AtomicU64>,
 }
 
 impl Access {
-    fn finish(self, response_bytes: u64, trailers: Option<&HeaderMap>) {
+    fn finish(mut self, response_bytes: u64, trailers: Option<&HeaderMap>) {
         let grpc_status = if self.grpc_status.is_empty() {
             trailers.map(crate::http::grpc_status).unwrap_or_default()
         } else {
-            self.grpc_status
+            std::mem::take(&mut self.grpc_status)
         };
         let duration = self.start.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
@@ -102,6 +110,10 @@ impl Access {
             response_bytes,
         });
         let labels = self.series.labels();
+        if let Some(span) = self.span.take() {
+            let attributes = if span.recording() { span_attributes(&self, labels, &grpc_status) } else { Vec::new() };
+            span.end(self.status, attributes);
+        }
         tracing::info!(
             target: "access",
             reporter = labels.reporter,
@@ -143,11 +155,39 @@ impl Access {
             status: self.status,
             duration_ms: duration.as_millis() as u64,
             route: self.route.to_string(),
+            subset: self.subset.as_deref().unwrap_or("-").to_string(),
             upstream: self.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
             flags: self.flags.as_str(),
             retries: self.retries,
         });
     }
+}
+
+/// What a hop's span says: the route and subset, the identities on both ends, the outcome.
+fn span_attributes(access: &Access, labels: &ConnectionLabels, grpc_status: &str) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("strait.reporter", labels.reporter),
+        KeyValue::new("http.request.method", access.method.to_string()),
+        KeyValue::new("strait.route", access.route.to_string()),
+        KeyValue::new("strait.subset", access.subset.as_deref().unwrap_or("-").to_string()),
+        KeyValue::new("strait.source.identity", labels.source_principal.clone()),
+        KeyValue::new("strait.source.workload", labels.source_workload.clone()),
+        KeyValue::new("strait.destination.identity", labels.destination_principal.clone()),
+        KeyValue::new("strait.destination.workload", labels.destination_workload.clone()),
+        KeyValue::new("strait.destination.service", labels.destination_service.clone()),
+        KeyValue::new("strait.response_flags", access.flags.as_str()),
+        KeyValue::new("strait.retries", access.retries as i64),
+    ];
+    if let Some(upstream) = access.upstream {
+        attributes.push(KeyValue::new("server.address", upstream.to_string()));
+    }
+    if !grpc_status.is_empty() {
+        attributes.push(KeyValue::new("rpc.grpc.status_code", grpc_status.to_string()));
+    }
+    if !access.path.is_empty() {
+        attributes.push(KeyValue::new("url.path", access.path.clone()));
+    }
+    attributes
 }
 
 /// A response body that counts the bytes sent and records the request once, when the body ends.
@@ -212,7 +252,6 @@ mod tests {
     use http_body_util::{BodyExt, StreamBody};
     use std::convert::Infallible;
 
-    use crate::telemetry::labels::ConnectionLabels;
     use crate::telemetry::metrics::Metrics;
 
     fn access(metrics: &Arc<Metrics>, request_bytes: Arc<AtomicU64>) -> Access {
@@ -223,12 +262,14 @@ mod tests {
             grpc_status: String::new(),
             flags: ResponseFlag::None,
             route: "default".into(),
+            subset: None,
             upstream: None,
             retries: 0,
             detail: String::new(),
             method: http::Method::POST,
             path: "/pkg.Svc/Call".into(),
             trace_id: "t".into(),
+            span: None,
             start: Instant::now(),
             request_bytes,
         }

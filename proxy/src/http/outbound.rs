@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use opentelemetry::trace::{SpanContext, SpanKind};
+use opentelemetry::KeyValue;
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -23,6 +25,7 @@ use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::logging::access_enabled;
 use crate::telemetry::series::SourceSeries;
+use crate::telemetry::traces::HopSpan;
 
 /// One pod connection to one service port.
 struct Downstream {
@@ -61,6 +64,10 @@ struct Record {
     retries: u64,
     /// See [`Access::detail`].
     detail: String,
+    /// The subset the route picked, if it named one.
+    subset: Option<String>,
+    /// The hop's span, when traces are exported: each try is a child of it.
+    trace: Option<SpanContext>,
 }
 
 async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody> {
@@ -79,7 +86,7 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
     // The normalized path, or the path as sent when it was refused (for the access line only).
     // Only the access line and a tap read it.
     let path = if access_enabled() || crate::tap::active() { request.uri().path().to_string() } else { String::new() };
-    let trace = super::trace::add_hop(request.headers_mut());
+    let hop = super::trace::add_hop(request.headers_mut(), "strait source", SpanKind::Server);
     let mut record = Record {
         flags: ResponseFlag::None,
         route: std::borrow::Cow::Borrowed("default"),
@@ -87,6 +94,8 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
         destination: None,
         retries: 0,
         detail: String::new(),
+        subset: None,
+        trace: hop.span.as_ref().map(HopSpan::context),
     };
     let response = match normalized {
         Ok(()) => route_request(d, &state, request, &mut record).await,
@@ -104,12 +113,14 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
         grpc_status: grpc_status(response.headers()),
         flags: record.flags,
         route: record.route,
+        subset: record.subset,
         upstream: record.upstream,
         retries: record.retries,
         detail: record.detail,
         method,
         path,
-        trace_id: trace,
+        trace_id: hop.trace_id,
+        span: hop.span,
         start,
         request_bytes,
     };
@@ -169,6 +180,7 @@ async fn route_request(
         return text(status, "fault filter abort\n");
     }
     let destination = split.pick(&mut rand::rng()).clone();
+    record.subset = destination.subset.clone();
     let mut response = forward(d, state, &destination, request, route.timeout(), route.retry_policy(), record).await;
     let status = response.status().as_u16();
     d.ctx.metrics.routes.request(&d.front.service.hostname(), route.name(), destination.subset.as_deref(), status);
@@ -236,6 +248,7 @@ async fn forward(
     // The endpoints earlier tries of this request went to: a try is retried only when it failed, so a retry
     // avoids them while others remain.
     let tried = std::sync::Mutex::new(Vec::new());
+    let trace = record.trace.clone();
     let send = |mut request: Request<super::body::RetryBody<ReqBody>>| {
         let client = client.clone();
         let backend = backend.clone();
@@ -243,12 +256,22 @@ async fn forward(
         let hash_key = hash_key.as_deref();
         let last_upstream = &last_upstream;
         let tried = &tried;
+        let trace = trace.as_ref();
         async move {
             let _permit = backend.limiter.acquire().await.map_err(|_| SendError::Overflow)?;
             let avoid = tried.lock().map(|t| t.clone()).unwrap_or_default();
             let endpoint = backend.pick(endpoints, hash_key, &avoid).ok_or(SendError::NoEndpoint)?;
-            if let Ok(mut tried) = tried.lock() {
-                tried.push(endpoint);
+            let try_number = match tried.lock() {
+                Ok(mut tried) => {
+                    tried.push(endpoint);
+                    tried.len()
+                }
+                Err(_) => 0,
+            };
+            // Each try is a span of its own under the hop; the destination's hop is the try's child.
+            let try_span = trace.and_then(|parent| HopSpan::child_of(parent, "strait try"));
+            if let Some(span) = &try_span {
+                super::trace::set(request.headers_mut(), &span.traceparent());
             }
             if let Ok(mut last) = last_upstream.lock() {
                 *last = Some(endpoint);
@@ -270,6 +293,9 @@ async fn forward(
                 Ok(response) => Outcome::Response(response.status()),
                 Err(e) => classify(e),
             };
+            if let Some(span) = try_span {
+                end_try(span, try_number, endpoint, &result);
+            }
             backend.outlier.record(endpoint, &outcome, tokio::time::Instant::now());
             if outcome.is_failure() {
                 guard.failed();
@@ -338,6 +364,21 @@ async fn forward(
             record.flags = ResponseFlag::DownstreamProtocolError;
             text(StatusCode::BAD_REQUEST, format!("reading the request body: {e}\n"))
         }
+    }
+}
+
+/// Ends a try's span: the endpoint, the try's number (1 for the first) and what came back.
+fn end_try<B>(span: HopSpan, number: usize, endpoint: SocketAddr, result: &Result<Response<B>, SendError>) {
+    if !span.recording() {
+        return span.fail(String::new(), Vec::new());
+    }
+    let attributes = vec![
+        KeyValue::new("server.address", endpoint.to_string()),
+        KeyValue::new("http.request.resend_count", number.saturating_sub(1) as i64),
+    ];
+    match result {
+        Ok(response) => span.end(response.status().as_u16(), attributes),
+        Err(e) => span.fail(e.to_string(), attributes),
     }
 }
 

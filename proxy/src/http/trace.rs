@@ -1,38 +1,55 @@
 //! W3C trace context: each proxy hop gets a span of its own so traces join across the mesh. An incoming
 //! `traceparent` keeps its trace id and gets a new parent (span) id; a request without one starts a trace.
+//! With trace export on (`telemetry::traces`), the hop's span is a real OpenTelemetry span whose id and
+//! sampling decision go on in the header; without it, a random span id and the incoming flags (sampled for a
+//! new trace) keep the trace joined for whoever else records it.
 
 use http::{HeaderMap, HeaderValue};
+use opentelemetry::trace::SpanKind;
 use rand::Rng;
+
+use crate::telemetry::traces::HopSpan;
 
 pub const TRACEPARENT: &str = "traceparent";
 
-/// Rewrites (or adds) `traceparent` for this hop; returns the trace id for the access log.
-pub fn add_hop(headers: &mut HeaderMap) -> String {
-    let mut rng = rand::rng();
-    let span: u64 = rng.random::<u64>().max(1);
-    let parsed = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse);
-    let (trace, flags) = match parsed {
-        Some((trace, flags)) => (trace, flags),
-        None => (format!("{:032x}", rng.random::<u128>().max(1)), "01".to_string()),
-    };
-    if let Ok(value) = HeaderValue::from_str(&format!("00-{trace}-{span:016x}-{flags}")) {
-        headers.insert(TRACEPARENT, value);
-    }
-    trace
+/// This hop's trace: the id for the access log and, when traces are exported, the span to end.
+pub struct Hop {
+    pub trace_id: String,
+    pub span: Option<HopSpan>,
 }
 
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`; all-zero ids are invalid.
-fn parse(value: &str) -> Option<(String, String)> {
+/// Rewrites (or adds) `traceparent` for this hop and starts its span (`name`, `kind`) when export is on.
+pub fn add_hop(headers: &mut HeaderMap, name: &'static str, kind: SpanKind) -> Hop {
+    let parsed = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(parse);
+    if let Some(span) = HopSpan::start(name, kind, parsed) {
+        set(headers, &span.traceparent());
+        return Hop { trace_id: span.trace_id(), span: Some(span) };
+    }
+    let mut rng = rand::rng();
+    let span: u64 = rng.random::<u64>().max(1);
+    let (trace, flags) = parsed.map(|(t, _, f)| (t, f)).unwrap_or_else(|| (rng.random::<u128>().max(1), 1));
+    set(headers, &format!("00-{trace:032x}-{span:016x}-{flags:02x}"));
+    Hop { trace_id: format!("{trace:032x}"), span: None }
+}
+
+/// Sets `traceparent` (a try's own span, when export is on).
+pub fn set(headers: &mut HeaderMap, traceparent: &str) {
+    if let Ok(value) = HeaderValue::from_str(traceparent) {
+        headers.insert(TRACEPARENT, value);
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` as (trace, parent, flags); all-zero ids are invalid.
+fn parse(value: &str) -> Option<(u128, u64, u8)> {
     let mut parts = value.trim().split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     if version != "00" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
         return None;
     }
-    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
-        return None;
-    }
-    Some((trace.to_string(), flags.to_string()))
+    let trace = u128::from_str_radix(trace, 16).ok().filter(|t| *t != 0)?;
+    let parent = u64::from_str_radix(parent, 16).ok().filter(|p| *p != 0)?;
+    Some((trace, parent, u8::from_str_radix(flags, 16).ok()?))
 }
 
 #[cfg(test)]
@@ -44,12 +61,21 @@ mod tests {
         let mut headers = HeaderMap::new();
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         headers.insert(TRACEPARENT, HeaderValue::from_static(incoming));
-        let trace = add_hop(&mut headers);
-        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let hop = add_hop(&mut headers, "hop", SpanKind::Server);
+        assert_eq!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         let out = headers[TRACEPARENT].to_str().unwrap();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
         assert!(out.ends_with("-01"));
         assert_ne!(out, incoming, "the span id changes per hop");
+    }
+
+    #[test]
+    fn keeps_an_unsampled_decision() {
+        let mut headers = HeaderMap::new();
+        headers
+            .insert(TRACEPARENT, HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        add_hop(&mut headers, "hop", SpanKind::Server);
+        assert!(headers[TRACEPARENT].to_str().unwrap().ends_with("-00"));
     }
 
     #[test]
@@ -59,8 +85,8 @@ mod tests {
             if let Some(b) = bad {
                 headers.insert(TRACEPARENT, HeaderValue::from_static(b));
             }
-            let trace = add_hop(&mut headers);
-            assert_eq!(trace.len(), 32);
+            let hop = add_hop(&mut headers, "hop", SpanKind::Server);
+            assert_eq!(hop.trace_id.len(), 32);
             assert!(parse(headers[TRACEPARENT].to_str().unwrap()).is_some());
         }
     }

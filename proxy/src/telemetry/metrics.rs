@@ -53,6 +53,8 @@ pub struct Metrics {
     config_updates: IntCounterVec,
     config_last_update: prometheus::Gauge,
     certificate_expiry: GaugeVec,
+    /// Spans of trace export by result: queued, dropped (queue full), exported, failed (`traces.rs`).
+    pub trace_spans: IntCounterVec,
 }
 
 /// Every family this registry exports, for tests and for the dashboard's checks.
@@ -77,6 +79,7 @@ pub const FAMILIES: &[&str] = &[
     "strait_certificate_expiry_timestamp_seconds",
     "strait_route_requests_total",
     "strait_route_retries_total",
+    "strait_trace_spans_total",
 ];
 
 /// Why a connection was refused before any byte reached a workload; also the access log's response flag.
@@ -232,6 +235,12 @@ impl Metrics {
                     &["identity"],
                 )
                 .expect("metric definition is static and valid"),
+            ),
+            trace_spans: counter(
+                &registry,
+                "strait_trace_spans_total",
+                "Spans of OpenTelemetry trace export, by result: queued for export, dropped (the bounded queue was full), exported, failed (the collector refused or did not answer)",
+                &["result"],
             ),
             registry,
         }
@@ -411,6 +420,7 @@ mod tests {
         m.config_update::<String>(&Ok(()));
         m.config_update(&Err("bad".to_string()));
         m.certificate_expiry.with_label_values(&["spiffe://cluster.local/ns/shop/sa/a"]).set(1.0);
+        m.trace_spans.with_label_values(&["dropped"]).inc();
         m
     }
 

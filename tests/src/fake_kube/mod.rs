@@ -22,6 +22,7 @@
 //! ([`FakeKube::get`], e.g. the status the controller wrote), and steers watches ([`FakeKube::compact`],
 //! [`FakeKube::hold_watches`]).
 
+pub mod objects;
 pub mod patch;
 pub mod resources;
 pub mod select;
