@@ -361,6 +361,21 @@ mod tests {
     }
 
     #[test]
+    fn the_mesh_documents_egress_policy_is_read_and_a_bad_one_refused_by_field() {
+        let d = parse("apiVersion: strait.dev/v1alpha1\nkind: Mesh\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n");
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+        let snapshot = crate::model::Snapshot::from_objects(d.objects.iter().map(|o| &o.object));
+        assert_eq!(snapshot.settings.outbound_traffic_policy, strait_api::OutboundTrafficPolicy::RegistryOnly);
+        for (spec, field) in [
+            ("{mode: SOMETIMES}", "spec.outboundTrafficPolicy.mode"),
+            ("{mode: ALLOW_ANY, egressProxy: {}}", "spec.outboundTrafficPolicy: expected"),
+        ] {
+            let d = parse(&format!("apiVersion: strait.dev/v1alpha1\nkind: Mesh\nspec:\n  outboundTrafficPolicy: {spec}\n"));
+            assert!(d.objects.is_empty() && d.rejected[0].message.contains(field), "{spec}: {:?}", d.rejected);
+        }
+    }
+
+    #[test]
     fn reads_istio_documents_that_convert_exactly_and_refuses_the_rest_naming_the_field() {
         let d = parse(
             r#"
