@@ -179,9 +179,11 @@ fn parse_istio(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
     };
     match crate::istio::read(json, &strait_api::default_trust_domain()) {
         Ok(object) => out.objects.push(Sourced::new(source, object)),
-        Err((key, message)) => {
-            out.rejected.push(Rejection { source: source.to_string(), key, message: format!("document {doc}: {message}") })
-        }
+        Err((key, message)) => out.rejected.push(Rejection {
+            source: source.to_string(),
+            key,
+            message: format!("document {doc}: {message}"),
+        }),
     }
 }
 
@@ -362,7 +364,9 @@ mod tests {
 
     #[test]
     fn the_mesh_documents_egress_policy_is_read_and_a_bad_one_refused_by_field() {
-        let d = parse("apiVersion: strait.dev/v1alpha1\nkind: Mesh\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n");
+        let d = parse(
+            "apiVersion: strait.dev/v1alpha1\nkind: Mesh\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+        );
         assert!(d.rejected.is_empty(), "{:?}", d.rejected);
         let snapshot = crate::model::Snapshot::from_objects(d.objects.iter().map(|o| &o.object));
         assert_eq!(snapshot.settings.outbound_traffic_policy, strait_api::OutboundTrafficPolicy::RegistryOnly);
@@ -370,7 +374,9 @@ mod tests {
             ("{mode: SOMETIMES}", "spec.outboundTrafficPolicy.mode"),
             ("{mode: ALLOW_ANY, egressProxy: {}}", "spec.outboundTrafficPolicy: expected"),
         ] {
-            let d = parse(&format!("apiVersion: strait.dev/v1alpha1\nkind: Mesh\nspec:\n  outboundTrafficPolicy: {spec}\n"));
+            let d = parse(&format!(
+                "apiVersion: strait.dev/v1alpha1\nkind: Mesh\nspec:\n  outboundTrafficPolicy: {spec}\n"
+            ));
             assert!(d.objects.is_empty() && d.rejected[0].message.contains(field), "{spec}: {:?}", d.rejected);
         }
     }

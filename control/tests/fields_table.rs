@@ -38,7 +38,8 @@ fn every_schema_field_has_a_row_in_the_field_table() {
         let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).expect("a CRD")).expect("YAML");
         let kind = crd["spec"]["names"]["kind"].as_str().expect("a kind").to_string();
         let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        let section_start = table.find(&format!("### Strait {kind} ")).unwrap_or_else(|| panic!("no section for {kind}"));
+        let section_start =
+            table.find(&format!("### Strait {kind} ")).unwrap_or_else(|| panic!("no section for {kind}"));
         let section = &table[section_start..];
         let section = &section[..section[4..].find("\n### ").map(|i| i + 4).unwrap_or(section.len())];
         let mut all = Vec::new();

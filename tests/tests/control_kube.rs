@@ -570,7 +570,8 @@ async fn istio_resources_are_read_from_the_cluster_and_refused_by_field() {
     let running =
         strait_control::kube::start(fake.client().expect("kube client"), options).await.expect("control plane starts");
     let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
-    let config = until(&mut rx, Duration::from_secs(10), "the Istio resources", |c| !c.external_services.is_empty()).await;
+    let config =
+        until(&mut rx, Duration::from_secs(10), "the Istio resources", |c| !c.external_services.is_empty()).await;
     assert_eq!(config.outbound_traffic_policy, strait_api::OutboundTrafficPolicy::RegistryOnly);
     let hosts: Vec<&str> = config.external_services.iter().map(|e| e.spec.host()).collect();
     assert_eq!(hosts, ["api.example.com"], "the DNS ServiceEntry is refused");
@@ -578,7 +579,10 @@ async fn istio_resources_are_read_from_the_cluster_and_refused_by_field() {
     assert_eq!(pa.mode, Some(strait_api::MtlsMode::Permissive));
     let problems = eventually("the refusal", Duration::from_secs(5), || {
         let problems = running.stats().problems();
-        problems.iter().any(|p| p.contains("ServiceEntry shop/by-dns") && p.contains("spec.resolution")).then_some(problems)
+        problems
+            .iter()
+            .any(|p| p.contains("ServiceEntry shop/by-dns") && p.contains("spec.resolution"))
+            .then_some(problems)
     })
     .await;
     assert!(!problems.iter().any(|p| p.contains("api.example.com")), "{problems:?}");

@@ -26,12 +26,12 @@ fn cluster() -> Result<Cluster> {
 /// The Istio documents of `yaml`, read as the control plane reads them, added to `config`.
 fn apply_istio(config: &mut MeshConfig, yaml: &str) -> Result<()> {
     for converted in convert_all(yaml, &config.trust_domain).map_err(anyhow::Error::msg)? {
+        if converted.changes_behaviour() {
+            bail!("{} would behave differently: {:?} {:?}", converted.origin, converted.notes, converted.outcome);
+        }
         let Outcome::Direct { object } = converted.outcome else {
             bail!("{} was not read as it is: {:?}", converted.origin, converted.outcome);
         };
-        if converted.changes_behaviour() {
-            bail!("{} would behave differently: {:?}", converted.origin, converted.notes);
-        }
         match *object {
             Object::PeerAuthentication(p) => config.peer_authentications.push(p),
             Object::ServiceEntry(e) => config.external_services.push(e),
@@ -120,7 +120,8 @@ fn peer_authentication_strict_and_permissive_per_mesh_namespace_workload_and_por
     let mesh = Mesh::start(cluster, &config, Mode::Tproxy)?;
     let outsider = mesh.cluster.node("node-a").netns_name().to_string();
     let a1 = mesh.cluster.pod("a1").netns_name().to_string();
-    let refused = |m: &Mesh| m.metric("node-b", "strait_connections_refused_total", &[("reason", "plaintext_in_strict")]);
+    let refused =
+        |m: &Mesh| m.metric("node-b", "strait_connections_refused_total", &[("reason", "plaintext_in_strict")]);
 
     // Namespace STRICT: plaintext refused on both ports and counted; meshed a1 still gets through (mTLS).
     assert!(!gets_through(&outsider, echo, "NS-STRICT-7000")?, "plaintext passed a STRICT namespace");
@@ -212,17 +213,17 @@ fn registry_only_reaches_service_entries_and_refuses_the_rest() -> Result<()> {
     // b2 is outside the mesh: no workload, no service; only the ServiceEntries name it.
     config.workloads.retain(|w| w.name != "b2");
     let b2 = cluster.pod("b2");
-    let b2_ip = b2.ip().to_string();
+    let (b2_ip, b2_netns) = (b2.ip(), b2.netns_name().to_string());
     config.outbound_traffic_policy = OutboundTrafficPolicy::RegistryOnly;
-    apply_istio(&mut config, &service_entries(&b2_ip))?;
+    apply_istio(&mut config, &service_entries(&b2_ip.to_string()))?;
     let _servers = [7000u16, 7001, 7002]
-        .map(|port| backend::tcp_echo(b2.netns_name(), SocketAddr::new(b2.ip().into(), port)))
+        .map(|port| backend::tcp_echo(&b2_netns, SocketAddr::new(b2_ip.into(), port)))
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     let mesh = Mesh::start(cluster, &config, Mode::Tproxy)?;
     let a1 = mesh.cluster.pod("a1").netns_name().to_string();
-    let registered = SocketAddr::new(b2.ip().into(), 7000);
-    let unregistered = SocketAddr::new(b2.ip().into(), 7002);
+    let registered = SocketAddr::new(b2_ip.into(), 7000);
+    let unregistered = SocketAddr::new(b2_ip.into(), 7002);
     let virtual_db: SocketAddr = "10.96.0.99:5432".parse()?;
 
     assert!(gets_through(&a1, registered, "REGISTERED")?, "the registered external host was refused");

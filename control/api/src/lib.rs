@@ -19,8 +19,8 @@ mod validate;
 
 pub use config::*;
 pub use egress::{ExternalEndpoint, ExternalPort, ExternalService, OutboundTrafficPolicy, Resolution};
-pub use peer_auth::{MtlsSource, PeerAuthentication};
 pub use host::{canonical_host, ServiceRef, CLUSTER_DOMAIN};
+pub use peer_auth::{MtlsSource, PeerAuthentication};
 pub use resources::*;
 pub use validate::{check_retry_on, ValidationError, RETRY_ON_CONDITIONS};
 

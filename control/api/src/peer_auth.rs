@@ -114,9 +114,8 @@ mod tests {
     use super::*;
 
     fn config(policies: &str, namespace_mode: &str) -> MeshConfig {
-        let yaml = format!(
-            "namespaces: [{{name: shop, mtlsMode: {namespace_mode}}}]\npeerAuthentications:\n{policies}"
-        );
+        let yaml =
+            format!("namespaces: [{{name: shop, mtlsMode: {namespace_mode}}}]\npeerAuthentications:\n{policies}");
         MeshConfig::from_yaml(&yaml).expect("valid test configuration")
     }
 

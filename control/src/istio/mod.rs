@@ -131,7 +131,21 @@ pub fn read(document: Value, trust_domain: &str) -> Result<Object, (Option<crate
                 converted.notes.iter().filter(|n| n.changes_behaviour()).map(ToString::to_string).collect();
             Err((Some(object.key()), format!("{origin}: would behave differently in Strait: {}", notes.join("; "))))
         }
-        Outcome::Refused(reason) => Err((None, format!("{origin}: {reason}"))),
+        Outcome::Refused(reason) => {
+            // Named when the kind is known, so only this object is left out (or keeps its last good version).
+            let kind = match origin.split(' ').next() {
+                Some("VirtualService") => Some(Kind::TrafficRoute),
+                Some("DestinationRule") => Some(Kind::DestinationPolicy),
+                Some("AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+                Some("PeerAuthentication") => Some(Kind::PeerAuthentication),
+                Some("ServiceEntry") => Some(Kind::ServiceEntry),
+                _ => None,
+            };
+            let key = kind
+                .filter(|_| !converted.name.is_empty())
+                .map(|kind| crate::model::ObjectKey::new(kind, &converted.namespace, &converted.name));
+            Err((key, format!("{origin}: {reason}")))
+        }
     }
 }
 

@@ -170,8 +170,9 @@ pub fn peer_authentication(
             selector.finish(notes);
             let labels: std::collections::BTreeMap<String, String> = match labels {
                 None => Default::default(),
-                Some(labels) => serde_json::from_value(labels)
-                    .map_err(|e| format!("{}: {e}", spec.path("selector.matchLabels")))?,
+                Some(labels) => {
+                    serde_json::from_value(labels).map_err(|e| format!("{}: {e}", spec.path("selector.matchLabels")))?
+                }
             };
             // An empty selector selects every workload of the namespace, as no selector does.
             (!labels.is_empty()).then_some(LabelSelector { match_labels: labels })

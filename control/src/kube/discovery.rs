@@ -259,10 +259,9 @@ fn snapshot(stores: &Stores) -> (Discovered, Vec<CrdObject>) {
             }
         }
     }
-    discovered.objects.push(crate::model::Sourced::new(
-        crds::SOURCE,
-        crate::model::Object::MeshSettings(stores.settings.clone()),
-    ));
+    discovered
+        .objects
+        .push(crate::model::Sourced::new(crds::SOURCE, crate::model::Object::MeshSettings(stores.settings.clone())));
     // Store order is a hash map's: sort so that an unchanged cluster is an unchanged snapshot.
     discovered.objects.sort_by_key(|o| o.object.key());
     discovered.rejected.sort_by(|a, b| (&a.key, &a.message).cmp(&(&b.key, &b.message)));
