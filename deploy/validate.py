@@ -53,7 +53,7 @@ def manifest_files():
     files = []
     for path in sorted(glob.glob(os.path.join(DEPLOY, "**", "*.yaml"), recursive=True)):
         rel = os.path.relpath(path, DEPLOY)
-        if rel.split(os.sep)[0] in NOT_MANIFESTS or rel == "kustomization.yaml":
+        if rel.split(os.sep)[0] in NOT_MANIFESTS or os.path.basename(rel) == "kustomization.yaml":
             continue
         files.append(rel)
     return files
@@ -312,7 +312,8 @@ def main():
             fail("kustomization.yaml", f"lists {rel}, which does not exist")
     for rel in manifest_files():
         # uninstall/ is applied by hand after the mesh is deleted, never with it.
-        optional = any(rel.startswith(d + os.sep) for d in ("examples", OPTIONAL, "uninstall"))
+        # components/ are kustomize Components a user adds (their kustomization.yaml is not a manifest).
+        optional = any(rel.startswith(d + os.sep) for d in ("examples", OPTIONAL, "uninstall", "components"))
         if not optional and rel not in listed:
             fail("kustomization.yaml", f"does not list {rel}")
 

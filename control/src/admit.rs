@@ -203,7 +203,8 @@ pub fn check_object(trust_domain: &str, object: &Object) -> Result<(), Vec<Strin
         }
     }
     let key = object.key();
-    if key.kind != crate::model::Kind::Namespace && key.namespace.is_empty() {
+    if !matches!(key.kind, crate::model::Kind::Namespace | crate::model::Kind::MeshSettings) && key.namespace.is_empty()
+    {
         problems.push("namespace: is required".to_string());
     }
     if let Err(e) = config.validate() {

@@ -20,7 +20,7 @@ use serde_yaml::Value;
 use tokio::sync::watch;
 
 use crate::discovery::{BoxFuture, Discovery};
-use crate::model::{Discovered, Kind, Object, ObjectKey, Rejection, Sourced};
+use crate::model::{Discovered, Kind, MeshSettings, Object, ObjectKey, Rejection, Sourced, MESH_SETTINGS};
 
 pub const API_VERSION: &str = "strait.dev/v1alpha1";
 
@@ -170,7 +170,6 @@ pub fn parse_file(source: &str, text: &str, out: &mut Discovered) {
 /// refused with every field that would behave differently (`strait import --accept-changes` makes the
 /// reviewed conversion a file of Strait resources).
 fn parse_istio(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
-    use crate::istio::{convert, Outcome};
     let json = match serde_json::to_value(value) {
         Ok(json) => json,
         Err(e) => {
@@ -178,32 +177,13 @@ fn parse_istio(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
             return out.rejected.push(Rejection { source: source.to_string(), key: None, message });
         }
     };
-    let converted = convert(json, &strait_api::default_trust_domain());
-    let reject = |out: &mut Discovered, key: Option<ObjectKey>, message: String| {
-        out.rejected.push(Rejection {
+    match crate::istio::read(json, &strait_api::default_trust_domain()) {
+        Ok(object) => out.objects.push(Sourced::new(source, object)),
+        Err((key, message)) => out.rejected.push(Rejection {
             source: source.to_string(),
             key,
-            message: format!("document {doc}: {}: {message}", converted.origin),
-        })
-    };
-    match &converted.outcome {
-        Outcome::Resource { object, .. } if !converted.changes_behaviour() => {
-            out.objects.push(Sourced::new(source, (**object).clone()))
-        }
-        Outcome::Resource { object, .. } => {
-            let notes: Vec<String> =
-                converted.notes.iter().filter(|n| n.changes_behaviour()).map(ToString::to_string).collect();
-            reject(out, Some(object.key()), format!("would behave differently in Strait: {}", notes.join("; ")))
-        }
-        Outcome::NamespaceMtls { mode } => reject(
-            out,
-            None,
-            format!(
-                "set the namespace's mode in the Mesh file instead: namespaces: [{{name: {}, mtlsMode: {mode}}}]",
-                converted.namespace
-            ),
-        ),
-        Outcome::Refused(reason) => reject(out, None, reason.clone()),
+            message: format!("document {doc}: {message}"),
+        }),
     }
 }
 
@@ -322,11 +302,26 @@ fn parse_mesh(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
             "namespaces" => Kind::Namespace,
             "workloads" => Kind::Workload,
             "services" => Kind::Service,
+            "outboundTrafficPolicy" => {
+                let mode = list.get("mode").cloned().unwrap_or(Value::Null);
+                let settings = match list.as_mapping().map(|m| m.len()) {
+                    Some(1) => typed(mode, "Mesh: spec.outboundTrafficPolicy.mode")
+                        .map(|outbound_traffic_policy| MeshSettings { outbound_traffic_policy }),
+                    _ => Err("Mesh: spec.outboundTrafficPolicy: expected {mode: ALLOW_ANY or REGISTRY_ONLY}".into()),
+                };
+                match settings {
+                    Ok(settings) => out.objects.push(Sourced::new(source, Object::MeshSettings(settings))),
+                    Err(message) => reject(out, Some(ObjectKey::new(Kind::MeshSettings, "", MESH_SETTINGS)), message),
+                }
+                continue;
+            }
             other => {
                 reject(
                     out,
                     None,
-                    format!("Mesh: spec.{other}: unknown field (expected namespaces, workloads, services)"),
+                    format!(
+                        "Mesh: spec.{other}: unknown field (expected namespaces, workloads, services, outboundTrafficPolicy)"
+                    ),
                 );
                 continue;
             }
@@ -365,6 +360,25 @@ mod tests {
         let mut d = Discovered::default();
         parse_file("mesh.yaml", text, &mut d);
         d
+    }
+
+    #[test]
+    fn the_mesh_documents_egress_policy_is_read_and_a_bad_one_refused_by_field() {
+        let d = parse(
+            "apiVersion: strait.dev/v1alpha1\nkind: Mesh\nspec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+        );
+        assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+        let snapshot = crate::model::Snapshot::from_objects(d.objects.iter().map(|o| &o.object));
+        assert_eq!(snapshot.settings.outbound_traffic_policy, strait_api::OutboundTrafficPolicy::RegistryOnly);
+        for (spec, field) in [
+            ("{mode: SOMETIMES}", "spec.outboundTrafficPolicy.mode"),
+            ("{mode: ALLOW_ANY, egressProxy: {}}", "spec.outboundTrafficPolicy: expected"),
+        ] {
+            let d = parse(&format!(
+                "apiVersion: strait.dev/v1alpha1\nkind: Mesh\nspec:\n  outboundTrafficPolicy: {spec}\n"
+            ));
+            assert!(d.objects.is_empty() && d.rejected[0].message.contains(field), "{spec}: {:?}", d.rejected);
+        }
     }
 
     #[test]

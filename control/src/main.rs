@@ -58,6 +58,15 @@ struct Args {
     /// proxies renew at half-life. From 10s (shorter leaves no room for a renewal to be retried) to 30d.
     #[arg(long, env = "STRAIT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_ttl)]
     workload_cert_ttl: Duration,
+    /// Kubernetes mode: also read Istio's VirtualService, DestinationRule, ServiceEntry (networking.istio.io/v1),
+    /// AuthorizationPolicy and PeerAuthentication (security.istio.io/v1) from the cluster, those whose CRDs are
+    /// installed, converted as `strait import` does; what would behave differently is refused, naming the field.
+    #[arg(long, env = "STRAIT_ISTIO_RESOURCES", requires = "kubernetes")]
+    istio_resources: bool,
+    /// Kubernetes mode: whether meshed pods may reach destinations outside the mesh: ALLOW_ANY, or REGISTRY_ONLY
+    /// (only hosts a ServiceEntry registers). Files mode: the Mesh document's `outboundTrafficPolicy: {mode: ..}`.
+    #[arg(long, env = "STRAIT_OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY", requires = "kubernetes")]
+    outbound_traffic_policy: strait_api::OutboundTrafficPolicy,
 }
 
 fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
@@ -112,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
             proxy_service_account: args.proxy_service_account,
             audience: args.token_audience,
             cert_ttl: args.workload_cert_ttl,
+            istio_resources: args.istio_resources,
+            outbound_traffic_policy: args.outbound_traffic_policy,
             ..Default::default()
         };
         strait_control::kube::start(client, options).await?

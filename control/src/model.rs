@@ -11,7 +11,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use strait_api::{
-    AuthorizationPolicySpec, DestinationPolicySpec, Endpoint, MtlsMode, Named, ServicePort, TrafficRouteSpec,
+    AuthorizationPolicySpec, DestinationPolicySpec, Endpoint, ExternalService, MtlsMode, Named, OutboundTrafficPolicy,
+    PeerAuthentication, ServicePort, TrafficRouteSpec,
 };
 
 /// A namespace and its mesh settings.
@@ -62,6 +63,16 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// Mesh-wide settings (a Mesh document's `outboundTrafficPolicy`, or `strait-control --outbound-traffic-policy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshSettings {
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// The one name of the [`Object::MeshSettings`] object.
+pub const MESH_SETTINGS: &str = "mesh-settings";
+
 fn yes() -> bool {
     true
 }
@@ -79,6 +90,11 @@ pub enum Kind {
     AuthorizationPolicy,
     TrafficRoute,
     DestinationPolicy,
+    /// Istio's PeerAuthentication, read as it is (Strait has no kind of its own for it).
+    PeerAuthentication,
+    /// Istio's ServiceEntry, read as it is: an external host.
+    ServiceEntry,
+    MeshSettings,
 }
 
 impl fmt::Display for Kind {
@@ -121,6 +137,9 @@ pub enum Object {
     AuthorizationPolicy(Named<AuthorizationPolicySpec>),
     TrafficRoute(Named<TrafficRouteSpec>),
     DestinationPolicy(Named<DestinationPolicySpec>),
+    PeerAuthentication(PeerAuthentication),
+    ServiceEntry(Named<ExternalService>),
+    MeshSettings(MeshSettings),
 }
 
 impl Object {
@@ -132,6 +151,9 @@ impl Object {
             Object::AuthorizationPolicy(p) => ObjectKey::new(Kind::AuthorizationPolicy, &p.namespace, &p.name),
             Object::TrafficRoute(r) => ObjectKey::new(Kind::TrafficRoute, &r.namespace, &r.name),
             Object::DestinationPolicy(d) => ObjectKey::new(Kind::DestinationPolicy, &d.namespace, &d.name),
+            Object::PeerAuthentication(p) => ObjectKey::new(Kind::PeerAuthentication, &p.namespace, &p.name),
+            Object::ServiceEntry(e) => ObjectKey::new(Kind::ServiceEntry, &e.namespace, &e.name),
+            Object::MeshSettings(_) => ObjectKey::new(Kind::MeshSettings, "", MESH_SETTINGS),
         }
     }
 }
@@ -188,6 +210,9 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Named<AuthorizationPolicySpec>>,
     pub traffic_routes: Vec<Named<TrafficRouteSpec>>,
     pub destination_policies: Vec<Named<DestinationPolicySpec>>,
+    pub peer_authentications: Vec<PeerAuthentication>,
+    pub service_entries: Vec<Named<ExternalService>>,
+    pub settings: MeshSettings,
 }
 
 impl Snapshot {
@@ -204,6 +229,9 @@ impl Snapshot {
                 Object::AuthorizationPolicy(p) => s.authorization_policies.push(p),
                 Object::TrafficRoute(r) => s.traffic_routes.push(r),
                 Object::DestinationPolicy(d) => s.destination_policies.push(d),
+                Object::PeerAuthentication(p) => s.peer_authentications.push(p),
+                Object::ServiceEntry(e) => s.service_entries.push(e),
+                Object::MeshSettings(m) => s.settings = m,
             }
         }
         s

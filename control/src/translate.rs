@@ -65,6 +65,9 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshCon
         authorization_policies: snapshot.authorization_policies.clone(),
         traffic_routes: snapshot.traffic_routes.clone(),
         destination_policies: merge_destination_policies(&snapshot.destination_policies).policies,
+        peer_authentications: snapshot.peer_authentications.clone(),
+        outbound_traffic_policy: snapshot.settings.outbound_traffic_policy,
+        external_services: snapshot.service_entries.clone(),
     }
 }
 

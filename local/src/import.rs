@@ -1,5 +1,5 @@
-//! `strait import FILE|DIR|-`: Istio resources (VirtualService, DestinationRule, AuthorizationPolicy,
-//! PeerAuthentication) converted to Strait's kinds on stdout, with every field that was dropped or changed
+//! `strait import FILE|DIR|-`: Istio resources (VirtualService, DestinationRule, AuthorizationPolicy; PeerAuthentication
+//! and ServiceEntry are checked and read as they are) converted to Strait's kinds on stdout, with every field that was dropped or changed
 //! and why on stderr. Exits 1 when the output would behave differently from the input, unless
 //! `--accept-changes`.
 
@@ -35,7 +35,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
     }
     if converted.is_empty() {
-        bail!("no Istio resources found (VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication)");
+        bail!("no Istio resources found (VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, PeerAuthentication)");
     }
     let changed = converted.iter().filter(|c| c.changes_behaviour()).count();
     // Nothing on stdout unless it is meant to be used: `strait import x | kubectl apply -f -` must not apply
@@ -70,12 +70,11 @@ fn render(converted: &[Converted], accept_changes: bool) -> anyhow::Result<Strin
                 out.push_str(&format!("---\n# from {}\n", c.origin));
                 out.push_str(&serde_yaml::to_string(document).context("rendering YAML")?);
             }
-            Outcome::NamespaceMtls { mode } => {
+            Outcome::Direct { .. } => {
                 out.push_str(&format!(
-                    "---\n# from {}: Strait reads the namespace's mTLS mode from a label:\n\
-                     #   kubectl label namespace {} strait.dev/mtls-mode={mode} --overwrite\n\
-                     # or, in a local mesh's Mesh file: namespaces: [{{name: {}, mtlsMode: {mode}}}]\n",
-                    c.origin, c.namespace, c.namespace
+                    "---\n# from {}: Strait has no kind of its own for it and reads the Istio resource as it is:\n\
+                     # apply it unchanged (strait-control --istio-resources, or a local mesh's directory)\n",
+                    c.origin
                 ));
             }
             Outcome::Refused(reason) if accept_changes => {

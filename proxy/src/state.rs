@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use strait_api::{EscapedSlashes, MeshConfig, MtlsMode, Protocol, Service, ServicePort, Workload};
+use strait_api::{EscapedSlashes, MeshConfig, MtlsMode, MtlsSource, Protocol, Service, ServicePort, Workload};
 use strait_certs::Identity;
 use tokio::sync::watch;
 
@@ -261,8 +261,10 @@ impl State {
         self.endpoint_escaped_slashes.get(&target).copied().unwrap_or_default()
     }
 
-    pub fn mtls_mode(&self, namespace: &str) -> MtlsMode {
-        self.config.mtls_mode(namespace)
+    /// Whether plaintext may reach `workload` on its `port`: PeerAuthentications (workload and port, namespace,
+    /// mesh), then the namespace's setting; see `strait_api::peer_auth`.
+    pub fn mtls_mode(&self, workload: &Workload, port: u16) -> (MtlsMode, MtlsSource) {
+        self.config.peer_mtls_mode(workload, port)
     }
 }
 

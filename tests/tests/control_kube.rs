@@ -492,3 +492,67 @@ async fn namespace_labels_mesh_pods_and_choose_the_mtls_mode() {
     task.abort();
     running.shutdown().await;
 }
+
+/// `--istio-resources`: Istio's kinds are watched and read as the file provider reads them; one that would behave
+/// differently is refused with a problem naming the field, and the rest flows. With the egress policy set.
+#[tokio::test]
+async fn istio_resources_are_read_from_the_cluster_and_refused_by_field() {
+    init_tracing();
+    let fake = cluster().await;
+    let put = |o: Value| {
+        fake.apply(o).expect("stored");
+    };
+    put(json!({
+        "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "shop"},
+        "spec": {"mtls": {"mode": "PERMISSIVE"}},
+    }));
+    put(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"hosts": ["api.example.com"], "addresses": ["192.0.2.1"], "ports": [{"number": 443, "name": "https"}],
+                 "location": "MESH_EXTERNAL", "resolution": "NONE"},
+    }));
+    put(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+        "metadata": {"name": "by-dns", "namespace": "shop"},
+        "spec": {"hosts": ["dns.example.com"], "ports": [{"number": 443, "name": "https"}], "resolution": "DNS"},
+    }));
+    let options = KubeOptions {
+        listen: loopback(),
+        istio_resources: true,
+        outbound_traffic_policy: strait_api::OutboundTrafficPolicy::RegistryOnly,
+        ..Default::default()
+    };
+    let running =
+        strait_control::kube::start(fake.client().expect("kube client"), options).await.expect("control plane starts");
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+    let config =
+        until(&mut rx, Duration::from_secs(10), "the Istio resources", |c| !c.external_services.is_empty()).await;
+    assert_eq!(config.outbound_traffic_policy, strait_api::OutboundTrafficPolicy::RegistryOnly);
+    let hosts: Vec<&str> = config.external_services.iter().map(|e| e.spec.host()).collect();
+    assert_eq!(hosts, ["api.example.com"], "the DNS ServiceEntry is refused");
+    let pa = config.peer_authentications.iter().find(|p| p.name == "default").expect("the PeerAuthentication");
+    assert_eq!(pa.mode, Some(strait_api::MtlsMode::Permissive));
+    let problems = eventually("the refusal", Duration::from_secs(5), || {
+        let problems = running.stats().problems();
+        problems
+            .iter()
+            .any(|p| p.contains("ServiceEntry shop/by-dns") && p.contains("spec.resolution"))
+            .then_some(problems)
+    })
+    .await;
+    assert!(!problems.iter().any(|p| p.contains("api.example.com")), "{problems:?}");
+
+    // Edits through the API reach the proxies.
+    put(json!({
+        "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "shop"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }));
+    until(&mut rx, Duration::from_secs(5), "the edited PeerAuthentication", |c| {
+        c.peer_authentications.iter().any(|p| p.mode == Some(strait_api::MtlsMode::Strict))
+    })
+    .await;
+    task.abort();
+}

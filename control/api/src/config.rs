@@ -28,6 +28,15 @@ pub struct MeshConfig {
     pub traffic_routes: Vec<Named<TrafficRouteSpec>>,
     #[serde(default)]
     pub destination_policies: Vec<Named<DestinationPolicySpec>>,
+    /// Istio PeerAuthentications: plaintext per namespace, workload and port (see [`crate::peer_auth`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<crate::PeerAuthentication>,
+    /// Whether meshed pods may reach destinations outside the mesh (see [`crate::egress`]).
+    #[serde(default)]
+    pub outbound_traffic_policy: crate::OutboundTrafficPolicy,
+    /// Hosts outside the mesh, registered by ServiceEntries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_services: Vec<Named<crate::ExternalService>>,
 }
 
 impl Default for MeshConfig {
@@ -40,6 +49,9 @@ impl Default for MeshConfig {
             authorization_policies: Vec::new(),
             traffic_routes: Vec::new(),
             destination_policies: Vec::new(),
+            peer_authentications: Vec::new(),
+            outbound_traffic_policy: Default::default(),
+            external_services: Vec::new(),
         }
     }
 }

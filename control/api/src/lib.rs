@@ -8,15 +8,19 @@
 
 pub mod bounds;
 pub mod config;
+pub mod egress;
 pub mod frame;
 pub mod host;
+pub mod peer_auth;
 pub mod protocol;
 pub mod resources;
 pub mod status;
 mod validate;
 
 pub use config::*;
+pub use egress::{ExternalEndpoint, ExternalPort, ExternalService, OutboundTrafficPolicy, Resolution};
 pub use host::{canonical_host, ServiceRef, CLUSTER_DOMAIN};
+pub use peer_auth::{MtlsSource, PeerAuthentication};
 pub use resources::*;
 pub use validate::{check_retry_on, ValidationError, RETRY_ON_CONDITIONS};
 

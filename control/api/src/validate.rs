@@ -88,6 +88,8 @@ impl MeshConfig {
         for (i, dp) in self.destination_policies.iter().enumerate() {
             validate_destination_policy(&mut p, &field_of("destinationPolicies", i, dp), &dp.spec);
         }
+        crate::peer_auth::validate(self, &mut |field, message| p.push(field, message));
+        crate::egress::validate(self, &mut |field, message| p.push(field, message));
         if p.0.is_empty() {
             Ok(())
         } else {

@@ -10,6 +10,7 @@
 mod fields;
 mod networking;
 mod security;
+mod service_entry;
 
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -40,8 +41,9 @@ pub struct Converted {
 pub enum Outcome {
     /// A Strait resource (the whole document: apiVersion, kind, metadata, spec) and the object it admits as.
     Resource { document: Value, object: Box<Object> },
-    /// The namespace's mTLS mode (`STRICT` / `PERMISSIVE`), which Strait reads from a namespace label.
-    NamespaceMtls { mode: &'static str },
+    /// A kind Strait has no resource of its own for (PeerAuthentication, ServiceEntry): the control plane and
+    /// the file provider read the Istio resource as it is, into this object.
+    Direct { object: Box<Object> },
     /// Not convertible; the reason names the field.
     Refused(String),
 }
@@ -93,25 +95,66 @@ pub fn convert(document: Value, trust_domain: &str) -> Converted {
                 Ok(spec) => resource(Kind::AuthorizationPolicy, &namespace, &name, spec, trust_domain),
                 Err(reason) => Outcome::Refused(reason),
             },
-            (SECURITY, "PeerAuthentication") => match security::peer_authentication(spec, &mut notes) {
-                Ok(mode) => {
-                    if namespace == ROOT_NAMESPACE {
-                        notes.push(
-                            "metadata.namespace",
-                            NoteKind::Changed,
-                            "mesh-wide in Istio: label every meshed namespace with strait.dev/mtls-mode",
-                        );
-                    }
-                    Outcome::NamespaceMtls { mode }
+            (SECURITY, "PeerAuthentication") => {
+                let mesh_wide = namespace == ROOT_NAMESPACE;
+                match security::peer_authentication(spec, &namespace, &name, mesh_wide, &mut notes) {
+                    Ok(policy) => direct(Object::PeerAuthentication(policy), trust_domain),
+                    Err(reason) => Outcome::Refused(reason),
                 }
+            }
+            (NETWORKING, "ServiceEntry") => match service_entry::service_entry(spec, &mut notes) {
+                Ok(spec) => direct(
+                    Object::ServiceEntry(strait_api::Named { name: name.clone(), namespace: namespace.clone(), spec }),
+                    trust_domain,
+                ),
                 Err(reason) => Outcome::Refused(reason),
             },
             _ => Outcome::Refused(format!(
-                "kind: {kind} ({api}) is not supported (VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication)"
+                "kind: {kind} ({api}) is not supported (VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, PeerAuthentication)"
             )),
         }
     };
     Converted { origin, namespace, name, outcome, notes: notes.0 }
+}
+
+/// What a discovery provider (files, or Kubernetes with `--istio-resources`) reads from one Istio document: the
+/// object it stands for when the conversion is exact; otherwise the reason, naming every field that would
+/// behave differently (with the object's key when it is known, so its last good version stays).
+pub fn read(document: Value, trust_domain: &str) -> Result<Object, (Option<crate::model::ObjectKey>, String)> {
+    let converted = convert(document, trust_domain);
+    let changes = converted.changes_behaviour();
+    let origin = converted.origin;
+    match converted.outcome {
+        Outcome::Resource { object, .. } | Outcome::Direct { object } if !changes => Ok(*object),
+        Outcome::Resource { object, .. } | Outcome::Direct { object } => {
+            let notes: Vec<String> =
+                converted.notes.iter().filter(|n| n.changes_behaviour()).map(ToString::to_string).collect();
+            Err((Some(object.key()), format!("{origin}: would behave differently in Strait: {}", notes.join("; "))))
+        }
+        Outcome::Refused(reason) => {
+            // Named when the kind is known, so only this object is left out (or keeps its last good version).
+            let kind = match origin.split(' ').next() {
+                Some("VirtualService") => Some(Kind::TrafficRoute),
+                Some("DestinationRule") => Some(Kind::DestinationPolicy),
+                Some("AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+                Some("PeerAuthentication") => Some(Kind::PeerAuthentication),
+                Some("ServiceEntry") => Some(Kind::ServiceEntry),
+                _ => None,
+            };
+            let key = kind
+                .filter(|_| !converted.name.is_empty())
+                .map(|kind| crate::model::ObjectKey::new(kind, &converted.namespace, &converted.name));
+            Err((key, format!("{origin}: {reason}")))
+        }
+    }
+}
+
+/// An object read as it is, checked as the control plane checks any object.
+fn direct(object: Object, trust_domain: &str) -> Outcome {
+    match crate::admit::check_object(trust_domain, &object) {
+        Ok(()) => Outcome::Direct { object: Box::new(object) },
+        Err(problems) => Outcome::Refused(problems.join("; ")),
+    }
 }
 
 /// The Strait document for `spec`, checked as the control plane checks any resource.

@@ -45,7 +45,7 @@ pub fn virtual_service(spec: Fields, notes: &mut Notes) -> Value {
     Value::Object(out)
 }
 
-fn exported(spec: &mut Fields, notes: &mut Notes) {
+pub fn exported(spec: &mut Fields, notes: &mut Notes) {
     if let Some(export) = spec.take("exportTo") {
         let everywhere = export.as_array().is_some_and(|e| e.iter().all(|n| n.as_str() == Some("*")));
         let what = if everywhere { NoteKind::Ignored } else { NoteKind::Changed };

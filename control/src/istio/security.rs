@@ -1,9 +1,12 @@
 //! `security.istio.io` AuthorizationPolicy -> Strait's AuthorizationPolicy, and PeerAuthentication -> the
-//! namespace's mTLS mode. A condition Strait cannot evaluate is never simply dropped: an ALLOW rule that needs
+//! policy the proxies apply to plaintext (`strait_api::PeerAuthentication`). A condition Strait cannot evaluate is never simply dropped: an ALLOW rule that needs
 //! it is left out (it would allow more without it) and a DENY rule keeps applying without it (it denies
 //! more), so a converted policy is never more permissive than the original.
 
+use std::collections::BTreeMap;
+
 use serde_json::{json, Map, Value};
+use strait_api::{LabelSelector, MtlsMode, PeerAuthentication};
 
 use super::fields::{Fields, NoteKind, Notes};
 
@@ -146,34 +149,87 @@ fn numeric_ports(ports: &Value) -> Option<Value> {
     numbers.map(Value::Array)
 }
 
-/// The namespace mTLS mode a PeerAuthentication asks for (`STRICT` or `PERMISSIVE`), or `Err` when it cannot
-/// be expressed (a workload selector or per-port modes: Strait sets the mode per namespace).
-pub fn peer_authentication(mut spec: Fields, notes: &mut Notes) -> Result<&'static str, String> {
-    for key in ["selector", "portLevelMtls"] {
+/// A PeerAuthentication as the proxies apply it (see `strait_api::peer_auth`): its mode, per-port modes and
+/// selector; `DISABLE` reads as PERMISSIVE (the proxies always talk mTLS to each other), a change noted.
+pub fn peer_authentication(
+    mut spec: Fields,
+    namespace: &str,
+    name: &str,
+    mesh_wide_namespace: bool,
+    notes: &mut Notes,
+) -> Result<PeerAuthentication, String> {
+    for key in ["targetRef", "targetRefs"] {
         if spec.take(key).is_some() {
-            return Err(format!("{}: is not supported: Strait sets the mTLS mode per namespace", spec.path(key)));
+            return Err(format!("{}: is not supported; the policy would apply elsewhere", spec.path(key)));
         }
     }
-    let mode = match spec.object("mtls", notes) {
-        None => "STRICT",
-        Some(mut mtls) => {
-            let mode = match mtls.take("mode").as_ref().and_then(Value::as_str) {
-                None | Some("UNSET") | Some("STRICT") => "STRICT",
-                Some("PERMISSIVE") => "PERMISSIVE",
-                Some("DISABLE") => {
-                    notes.push(
-                        mtls.path("mode"),
-                        NoteKind::Changed,
-                        "Strait never turns mTLS off between proxies: PERMISSIVE (plaintext from outside the mesh accepted)",
-                    );
-                    "PERMISSIVE"
+    let selector = match spec.object("selector", notes) {
+        None => None,
+        Some(mut selector) => {
+            let labels = selector.take("matchLabels");
+            selector.finish(notes);
+            let labels: std::collections::BTreeMap<String, String> = match labels {
+                None => Default::default(),
+                Some(labels) => {
+                    serde_json::from_value(labels).map_err(|e| format!("{}: {e}", spec.path("selector.matchLabels")))?
                 }
-                Some(other) => return Err(format!("{}: {other:?} is not a mode", mtls.path("mode"))),
             };
+            // An empty selector selects every workload of the namespace, as no selector does.
+            (!labels.is_empty()).then_some(LabelSelector { match_labels: labels })
+        }
+    };
+    let mode = match spec.object("mtls", notes) {
+        None => None,
+        Some(mut mtls) => {
+            let mode = read_mode(mtls.take("mode"), &mtls.path("mode"), notes)?;
             mtls.finish(notes);
             mode
         }
     };
+    let mut port_level_mtls = BTreeMap::new();
+    if let Some(ports) = spec.take("portLevelMtls") {
+        let field = spec.path("portLevelMtls");
+        let Value::Object(ports) = ports else { return Err(format!("{field}: expected a map of port to mtls")) };
+        if selector.is_none() {
+            return Err(format!("{field}: needs a selector (Istio ignores port-level modes without one)"));
+        }
+        for (port, value) in ports {
+            let path = format!("{field}.{port}");
+            let number = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or(format!("{path}: not a port (1-65535)"))?;
+            let mut value = Fields::new(path.clone(), value, notes);
+            if let Some(mode) = read_mode(value.take("mode"), &value.path("mode"), notes)? {
+                port_level_mtls.insert(number, mode);
+            }
+            value.finish(notes);
+        }
+    }
     spec.finish(notes);
-    Ok(mode)
+    let mesh_wide = mesh_wide_namespace && selector.is_none();
+    Ok(PeerAuthentication {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        mesh_wide,
+        selector,
+        mode,
+        port_level_mtls,
+    })
+}
+
+/// `mtls.mode`: `None` for UNSET (inherit).
+fn read_mode(value: Option<Value>, field: &str, notes: &mut Notes) -> Result<Option<MtlsMode>, String> {
+    match value.as_ref().map(|v| v.as_str().ok_or(v)) {
+        None | Some(Ok("UNSET")) => Ok(None),
+        Some(Ok("STRICT")) => Ok(Some(MtlsMode::Strict)),
+        Some(Ok("PERMISSIVE")) => Ok(Some(MtlsMode::Permissive)),
+        Some(Ok("DISABLE")) => {
+            notes.push(
+                field,
+                NoteKind::Changed,
+                "Strait never turns mTLS off between proxies: PERMISSIVE (plaintext from outside the mesh accepted)",
+            );
+            Ok(Some(MtlsMode::Permissive))
+        }
+        Some(Ok(other)) => Err(format!("{field}: {other:?} is not a mode (UNSET, STRICT, PERMISSIVE, DISABLE)")),
+        Some(Err(other)) => Err(format!("{field}: {other} is not a mode")),
+    }
 }

@@ -1,7 +1,7 @@
 //! Istio's own documentation examples, converted.
 
 use super::*;
-use strait_api::{Action, SimpleLb};
+use strait_api::{Action, MtlsMode, SimpleLb};
 
 fn one(yaml: &str) -> Converted {
     let mut all = convert_all(yaml, "cluster.local").expect("parses");
@@ -298,25 +298,88 @@ fn custom_and_audit_actions_and_target_refs_are_refused_not_guessed() {
     }
 }
 
+fn direct(c: &Converted) -> &Object {
+    match &c.outcome {
+        Outcome::Direct { object } => object,
+        other => panic!("{}: {other:?}", c.origin),
+    }
+}
+
 #[test]
-fn peer_authentication_sets_the_namespace_mode() {
+fn peer_authentication_is_read_as_it_is_with_istio_precedence_fields() {
     let pa = |spec: &str, namespace: &str| {
         one(&format!(
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: {namespace}}}\nspec: {spec}"
         ))
     };
+    let policy = |c: &Converted| match direct(c) {
+        Object::PeerAuthentication(p) => p.clone(),
+        other => panic!("{other:?}"),
+    };
     let strict = pa("{mtls: {mode: STRICT}}", "foo");
-    assert!(matches!(strict.outcome, Outcome::NamespaceMtls { mode: "STRICT" }), "{:?}", strict.outcome);
     assert!(!strict.changes_behaviour());
-    let permissive = pa("{mtls: {mode: PERMISSIVE}}", "foo");
-    assert!(matches!(permissive.outcome, Outcome::NamespaceMtls { mode: "PERMISSIVE" }));
+    let p = policy(&strict);
+    assert_eq!((p.mode, p.mesh_wide, p.selector.is_none()), (Some(MtlsMode::Strict), false, true));
+    let unset = pa("{}", "foo");
+    assert_eq!(policy(&unset).mode, None, "UNSET inherits");
+    let mesh_wide = pa("{mtls: {mode: PERMISSIVE}}", "istio-system");
+    assert!(policy(&mesh_wide).mesh_wide && !mesh_wide.changes_behaviour());
     let disable = pa("{mtls: {mode: DISABLE}}", "foo");
-    assert!(matches!(disable.outcome, Outcome::NamespaceMtls { mode: "PERMISSIVE" }));
-    assert!(disable.changes_behaviour());
-    let mesh_wide = pa("{mtls: {mode: STRICT}}", "istio-system");
-    assert!(mesh_wide.changes_behaviour(), "{:?}", mesh_wide.notes);
-    let selected = pa("{selector: {matchLabels: {app: x}}, mtls: {mode: PERMISSIVE}}", "foo");
-    assert!(matches!(selected.outcome, Outcome::Refused(_)));
+    assert_eq!(policy(&disable).mode, Some(MtlsMode::Permissive));
+    assert!(disable.changes_behaviour(), "DISABLE reads as PERMISSIVE, a change");
+    // Istio's docs: workload STRICT with port 8080 DISABLE.
+    let finance = one(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: finance, namespace: foo}\n\
+         spec:\n  selector:\n    matchLabels:\n      app: finance\n  mtls:\n    mode: STRICT\n  portLevelMtls:\n    8080:\n      mode: DISABLE\n",
+    );
+    let p = policy(&finance);
+    assert_eq!(p.selector.expect("selector").match_labels.get("app").map(String::as_str), Some("finance"));
+    assert_eq!(p.port_level_mtls.get(&8080), Some(&MtlsMode::Permissive));
+    assert!(finance.notes.iter().any(|n| n.field == "spec.portLevelMtls.8080.mode"), "{:?}", finance.notes);
+    for (spec, field) in [
+        ("{portLevelMtls: {8080: {mode: STRICT}}}", "spec.portLevelMtls: needs a selector"),
+        ("{selector: {matchLabels: {app: a}}, portLevelMtls: {http: {mode: STRICT}}}", "spec.portLevelMtls.http"),
+        ("{mtls: {mode: SOMETIMES}}", "spec.mtls.mode"),
+        ("{targetRef: {kind: Service, name: a}}", "spec.targetRef"),
+    ] {
+        let Outcome::Refused(reason) = pa(spec, "foo").outcome else { panic!("{spec} converted") };
+        assert!(reason.contains(field), "{spec}: {reason}");
+    }
+}
+
+#[test]
+fn service_entries_become_external_hosts_and_what_cannot_be_matched_is_refused() {
+    let se = |spec: &str| {
+        one(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext, namespace: shop}}\nspec:\n{spec}"
+        ))
+    };
+    let entry = |c: &Converted| match direct(c) {
+        Object::ServiceEntry(e) => e.spec.clone(),
+        other => panic!("{other:?}"),
+    };
+    // Istio's docs (external-svc-mongocluster), as MESH_EXTERNAL.
+    let mongo = se("  hosts: [mymongodb.somedomain]\n  addresses: [192.192.192.192/24]\n  ports:\n  - number: 27018\n    name: mongodb\n    protocol: MONGO\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  endpoints:\n  - address: 2.2.2.2\n  - address: 3.3.3.3\n");
+    assert!(!mongo.changes_behaviour(), "{:?}", mongo.notes);
+    let e = entry(&mongo);
+    assert_eq!(e.resolution, strait_api::Resolution::Static);
+    assert_eq!((e.endpoints.len(), e.ports[0].number, e.host()), (2, 27018, "mymongodb.somedomain"));
+    let none = se("  hosts: [api.example.com]\n  addresses: [192.0.2.1]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  exportTo: ['*']\n");
+    assert!(!none.changes_behaviour(), "{:?}", none.notes);
+    for (spec, field) in [
+        // Istio's docs (external-svc-https): DNS resolution.
+        ("  hosts: [api.dropboxapi.com]\n  location: MESH_EXTERNAL\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: DNS\n", "spec.resolution"),
+        ("  hosts: [a.example.com]\n  addresses: [192.0.2.1]\n  ports: [{number: 27018}]\n  location: MESH_INTERNAL\n", "spec.location"),
+        ("  hosts: [a.example.com]\n  ports: [{number: 443}]\n", "spec.addresses"),
+        ("  hosts: [a.example.com]\n  resolution: STATIC\n  ports: [{number: 443}]\n  endpoints: [{address: db.example.com}]\n", "spec.endpoints[0].address"),
+        ("  hosts: [a.example.com]\n  addresses: [192.0.2.1]\n  ports: [{number: 70000}]\n", "spec.ports[0].number"),
+        ("  hosts: [a.example.com]\n  addresses: [192.0.2.1]\n  ports: [{number: 443}]\n  workloadSelector: {labels: {app: a}}\n", "spec.workloadSelector"),
+    ] {
+        let Outcome::Refused(reason) = se(spec).outcome else { panic!("{spec} converted") };
+        assert!(reason.contains(field), "{field}: {reason}");
+    }
+    let weighted = se("  hosts: [a.example.com]\n  addresses: [192.0.2.1]\n  resolution: STATIC\n  ports: [{number: 443}]\n  endpoints: [{address: 192.0.2.2, weight: 3}]\n");
+    assert!(weighted.changes_behaviour(), "an endpoint weight is dropped, a change");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::{Resource, ResourceExt as _};
@@ -24,7 +24,8 @@ use super::convert;
 use super::crds::{self, CrdKind, CrdObject};
 use super::status::{self, Observed};
 use crate::discovery::{BoxFuture, Discovery};
-use crate::model::Discovered;
+use crate::model::{Discovered, MeshSettings};
+use strait_api::OutboundTrafficPolicy;
 
 /// How long to wait after a change for more before building a snapshot: a rollout touches pods, slices and
 /// services in quick succession, and one push for all of it is cheaper for every proxy.
@@ -36,11 +37,31 @@ pub struct KubeDiscovery {
     trust_domain: String,
     debounce: Duration,
     write_status: bool,
+    istio_resources: bool,
+    settings: MeshSettings,
 }
 
 impl KubeDiscovery {
     pub fn new(client: kube::Client, trust_domain: impl Into<String>) -> Self {
-        KubeDiscovery { client, trust_domain: trust_domain.into(), debounce: DEFAULT_DEBOUNCE, write_status: true }
+        KubeDiscovery {
+            client,
+            trust_domain: trust_domain.into(),
+            debounce: DEFAULT_DEBOUNCE,
+            write_status: true,
+            istio_resources: false,
+            settings: MeshSettings::default(),
+        }
+    }
+
+    /// Whether to watch Istio's kinds too (see [`super::istio`]).
+    pub fn with_istio_resources(mut self, on: bool) -> Self {
+        self.istio_resources = on;
+        self
+    }
+
+    pub fn with_outbound_traffic_policy(mut self, policy: OutboundTrafficPolicy) -> Self {
+        self.settings.outbound_traffic_policy = policy;
+        self
     }
 
     pub fn with_debounce(mut self, debounce: Duration) -> Self {
@@ -63,6 +84,10 @@ struct Stores {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     custom: Vec<(CrdKind, Store<DynamicObject>)>,
+    /// Istio's kinds, with `--istio-resources`, those installed.
+    istio: Vec<(ApiResource, Store<DynamicObject>)>,
+    trust_domain: String,
+    settings: MeshSettings,
 }
 
 impl Discovery for KubeDiscovery {
@@ -71,6 +96,7 @@ impl Discovery for KubeDiscovery {
             let changed = Arc::new(Notify::new());
             let mut tasks = JoinSet::new();
             let client = &self.client;
+            let istio_kinds = if self.istio_resources { super::istio::installed(client).await } else { Vec::new() };
             let stores = Stores {
                 namespaces: reflect(&mut tasks, Api::all(client.clone()), (), &changed),
                 pods: reflect(&mut tasks, Api::all(client.clone()), (), &changed),
@@ -83,6 +109,15 @@ impl Discovery for KubeDiscovery {
                         (*kind, reflect(&mut tasks, Api::all_with(client.clone(), &ar), ar, &changed))
                     })
                     .collect(),
+                istio: istio_kinds
+                    .into_iter()
+                    .map(|ar| {
+                        let store = reflect(&mut tasks, Api::all_with(client.clone(), &ar), ar.clone(), &changed);
+                        (ar, store)
+                    })
+                    .collect(),
+                trust_domain: self.trust_domain.clone(),
+                settings: self.settings.clone(),
             };
             let (observed_tx, observed_rx) = watch::channel(Arc::new(Observed::default()));
             if self.write_status {
@@ -143,6 +178,9 @@ async fn publish(
         let _ = stores.services.wait_until_ready().await;
         let _ = stores.slices.wait_until_ready().await;
         for (_, store) in &stores.custom {
+            let _ = store.wait_until_ready().await;
+        }
+        for (_, store) in &stores.istio {
             let _ = store.wait_until_ready().await;
         }
     };
@@ -213,6 +251,17 @@ fn snapshot(stores: &Stores) -> (Discovered, Vec<CrdObject>) {
             }
         }
     }
+    for (ar, store) in &stores.istio {
+        for object in store.state() {
+            match super::istio::read(ar, &object, &stores.trust_domain) {
+                Ok(sourced) => discovered.objects.push(sourced),
+                Err(rejection) => discovered.rejected.push(rejection),
+            }
+        }
+    }
+    discovered
+        .objects
+        .push(crate::model::Sourced::new(crds::SOURCE, crate::model::Object::MeshSettings(stores.settings.clone())));
     // Store order is a hash map's: sort so that an unchanged cluster is an unchanged snapshot.
     discovered.objects.sort_by_key(|o| o.object.key());
     discovered.rejected.sort_by(|a, b| (&a.key, &a.message).cmp(&(&b.key, &b.message)));

@@ -16,6 +16,7 @@ pub mod ca_secret;
 pub mod convert;
 pub mod crds;
 pub mod discovery;
+pub mod istio;
 pub mod root_configmap;
 pub mod status;
 pub mod token_review;
@@ -48,6 +49,11 @@ pub struct KubeOptions {
     pub audience: String,
     pub debounce: Duration,
     pub write_status: bool,
+    /// Watch Istio's VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy and PeerAuthentication
+    /// (those whose CRDs are installed) and read them as the file provider does.
+    pub istio_resources: bool,
+    /// The mesh's egress policy (a cluster has no Mesh document to carry it).
+    pub outbound_traffic_policy: strait_api::OutboundTrafficPolicy,
 }
 
 impl Default for KubeOptions {
@@ -63,6 +69,8 @@ impl Default for KubeOptions {
             audience: "strait-control".to_string(),
             debounce: discovery::DEFAULT_DEBOUNCE,
             write_status: true,
+            istio_resources: false,
+            outbound_traffic_policy: Default::default(),
         }
     }
 }
@@ -81,7 +89,9 @@ pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result
         TokenReviewVerifier::new(client.clone(), &options.audience, &options.namespace, &options.proxy_service_account);
     let discovery = KubeDiscovery::new(client, options.trust_domain.clone())
         .with_debounce(options.debounce)
-        .with_status(options.write_status);
+        .with_status(options.write_status)
+        .with_istio_resources(options.istio_resources)
+        .with_outbound_traffic_policy(options.outbound_traffic_policy);
     let parts = Parts { discovery: Box::new(discovery), verifier: Arc::new(verifier), ca };
     crate::start_with(options.listen, options.cert_ttl, parts).await
 }

@@ -3,6 +3,7 @@
 //! per-service connection limits, the socket options of a transparent proxy and the byte copy.
 
 pub(crate) mod copy;
+pub(crate) mod egress;
 pub(crate) mod inbound;
 pub(crate) mod limits;
 pub(crate) mod outbound;

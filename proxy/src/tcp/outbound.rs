@@ -8,6 +8,7 @@ use strait_api::Protocol;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use super::egress::{Egress, BLACKHOLE, PASSTHROUGH};
 use super::inbound::serve_stream;
 use super::socket::{accept_until_drained, original_destination};
 use crate::context::ProxyContext;
@@ -72,7 +73,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             }
         }
     }
-    let target = match service_endpoint(&state, original) {
+    let mut target = match service_endpoint(&state, original) {
         Ok(target) => target,
         Err(reason) => {
             ctx.metrics.refused("outbound", Refusal::UpstreamUnreachable);
@@ -81,6 +82,27 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             return;
         }
     };
+    if super::egress::is_external(&state, original) {
+        match super::egress::decide(&state, original) {
+            Egress::Registered { host, namespace, target: to } => {
+                ctx.metrics.egress.with_label_values(&[host.as_str(), "allowed"]).inc();
+                labels = labels.with_external(&host, &namespace);
+                target = to;
+            }
+            Egress::Passthrough => {
+                ctx.metrics.egress.with_label_values(&[PASSTHROUGH, "allowed"]).inc();
+                labels = labels.with_external(PASSTHROUGH, "");
+            }
+            Egress::Denied => {
+                ctx.metrics.egress.with_label_values(&[BLACKHOLE, "denied"]).inc();
+                ctx.metrics.refused("outbound", Refusal::EgressNotRegistered);
+                let labels = labels.with_external(BLACKHOLE, "").with_upstream(original);
+                ConnectionRecord::refused(&ctx.metrics, labels, Refusal::EgressNotRegistered.response_flag());
+                warn!(source = %source.name(), destination = %original, "refused: outboundTrafficPolicy is REGISTRY_ONLY and no ServiceEntry registers the destination");
+                return;
+            }
+        }
+    }
     // `connectionPool.tcp.connectTimeout` of the service, else the proxy's own bound.
     let connect_timeout = state
         .service(original)

@@ -1,5 +1,6 @@
-//! Plaintext that reached a local pod without the tunnel (15006): refused in STRICT namespaces, passed with no
-//! identity in PERMISSIVE ones, after the same authorization as tunnelled traffic.
+//! Plaintext that reached a local pod without the tunnel (15006): refused where the workload's port is STRICT,
+//! passed with no identity where it is PERMISSIVE (PeerAuthentication per workload, port, namespace and mesh,
+//! then the namespace's setting), after the same authorization as tunnelled traffic.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,10 +46,11 @@ async fn plaintext_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyCo
     };
     let labels = ConnectionLabels::new("destination").with_destination(&destination).mutual_tls(false);
     let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
-    if state.mtls_mode(&destination.workload.namespace) == MtlsMode::Strict {
+    let (mode, decided_by) = state.mtls_mode(&destination.workload, target.port());
+    if mode == MtlsMode::Strict {
         ctx.metrics.refused("inbound_plaintext", Refusal::PlaintextInStrict);
         ConnectionRecord::refused(&ctx.metrics, labels, Refusal::PlaintextInStrict.response_flag());
-        info!(%peer, %target, namespace = %destination.workload.namespace, "plaintext refused: namespace is STRICT");
+        info!(%peer, %target, workload = %destination.name(), ?decided_by, "plaintext refused: STRICT");
         return;
     }
     let caller = Caller { identity: None, address: peer.ip() };

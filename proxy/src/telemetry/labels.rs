@@ -119,6 +119,14 @@ impl ConnectionLabels {
         self
     }
 
+    /// A destination outside the mesh: the ServiceEntry's host (or `PassthroughCluster`), as Istio names it.
+    pub fn with_external(mut self, host: &str, namespace: &str) -> Self {
+        self.destination_service = host.to_string();
+        self.destination_service_name = host.to_string();
+        self.destination_service_namespace = namespace.to_string();
+        self
+    }
+
     pub fn mutual_tls(mut self, on: bool) -> Self {
         self.mutual_tls = on;
         self

@@ -44,6 +44,9 @@ pub struct Metrics {
     tcp_sent: IntCounterVec,
     tcp_received: IntCounterVec,
     refusals: IntCounterVec,
+    /// Connections to destinations outside the mesh, by host (a ServiceEntry's, or Istio's
+    /// `PassthroughCluster` / `BlackHoleCluster`) and decision (`allowed`, `denied`).
+    pub egress: IntCounterVec,
     policy_denials: IntCounterVec,
     tls_failures: IntCounterVec,
     pub tunnel_connections: IntGauge,
@@ -71,6 +74,7 @@ pub const FAMILIES: &[&str] = &[
     "strait_circuit_breaker_total",
     "strait_outlier_ejected_endpoints",
     "strait_connections_refused_total",
+    "strait_egress_connections_total",
     "strait_policy_denials_total",
     "strait_tls_handshake_failures_total",
     "strait_tunnel_pool_connections",
@@ -99,6 +103,8 @@ pub enum Refusal {
     TunnelFailed,
     /// Outbound: the source workload already holds as many connections as it may.
     SourceLimit,
+    /// Outbound: a destination outside the mesh that no ServiceEntry registers, under REGISTRY_ONLY.
+    EgressNotRegistered,
 }
 
 impl Refusal {
@@ -111,13 +117,16 @@ impl Refusal {
             Refusal::BadRequest => "bad_request",
             Refusal::UpstreamUnreachable => "upstream_unreachable",
             Refusal::TunnelFailed => "tunnel_failed",
+            Refusal::EgressNotRegistered => "egress_not_registered",
         }
     }
 
     /// Envoy-style response flag, as Istio's metrics carry it.
     pub fn response_flag(self) -> ResponseFlag {
         match self {
-            Refusal::UnknownSource | Refusal::UnknownDestination => ResponseFlag::NoRouteFound,
+            Refusal::UnknownSource | Refusal::UnknownDestination | Refusal::EgressNotRegistered => {
+                ResponseFlag::NoRouteFound
+            }
             Refusal::PlaintextInStrict => ResponseFlag::Unauthorized,
             Refusal::BadRequest => ResponseFlag::DownstreamProtocolError,
             Refusal::UpstreamUnreachable | Refusal::TunnelFailed => ResponseFlag::UpstreamConnectionFailure,
@@ -185,6 +194,12 @@ impl Metrics {
                 "strait_connections_refused_total",
                 "Connections refused before reaching a workload, by listener and reason",
                 &["listener", "reason"],
+            ),
+            egress: counter(
+                &registry,
+                "strait_egress_connections_total",
+                "Connections from meshed pods to destinations outside the mesh, by host and decision (allowed, denied)",
+                &["destination_host", "decision"],
             ),
             policy_denials: counter(
                 &registry,
@@ -414,6 +429,7 @@ mod tests {
         m.routes.request("reviews.shop.svc.cluster.local", "canary", Some("v2"), 503);
         m.routes.retries("reviews.shop.svc.cluster.local", "canary", "attempted", 1);
         m.refused("outbound", Refusal::UnknownSource);
+        m.egress.with_label_values(&["api.example.com", "allowed"]).inc();
         m.policy_denied("destination", "shop/deny", "deny_matched");
         m.tls_handshake_failure("outbound", TlsFailureReason::WrongIdentity);
         m.tunnel_connections.inc();

@@ -61,6 +61,13 @@ pub static RESOURCES: &[ResourceType] = &[
     kind("strait.dev", "v1alpha1", "TrafficRoute", "trafficroutes", true, true),
     kind("strait.dev", "v1alpha1", "DestinationPolicy", "destinationpolicies", true, true),
     kind("strait.dev", "v1alpha1", "AuthorizationPolicy", "authorizationpolicies", true, true),
+    // Istio's kinds, read with `strait-control --istio-resources` (listed after Strait's: `by_kind_name` finds
+    // Strait's AuthorizationPolicy first).
+    kind("networking.istio.io", "v1", "VirtualService", "virtualservices", true, true),
+    kind("networking.istio.io", "v1", "DestinationRule", "destinationrules", true, true),
+    kind("networking.istio.io", "v1", "ServiceEntry", "serviceentries", true, true),
+    kind("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies", true, true),
+    kind("security.istio.io", "v1", "PeerAuthentication", "peerauthentications", true, true),
 ];
 
 /// The kind served at `/api[s]/<group>/<version>/<plural>`.

@@ -1,0 +1,82 @@
+//! Istio's resources read directly from the cluster (`strait-control --istio-resources`): the
+//! `networking.istio.io` and `security.istio.io` kinds whose CRDs are installed are watched, and each object is
+//! converted by the same code as the file provider's (`crate::istio::read`): what converts exactly joins the
+//! mesh, anything else is refused with a problem naming the field (logged, and in `/debug` like every
+//! rejection). Kinds whose CRD is absent are not watched; installing Istio's CRDs later needs a restart.
+
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::GroupVersionKind;
+use kube::ResourceExt as _;
+use serde_json::json;
+
+use super::crds::SOURCE;
+use crate::model::{Rejection, Sourced};
+
+/// The Istio kinds read: (group, kind, plural).
+pub const KINDS: [(&str, &str, &str); 5] = [
+    ("networking.istio.io", "VirtualService", "virtualservices"),
+    ("networking.istio.io", "DestinationRule", "destinationrules"),
+    ("networking.istio.io", "ServiceEntry", "serviceentries"),
+    ("security.istio.io", "AuthorizationPolicy", "authorizationpolicies"),
+    ("security.istio.io", "PeerAuthentication", "peerauthentications"),
+];
+/// The version served by Istio 1.22 and later for every kind above.
+pub const VERSION: &str = "v1";
+
+pub fn api_resource(group: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, VERSION, kind), plural)
+}
+
+/// The kinds whose CRDs the API server serves: a kind it does not know answers 404 and is left out.
+pub async fn installed(client: &kube::Client) -> Vec<ApiResource> {
+    let mut found = Vec::new();
+    for (group, kind, plural) in KINDS {
+        let ar = api_resource(group, kind, plural);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => found.push(ar),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::info!(kind = %format!("{group}/{VERSION} {kind}"), "Istio kind not installed; not watched")
+            }
+            Err(e) => tracing::warn!(kind, error = %e, "cannot list the Istio kind; not watched"),
+        }
+    }
+    found
+}
+
+/// One Istio object, as the file provider reads a document.
+pub fn read(ar: &ApiResource, object: &DynamicObject, trust_domain: &str) -> Result<Sourced, Rejection> {
+    let document = json!({
+        "apiVersion": ar.api_version,
+        "kind": ar.kind,
+        "metadata": {"name": object.name_any(), "namespace": object.namespace().unwrap_or_default()},
+        "spec": object.data.get("spec").cloned().unwrap_or(serde_json::Value::Null),
+    });
+    match crate::istio::read(document, trust_domain) {
+        Ok(object) => Ok(Sourced::new(SOURCE, object)),
+        // Logged with every other rejection when the configuration is published.
+        Err((key, message)) => Err(Rejection { source: SOURCE.to_string(), key, message }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_with_the_file_providers_conversion_and_refuses_by_field() {
+        let ar = api_resource("networking.istio.io", "ServiceEntry", "serviceentries");
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"hosts": ["api.example.com"], "addresses": ["192.0.2.1"], "ports": [{"number": 443, "name": "https"}]},
+        }))
+        .expect("an object");
+        let read_ok = read(&ar, &object, "cluster.local").expect("converts exactly");
+        assert_eq!(read_ok.object.key().to_string(), "ServiceEntry shop/api");
+        let mut dns = object.clone();
+        dns.data["spec"]["resolution"] = json!("DNS");
+        let refused = read(&ar, &dns, "cluster.local").expect_err("DNS is refused");
+        assert!(refused.message.contains("spec.resolution"), "{}", refused.message);
+    }
+}
