@@ -79,6 +79,9 @@ pub enum Kind {
     AuthorizationPolicy,
     TrafficRoute,
     DestinationPolicy,
+    /// Gateway API kinds, spelled as Kubernetes spells them (they print as they are named).
+    HTTPRoute,
+    GRPCRoute,
 }
 
 impl fmt::Display for Kind {
@@ -121,6 +124,8 @@ pub enum Object {
     AuthorizationPolicy(Named<AuthorizationPolicySpec>),
     TrafficRoute(Named<TrafficRouteSpec>),
     DestinationPolicy(Named<DestinationPolicySpec>),
+    /// An HTTPRoute or GRPCRoute attached to a Service (`crate::gateway`).
+    GatewayRoute(crate::gateway::GatewayRoute),
 }
 
 impl Object {
@@ -132,6 +137,7 @@ impl Object {
             Object::AuthorizationPolicy(p) => ObjectKey::new(Kind::AuthorizationPolicy, &p.namespace, &p.name),
             Object::TrafficRoute(r) => ObjectKey::new(Kind::TrafficRoute, &r.namespace, &r.name),
             Object::DestinationPolicy(d) => ObjectKey::new(Kind::DestinationPolicy, &d.namespace, &d.name),
+            Object::GatewayRoute(r) => ObjectKey::new(r.kind.model_kind(), &r.namespace, &r.name),
         }
     }
 }
@@ -188,6 +194,7 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Named<AuthorizationPolicySpec>>,
     pub traffic_routes: Vec<Named<TrafficRouteSpec>>,
     pub destination_policies: Vec<Named<DestinationPolicySpec>>,
+    pub gateway_routes: Vec<crate::gateway::GatewayRoute>,
 }
 
 impl Snapshot {
@@ -204,6 +211,7 @@ impl Snapshot {
                 Object::AuthorizationPolicy(p) => s.authorization_policies.push(p),
                 Object::TrafficRoute(r) => s.traffic_routes.push(r),
                 Object::DestinationPolicy(d) => s.destination_policies.push(d),
+                Object::GatewayRoute(r) => s.gateway_routes.push(r),
             }
         }
         s

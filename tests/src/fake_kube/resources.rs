@@ -61,6 +61,9 @@ pub static RESOURCES: &[ResourceType] = &[
     kind("strait.dev", "v1alpha1", "TrafficRoute", "trafficroutes", true, true),
     kind("strait.dev", "v1alpha1", "DestinationPolicy", "destinationpolicies", true, true),
     kind("strait.dev", "v1alpha1", "AuthorizationPolicy", "authorizationpolicies", true, true),
+    // The Gateway API routes a mesh serves (GAMMA), from the standard CRDs.
+    kind("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", true, true),
+    kind("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes", true, true),
 ];
 
 /// The kind served at `/api[s]/<group>/<version>/<plural>`.
