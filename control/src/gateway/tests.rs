@@ -259,8 +259,8 @@ fn unsupported_fields_are_refused_by_name() {
     let with_rule = |extra: &str| CANARY.replace("      weight: 10\n", &format!("      weight: 10\n{extra}"));
     let cases = [
         (with_rule("    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}]\n"), "spec.rules[0].filters[0].type: RequestMirror is not supported"),
-        (with_rule("    retry: {attempts: 3}\n"), "spec.rules[0]: not supported by Strait (unknown field `retry`"),
-        (with_rule("    sessionPersistence: {sessionName: x}\n"), "spec.rules[0]: not supported by Strait (unknown field `sessionPersistence`"),
+        (with_rule("    retry: {attempts: 3}\n"), "spec.rules[0].retry: not supported by Strait (unknown field `retry`"),
+        (with_rule("    sessionPersistence: {sessionName: x}\n"), "spec.rules[0].sessionPersistence: not supported by Strait (unknown field `sessionPersistence`"),
         (CANARY.replace("  rules:", "  hostnames: [reviews.example]\n  rules:"), "spec.hostnames: not supported"),
         (CANARY.replace("    - name: reviews-v2\n", "    - name: reviews-v2\n      namespace: other\n"), "spec.rules[0].backendRefs[1].namespace: a backend in another namespace needs a ReferenceGrant"),
         (CANARY.replace("    - name: reviews-v2\n", "    - name: reviews-v2\n      kind: ServiceImport\n      group: multicluster.x-k8s.io\n"), "spec.rules[0].backendRefs[1].kind: only Services"),
@@ -344,8 +344,7 @@ fn routes_of_one_service_merge_by_precedence_then_age() {
         "  - backendRefs:",
         "  - matches: [{headers: [{name: x, value: y}]}]\n    backendRefs:",
     ));
-    let mut older = catch_all.clone();
-    older.name = "b-older".into();
+    let mut older = route(&CANARY.replace("name: reviews\n  namespace", "name: b-older\n  namespace"));
     older.created = Some(1);
     header.created = Some(2);
     let objects = [

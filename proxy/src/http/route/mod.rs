@@ -155,6 +155,11 @@ impl Route {
             ([], None, Some(direct)) => Action::Respond(DirectAction::compile(direct)?),
             _ => return Err("exactly one of route, redirect, directResponse is required".into()),
         };
+        let rewrite = match (&rule.rewrite, &action) {
+            (None, _) => None,
+            (Some(rewrite), Action::Forward(_)) => Some(RewriteAction::compile(rewrite)?),
+            (Some(_), _) => return Err("rewrite: applies only to a rule with route".into()),
+        };
         let timeout = rule.timeout.as_deref().map(parse_duration).transpose().map_err(|e| format!("timeout: {e}"))?;
         let retry = match &rule.retries {
             Some(spec) => {
@@ -174,11 +179,7 @@ impl Route {
             retry,
             headers: rule.headers.as_ref().map(HeaderOps::compile).transpose()?.unwrap_or_default(),
             fault: rule.fault.as_ref().map(FaultInjection::compile).transpose()?,
-            rewrite: match (&rule.rewrite, &action) {
-                (None, _) => None,
-                (Some(rewrite), Action::Forward(_)) => Some(RewriteAction::compile(rewrite)?),
-                (Some(_), _) => return Err("rewrite: applies only to a rule with route".into()),
-            },
+            rewrite,
         })
     }
 
