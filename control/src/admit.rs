@@ -159,7 +159,8 @@ impl Admission {
             let source = accepted.get(&key).map(|s| s.source.clone()).unwrap_or_default();
             for state in crate::gateway::parent_states(&snapshot, route) {
                 if let Err((_, message)) = state.accepted {
-                    problems.push(format!("{source}: {key}: {message}; not applied to Service {}", state.reference.name));
+                    problems
+                        .push(format!("{source}: {key}: {message}; not applied to Service {}", state.reference.name));
                 }
             }
         }

@@ -64,7 +64,12 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshCon
         services,
         authorization_policies: snapshot.authorization_policies.clone(),
         // Strait's own routes, then those Gateway API routes become (for Services no TrafficRoute routes).
-        traffic_routes: snapshot.traffic_routes.iter().cloned().chain(crate::gateway::traffic_routes(snapshot)).collect(),
+        traffic_routes: snapshot
+            .traffic_routes
+            .iter()
+            .cloned()
+            .chain(crate::gateway::traffic_routes(snapshot))
+            .collect(),
         destination_policies: merge_destination_policies(&snapshot.destination_policies).policies,
     }
 }

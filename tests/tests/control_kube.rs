@@ -584,8 +584,8 @@ async fn gateway_api_routes_are_served_and_report_their_status_per_parent() {
     let weights: Vec<Option<u32>> = converted.spec.http[0].route.iter().map(|d| d.weight).collect();
     assert_eq!(weights, [Some(90), Some(10)]);
 
-    let accepted = eventually("Accepted=True", Duration::from_secs(5), || route_condition(&fake, "ratings", "Accepted"))
-        .await;
+    let accepted =
+        eventually("Accepted=True", Duration::from_secs(5), || route_condition(&fake, "ratings", "Accepted")).await;
     assert_eq!((accepted["status"].as_str(), accepted["reason"].as_str()), (Some("True"), Some("Accepted")));
     assert_eq!(accepted["observedGeneration"], 1);
     let refs = route_condition(&fake, "ratings", "ResolvedRefs").expect("ResolvedRefs");
@@ -613,7 +613,8 @@ async fn gateway_api_routes_are_served_and_report_their_status_per_parent() {
 
     // A filter Strait cannot enforce: refused by name, and the route is not pushed.
     let mut mirrored = split.clone();
-    mirrored["filters"] = json!([{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "ratings-v2", "port": 9080}}}]);
+    mirrored["filters"] =
+        json!([{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "ratings-v2", "port": 9080}}}]);
     let mut mirror_route = http_route("mirrored", "ratings", mirrored);
     mirror_route["spec"]["parentRefs"][0]["name"] = json!("ratings-v2");
     fake.apply(mirror_route).expect("route");
@@ -653,10 +654,9 @@ async fn missing_gateway_api_crds_do_not_stop_discovery() {
     fake.uninstall("GRPCRoute");
     let running = start_control(&fake, loopback()).await;
     let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
-    let first = until(&mut rx, Duration::from_secs(10), "the first configuration", |c| {
-        default_subset(c, "reviews").is_some()
-    })
-    .await;
+    let first =
+        until(&mut rx, Duration::from_secs(10), "the first configuration", |c| default_subset(c, "reviews").is_some())
+            .await;
     assert_eq!(default_subset(&first, "reviews").as_deref(), Some("v1"));
     task.abort();
     running.shutdown().await;

@@ -132,9 +132,8 @@ fn gamma_http_route_splits_matches_rewrites_and_times_out_through_both_proxies()
     ensure!(other.body["path"] == "/oldest", "{other:?}");
 
     // Request timeout: the backend holds the answer for 5 s; the source proxy answers 504 first.
-    let slow = strait_tests::backend::single(
-        mesh.get(&HttpGet::new(url("/slow")).header("x-backend-delay-ms", "5000"))?,
-    )?;
+    let slow =
+        strait_tests::backend::single(mesh.get(&HttpGet::new(url("/slow")).header("x-backend-delay-ms", "5000"))?)?;
     ensure!(slow.status == Some(504), "timeouts.request: {slow:?}\n{}", mesh.logs());
     let fast = strait_tests::backend::single(mesh.get(&HttpGet::new(url("/slow")))?)?;
     ensure!(fast.status == Some(200), "under the timeout: {fast:?}");

@@ -297,7 +297,8 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
 }
 
 fn check_rewrite(p: &mut Problems, field: &str, rewrite: &crate::Rewrite, no_route: bool) {
-    let is_path = |path: &str| path.starts_with('/') && http::HeaderValue::try_from(path).is_ok() && !path.contains('?');
+    let is_path =
+        |path: &str| path.starts_with('/') && http::HeaderValue::try_from(path).is_ok() && !path.contains('?');
     if no_route {
         p.push(field, "applies only to a rule with route (not with redirect or directResponse)");
     }

@@ -56,8 +56,7 @@ fn parent_state(
     if parent.section_name.is_some() {
         return unsupported(format!("{field}.sectionName: not supported for a Service parent"));
     }
-    let Some(service) =
-        snapshot.services.iter().find(|s| s.namespace == route.namespace && s.name == parent.name)
+    let Some(service) = snapshot.services.iter().find(|s| s.namespace == route.namespace && s.name == parent.name)
     else {
         return Err((REASON_NO_PARENT, format!("{field}: Service {}/{} does not exist", route.namespace, parent.name)));
     };
@@ -85,7 +84,10 @@ fn parent_state(
         let grpc = snapshot.gateway_routes.iter().find(|other| {
             other.kind == RouteKind::Grpc
                 && other.namespace == route.namespace
-                && other.parents.iter().any(|(_, p)| p.name == parent.name && p.namespace.as_deref().is_none_or(|n| n == route.namespace))
+                && other
+                    .parents
+                    .iter()
+                    .any(|(_, p)| p.name == parent.name && p.namespace.as_deref().is_none_or(|n| n == route.namespace))
         });
         if let Some(winner) = grpc {
             return Err((
@@ -117,10 +119,8 @@ pub fn traffic_routes(snapshot: &Snapshot) -> Vec<Named<TrafficRouteSpec>> {
     }
     let mut out = Vec::new();
     for ((namespace, service), routes) in per_service {
-        let mut rules: Vec<_> = routes
-            .iter()
-            .flat_map(|route| route.rules.iter().map(move |rule| (route, rule)))
-            .collect();
+        let mut rules: Vec<_> =
+            routes.iter().flat_map(|route| route.rules.iter().map(move |rule| (route, rule))).collect();
         rules.sort_by(|(a, ra), (b, rb)| {
             let key = |route: &GatewayRoute, rule: &super::GatewayRule| {
                 (rule.precedence.clone(), route.created.is_none(), route.created, route.name.clone(), rule.index)

@@ -59,7 +59,9 @@ fn method_path(m: &GrpcMethodMatch, field: &str) -> Result<(StringMatch, usize, 
             }
             match (service, method) {
                 (Some(s), Some(m)) => StringMatch { exact: Some(format!("/{s}/{m}")), ..Default::default() },
-                _ => StringMatch { regex: Some(format!("/{}/{}", exact(service), exact(method))), ..Default::default() },
+                _ => {
+                    StringMatch { regex: Some(format!("/{}/{}", exact(service), exact(method))), ..Default::default() }
+                }
             }
         }
         "RegularExpression" => {

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 
 use strait_api::{
-    format_duration, Destination, DirectResponse, HeaderChanges, HeaderOperations, HttpMatch, HttpRoute,
-    PrefixRewrite, Redirect, RetryPolicy, Rewrite, RouteDestination, StringMatch,
+    format_duration, Destination, DirectResponse, HeaderChanges, HeaderOperations, HttpMatch, HttpRoute, PrefixRewrite,
+    Redirect, RetryPolicy, Rewrite, RouteDestination, StringMatch,
 };
 
 use super::spec::{self, BackendRef, Filter, HeaderModifier, HttpRouteRule, NameValueMatch};
@@ -150,9 +150,7 @@ pub(super) fn name_value_matches(
         let matcher = match entry.type_.as_deref().unwrap_or("Exact") {
             "Exact" => StringMatch { exact: Some(entry.value.clone()), ..Default::default() },
             "RegularExpression" => StringMatch { regex: Some(entry.value.clone()), ..Default::default() },
-            other => {
-                return Err(format!("{field}[{k}].type: {other:?} is not supported (Exact, RegularExpression)"))
-            }
+            other => return Err(format!("{field}[{k}].type: {other:?} is not supported (Exact, RegularExpression)")),
         };
         out.entry(name).or_insert(matcher);
     }
@@ -163,11 +161,7 @@ pub(super) fn name_value_matches(
 fn timeouts(timeouts: Option<&spec::Timeouts>, field: &str) -> Result<(Option<String>, Option<RetryPolicy>), String> {
     let Some(timeouts) = timeouts else { return Ok((None, None)) };
     let parse = |value: &Option<String>, name: &str| {
-        value
-            .as_deref()
-            .map(spec::parse_duration)
-            .transpose()
-            .map_err(|e| format!("{field}.timeouts.{name}: {e}"))
+        value.as_deref().map(spec::parse_duration).transpose().map_err(|e| format!("{field}.timeouts.{name}: {e}"))
     };
     let request = parse(&timeouts.request, "request")?;
     let backend = parse(&timeouts.backend_request, "backendRequest")?;
@@ -195,7 +189,9 @@ pub(super) fn backend_refs(
     let mut services = Vec::new();
     for (j, backend) in refs.iter().enumerate() {
         let field = format!("{rule_field}.backendRefs[{j}]");
-        if !matches!(backend.group.as_deref(), None | Some("" | "core")) || !matches!(backend.kind.as_deref(), None | Some("Service")) {
+        if !matches!(backend.group.as_deref(), None | Some("" | "core"))
+            || !matches!(backend.kind.as_deref(), None | Some("Service"))
+        {
             return Err(format!("{field}.kind: only Services are backends here"));
         }
         if backend.namespace.as_deref().is_some_and(|n| n != namespace) {
@@ -230,7 +226,11 @@ pub(super) struct Filters {
 pub(super) enum RewriteFilter {
     Rewrite(Rewrite),
     /// Needs the match's prefix, known per match.
-    ReplacePrefix { authority: Option<String>, to: String, field: String },
+    ReplacePrefix {
+        authority: Option<String>,
+        to: String,
+        field: String,
+    },
 }
 
 impl Filters {
@@ -247,7 +247,8 @@ impl Filters {
             let missing = |name: &str| format!("{field}.{name}: is required for type {}", filter.type_);
             match filter.type_.as_str() {
                 "RequestHeaderModifier" => {
-                    let modifier = filter.request_header_modifier.as_ref().ok_or_else(|| missing("requestHeaderModifier"))?;
+                    let modifier =
+                        filter.request_header_modifier.as_ref().ok_or_else(|| missing("requestHeaderModifier"))?;
                     out.headers.get_or_insert_with(Default::default).request = Some(header_changes(modifier));
                 }
                 "ResponseHeaderModifier" => {
@@ -315,7 +316,9 @@ fn request_redirect(redirect: &spec::RequestRedirect, field: &str) -> Result<Red
         Some(path) => match (path.type_.as_str(), &path.replace_full_path) {
             ("ReplaceFullPath", Some(full)) => Some(full.clone()),
             ("ReplaceFullPath", None) => return Err(format!("{field}.path.replaceFullPath: is required")),
-            (other, _) => return Err(format!("{field}.path.type: {other} is not supported for redirects (ReplaceFullPath)")),
+            (other, _) => {
+                return Err(format!("{field}.path.type: {other} is not supported for redirects (ReplaceFullPath)"))
+            }
         },
     };
     let code = match redirect.status_code {

@@ -24,13 +24,16 @@ fn convert(document: &Value, trust_domain: &str) -> Converted {
     let text = |path: &[&str]| {
         path.iter().try_fold(document, |v, key| v.get(*key)).and_then(Value::as_str).unwrap_or_default().to_string()
     };
-    let namespace = Some(text(&["metadata", "namespace"])).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
+    let namespace =
+        Some(text(&["metadata", "namespace"])).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
     let name = text(&["metadata", "name"]);
     let origin = format!("{} {namespace}/{name}", text(&["kind"]));
     let mut notes = Vec::new();
     let outcome = match super::read_document(document) {
         Err((_, message)) => Outcome::Refused(message),
-        Ok(None) => Outcome::Refused("spec.parentRefs: names no Service; a Gateway serves this route, not the mesh".into()),
+        Ok(None) => {
+            Outcome::Refused("spec.parentRefs: names no Service; a Gateway serves this route, not the mesh".into())
+        }
         Ok(Some(route)) => {
             let mut hosts = Vec::new();
             let mut refused = None;
@@ -44,7 +47,10 @@ fn convert(document: &Value, trust_domain: &str) -> Converted {
                     notes.push(Note {
                         field: format!("{field}.port"),
                         what: NoteKind::Changed,
-                        reason: format!("a TrafficRoute applies to every port of {}; same as port {port} when it is the only one", parent.name),
+                        reason: format!(
+                            "a TrafficRoute applies to every port of {}; same as port {port} when it is the only one",
+                            parent.name
+                        ),
                     });
                 }
                 if !hosts.contains(&parent.name) {
@@ -53,16 +59,25 @@ fn convert(document: &Value, trust_domain: &str) -> Converted {
             }
             match refused {
                 Some(reason) => Outcome::Refused(reason),
-                None => resource(&namespace, &name, hosts, route.rules.into_iter().map(|r| r.rule).collect(), trust_domain),
+                None => {
+                    resource(&namespace, &name, hosts, route.rules.into_iter().map(|r| r.rule).collect(), trust_domain)
+                }
             }
         }
     };
     Converted { origin, namespace, name, outcome, notes }
 }
 
-fn resource(namespace: &str, name: &str, hosts: Vec<String>, http: Vec<strait_api::HttpRoute>, trust_domain: &str) -> Outcome {
+fn resource(
+    namespace: &str,
+    name: &str,
+    hosts: Vec<String>,
+    http: Vec<strait_api::HttpRoute>,
+    trust_domain: &str,
+) -> Outcome {
     let spec = TrafficRouteSpec { hosts, http, escaped_slashes: None };
-    let object = Object::TrafficRoute(Named { name: name.to_string(), namespace: namespace.to_string(), spec: spec.clone() });
+    let object =
+        Object::TrafficRoute(Named { name: name.to_string(), namespace: namespace.to_string(), spec: spec.clone() });
     if let Err(problems) = crate::admit::check_object(trust_domain, &object) {
         return Outcome::Refused(format!("after conversion: {}", problems.join("; ")));
     }

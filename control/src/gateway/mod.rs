@@ -126,7 +126,8 @@ pub fn read_document(document: &Value) -> Result<Option<GatewayRoute>, (Option<O
     };
     let name = text(&["metadata", "name"]);
     // As kubectl does for a namespaced object that names none.
-    let namespace = Some(text(&["metadata", "namespace"])).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
+    let namespace =
+        Some(text(&["metadata", "namespace"])).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
     if name.is_empty() {
         return Err((None, format!("{kind}: metadata.name: is required")));
     }
@@ -173,8 +174,15 @@ pub fn read(
             None => format!("{namespace}/{name}[{}]", rule.index),
         });
     }
-    let route =
-        GatewayRoute { kind, namespace: namespace.to_string(), name: name.to_string(), created, parents, rules, backends };
+    let route = GatewayRoute {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        created,
+        parents,
+        rules,
+        backends,
+    };
     check_rules(&route)?;
     Ok(Some(route))
 }

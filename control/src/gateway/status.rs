@@ -125,7 +125,9 @@ fn resolved_refs(route: &GatewayRoute, snapshot: &Snapshot) -> (&'static str, &'
     for backend in &route.backends {
         let service = snapshot.services.iter().find(|s| s.namespace == route.namespace && s.name == backend.name);
         match (service, backend.port) {
-            (None, _) => missing.push(format!("{}: Service {}/{} does not exist", backend.field, route.namespace, backend.name)),
+            (None, _) => {
+                missing.push(format!("{}: Service {}/{} does not exist", backend.field, route.namespace, backend.name))
+            }
             (Some(s), Some(port)) if !s.ports.iter().any(|p| p.port == port) => missing.push(format!(
                 "{}.port: Service {}/{} has no port {port}",
                 backend.field, route.namespace, backend.name

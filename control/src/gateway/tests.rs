@@ -21,7 +21,10 @@ fn service(name: &str, ports: &[u16]) -> Service {
         name: name.into(),
         namespace: "bookinfo".into(),
         addresses: vec![],
-        ports: ports.iter().map(|p| ServicePort { name: None, port: *p, target_port: None, app_protocol: None }).collect(),
+        ports: ports
+            .iter()
+            .map(|p| ServicePort { name: None, port: *p, target_port: None, app_protocol: None })
+            .collect(),
         selector: [("app".to_string(), name.to_string())].into(),
         endpoints: vec![],
     }
@@ -77,7 +80,10 @@ fn a_canary_split_is_weighted_destinations_to_the_backend_services() {
     ];
     let routes = traffic_routes(&Snapshot::from_objects(&objects));
     assert_eq!(routes.len(), 1);
-    assert_eq!((routes[0].name.as_str(), routes[0].spec.hosts.as_slice()), ("httproute.reviews", &["reviews".to_string()][..]));
+    assert_eq!(
+        (routes[0].name.as_str(), routes[0].spec.hosts.as_slice()),
+        ("httproute.reviews", &["reviews".to_string()][..])
+    );
     assert_eq!(routes[0].spec.http, vec![rule.clone()]);
 
     // A parent port that is not the Service's only port is refused by name: Strait routes whole Services.
@@ -201,19 +207,27 @@ spec:
         "  - matches: [{path: {type: Exact, value: /x}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /y}}}]\n    backendRefs:",
     );
     let message = refusal(&exact);
-    assert!(message.starts_with("spec.rules[0].filters[0].urlRewrite.path: ReplacePrefixMatch needs a PathPrefix"), "{message}");
+    assert!(
+        message.starts_with("spec.rules[0].filters[0].urlRewrite.path: ReplacePrefixMatch needs a PathPrefix"),
+        "{message}"
+    );
 }
 
 /// Gateway API's timeouts example: `request` bounds the whole request, `backendRequest` each try.
 #[test]
 fn timeouts_become_the_rule_timeout_and_a_per_try_timeout() {
-    let r = route(&CANARY.replace("      weight: 10\n", "      weight: 10\n    timeouts: {request: 1m30s, backendRequest: 500ms}\n"));
+    let r = route(
+        &CANARY
+            .replace("      weight: 10\n", "      weight: 10\n    timeouts: {request: 1m30s, backendRequest: 500ms}\n"),
+    );
     let rule = &r.rules[0].rule;
     assert_eq!(rule.timeout.as_deref(), Some("90000ms"));
     let retries = rule.retries.as_ref().expect("a per-try timeout");
     assert_eq!((retries.attempts, retries.per_try_timeout.as_deref()), (0, Some("500ms")));
 
-    let longer = refusal(&CANARY.replace("      weight: 10\n", "      weight: 10\n    timeouts: {request: 1s, backendRequest: 2s}\n"));
+    let longer = refusal(
+        &CANARY.replace("      weight: 10\n", "      weight: 10\n    timeouts: {request: 1s, backendRequest: 2s}\n"),
+    );
     assert!(longer.starts_with("spec.rules[0].timeouts.backendRequest: must not be longer"), "{longer}");
     let bad = refusal(&CANARY.replace("      weight: 10\n", "      weight: 10\n    timeouts: {request: 1.5s}\n"));
     assert!(bad.starts_with("spec.rules[0].timeouts.request: \"1.5s\" is not a Gateway API duration"), "{bad}");
@@ -258,14 +272,40 @@ spec:
 fn unsupported_fields_are_refused_by_name() {
     let with_rule = |extra: &str| CANARY.replace("      weight: 10\n", &format!("      weight: 10\n{extra}"));
     let cases = [
-        (with_rule("    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}]\n"), "spec.rules[0].filters[0].type: RequestMirror is not supported"),
-        (with_rule("    retry: {attempts: 3}\n"), "spec.rules[0].retry: not supported by Strait (unknown field `retry`"),
-        (with_rule("    sessionPersistence: {sessionName: x}\n"), "spec.rules[0].sessionPersistence: not supported by Strait (unknown field `sessionPersistence`"),
+        (
+            with_rule("    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}]\n"),
+            "spec.rules[0].filters[0].type: RequestMirror is not supported",
+        ),
+        (
+            with_rule("    retry: {attempts: 3}\n"),
+            "spec.rules[0].retry: not supported by Strait (unknown field `retry`",
+        ),
+        (
+            with_rule("    sessionPersistence: {sessionName: x}\n"),
+            "spec.rules[0].sessionPersistence: not supported by Strait (unknown field `sessionPersistence`",
+        ),
         (CANARY.replace("  rules:", "  hostnames: [reviews.example]\n  rules:"), "spec.hostnames: not supported"),
-        (CANARY.replace("    - name: reviews-v2\n", "    - name: reviews-v2\n      namespace: other\n"), "spec.rules[0].backendRefs[1].namespace: a backend in another namespace needs a ReferenceGrant"),
-        (CANARY.replace("    - name: reviews-v2\n", "    - name: reviews-v2\n      kind: ServiceImport\n      group: multicluster.x-k8s.io\n"), "spec.rules[0].backendRefs[1].kind: only Services"),
-        (with_rule("    matches: [{path: {type: Exact, value: /x}, headers: [{type: Prefix, name: a, value: b}]}]\n"), "spec.rules[0].matches[0].headers[0].type: \"Prefix\" is not supported"),
-        (with_rule("    matches: [{path: {type: RegularExpression, value: \"/(\"}}]\n"), "spec.rules[0].matches[0]: as converted, match[0].uri.regex"),
+        (
+            CANARY.replace("    - name: reviews-v2\n", "    - name: reviews-v2\n      namespace: other\n"),
+            "spec.rules[0].backendRefs[1].namespace: a backend in another namespace needs a ReferenceGrant",
+        ),
+        (
+            CANARY.replace(
+                "    - name: reviews-v2\n",
+                "    - name: reviews-v2\n      kind: ServiceImport\n      group: multicluster.x-k8s.io\n",
+            ),
+            "spec.rules[0].backendRefs[1].kind: only Services",
+        ),
+        (
+            with_rule(
+                "    matches: [{path: {type: Exact, value: /x}, headers: [{type: Prefix, name: a, value: b}]}]\n",
+            ),
+            "spec.rules[0].matches[0].headers[0].type: \"Prefix\" is not supported",
+        ),
+        (
+            with_rule("    matches: [{path: {type: RegularExpression, value: \"/(\"}}]\n"),
+            "spec.rules[0].matches[0]: as converted, match[0].uri.regex",
+        ),
     ];
     for (yaml, want) in cases {
         let message = refusal(&yaml);
@@ -280,7 +320,8 @@ fn redirects_are_converted_or_refused_by_name() {
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: bookinfo}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: web}}]\n  rules:\n  - filters: [{{type: RequestRedirect, requestRedirect: {filter}}}]\n"
         )
     };
-    let r = route(&redirect("{hostname: example.org, port: 8080, path: {type: ReplaceFullPath, replaceFullPath: /new}}"));
+    let r =
+        route(&redirect("{hostname: example.org, port: 8080, path: {type: ReplaceFullPath, replaceFullPath: /new}}"));
     let converted = r.rules[0].rule.redirect.clone().expect("a redirect");
     assert_eq!(converted.authority.as_deref(), Some("example.org:8080"));
     assert_eq!((converted.uri.as_deref(), converted.redirect_code), (Some("/new"), Some(302)), "302 is the default");
@@ -291,7 +332,8 @@ fn redirects_are_converted_or_refused_by_name() {
 
 #[test]
 fn routes_of_a_gateway_are_not_the_meshs() {
-    let gateway = CANARY.replace("  - group: \"\"\n    kind: Service\n    name: reviews\n    port: 9080\n", "  - name: my-gateway\n");
+    let gateway = CANARY
+        .replace("  - group: \"\"\n    kind: Service\n    name: reviews\n    port: 9080\n", "  - name: my-gateway\n");
     assert_eq!(read_document(&document(&gateway)).expect("readable"), None);
 }
 
@@ -340,10 +382,11 @@ fn precedence_between_kinds_names_the_winner() {
 #[test]
 fn routes_of_one_service_merge_by_precedence_then_age() {
     let catch_all = route(&CANARY.replace("name: reviews\n  namespace", "name: a-catch-all\n  namespace"));
-    let mut header = route(&CANARY.replace("name: reviews\n  namespace", "name: z-header\n  namespace").replace(
-        "  - backendRefs:",
-        "  - matches: [{headers: [{name: x, value: y}]}]\n    backendRefs:",
-    ));
+    let mut header = route(
+        &CANARY
+            .replace("name: reviews\n  namespace", "name: z-header\n  namespace")
+            .replace("  - backendRefs:", "  - matches: [{headers: [{name: x, value: y}]}]\n    backendRefs:"),
+    );
     let mut older = route(&CANARY.replace("name: reviews\n  namespace", "name: b-older\n  namespace"));
     older.created = Some(1);
     header.created = Some(2);

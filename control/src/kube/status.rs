@@ -211,7 +211,8 @@ pub async fn run(client: kube::Client, trust_domain: String, mut observed: watch
         for resource in &current.resources {
             if let Some(meta) = &resource.gateway {
                 let verdict = verdicts.get(&resource.key);
-                let Some(parents) = gateway::status::desired(meta, &resource.key, verdict, &snapshot, resource.generation)
+                let Some(parents) =
+                    gateway::status::desired(meta, &resource.key, verdict, &snapshot, resource.generation)
                 else {
                     continue;
                 };

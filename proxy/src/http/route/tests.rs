@@ -348,7 +348,8 @@ http:
 "#
     ));
     let rewritten = |uri: &str| {
-        let mut request = Request::builder().uri(uri).header("host", "reviews").header("x-a", "1").body(()).expect("request");
+        let mut request =
+            Request::builder().uri(uri).header("host", "reviews").header("x-a", "1").body(()).expect("request");
         let route = t.route(&parts("GET", uri, &[])).expect("a rule");
         route.rewrite().expect("a rewrite").apply(&mut request);
         let host = request.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
