@@ -473,8 +473,9 @@ async fn an_expired_watch_relists_without_losing_changes() {
     let running = start_control(&fake, loopback()).await;
     let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
     until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
-    // One watch per kind: namespaces, pods, services, endpointslices and the three resources.
-    eventually("every watch to be open", Duration::from_secs(5), || (fake.open_watches() == 7).then_some(())).await;
+    // One watch per kind: namespaces, pods, services, endpointslices, the three resources and the two Gateway
+    // API routes (their CRDs are installed in the fake).
+    eventually("every watch to be open", Duration::from_secs(5), || (fake.open_watches() == 9).then_some(())).await;
     let seen_before = fake.requests().len();
 
     // Changes the watches never see as events: made while they are down, then the history is compacted.
