@@ -152,6 +152,18 @@ impl Admission {
         }
 
         let snapshot = self.snapshot(&accepted);
+        // Gateway API routes stay accepted while a parent they name is not served (missing, or routed by a kind
+        // that takes precedence): say so, naming the winner.
+        for route in &snapshot.gateway_routes {
+            let key = ObjectKey::new(route.kind.model_kind(), &route.namespace, &route.name);
+            let source = accepted.get(&key).map(|s| s.source.clone()).unwrap_or_default();
+            for state in crate::gateway::parent_states(&snapshot, route) {
+                if let Err((_, message)) = state.accepted {
+                    problems
+                        .push(format!("{source}: {key}: {message}; not applied to Service {}", state.reference.name));
+                }
+            }
+        }
         self.last_good = accepted;
         Admitted { snapshot, problems, conflicts }
     }

@@ -158,8 +158,11 @@ pub fn parse_file(source: &str, text: &str, out: &mut Discovered) {
         if value.is_null() {
             continue;
         }
-        if value.get("apiVersion").and_then(Value::as_str).is_some_and(crate::istio::is_istio_api) {
+        let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        if crate::istio::is_istio_api(api_version) {
             parse_istio(source, doc, &value, out);
+        } else if crate::gateway::is_gateway_api(api_version) {
+            parse_gateway(source, doc, &value, out);
         } else {
             parse_document(source, doc, value, out);
         }
@@ -179,6 +182,26 @@ fn parse_istio(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
     };
     match crate::istio::read(json, &strait_api::default_trust_domain()) {
         Ok(object) => out.objects.push(Sourced::new(source, object)),
+        Err((key, message)) => out.rejected.push(Rejection {
+            source: source.to_string(),
+            key,
+            message: format!("document {doc}: {message}"),
+        }),
+    }
+}
+
+/// A Gateway API HTTPRoute or GRPCRoute; one attached to no Service is a Gateway's and is skipped.
+fn parse_gateway(source: &str, doc: usize, value: &Value, out: &mut Discovered) {
+    let json = match serde_json::to_value(value) {
+        Ok(json) => json,
+        Err(e) => {
+            let message = format!("document {doc}: not a Kubernetes object: {e}");
+            return out.rejected.push(Rejection { source: source.to_string(), key: None, message });
+        }
+    };
+    match crate::gateway::read_document(&json) {
+        Ok(Some(route)) => out.objects.push(Sourced::new(source, Object::GatewayRoute(route))),
+        Ok(None) => tracing::debug!(source, doc, "a Gateway API route attached to no Service: not the mesh's"),
         Err((key, message)) => out.rejected.push(Rejection {
             source: source.to_string(),
             key,

@@ -9,6 +9,7 @@ pub mod admit;
 pub mod auth;
 pub mod discovery;
 pub mod files;
+pub mod gateway;
 pub mod istio;
 pub mod kube;
 pub mod model;

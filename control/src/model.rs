@@ -95,6 +95,9 @@ pub enum Kind {
     /// Istio's ServiceEntry, read as it is: an external host.
     ServiceEntry,
     MeshSettings,
+    /// Gateway API kinds, spelled as Kubernetes spells them (they print as they are named).
+    HTTPRoute,
+    GRPCRoute,
 }
 
 impl fmt::Display for Kind {
@@ -140,6 +143,8 @@ pub enum Object {
     PeerAuthentication(PeerAuthentication),
     ServiceEntry(Named<ExternalService>),
     MeshSettings(MeshSettings),
+    /// An HTTPRoute or GRPCRoute attached to a Service (`crate::gateway`).
+    GatewayRoute(crate::gateway::GatewayRoute),
 }
 
 impl Object {
@@ -154,6 +159,7 @@ impl Object {
             Object::PeerAuthentication(p) => ObjectKey::new(Kind::PeerAuthentication, &p.namespace, &p.name),
             Object::ServiceEntry(e) => ObjectKey::new(Kind::ServiceEntry, &e.namespace, &e.name),
             Object::MeshSettings(_) => ObjectKey::new(Kind::MeshSettings, "", MESH_SETTINGS),
+            Object::GatewayRoute(r) => ObjectKey::new(r.kind.model_kind(), &r.namespace, &r.name),
         }
     }
 }
@@ -213,6 +219,7 @@ pub struct Snapshot {
     pub peer_authentications: Vec<PeerAuthentication>,
     pub service_entries: Vec<Named<ExternalService>>,
     pub settings: MeshSettings,
+    pub gateway_routes: Vec<crate::gateway::GatewayRoute>,
 }
 
 impl Snapshot {
@@ -232,6 +239,7 @@ impl Snapshot {
                 Object::PeerAuthentication(p) => s.peer_authentications.push(p),
                 Object::ServiceEntry(e) => s.service_entries.push(e),
                 Object::MeshSettings(m) => s.settings = m,
+                Object::GatewayRoute(r) => s.gateway_routes.push(r),
             }
         }
         s

@@ -63,7 +63,13 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshCon
         workloads,
         services,
         authorization_policies: snapshot.authorization_policies.clone(),
-        traffic_routes: snapshot.traffic_routes.clone(),
+        // Strait's own routes, then those Gateway API routes become (for Services no TrafficRoute routes).
+        traffic_routes: snapshot
+            .traffic_routes
+            .iter()
+            .cloned()
+            .chain(crate::gateway::traffic_routes(snapshot))
+            .collect(),
         destination_policies: merge_destination_policies(&snapshot.destination_policies).policies,
         peer_authentications: snapshot.peer_authentications.clone(),
         outbound_traffic_policy: snapshot.settings.outbound_traffic_policy,
@@ -195,6 +201,13 @@ fn merge_subsets(into: &mut Value, from: &Value, field: &str) -> Result<(), Stri
 }
 
 pub use strait_api::canonical_host;
+
+/// Whether `route` routes requests to `service`, as the proxies decide it (a route applies only to services of
+/// its own namespace).
+pub fn route_applies_to(route: &Named<strait_api::TrafficRouteSpec>, service: &strait_api::ServiceRef) -> bool {
+    service.namespace == route.namespace
+        && route.spec.hosts.iter().any(|h| strait_api::ServiceRef::parse(h, &route.namespace).as_ref() == Some(service))
+}
 
 /// The namespace of the cluster service `host` names, when it is not `namespace`: routes and destination
 /// policies may not reach into another namespace's services (the proxies ignore them there too).

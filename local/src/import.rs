@@ -1,5 +1,6 @@
-//! `strait import FILE|DIR|-`: Istio resources (VirtualService, DestinationRule, AuthorizationPolicy; PeerAuthentication
-//! and ServiceEntry are checked and read as they are) converted to Strait's kinds on stdout, with every field that was dropped or changed
+//! `strait import FILE|DIR|-`: Istio resources (VirtualService, DestinationRule, AuthorizationPolicy;
+//! PeerAuthentication and ServiceEntry are checked and read as they are) and Gateway API routes attached to
+//! Services (HTTPRoute, GRPCRoute) converted to Strait's kinds on stdout, with every field that was dropped or changed
 //! and why on stderr. Exits 1 when the output would behave differently from the input, unless
 //! `--accept-changes`.
 
@@ -32,10 +33,17 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("reading {name}"))?;
             converted.extend(found);
+            let routes = strait_control::gateway::import::convert_all(&text, &args.trust_domain)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("reading {name}"))?;
+            converted.extend(routes);
         }
     }
     if converted.is_empty() {
-        bail!("no Istio resources found (VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, PeerAuthentication)");
+        bail!(
+            "no Istio or Gateway API resources found (VirtualService, DestinationRule, ServiceEntry, AuthorizationPolicy, \
+             PeerAuthentication, HTTPRoute, GRPCRoute)"
+        );
     }
     let changed = converted.iter().filter(|c| c.changes_behaviour()).count();
     // Nothing on stdout unless it is meant to be used: `strait import x | kubectl apply -f -` must not apply

@@ -430,8 +430,9 @@ async fn an_expired_watch_relists_without_losing_changes() {
     let running = start_control(&fake, loopback()).await;
     let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
     until(&mut rx, Duration::from_secs(10), "the first configuration", |_| true).await;
-    // One watch per kind: namespaces, pods, services, endpointslices and the three resources.
-    eventually("every watch to be open", Duration::from_secs(5), || (fake.open_watches() == 7).then_some(())).await;
+    // One watch per kind: namespaces, pods, services, endpointslices, the three resources and the two Gateway
+    // API routes (their CRDs are installed in the fake).
+    eventually("every watch to be open", Duration::from_secs(5), || (fake.open_watches() == 9).then_some(())).await;
     let seen_before = fake.requests().len();
 
     // Changes the watches never see as events: made while they are down, then the history is compacted.
@@ -555,4 +556,130 @@ async fn istio_resources_are_read_from_the_cluster_and_refused_by_field() {
     })
     .await;
     task.abort();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Gateway API (GAMMA)
+// ---------------------------------------------------------------------------------------------------------
+
+fn http_route(name: &str, parent: &str, rule: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": parent, "port": 9080}], "rules": [rule]},
+    })
+}
+
+/// The conditions Strait wrote for the route's first Service parent, by type.
+fn route_condition(fake: &FakeKube, name: &str, type_: &str) -> Option<Value> {
+    let object = fake.get("HTTPRoute", "shop", name)?;
+    let parents = object.pointer("/status/parents")?.as_array()?.clone();
+    let ours = parents.into_iter().find(|p| p["controllerName"] == "strait.dev/mesh")?;
+    assert_eq!(ours["parentRef"]["kind"], "Service", "{ours}");
+    ours["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
+}
+
+/// An HTTPRoute on a Service reaches the proxies as a TrafficRoute; its status says Accepted per parent, with
+/// ResolvedRefs=False naming a backendRef whose Service is missing; one that names the Service a TrafficRoute
+/// already routes is not accepted and names the winner; an unsupported filter is refused by name; a route of
+/// a Gateway gets no status from the mesh, and other controllers' entries are kept.
+#[tokio::test]
+async fn gateway_api_routes_are_served_and_report_their_status_per_parent() {
+    init_tracing();
+    let fake = cluster().await;
+    fake.apply(service("shop", "ratings", "10.96.0.11")).expect("service");
+    fake.apply(slice("shop", "ratings", &["10.0.2.2"])).expect("slice");
+    let split = json!({"backendRefs": [
+        {"name": "ratings", "port": 9080, "weight": 90},
+        {"name": "ratings-v2", "port": 9080, "weight": 10},
+    ]});
+    fake.apply(http_route("ratings", "ratings", split.clone())).expect("route");
+    let running = start_control(&fake, loopback()).await;
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+
+    let config = until(&mut rx, Duration::from_secs(10), "the HTTPRoute as a TrafficRoute", |c| {
+        c.traffic_routes.iter().any(|r| r.name == "httproute.ratings")
+    })
+    .await;
+    let converted = config.traffic_routes.iter().find(|r| r.name == "httproute.ratings").expect("converted");
+    assert_eq!(converted.spec.hosts, ["ratings"]);
+    let weights: Vec<Option<u32>> = converted.spec.http[0].route.iter().map(|d| d.weight).collect();
+    assert_eq!(weights, [Some(90), Some(10)]);
+
+    let accepted =
+        eventually("Accepted=True", Duration::from_secs(5), || route_condition(&fake, "ratings", "Accepted")).await;
+    assert_eq!((accepted["status"].as_str(), accepted["reason"].as_str()), (Some("True"), Some("Accepted")));
+    assert_eq!(accepted["observedGeneration"], 1);
+    let refs = route_condition(&fake, "ratings", "ResolvedRefs").expect("ResolvedRefs");
+    assert_eq!((refs["status"].as_str(), refs["reason"].as_str()), (Some("False"), Some("BackendNotFound")), "{refs}");
+    let message = refs["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("spec.rules[0].backendRefs[1]: Service shop/ratings-v2 does not exist"), "{message}");
+
+    // The missing Service appears: ResolvedRefs turns True.
+    fake.apply(service("shop", "ratings-v2", "10.96.0.12")).expect("service");
+    eventually("ResolvedRefs=True", Duration::from_secs(5), || {
+        route_condition(&fake, "ratings", "ResolvedRefs").filter(|c| c["status"] == "True")
+    })
+    .await;
+
+    // The reviews Service is routed by TrafficRoute shop/reviews, which takes precedence.
+    fake.apply(http_route("reviews-gamma", "reviews", json!({"backendRefs": [{"name": "reviews", "port": 9080}]})))
+        .expect("route");
+    let conflicted = eventually("Accepted=False, Conflicted", Duration::from_secs(5), || {
+        route_condition(&fake, "reviews-gamma", "Accepted").filter(|c| c["status"] == "False")
+    })
+    .await;
+    assert_eq!(conflicted["reason"], "Conflicted");
+    let message = conflicted["message"].as_str().unwrap_or_default();
+    assert!(message.contains("is routed by TrafficRoute shop/reviews, which takes precedence"), "{message}");
+
+    // A filter Strait cannot enforce: refused by name, and the route is not pushed.
+    let mut mirrored = split.clone();
+    mirrored["filters"] =
+        json!([{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "ratings-v2", "port": 9080}}}]);
+    let mut mirror_route = http_route("mirrored", "ratings", mirrored);
+    mirror_route["spec"]["parentRefs"][0]["name"] = json!("ratings-v2");
+    fake.apply(mirror_route).expect("route");
+    let refused = eventually("Accepted=False, UnsupportedValue", Duration::from_secs(5), || {
+        route_condition(&fake, "mirrored", "Accepted").filter(|c| c["status"] == "False")
+    })
+    .await;
+    assert_eq!(refused["reason"], "UnsupportedValue");
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("spec.rules[0].filters[0].type: RequestMirror is not supported"), "{message}");
+
+    // A route of a Gateway, with another controller's status entry: the mesh writes nothing to it.
+    let mut gateway_route = http_route("north-south", "ratings", split);
+    gateway_route["spec"]["parentRefs"] = json!([{"name": "my-gateway"}]);
+    gateway_route["status"] = json!({"parents": [{"parentRef": {"name": "my-gateway"}, "controllerName": "example.com/gateway", "conditions": []}]});
+    fake.apply(gateway_route).expect("route");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let parents = fake.get("HTTPRoute", "shop", "north-south").and_then(|o| o.pointer("/status/parents").cloned());
+    assert_eq!(parents.and_then(|p| p.as_array().map(Vec::len)), Some(1), "only the gateway controller's entry");
+
+    // Statuses are written only when they change.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = status_writes(&fake);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(status_writes(&fake), writes, "no status writes while nothing changes");
+
+    task.abort();
+    running.shutdown().await;
+}
+
+/// Without the Gateway API CRDs the control plane serves the rest of the mesh as before.
+#[tokio::test]
+async fn missing_gateway_api_crds_do_not_stop_discovery() {
+    init_tracing();
+    let fake = cluster().await;
+    fake.uninstall("HTTPRoute");
+    fake.uninstall("GRPCRoute");
+    let running = start_control(&fake, loopback()).await;
+    let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
+    let first =
+        until(&mut rx, Duration::from_secs(10), "the first configuration", |c| default_subset(c, "reviews").is_some())
+            .await;
+    assert_eq!(default_subset(&first, "reviews").as_deref(), Some("v1"));
+    task.abort();
+    running.shutdown().await;
 }

@@ -176,6 +176,9 @@ pub struct HttpRoute {
     pub redirect: Option<Redirect>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// Rewrites the forwarded request's path or authority (only with `route`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
 }
 
 /// Every present field must match.
@@ -305,6 +308,49 @@ pub struct Redirect {
     pub authority: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u16>,
+}
+
+/// How a forwarded request is rewritten: at most one of `fullPath` and `prefix`, and `authority`. The query
+/// string is kept. (Gateway API's URLRewrite filter; Istio's `rewrite.uri` is `prefix` with the rule's
+/// matched prefix as `from`.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the whole path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_path: Option<String>,
+    /// Replaces a leading run of path segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixRewrite>,
+    /// Replaces the `Host` header (the `:authority` of HTTP/2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+/// Paths whose leading segments are `from` (`/foo` matches `/foo` and `/foo/bar`, not `/foobar`) get them
+/// replaced with `to`: `/foo/bar` -> `/v2/bar` for `to: /v2`, `/bar` for `to: /` or an empty `to`. A path
+/// that does not start with `from` is left as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixRewrite {
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
+}
+
+impl PrefixRewrite {
+    /// The rewritten path, or `None` when `path` does not start with `from`'s segments.
+    pub fn apply(&self, path: &str) -> Option<String> {
+        let from = self.from.trim_end_matches('/');
+        let rest = path.strip_prefix(from)?;
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            return None;
+        }
+        let rewritten = format!("{}{rest}", self.to.trim_end_matches('/'));
+        Some(if rewritten.is_empty() { "/".to_string() } else { rewritten })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -518,5 +564,36 @@ pub fn format_duration(duration: std::time::Duration) -> String {
         format!("{}ms", duration.as_millis())
     } else {
         format!("{}.{:09}s", duration.as_secs(), duration.subsec_nanos())
+    }
+}
+
+#[cfg(test)]
+mod rewrite_tests {
+    use super::PrefixRewrite;
+
+    /// The table of Gateway API's `ReplacePrefixMatch` documentation.
+    #[test]
+    fn prefix_rewrites_follow_the_gateway_api_table() {
+        let cases = [
+            ("/foo", "/foo/bar", "/xyz", "/xyz/bar"),
+            ("/foo", "/foo/bar", "/xyz/", "/xyz/bar"),
+            ("/foo/", "/foo/bar", "/xyz", "/xyz/bar"),
+            ("/foo/", "/foo/bar", "/xyz/", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz", "/xyz"),
+            ("/foo", "/foo/", "/xyz", "/xyz/"),
+            ("/foo/", "/foo/", "/xyz", "/xyz/"),
+            ("/foo", "/foo/bar", "", "/bar"),
+            ("/foo/", "/foo/bar", "", "/bar"),
+            ("/foo", "/foo", "", "/"),
+            ("/foo", "/foo/", "", "/"),
+            ("/foo", "/foo/bar", "/", "/bar"),
+            ("/", "/foo/bar", "/xyz", "/xyz/foo/bar"),
+            ("/", "/foo/bar", "/", "/foo/bar"),
+        ];
+        for (from, path, to, want) in cases {
+            let rewrite = PrefixRewrite { from: from.into(), to: to.into() };
+            assert_eq!(rewrite.apply(path).as_deref(), Some(want), "{from} {path} {to}");
+        }
+        assert_eq!(PrefixRewrite { from: "/foo".into(), to: "/x".into() }.apply("/foobar"), None);
     }
 }

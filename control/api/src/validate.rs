@@ -229,6 +229,9 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
                 }
             }
         }
+        if let Some(rewrite) = &rule.rewrite {
+            check_rewrite(p, &format!("{f}.rewrite"), rewrite, rule.route.is_empty());
+        }
         if let Some(direct) = &rule.direct_response {
             if !(100..=599).contains(&direct.status) {
                 p.push(format!("{f}.directResponse.status"), "must be 100-599");
@@ -291,6 +294,33 @@ fn validate_route(p: &mut Problems, field: &str, spec: &TrafficRouteSpec) {
                 }
                 check_percentage(p, &format!("{f}.fault.abort.percentage"), abort.percentage);
             }
+        }
+    }
+}
+
+fn check_rewrite(p: &mut Problems, field: &str, rewrite: &crate::Rewrite, no_route: bool) {
+    let is_path =
+        |path: &str| path.starts_with('/') && http::HeaderValue::try_from(path).is_ok() && !path.contains('?');
+    if no_route {
+        p.push(field, "applies only to a rule with route (not with redirect or directResponse)");
+    }
+    if rewrite.full_path.is_some() && rewrite.prefix.is_some() {
+        p.push(field, "at most one of fullPath and prefix");
+    }
+    if rewrite.full_path.as_deref().is_some_and(|path| !is_path(path)) {
+        p.push(format!("{field}.fullPath"), "must be an absolute path of printable characters, without a query");
+    }
+    if let Some(prefix) = &rewrite.prefix {
+        if !is_path(&prefix.from) {
+            p.push(format!("{field}.prefix.from"), "must be an absolute path of printable characters, without a query");
+        }
+        if !(prefix.to.is_empty() || is_path(&prefix.to)) {
+            p.push(format!("{field}.prefix.to"), "must be empty or an absolute path of printable characters");
+        }
+    }
+    if let Some(authority) = &rewrite.authority {
+        if authority.parse::<http::uri::Authority>().is_err() {
+            p.push(format!("{field}.authority"), format!("{authority:?} is not a host[:port]"));
         }
     }
 }

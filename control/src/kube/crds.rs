@@ -10,21 +10,25 @@ use serde::de::DeserializeOwned;
 use strait_api::crd::{self, ResourceStatus};
 use strait_api::Named;
 
+use crate::gateway::{self, RouteKind};
 use crate::model::{Kind, Object, ObjectKey, Rejection, Sourced};
 
 /// Where every object discovered from the API server says it came from, in problem messages.
 pub const SOURCE: &str = "kubernetes";
 
-/// One of the three kinds.
+/// One of the three kinds, or a Gateway API route kind (watched only when its CRD is installed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrdKind {
     TrafficRoute,
     DestinationPolicy,
     AuthorizationPolicy,
+    Gateway(RouteKind),
 }
 
 impl CrdKind {
     pub const ALL: [CrdKind; 3] = [CrdKind::TrafficRoute, CrdKind::DestinationPolicy, CrdKind::AuthorizationPolicy];
+    /// The Gateway API kinds, from the standard CRDs the user installs.
+    pub const GATEWAY: [CrdKind; 2] = [CrdKind::Gateway(RouteKind::Http), CrdKind::Gateway(RouteKind::Grpc)];
 
     /// Group, version and plural, from the CRD types themselves so they cannot drift.
     pub fn api_resource(self) -> ApiResource {
@@ -32,6 +36,13 @@ impl CrdKind {
             CrdKind::TrafficRoute => ApiResource::erase::<crd::TrafficRoute>(&()),
             CrdKind::DestinationPolicy => ApiResource::erase::<crd::DestinationPolicy>(&()),
             CrdKind::AuthorizationPolicy => ApiResource::erase::<crd::AuthorizationPolicy>(&()),
+            CrdKind::Gateway(kind) => ApiResource {
+                group: gateway::GROUP.to_string(),
+                version: "v1".to_string(),
+                api_version: format!("{}/v1", gateway::GROUP),
+                kind: kind.model_kind().to_string(),
+                plural: kind.plural().to_string(),
+            },
         }
     }
 
@@ -40,6 +51,7 @@ impl CrdKind {
             CrdKind::TrafficRoute => Kind::TrafficRoute,
             CrdKind::DestinationPolicy => Kind::DestinationPolicy,
             CrdKind::AuthorizationPolicy => Kind::AuthorizationPolicy,
+            CrdKind::Gateway(kind) => kind.model_kind(),
         }
     }
 }
@@ -52,24 +64,50 @@ pub struct CrdObject {
     pub generation: Option<i64>,
     /// The status as stored; `None` when absent or unreadable (then it is simply rewritten).
     pub status: Option<ResourceStatus>,
+    /// A Gateway API route's Service parents and `status.parents` (its status has another shape).
+    pub gateway: Option<gateway::status::RouteMeta>,
 }
 
 /// Reads one object: its model object, or a rejection naming the field that does not parse.
 pub fn read(kind: CrdKind, object: &DynamicObject) -> (CrdObject, Result<Sourced, Rejection>) {
     let key = ObjectKey::new(kind.model_kind(), object.namespace().unwrap_or_default(), object.name_any());
     let status = object.data.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
-    let meta = CrdObject { kind, key: key.clone(), generation: object.metadata.generation, status };
+    let meta = CrdObject { kind, key: key.clone(), generation: object.metadata.generation, status, gateway: None };
     let spec = object.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
     let parsed = match kind {
         CrdKind::TrafficRoute => typed(spec).map(|spec| Object::TrafficRoute(named(&key, spec))),
         CrdKind::DestinationPolicy => typed(spec).map(|spec| Object::DestinationPolicy(named(&key, spec))),
         CrdKind::AuthorizationPolicy => typed(spec).map(|spec| Object::AuthorizationPolicy(named(&key, spec))),
+        CrdKind::Gateway(_) => Err("read with read_gateway".to_string()),
     };
     let created = object.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second());
     let result = parsed
         .map(|object| Sourced { source: SOURCE.to_string(), object, created })
         .map_err(|message| Rejection { source: SOURCE.to_string(), key: Some(key), message });
     (meta, result)
+}
+
+/// Reads one Gateway API route: `None` when it is attached to no Service (a Gateway's route, not the mesh's).
+pub fn read_gateway(kind: RouteKind, object: &DynamicObject) -> (CrdObject, Option<Result<Sourced, Rejection>>) {
+    let key = ObjectKey::new(kind.model_kind(), object.namespace().unwrap_or_default(), object.name_any());
+    let route_meta = gateway::status::RouteMeta::read(&object.data);
+    let meta = CrdObject {
+        kind: CrdKind::Gateway(kind),
+        key: key.clone(),
+        generation: object.metadata.generation,
+        status: None,
+        gateway: Some(route_meta),
+    };
+    let spec = object.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+    let created = object.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second());
+    let parsed = match gateway::read(kind, &key.namespace, &key.name, spec, created) {
+        Ok(None) => None,
+        Ok(Some(route)) => {
+            Some(Ok(Sourced { source: SOURCE.to_string(), object: Object::GatewayRoute(route), created }))
+        }
+        Err(message) => Some(Err(Rejection { source: SOURCE.to_string(), key: Some(key), message })),
+    };
+    (meta, parsed)
 }
 
 fn named<T>(key: &ObjectKey, spec: T) -> Named<T> {

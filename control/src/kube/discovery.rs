@@ -104,6 +104,7 @@ impl Discovery for KubeDiscovery {
                 slices: reflect(&mut tasks, Api::all(client.clone()), (), &changed),
                 custom: CrdKind::ALL
                     .iter()
+                    .chain(installed_gateway_kinds(client).await.iter())
                     .map(|kind| {
                         let ar = kind.api_resource();
                         (*kind, reflect(&mut tasks, Api::all_with(client.clone(), &ar), ar, &changed))
@@ -130,6 +131,27 @@ impl Discovery for KubeDiscovery {
             }
         })
     }
+}
+
+/// The Gateway API route kinds whose CRDs are installed (the user installs the standard CRDs, or not): a
+/// missing one is logged once and not watched, and the rest of the mesh works as before. A CRD installed later
+/// is read after a restart of the control plane.
+async fn installed_gateway_kinds(client: &kube::Client) -> Vec<CrdKind> {
+    let mut installed = Vec::new();
+    for kind in CrdKind::GATEWAY {
+        let ar = kind.api_resource();
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Ok(_) => installed.push(kind),
+            Err(kube::Error::Api(status)) if status.code == 404 => tracing::info!(
+                kind = %ar.kind,
+                "the Gateway API CRD {}.{} is not installed; its routes are not read (restart after installing it)",
+                ar.plural, ar.group
+            ),
+            Err(e) => tracing::warn!(kind = %ar.kind, error = %e, "cannot list Gateway API routes; not reading them"),
+        }
+    }
+    installed
 }
 
 /// Starts a reflector for `api`'s kind in `tasks`; every event it applies wakes `changed`.
@@ -243,11 +265,18 @@ fn snapshot(stores: &Stores) -> (Discovered, Vec<CrdObject>) {
     let mut resources = Vec::new();
     for (kind, store) in &stores.custom {
         for object in store.state() {
-            let (meta, parsed) = crds::read(*kind, &object);
+            let (meta, parsed) = match kind {
+                CrdKind::Gateway(route) => crds::read_gateway(*route, &object),
+                _ => {
+                    let (meta, parsed) = crds::read(*kind, &object);
+                    (meta, Some(parsed))
+                }
+            };
             resources.push(meta);
             match parsed {
-                Ok(sourced) => discovered.objects.push(sourced),
-                Err(rejection) => discovered.rejected.push(rejection),
+                Some(Ok(sourced)) => discovered.objects.push(sourced),
+                Some(Err(rejection)) => discovered.rejected.push(rejection),
+                None => {}
             }
         }
     }

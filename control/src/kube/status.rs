@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::crds::CrdObject;
 use crate::admit::{check_object, Admission};
+use crate::gateway;
 use crate::model::{Discovered, Object, ObjectKey, Snapshot};
 use crate::translate::reference_problems;
 
@@ -50,6 +51,15 @@ pub struct Verdicts {
 /// Judges every custom resource of `discovered` (admitting it with `admission`, which must see the same
 /// sequence of states as the publisher's).
 pub fn judge(trust_domain: &str, admission: &mut Admission, discovered: &Discovered) -> BTreeMap<ObjectKey, Verdicts> {
+    judge_admitted(trust_domain, admission, discovered).0
+}
+
+/// [`judge`], and the admitted snapshot the verdicts were made against.
+pub fn judge_admitted(
+    trust_domain: &str,
+    admission: &mut Admission,
+    discovered: &Discovered,
+) -> (BTreeMap<ObjectKey, Verdicts>, Snapshot) {
     let admitted = admission.admit(discovered);
     let mut verdicts = BTreeMap::new();
     let not_checked = || Verdict::Unknown {
@@ -93,12 +103,15 @@ pub fn judge(trust_domain: &str, admission: &mut Admission, discovered: &Discove
         };
         verdicts.insert(key, judged);
     }
-    verdicts
+    (verdicts, admitted.snapshot)
 }
 
 fn is_custom(key: &ObjectKey) -> bool {
     use crate::model::Kind;
-    matches!(key.kind, Kind::TrafficRoute | Kind::DestinationPolicy | Kind::AuthorizationPolicy)
+    matches!(
+        key.kind,
+        Kind::TrafficRoute | Kind::DestinationPolicy | Kind::AuthorizationPolicy | Kind::HTTPRoute | Kind::GRPCRoute
+    )
 }
 
 /// Whether this exact version of the object is in the admitted snapshot (not an earlier good version).
@@ -107,6 +120,7 @@ fn in_snapshot(snapshot: &Snapshot, object: &Object) -> bool {
         Object::TrafficRoute(r) => snapshot.traffic_routes.contains(r),
         Object::DestinationPolicy(d) => snapshot.destination_policies.contains(d),
         Object::AuthorizationPolicy(p) => snapshot.authorization_policies.contains(p),
+        Object::GatewayRoute(r) => snapshot.gateway_routes.contains(r),
         _ => false,
     }
 }
@@ -132,6 +146,7 @@ fn snapshot_objects(s: &Snapshot) -> Vec<Object> {
     objects.extend(s.traffic_routes.iter().cloned().map(Object::TrafficRoute));
     objects.extend(s.destination_policies.iter().cloned().map(Object::DestinationPolicy));
     objects.extend(s.authorization_policies.iter().cloned().map(Object::AuthorizationPolicy));
+    objects.extend(s.gateway_routes.iter().cloned().map(Object::GatewayRoute));
     objects
 }
 
@@ -191,9 +206,22 @@ pub async fn run(client: kube::Client, trust_domain: String, mut observed: watch
             return;
         }
         let current = observed.borrow_and_update().clone();
-        let verdicts = judge(&trust_domain, &mut admission, &current.discovered);
+        let (verdicts, snapshot) = judge_admitted(&trust_domain, &mut admission, &current.discovered);
         retry = false;
         for resource in &current.resources {
+            if let Some(meta) = &resource.gateway {
+                let verdict = verdicts.get(&resource.key);
+                let Some(parents) =
+                    gateway::status::desired(meta, &resource.key, verdict, &snapshot, resource.generation)
+                else {
+                    continue;
+                };
+                if let Err(e) = gateway::status::write(&client, resource, parents).await {
+                    tracing::warn!(resource = %resource.key, error = %e, "cannot write the route status; will retry");
+                    retry = true;
+                }
+                continue;
+            }
             let Some(v) = verdicts.get(&resource.key) else { continue };
             let desired = desired_status(resource.status.as_ref(), resource.generation, v);
             if resource.status.as_ref() == Some(&desired) {

@@ -161,6 +161,9 @@ async fn route_request(
         Action::Respond(direct) => return direct.response().map(boxed),
     };
     route.headers().request.apply(request.headers_mut());
+    if let Some(rewrite) = route.rewrite() {
+        rewrite.apply(&mut request);
+    }
     let fault = route.fault_decision(&mut rand::rng());
     let abort = match fault {
         FaultAction::None => None,

@@ -3,7 +3,8 @@
 //!
 //! What it serves (see [`resources::RESOURCES`]): core/v1 namespaces, pods, services, secrets, configmaps,
 //! nodes; discovery.k8s.io/v1 endpointslices; strait.dev/v1alpha1 trafficroutes, destinationpolicies,
-//! authorizationpolicies; and authentication.k8s.io/v1 tokenreviews (create only, answered from the tokens
+//! authorizationpolicies; gateway.networking.k8s.io/v1 httproutes, grpcroutes (the standard Gateway API CRDs,
+//! which [`FakeKube::uninstall`] takes away); and authentication.k8s.io/v1 tokenreviews (create only, answered from the tokens
 //! the test registers with [`FakeKube::add_token`]).
 //!
 //! Verbs: list (`labelSelector`, `fieldSelector` on dotted paths; `limit` is ignored and every list is one
@@ -103,9 +104,15 @@ pub(crate) struct Shared {
     requests: Mutex<Vec<RequestRecord>>,
     gone: AtomicU64,
     open_watches: AtomicUsize,
+    /// Kinds answered 404, as on a cluster without their CRD ([`FakeKube::uninstall`]).
+    uninstalled: Mutex<Vec<&'static str>>,
 }
 
 impl Shared {
+    fn is_uninstalled(&self, kind: &str) -> bool {
+        self.uninstalled.lock().unwrap_or_else(|e| e.into_inner()).contains(&kind)
+    }
+
     fn record(&self, request: RequestRecord) {
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).push(request);
     }
@@ -179,9 +186,15 @@ impl FakeKube {
             requests: Mutex::new(Vec::new()),
             gone: AtomicU64::new(0),
             open_watches: AtomicUsize::new(0),
+            uninstalled: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(serve(listener, shared.clone()));
         Ok(FakeKube { shared, addr, task })
+    }
+
+    /// Serves `kind` (`HTTPRoute`) no more: every request for it is a 404, as when its CRD is not installed.
+    pub fn uninstall(&self, kind: &'static str) {
+        self.shared.uninstalled.lock().unwrap_or_else(|e| e.into_inner()).push(kind);
     }
 
     pub fn url(&self) -> String {

@@ -68,6 +68,9 @@ pub static RESOURCES: &[ResourceType] = &[
     kind("networking.istio.io", "v1", "ServiceEntry", "serviceentries", true, true),
     kind("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies", true, true),
     kind("security.istio.io", "v1", "PeerAuthentication", "peerauthentications", true, true),
+    // The Gateway API routes a mesh serves (GAMMA), from the standard CRDs.
+    kind("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", true, true),
+    kind("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes", true, true),
 ];
 
 /// The kind served at `/api[s]/<group>/<version>/<plural>`.

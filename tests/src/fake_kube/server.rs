@@ -45,7 +45,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         path: path.clone(),
         query: req.uri().query().unwrap_or("").to_string(),
     });
-    let Some(target) = parse_path(&path) else {
+    let Some(target) = parse_path(&path).filter(|t| !shared.is_uninstalled(t.rt.kind)) else {
         return error(&StoreError::NotFound { kind: "path", name: path });
     };
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();

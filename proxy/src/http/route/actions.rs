@@ -222,3 +222,66 @@ impl DirectAction {
         response
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Rewrites
+// ---------------------------------------------------------------------------------------------------------
+
+/// A forwarded request's new path and authority (`rewrite`).
+#[derive(Clone, Debug)]
+pub struct RewriteAction {
+    path: PathRewrite,
+    authority: Option<HeaderValue>,
+}
+
+#[derive(Clone, Debug)]
+enum PathRewrite {
+    Keep,
+    Full(String),
+    Prefix(api::PrefixRewrite),
+}
+
+impl RewriteAction {
+    pub(super) fn compile(rewrite: &api::Rewrite) -> Result<RewriteAction, String> {
+        let path = match (&rewrite.full_path, &rewrite.prefix) {
+            (None, None) => PathRewrite::Keep,
+            (Some(full), None) => PathRewrite::Full(full.clone()),
+            (None, Some(prefix)) => PathRewrite::Prefix(prefix.clone()),
+            (Some(_), Some(_)) => return Err("rewrite: at most one of fullPath and prefix".into()),
+        };
+        let authority = match &rewrite.authority {
+            Some(a) if a.parse::<http::uri::Authority>().is_ok() => {
+                Some(HeaderValue::try_from(a.as_str()).map_err(|_| format!("rewrite.authority: {a:?}"))?)
+            }
+            Some(a) => return Err(format!("rewrite.authority: {a:?} is not a host[:port]")),
+            None => None,
+        };
+        Ok(RewriteAction { path, authority })
+    }
+
+    /// Rewrites `request` in place: the path (keeping the query) and the `Host` header. The proxy replaces
+    /// the URI's authority with the endpoint when it sends, so `Host` carries the name for both versions.
+    pub fn apply<B>(&self, request: &mut http::Request<B>) {
+        let path = match &self.path {
+            PathRewrite::Keep => None,
+            PathRewrite::Full(full) => Some(full.clone()),
+            PathRewrite::Prefix(prefix) => prefix.apply(request.uri().path()),
+        };
+        if let Some(path) = path {
+            let path_and_query = match request.uri().query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            let mut parts = request.uri().clone().into_parts();
+            if let Ok(pq) = path_and_query.parse() {
+                parts.path_and_query = Some(pq);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *request.uri_mut() = uri;
+                }
+            }
+        }
+        if let Some(authority) = &self.authority {
+            request.headers_mut().insert(HOST, authority.clone());
+        }
+    }
+}

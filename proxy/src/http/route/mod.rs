@@ -20,7 +20,7 @@ mod matching;
 mod tests;
 
 use actions::FaultInjection;
-pub use actions::{DirectAction, FaultAction, HeaderOps, RedirectAction};
+pub use actions::{DirectAction, FaultAction, HeaderOps, RedirectAction, RewriteAction};
 pub use destination::{RouteDestination, Split, Weight};
 use matching::{Match, QueryParams};
 
@@ -127,6 +127,7 @@ pub struct Route {
     retry: Option<RetryPolicy>,
     headers: HeaderOps,
     fault: Option<FaultInjection>,
+    rewrite: Option<RewriteAction>,
 }
 
 /// What a matched rule does with the request.
@@ -154,6 +155,11 @@ impl Route {
             ([], None, Some(direct)) => Action::Respond(DirectAction::compile(direct)?),
             _ => return Err("exactly one of route, redirect, directResponse is required".into()),
         };
+        let rewrite = match (&rule.rewrite, &action) {
+            (None, _) => None,
+            (Some(rewrite), Action::Forward(_)) => Some(RewriteAction::compile(rewrite)?),
+            (Some(_), _) => return Err("rewrite: applies only to a rule with route".into()),
+        };
         let timeout = rule.timeout.as_deref().map(parse_duration).transpose().map_err(|e| format!("timeout: {e}"))?;
         let retry = match &rule.retries {
             Some(spec) => {
@@ -173,6 +179,7 @@ impl Route {
             retry,
             headers: rule.headers.as_ref().map(HeaderOps::compile).transpose()?.unwrap_or_default(),
             fault: rule.fault.as_ref().map(FaultInjection::compile).transpose()?,
+            rewrite,
         })
     }
 
@@ -220,6 +227,11 @@ impl Route {
 
     pub fn headers(&self) -> &HeaderOps {
         &self.headers
+    }
+
+    /// How a forwarded request is rewritten, if at all.
+    pub fn rewrite(&self) -> Option<&RewriteAction> {
+        self.rewrite.as_ref()
     }
 
     pub fn fault_decision(&self, rng: &mut impl Rng) -> FaultAction {

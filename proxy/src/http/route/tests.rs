@@ -333,3 +333,41 @@ fn escaped_slashes_are_kept_only_when_no_route_of_the_host_refuses_them() {
     assert_eq!(choice(&[&keep, &reject]), EscapedSlashes::Reject);
     assert_eq!(choice(&[&reject, &keep]), EscapedSlashes::Reject);
 }
+
+/// Gateway API's URLRewrite examples (ReplacePrefixMatch, ReplaceFullPath): the query and the other
+/// headers are kept; `Host` takes the new authority.
+#[test]
+fn rewrites_replace_the_prefix_segments_or_the_whole_path_and_the_host() {
+    let t = table(&format!(
+        r#"
+hosts: [reviews]
+http:
+- {{name: prefix, match: [{{uri: {{prefix: /foo}}}}], rewrite: {{prefix: {{from: /foo, to: /xyz}}, authority: "example.org"}}, {FORWARD}}}
+- {{name: strip, match: [{{uri: {{prefix: /strip}}}}], rewrite: {{prefix: {{from: /strip/}}}}, {FORWARD}}}
+- {{name: full, rewrite: {{fullPath: /one}}, {FORWARD}}}
+"#
+    ));
+    let rewritten = |uri: &str| {
+        let mut request =
+            Request::builder().uri(uri).header("host", "reviews").header("x-a", "1").body(()).expect("request");
+        let route = t.route(&parts("GET", uri, &[])).expect("a rule");
+        route.rewrite().expect("a rewrite").apply(&mut request);
+        let host = request.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+        assert_eq!(request.headers().get("x-a").map(|v| v.as_bytes()), Some(&b"1"[..]));
+        (request.uri().to_string(), host)
+    };
+    assert_eq!(rewritten("/foo/bar?q=1"), ("/xyz/bar?q=1".to_string(), "example.org".to_string()));
+    assert_eq!(rewritten("/foo"), ("/xyz".to_string(), "example.org".to_string()));
+    assert_eq!(rewritten("/foo/"), ("/xyz/".to_string(), "example.org".to_string()));
+    assert_eq!(rewritten("/strip/bar").0, "/bar");
+    assert_eq!(rewritten("/strip").0, "/");
+    assert_eq!(rewritten("/other?x=2"), ("/one?x=2".to_string(), "reviews".to_string()));
+}
+
+#[test]
+fn a_rewrite_needs_a_forwarding_rule() {
+    let spec = "hosts: [reviews]\nhttp:\n- {directResponse: {status: 200}, rewrite: {fullPath: /x}}\n";
+    let (table, errors) = RouteTable::compile([&named("shop", "r", spec)]);
+    assert!(table.is_empty());
+    assert!(errors[0].message.starts_with("rewrite: applies only to a rule with route"), "{errors:?}");
+}
