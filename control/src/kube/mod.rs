@@ -48,6 +48,8 @@ pub struct KubeOptions {
     pub audience: String,
     pub debounce: Duration,
     pub write_status: bool,
+    /// How bursts of changes are folded into one published version.
+    pub coalesce: crate::Coalesce,
 }
 
 impl Default for KubeOptions {
@@ -63,12 +65,13 @@ impl Default for KubeOptions {
             audience: "strait-control".to_string(),
             debounce: discovery::DEFAULT_DEBOUNCE,
             write_status: true,
+            coalesce: crate::Coalesce::default(),
         }
     }
 }
 
 /// Starts the control plane against the cluster `client` talks to: loads or creates the CA Secret, then
-/// serves as [`crate::start_with`] does. Returns once listening; discovery fills in the configuration as the
+/// serves as [`crate::start_coalescing`] does. Returns once listening; discovery fills in the configuration as the
 /// first lists arrive (proxies get nothing until every kind has been listed once).
 pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result<Running> {
     let ca = ca_secret::load_or_create(client.clone(), &options.namespace, &options.ca_secret, &options.trust_domain)
@@ -83,5 +86,5 @@ pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result
         .with_debounce(options.debounce)
         .with_status(options.write_status);
     let parts = Parts { discovery: Box::new(discovery), verifier: Arc::new(verifier), ca };
-    crate::start_with(options.listen, options.cert_ttl, parts).await
+    crate::start_coalescing(options.listen, options.cert_ttl, options.coalesce, parts).await
 }
