@@ -73,7 +73,11 @@ pub async fn publish(
         return;
     }
     loop {
-        let (updates, closed) = settle(&mut discovered, coalesce).await;
+        let (mut updates, closed) = settle(&mut discovered, coalesce).await;
+        // One that arrived as the wait ended is in this round too.
+        if discovered.has_changed().unwrap_or(false) {
+            updates += 1;
+        }
         stats.discovery_updates(updates);
         let inputs = discovered.borrow_and_update().clone();
         let admitted = admission.admit(&inputs);
@@ -299,7 +303,7 @@ mod tests {
     fn counter(stats: &Stats, name: &str) -> u64 {
         let families = stats.registry().gather();
         let family = families.iter().find(|f| f.name() == name).expect("the metric is registered");
-        family.get_metric().iter().map(|m| m.get_counter().value() as u64).sum()
+        family.get_metric().iter().map(|m| m.get_counter().get_value() as u64).sum()
     }
 
     /// A rollout of 200 pods, one every 10 ms (2 s in all, on tokio's paused clock): the default coalescing
