@@ -119,9 +119,8 @@ impl Catalog {
         if !self.served.contains(node) {
             return Vec::new();
         }
-        let mut view = Vec::with_capacity(
-            self.namespaces.len() + self.workloads.len() + self.services.len() + self.routing.len(),
-        );
+        let mut view =
+            Vec::with_capacity(self.namespaces.len() + self.workloads.len() + self.services.len() + self.routing.len());
         view.extend(self.namespaces.iter().cloned());
         view.extend(self.workloads.iter().map(|w| if w.node == node { w.local.clone() } else { w.remote.clone() }));
         view.extend(self.services.iter().cloned());

@@ -450,8 +450,7 @@ async fn a_proxy_speaking_protocol_2_gets_a_full_snapshot_then_only_the_changes_
     assert!(third > unchanged);
     let metrics = running.stats().registry().gather();
     let bytes = metrics.iter().find(|m| m.name() == "strait_control_config_bytes_total").expect("bytes metric");
-    let kinds: Vec<&str> =
-        bytes.get_metric().iter().flat_map(|m| m.get_label().iter().map(|l| l.value())).collect();
+    let kinds: Vec<&str> = bytes.get_metric().iter().flat_map(|m| m.get_label().iter().map(|l| l.value())).collect();
     assert!(kinds.contains(&"full") && kinds.contains(&"delta"), "{kinds:?}");
 
     stream.task.abort();

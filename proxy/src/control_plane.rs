@@ -17,8 +17,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use strait_api::frame::{encode_line, LineDecoder};
 use strait_api::delta::{ConfigDelta, DeltaError};
+use strait_api::frame::{encode_line, LineDecoder};
 use strait_api::protocol::{
     CertificateRequest, CertificateResponse, ConfigAck, ConfigPush, ConfigUpdate, PROTOCOL_DELTA, PROTOCOL_FULL,
     PROTOCOL_HEADER, SIGN_PATH, STREAM_PATH,
@@ -441,7 +441,10 @@ mod tests {
         assert!(matches!(err, ClientError::BaseMismatch { base: 5, .. }), "{err}");
         stream.receive(PROTOCOL_DELTA, &full(5)).expect("a full snapshot");
         let err = stream.receive(PROTOCOL_DELTA, &delta(8, 7, "b")).expect_err("holds 5, not 7");
-        assert!(err.to_string().contains("delta from version 7") && err.to_string().contains("holds version 5"), "{err}");
+        assert!(
+            err.to_string().contains("delta from version 7") && err.to_string().contains("holds version 5"),
+            "{err}"
+        );
         stream.receive(PROTOCOL_DELTA, &delta(6, 5, "b")).expect("applies");
         // Removing what the base does not hold: the two ends disagree.
         let err = stream.receive(PROTOCOL_DELTA, &delta(7, 6, "c")).expect_err("a is gone already");

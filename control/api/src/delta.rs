@@ -282,6 +282,81 @@ services:
         assert_eq!(apply(&old, &delta), Err(DeltaError::Repeated(again.key())));
     }
 
+    /// A configuration drawn from a small pool of resources (each present or not, in one of a few shapes), so
+    /// that consecutive draws add, change and remove resources of every kind.
+    fn arbitrary_config() -> impl proptest::strategy::Strategy<Value = MeshConfig> {
+        use proptest::prelude::*;
+        let workload = (any::<bool>(), 0u8..3, 0u8..3);
+        let service = (any::<bool>(), 0u8..3);
+        let named = (any::<bool>(), 0u8..3);
+        (
+            proptest::collection::vec(any::<bool>(), 3),
+            proptest::collection::vec(workload, 6),
+            proptest::collection::vec(service, 3),
+            proptest::collection::vec(named, 3),
+            proptest::collection::vec(named, 3),
+            proptest::collection::vec(named, 3),
+        )
+            .prop_map(|(namespaces, workloads, services, policies, routes, destinations)| {
+                let mut yaml = String::from("namespaces:\n");
+                for (i, _) in namespaces.iter().enumerate().filter(|(_, on)| **on) {
+                    let mode = if i % 2 == 0 { "STRICT" } else { "PERMISSIVE" };
+                    yaml += &format!("- {{name: ns{i}, mtlsMode: {mode}}}\n");
+                }
+                yaml += "workloads:\n";
+                for (i, (_, node, version)) in workloads.iter().enumerate().filter(|(_, w)| w.0) {
+                    yaml += &format!(
+                        "- {{name: w{i}, namespace: ns{}, node: n{node}, address: 10.0.0.{i}, labels: {{version: v{version}}}}}\n",
+                        i % 3
+                    );
+                }
+                yaml += "services:\n";
+                for (i, (_, endpoints)) in services.iter().enumerate().filter(|(_, s)| s.0) {
+                    let endpoints: Vec<String> =
+                        (0..*endpoints).map(|e| format!("{{address: 10.0.0.{e}}}")).collect();
+                    yaml += &format!(
+                        "- {{name: s{i}, namespace: ns0, addresses: [10.96.0.{i}], ports: [{{port: 80}}], endpoints: [{}]}}\n",
+                        endpoints.join(", ")
+                    );
+                }
+                yaml += "authorizationPolicies:\n";
+                for (i, (_, shape)) in policies.iter().enumerate().filter(|(_, p)| p.0) {
+                    let action = if *shape == 0 { "ALLOW" } else { "DENY" };
+                    yaml += &format!("- {{name: p{i}, namespace: ns{shape}, spec: {{action: {action}}}}}\n");
+                }
+                yaml += "trafficRoutes:\n";
+                for (i, (_, shape)) in routes.iter().enumerate().filter(|(_, r)| r.0) {
+                    yaml += &format!("- {{name: r{i}, namespace: ns0, spec: {{hosts: [s{shape}]}}}}\n");
+                }
+                yaml += "destinationPolicies:\n";
+                for (i, (_, shape)) in destinations.iter().enumerate().filter(|(_, d)| d.0) {
+                    yaml += &format!("- {{name: d{i}, namespace: ns0, spec: {{host: s{i}, subsets: [{{name: v{shape}, labels: {{version: v{shape}}}}}]}}}}\n");
+                }
+                config(&yaml)
+            })
+    }
+
+    proptest::proptest! {
+        /// Applying each version's delta in turn, from nothing, holds exactly each version's full configuration.
+        #[test]
+        fn applying_deltas_in_order_equals_the_full_snapshot(
+            versions in proptest::collection::vec(arbitrary_config(), 1..8)
+        ) {
+            let mut held = MeshConfig::default();
+            let mut held_resources: Vec<Resource> = Vec::new();
+            for full in versions {
+                let next = resources(&full);
+                let delta = diff(&held_resources, &next);
+                // The wire form too: what is applied is what was decoded.
+                let line = serde_json::to_vec(&delta).expect("encodes");
+                let delta: ConfigDelta = serde_json::from_slice(&line).expect("decodes");
+                held = apply(&held, &delta).expect("a delta applies to the configuration it was computed from");
+                proptest::prop_assert_eq!(&held, &full);
+                held_resources = next;
+            }
+        }
+    }
+
     #[test]
     fn resources_travel_tagged_by_kind() {
         let resource = resources(&config(BASE)).remove(0);

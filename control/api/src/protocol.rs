@@ -214,7 +214,8 @@ destinationPolicies: [{name: d, namespace: shop, spec: {host: s}}]
         assert_eq!(value["version"], 8, "every line carries a top-level version");
 
         let removals = [held[1].key()];
-        let borrowed = ConfigUpdateRef::Delta { version: 9, node: "n1", base: 8, upserts: &held[..1], removals: &removals };
+        let borrowed =
+            ConfigUpdateRef::Delta { version: 9, node: "n1", base: 8, upserts: &held[..1], removals: &removals };
         let line = serde_json::to_string(&borrowed).expect("encodes");
         let owned = ConfigUpdate::Delta {
             version: 9,
