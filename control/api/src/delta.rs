@@ -288,14 +288,14 @@ services:
         use proptest::prelude::*;
         let workload = (any::<bool>(), 0u8..3, 0u8..3);
         let service = (any::<bool>(), 0u8..3);
-        let named = (any::<bool>(), 0u8..3);
+        let named = || (any::<bool>(), 0u8..3);
         (
             proptest::collection::vec(any::<bool>(), 3),
             proptest::collection::vec(workload, 6),
             proptest::collection::vec(service, 3),
-            proptest::collection::vec(named, 3),
-            proptest::collection::vec(named, 3),
-            proptest::collection::vec(named, 3),
+            proptest::collection::vec(named(), 3),
+            proptest::collection::vec(named(), 3),
+            proptest::collection::vec(named(), 3),
         )
             .prop_map(|(namespaces, workloads, services, policies, routes, destinations)| {
                 let mut yaml = String::from("namespaces:\n");
