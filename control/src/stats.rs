@@ -350,3 +350,44 @@ impl Default for Stats {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_api::status::Sync;
+
+    fn acked_and_pushed(stats: &Stats) -> (Option<u64>, Option<u64>) {
+        let s = stats.node("n1").expect("the node is known");
+        (s.last_pushed, s.last_acked)
+    }
+
+    #[test]
+    fn a_version_that_leaves_a_node_unchanged_keeps_it_in_sync() {
+        let stats = Stats::new();
+        stats.stream_opened("n1");
+        stats.pushed("n1", 5, LineKind::Full, 10, "cluster.local", &[]);
+        stats.acked("n1", 5);
+        stats.unchanged("n1", 6);
+        assert_eq!(acked_and_pushed(&stats), (Some(6), Some(6)), "answered already: current with 6");
+
+        // Unchanged before the proxy answered: its answer to 7 stands for 8.
+        stats.pushed("n1", 7, LineKind::Delta, 10, "cluster.local", &[]);
+        stats.unchanged("n1", 8);
+        assert_eq!(acked_and_pushed(&stats), (Some(8), Some(6)));
+        stats.acked("n1", 7);
+        assert_eq!(acked_and_pushed(&stats), (Some(8), Some(8)));
+        stats.set_version(8);
+        let status = stats.mesh_status();
+        assert_eq!(status.proxies[0].sync(8), Sync::Synced);
+
+        // A NACK likewise.
+        stats.pushed("n1", 9, LineKind::Delta, 10, "cluster.local", &[]);
+        stats.unchanged("n1", 10);
+        stats.nacked("n1", 9, "bad");
+        assert_eq!(stats.node("n1").and_then(|s| s.last_nacked), Some(10));
+        let bytes = stats.registry().gather();
+        let bytes = bytes.iter().find(|f| f.name() == "strait_control_config_bytes_total").expect("registered");
+        let total: f64 = bytes.get_metric().iter().map(|m| m.get_counter().get_value()).sum();
+        assert_eq!(total, 30.0);
+    }
+}
