@@ -207,7 +207,7 @@ impl Admission {
 /// refused by a proxy. Messages start with the field's path inside the object (`spec.http[0].timeout: ...`).
 pub fn check_object(trust_domain: &str, object: &Object) -> Result<(), Vec<String>> {
     let snapshot = Snapshot::from_objects([object]);
-    let config: MeshConfig = translate(&snapshot, trust_domain, "");
+    let config: MeshConfig = translate(&snapshot, trust_domain);
     let mut problems = Vec::new();
     if let Object::Namespace(n) = object {
         if n.name.is_empty() || !n.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
@@ -416,7 +416,7 @@ spec:
     }
 
     fn merged_policy(out: &Admitted) -> strait_api::Named<strait_api::DestinationPolicySpec> {
-        let config = translate(&out.snapshot, "cluster.local", "");
+        let config = translate(&out.snapshot, "cluster.local");
         let [policy] = &config.destination_policies[..] else {
             panic!("one policy per host: {:?}", config.destination_policies)
         };
@@ -444,7 +444,7 @@ spec:
         assert_eq!(subsets, ["v1", "v2"]);
         let http = merged.spec.connection_pool.and_then(|p| p.http).expect("the newcomer's pool limit");
         assert_eq!(http.max_requests, Some(1000));
-        translate(&out.snapshot, "cluster.local", "node-a").validate().expect("the merged configuration is valid");
+        translate(&out.snapshot, "cluster.local").validate().expect("the merged configuration is valid");
     }
 
     /// A newcomer that sets a field the working policy set differently is left out whole, names the winner,

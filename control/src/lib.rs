@@ -15,6 +15,7 @@ pub mod kube;
 pub mod model;
 pub mod monitoring;
 pub mod push;
+pub mod scope;
 pub mod server;
 pub mod signer;
 pub mod stats;
@@ -33,6 +34,7 @@ use tokio::task::JoinSet;
 pub use auth::{Caller, StaticTokenVerifier, TokenVerifier};
 pub use discovery::Discovery;
 pub use files::FileDiscovery;
+pub use push::Coalesce;
 pub use stats::{NodeStatus, Stats};
 
 /// How to run the control plane; see the binary's `--help` for each.
@@ -47,6 +49,8 @@ pub struct Options {
     pub poll_interval: Duration,
     /// Lifetime of the workload certificates it signs (and of its own server certificate).
     pub cert_ttl: Duration,
+    /// How bursts of changes are folded into one published version.
+    pub coalesce: Coalesce,
 }
 
 impl Options {
@@ -59,6 +63,7 @@ impl Options {
             token_file: token_file.into(),
             poll_interval: Duration::from_millis(250),
             cert_ttl: strait_certs::DEFAULT_WORKLOAD_TTL,
+            coalesce: Coalesce::default(),
         }
     }
 }
@@ -165,11 +170,22 @@ pub async fn start(options: Options) -> anyhow::Result<Running> {
         verifier: Arc::new(verifier),
         ca,
     };
-    start_with(options.listen, options.cert_ttl, parts).await
+    start_coalescing(options.listen, options.cert_ttl, options.coalesce, parts).await
 }
 
-/// Starts the control plane with the given parts; the trust domain is the CA's.
+/// Starts the control plane with the given parts; the trust domain is the CA's. Changes are coalesced as
+/// [`Coalesce::default`] says.
 pub async fn start_with(listen: SocketAddr, cert_ttl: Duration, parts: Parts) -> anyhow::Result<Running> {
+    start_coalescing(listen, cert_ttl, Coalesce::default(), parts).await
+}
+
+/// [`start_with`], folding bursts of changes as `coalesce` says.
+pub async fn start_coalescing(
+    listen: SocketAddr,
+    cert_ttl: Duration,
+    coalesce: Coalesce,
+    parts: Parts,
+) -> anyhow::Result<Running> {
     let trust_domain = parts.ca.trust_domain().to_string();
     let root_pem = parts.ca.root_pem().to_string();
     let signer = Arc::new(signer::Signer::new(parts.ca, cert_ttl));
@@ -186,7 +202,7 @@ pub async fn start_with(listen: SocketAddr, cert_ttl: Duration, parts: Parts) ->
     let (drain, drain_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(parts.discovery.run(discovered_tx));
-    tasks.spawn(push::publish(discovered_rx, published_tx, trust_domain.clone(), stats.clone()));
+    tasks.spawn(push::publish(discovered_rx, published_tx, trust_domain.clone(), stats.clone(), coalesce));
     let shared = Arc::new(server::Shared {
         published: published_rx,
         verifier: parts.verifier,

@@ -67,6 +67,36 @@ struct Args {
     /// (only hosts a ServiceEntry registers). Files mode: the Mesh document's `outboundTrafficPolicy: {mode: ..}`.
     #[arg(long, env = "STRAIT_OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY", requires = "kubernetes")]
     outbound_traffic_policy: strait_api::OutboundTrafficPolicy,
+    /// A burst of changes (a rollout) becomes one configuration version once this long passes without another
+    /// change (`100ms`; 0 to 10s)...
+    #[arg(long, env = "STRAIT_PUSH_DEBOUNCE", default_value = "100ms", value_parser = parse_push_delay)]
+    push_debounce: Duration,
+    /// ...or at the latest this long after the burst's first change (`1s`; 0 to 10s, at least --push-debounce).
+    #[arg(long, env = "STRAIT_PUSH_MAX_DELAY", default_value = "1s", value_parser = parse_push_delay)]
+    push_max_delay: Duration,
+}
+
+/// Bound of `--push-debounce` and `--push-max-delay`: longer would leave proxies behind for no gain.
+const MAX_PUSH_DELAY: Duration = Duration::from_secs(10);
+
+fn parse_push_delay(text: &str) -> Result<Duration, String> {
+    let delay = strait_api::parse_duration(text).map_err(|e| e.to_string())?;
+    if delay > MAX_PUSH_DELAY {
+        return Err(format!("{delay:?} is longer than the limit of 10s"));
+    }
+    Ok(delay)
+}
+
+impl Args {
+    fn coalesce(&self) -> anyhow::Result<strait_control::Coalesce> {
+        anyhow::ensure!(
+            self.push_debounce <= self.push_max_delay,
+            "--push-debounce ({:?}) must not be longer than --push-max-delay ({:?})",
+            self.push_debounce,
+            self.push_max_delay
+        );
+        Ok(strait_control::Coalesce { quiet: self.push_debounce, max_delay: self.push_max_delay })
+    }
 }
 
 fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
@@ -109,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let coalesce = args.coalesce()?;
     let mut running = if args.kubernetes {
         let client = kube::Client::try_default()
             .await
@@ -123,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
             cert_ttl: args.workload_cert_ttl,
             istio_resources: args.istio_resources,
             outbound_traffic_policy: args.outbound_traffic_policy,
+            coalesce,
             ..Default::default()
         };
         strait_control::kube::start(client, options).await?
@@ -135,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         options.trust_domain = args.trust_domain;
         options.listen = args.listen;
         options.cert_ttl = args.workload_cert_ttl;
+        options.coalesce = coalesce;
         strait_control::start(options).await?
     };
     let monitoring = tokio::net::TcpListener::bind(args.monitoring)

@@ -72,6 +72,7 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::LineKind;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -107,13 +108,16 @@ mod tests {
              - {name: b1, namespace: shop, node: node-b, address: 10.2.0.2}\n",
         )
         .expect("config");
+        let view: Vec<Arc<strait_api::delta::Resource>> =
+            strait_api::delta::resources(&config).into_iter().map(Arc::new).collect();
+        let pushed = |node: &str| stats.pushed(node, 7, LineKind::Full, 100, "cluster.local", &view);
         stats.set_version(7);
         stats.stream_opened("node-a");
         stats.reported_admin("node-a", "127.0.1.1:15000".parse().expect("addr"));
-        stats.pushed("node-a", 7, &config);
+        pushed("node-a");
         stats.nacked("node-a", 7, "workloads[1]: bad");
         stats.stream_opened("node-b");
-        stats.pushed("node-b", 7, &config);
+        pushed("node-b");
         stats.acked("node-b", 7);
         stats.stream_closed("node-b");
         let text = get(addr_after_spawn(listener, addr, stats), strait_api::status::STATUS_PATH).await;

@@ -1,21 +1,26 @@
-//! Configuration push: the publisher turns discovered inputs into numbered versions; each proxy's stream
-//! sends the newest version as soon as it exists and records the proxy's ACK or NACK.
+//! Configuration push: the publisher turns bursts of discovered inputs into numbered versions of the mesh; each
+//! proxy's stream sends its node's cut of the newest version ([`crate::scope`]) as soon as it exists, as a full
+//! snapshot first and then (protocol 2) as deltas, and records the proxy's ACK or NACK.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
+use strait_api::delta::diff;
 use strait_api::frame::{encode_line, LineDecoder};
-use strait_api::protocol::{ConfigAck, ConfigPush};
+use strait_api::protocol::{ConfigAck, ConfigPushRef, ConfigRef, ConfigUpdateRef, PROTOCOL_DELTA};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::admit::Admission;
 use crate::model::{Discovered, Snapshot};
-use crate::stats::Stats;
+use crate::scope::{Catalog, NodeView};
+use crate::stats::{LineKind, Stats};
 use crate::translate::translate;
 
 /// One accepted version of the mesh's inputs.
@@ -23,12 +28,29 @@ use crate::translate::translate;
 pub struct Published {
     pub version: u64,
     pub snapshot: Arc<Snapshot>,
+    /// The version cut per node.
+    pub catalog: Arc<Catalog>,
 }
 
 pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
 /// A proxy's ACK line may carry a long NACK reason, but nothing legitimate comes near this.
 const MAX_ACK_LINE: usize = 1 << 20;
+
+/// How bursts of discovery changes are folded into one publish: after a change, wait until `quiet` passes
+/// without another, but never longer than `max_delay` after the first (a rollout that never pauses still
+/// reaches the proxies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coalesce {
+    pub quiet: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Coalesce {
+    fn default() -> Self {
+        Coalesce { quiet: Duration::from_millis(100), max_delay: Duration::from_secs(1) }
+    }
+}
 
 /// Admits every discovered state and publishes a new version when the accepted inputs changed. Versions
 /// start at the wall clock in milliseconds, so a restarted control plane continues above its predecessor's
@@ -38,17 +60,25 @@ pub async fn publish(
     out: watch::Sender<Option<Arc<Published>>>,
     trust_domain: String,
     stats: Arc<Stats>,
+    coalesce: Coalesce,
 ) {
     let mut admission = Admission::new(trust_domain.clone());
     let mut version =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut current: Option<Arc<Snapshot>> = None;
+    let mut catalog: Option<Arc<Catalog>> = None;
     // The channel's initial value is a placeholder, not what the provider saw: publishing it would push an
     // empty mesh to every proxy. Wait for the provider's first real state.
     if discovered.changed().await.is_err() {
         return;
     }
     loop {
+        let (mut updates, closed) = settle(&mut discovered, coalesce).await;
+        // One that arrived as the wait ended is in this round too.
+        if discovered.has_changed().unwrap_or(false) {
+            updates += 1;
+        }
+        stats.discovery_updates(updates);
         let inputs = discovered.borrow_and_update().clone();
         let admitted = admission.admit(&inputs);
         for problem in &admitted.problems {
@@ -57,37 +87,61 @@ pub async fn publish(
         stats.set_problems(admitted.problems);
         if current.as_deref() != Some(&admitted.snapshot) {
             // Admission checked every object; a whole-mesh check catches anything only visible together.
-            match translate(&admitted.snapshot, &trust_domain, "").validate() {
+            let mesh = translate(&admitted.snapshot, &trust_domain);
+            match mesh.validate() {
                 Ok(()) => {
                     version += 1;
                     let snapshot = Arc::new(admitted.snapshot);
+                    let next = Arc::new(Catalog::build(&mesh, catalog.as_deref()));
                     current = Some(snapshot.clone());
+                    catalog = Some(next.clone());
                     stats.set_version(version);
+                    stats.published();
                     tracing::info!(
                         version,
+                        updates,
                         workloads = snapshot.workloads.len(),
                         services = snapshot.services.len(),
                         routes = snapshot.traffic_routes.len(),
                         "publishing configuration"
                     );
-                    out.send_replace(Some(Arc::new(Published { version, snapshot })));
+                    out.send_replace(Some(Arc::new(Published { version, snapshot, catalog: next })));
                 }
                 Err(e) => tracing::error!(error = %e, "not publishing: the mesh configuration is invalid as a whole"),
             }
         }
-        if discovered.changed().await.is_err() {
+        if closed || discovered.changed().await.is_err() {
             return;
         }
     }
 }
 
-/// Serves one proxy's stream: pushes every new version to `tx` and records the ACKs read from `acks`.
-/// Returns when the proxy goes away, or when the control plane drains: the stream then ends cleanly and the
-/// proxy, which keeps serving its last good configuration, reconnects (to another replica).
+/// Waits out a burst that has just begun (one update seen): returns once `quiet` passed without another update
+/// or `max_delay` after the first, with the number of updates seen and whether the provider is gone.
+async fn settle(discovered: &mut watch::Receiver<Arc<Discovered>>, coalesce: Coalesce) -> (u64, bool) {
+    let deadline = Instant::now() + coalesce.max_delay;
+    let mut updates = 1;
+    loop {
+        let quiet_until = (Instant::now() + coalesce.quiet).min(deadline);
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(quiet_until) => return (updates, false),
+            changed = discovered.changed() => match changed {
+                Ok(()) => updates += 1,
+                Err(_) => return (updates, true),
+            },
+        }
+    }
+}
+
+/// Serves one proxy's stream in `protocol` (1: every line a full snapshot; 2: a full snapshot, then deltas):
+/// pushes each new version that changes the node's configuration to `tx` and records the ACKs read from
+/// `acks`. Returns when the proxy goes away, or when the control plane drains: the stream then ends cleanly
+/// and the proxy, which keeps serving its last good configuration, reconnects (to another replica).
 pub async fn serve_stream(
     node: String,
+    protocol: u32,
     mut published: PublishedRx,
-    trust_domain: String,
     stats: Arc<Stats>,
     acks: Incoming,
     tx: mpsc::Sender<Bytes>,
@@ -95,26 +149,30 @@ pub async fn serve_stream(
 ) {
     stats.stream_opened(&node);
     let reader = tokio::spawn(read_acks(acks, node.clone(), stats.clone()));
-    let mut last_sent = None;
+    // The last version sent on this stream and the node's configuration in it: what a delta applies to.
+    let mut sent: Option<(u64, NodeView)> = None;
+    let mut seen = None;
     loop {
         let current = published.borrow_and_update().clone();
-        if let Some(p) = current.filter(|p| last_sent != Some(p.version)) {
-            let push = ConfigPush {
-                version: p.version,
-                node: node.clone(),
-                config: translate(&p.snapshot, &trust_domain, &node),
-            };
-            match encode_line(&push) {
-                Ok(line) => {
+        if let Some(p) = current.filter(|p| seen != Some(p.version)) {
+            seen = Some(p.version);
+            let view = p.catalog.for_node(&node);
+            match render(&node, protocol, &p, &view, sent.as_ref()) {
+                Ok(None) => {
+                    tracing::debug!(node, version = p.version, "the node's configuration did not change");
+                    stats.unchanged(&node, p.version);
+                }
+                Ok(Some((kind, line))) => {
+                    let bytes = line.len();
                     if tx.send(Bytes::from(line)).await.is_err() {
                         break;
                     }
-                    tracing::debug!(node, version = p.version, "pushed configuration");
-                    stats.pushed(&node, p.version, &push.config);
+                    tracing::debug!(node, version = p.version, ?kind, bytes, "pushed configuration");
+                    stats.pushed(&node, p.version, kind, bytes, p.catalog.trust_domain(), &view);
+                    sent = Some((p.version, view));
                 }
                 Err(e) => tracing::error!(node, error = %e, "cannot encode the configuration"),
             }
-            last_sent = Some(p.version);
         }
         tokio::select! {
             changed = published.changed() => if changed.is_err() { break },
@@ -128,6 +186,36 @@ pub async fn serve_stream(
     reader.abort();
     stats.stream_closed(&node);
     tracing::info!(node, "configuration stream closed");
+}
+
+/// The line that brings a proxy holding `sent` to `view` (version `p.version`), or `None` when `view` is what
+/// it holds already.
+fn render(
+    node: &str,
+    protocol: u32,
+    p: &Published,
+    view: &NodeView,
+    sent: Option<&(u64, NodeView)>,
+) -> Result<Option<(LineKind, Vec<u8>)>, serde_json::Error> {
+    let version = p.version;
+    if let Some((base, held)) = sent {
+        let delta = diff(held, view);
+        if delta.is_empty() {
+            return Ok(None);
+        }
+        if protocol == PROTOCOL_DELTA {
+            let (upserts, removals) = (&delta.upserts[..], &delta.removals[..]);
+            let update = ConfigUpdateRef::Delta { version, node, base: *base, upserts, removals };
+            return encode_line(&update).map(|line| Some((LineKind::Delta, line)));
+        }
+    }
+    let config = ConfigRef::new(p.catalog.trust_domain(), view.iter().map(|r| &**r));
+    let line = if protocol == PROTOCOL_DELTA {
+        encode_line(&ConfigUpdateRef::Full { version, node, config: &config })?
+    } else {
+        encode_line(&ConfigPushRef { version, node, config: &config })?
+    };
+    Ok(Some((LineKind::Full, line)))
 }
 
 async fn read_acks(mut body: Incoming, node: String, stats: Arc<Stats>) {
@@ -182,5 +270,91 @@ impl hyper::body::Body for ChannelBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.get_mut().0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::model::{Object, Sourced, Workload};
+
+    /// A mesh of `pods` pods on five nodes.
+    fn discovered(pods: usize) -> Arc<Discovered> {
+        let objects = (0..pods)
+            .map(|i| {
+                let workload = Workload {
+                    name: format!("pod-{i}"),
+                    namespace: "shop".into(),
+                    service_account: "default".into(),
+                    node: format!("node-{}", i % 5),
+                    address: IpAddr::from([10, 0, (i / 250) as u8, (i % 250) as u8 + 1]),
+                    labels: Default::default(),
+                    meshed: None,
+                    tunnel_port: strait_api::DEFAULT_TUNNEL_PORT,
+                };
+                Sourced::new("test", Object::Workload(workload))
+            })
+            .collect();
+        Arc::new(Discovered { objects, rejected: Vec::new() })
+    }
+
+    fn counter(stats: &Stats, name: &str) -> u64 {
+        let families = stats.registry().gather();
+        let family = families.iter().find(|f| f.name() == name).expect("the metric is registered");
+        family.get_metric().iter().map(|m| m.get_counter().get_value() as u64).sum()
+    }
+
+    /// A rollout of 200 pods, one every 10 ms (2 s in all, on tokio's paused clock): the default coalescing
+    /// (100 ms quiet, at most 1 s) folds it into a few versions, the last of which holds every pod.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_200_changes_makes_a_few_versions() {
+        let (tx, rx) = watch::channel(Arc::new(Discovered::default()));
+        let (out, mut published) = watch::channel(None);
+        let stats = Arc::new(Stats::new());
+        let task = tokio::spawn(publish(rx, out, "cluster.local".into(), stats.clone(), Coalesce::default()));
+        for pods in 1..=200 {
+            tx.send_replace(discovered(pods));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let last = published
+            .wait_for(|p| p.as_ref().is_some_and(|p| p.snapshot.workloads.len() == 200))
+            .await
+            .expect("the publisher runs")
+            .clone();
+        let publishes = counter(&stats, "strait_control_publishes_total");
+        assert!((1..=3).contains(&publishes), "{publishes} versions for 200 changes");
+        assert_eq!(counter(&stats, "strait_control_discovery_updates_total"), 200);
+        assert_eq!(counter(&stats, "strait_control_discovery_updates_coalesced_total"), 200 - publishes);
+        let last = last.expect("a version was published");
+        let workloads = last
+            .catalog
+            .for_node("node-0")
+            .iter()
+            .filter(|r| matches!(***r, strait_api::delta::Resource::Workload(_)))
+            .count();
+        assert_eq!(workloads, 200, "every pod, as every node may dial any");
+        task.abort();
+    }
+
+    /// Without a pause in the changes, a version still goes out every `max_delay`.
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_burst_still_publishes_at_the_maximum_delay() {
+        let (tx, rx) = watch::channel(Arc::new(Discovered::default()));
+        let (out, mut published) = watch::channel(None);
+        let stats = Arc::new(Stats::new());
+        let coalesce = Coalesce { quiet: Duration::from_millis(100), max_delay: Duration::from_millis(300) };
+        let task = tokio::spawn(publish(rx, out, "cluster.local".into(), stats.clone(), coalesce));
+        let mut pods = 0;
+        // Changes every 50 ms, never 100 ms apart, until a version has gone out.
+        while published.borrow_and_update().is_none() {
+            pods += 1;
+            assert!(pods < 100, "no version while changes keep coming");
+            tx.send_replace(discovered(pods));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(counter(&stats, "strait_control_publishes_total"), 1);
+        task.abort();
     }
 }

@@ -11,7 +11,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use strait_api::protocol::CertificateRequest;
+use strait_api::protocol::{negotiate, CertificateRequest, PROTOCOL_HEADER};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -171,7 +171,16 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
         // A stream opened between the drain and the GOAWAY: the proxy retries, on another replica.
         return text(StatusCode::SERVICE_UNAVAILABLE, "this control plane is draining; reconnect".to_string());
     }
-    tracing::info!(node, "configuration stream opened");
+    let offered = match req.headers().get(PROTOCOL_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(offered)) => Some(offered),
+        Some(Err(_)) => return text(StatusCode::BAD_REQUEST, format!("{PROTOCOL_HEADER}: not ASCII")),
+    };
+    let protocol = match negotiate(offered) {
+        Ok(protocol) => protocol,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    tracing::info!(node, protocol, "configuration stream opened");
     // Where operators reach this proxy's admin port (`strait config`); ignored unless it is an address.
     let admin = req.headers().get(strait_api::status::ADMIN_HEADER).and_then(|v| v.to_str().ok()?.parse().ok());
     if let Some(admin) = admin {
@@ -181,8 +190,8 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(serve_stream(
         node,
+        protocol,
         shared.published.clone(),
-        shared.trust_domain.clone(),
         shared.stats.clone(),
         req.into_body(),
         tx,
@@ -190,6 +199,7 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
     ));
     let mut response = Response::new(ChannelBody(rx).boxed());
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
+    response.headers_mut().insert(PROTOCOL_HEADER, header::HeaderValue::from(protocol));
     response
 }
 

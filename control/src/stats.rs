@@ -6,10 +6,30 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use strait_api::status::{CertificateStatus, MeshStatus, ProxyStatus};
-use strait_api::MeshConfig;
+use std::sync::Arc;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use strait_api::delta::Resource;
+use strait_api::status::{CertificateStatus, MeshStatus, ProxyStatus};
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// What a pushed line carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineKind {
+    /// The node's whole configuration.
+    Full,
+    /// What changed since the last version sent (protocol 2).
+    Delta,
+}
+
+impl LineKind {
+    fn label(self) -> &'static str {
+        match self {
+            LineKind::Full => "full",
+            LineKind::Delta => "delta",
+        }
+    }
+}
 
 /// One node's view, as the control plane saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,6 +47,9 @@ pub struct NodeStatus {
     pub disconnected_since: Option<SystemTime>,
     /// The admin address the proxy reported on its stream.
     pub admin: Option<SocketAddr>,
+    /// `(sent, newest)`: the versions after `sent` up to `newest` did not change this node's configuration, so
+    /// they were not sent, and the proxy's answer to `sent` stands for `newest` too.
+    pub unchanged_through: Option<(u64, u64)>,
     /// `namespace/name` of the meshed workloads on the node in the configuration last pushed to it.
     pub workloads: Vec<String>,
     /// Expiry of the certificate last signed for each identity on the node (at most one entry per workload
@@ -39,6 +62,12 @@ pub struct Stats {
     pushes: IntCounterVec,
     acks: IntCounterVec,
     streams: IntGaugeVec,
+    bytes: IntCounterVec,
+    lines: IntCounterVec,
+    unchanged: IntCounter,
+    publishes: IntCounter,
+    updates: IntCounter,
+    coalesced: IntCounter,
     nodes: Mutex<BTreeMap<String, NodeStatus>>,
     problems: Mutex<Vec<String>>,
     version: AtomicU64,
@@ -64,10 +93,40 @@ impl Stats {
         let streams =
             IntGaugeVec::new(Opts::new("strait_control_config_streams", "Open configuration streams"), &["node"])
                 .expect("static metric definition");
+        let bytes = IntCounterVec::new(
+            Opts::new("strait_control_config_bytes_total", "Bytes of configuration lines sent to node proxies"),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let lines = IntCounterVec::new(
+            Opts::new("strait_control_config_lines_total", "Configuration lines sent to node proxies"),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let unchanged = IntCounter::new(
+            "strait_control_config_unchanged_total",
+            "Versions not sent to a node proxy because its configuration did not change",
+        )
+        .expect("static metric definition");
+        let publishes = IntCounter::new("strait_control_publishes_total", "Configuration versions published")
+            .expect("static metric definition");
+        let updates = IntCounter::new("strait_control_discovery_updates_total", "Changes seen from discovery")
+            .expect("static metric definition");
+        let coalesced = IntCounter::new(
+            "strait_control_discovery_updates_coalesced_total",
+            "Changes from discovery folded into a publish together with an earlier one",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(pushes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(acks.clone()),
             Box::new(streams.clone()),
+            Box::new(bytes.clone()),
+            Box::new(lines.clone()),
+            Box::new(unchanged.clone()),
+            Box::new(publishes.clone()),
+            Box::new(updates.clone()),
+            Box::new(coalesced.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -76,6 +135,12 @@ impl Stats {
             pushes,
             acks,
             streams,
+            bytes,
+            lines,
+            unchanged,
+            publishes,
+            updates,
+            coalesced,
             nodes: Mutex::new(BTreeMap::new()),
             problems: Mutex::new(Vec::new()),
             version: AtomicU64::new(0),
@@ -148,21 +213,64 @@ impl Stats {
         self.update(node, |s| s.admin = Some(admin));
     }
 
-    /// `config` is what was pushed: the node's meshed workloads are read from it, and certificates of identities
-    /// no longer on the node are forgotten.
-    pub(crate) fn pushed(&self, node: &str, version: u64, config: &MeshConfig) {
+    /// A round of `updates` discovery changes was folded into one admission (and a publish, if it changed the
+    /// mesh).
+    pub(crate) fn discovery_updates(&self, updates: u64) {
+        self.updates.inc_by(updates);
+        self.coalesced.inc_by(updates.saturating_sub(1));
+    }
+
+    pub(crate) fn published(&self) {
+        self.publishes.inc();
+    }
+
+    /// `view` is the node's configuration as pushed (a line of `kind`, `bytes` long): the node's meshed workloads
+    /// are read from it, and certificates of identities no longer on the node are forgotten.
+    pub(crate) fn pushed(
+        &self,
+        node: &str,
+        version: u64,
+        kind: LineKind,
+        bytes: usize,
+        trust_domain: &str,
+        view: &[Arc<Resource>],
+    ) {
         self.pushes.with_label_values(&[node]).inc();
-        let local: Vec<&strait_api::Workload> =
-            config.workloads.iter().filter(|w| w.node == node && w.meshed).collect();
-        let workloads = local.iter().map(|w| format!("{}/{}", w.namespace, w.name)).collect();
-        let identities: Vec<String> = local
+        self.lines.with_label_values(&[kind.label()]).inc();
+        self.bytes.with_label_values(&[kind.label()]).inc_by(bytes as u64);
+        let local: Vec<&strait_api::Workload> = view
             .iter()
-            .map(|w| format!("spiffe://{}/ns/{}/sa/{}", config.trust_domain, w.namespace, w.service_account))
+            .filter_map(|r| match &**r {
+                Resource::Workload(w) if w.node == node && w.meshed => Some(w),
+                _ => None,
+            })
             .collect();
+        let workloads = local.iter().map(|w| format!("{}/{}", w.namespace, w.name)).collect();
+        let identities: Vec<String> = local.iter().map(|w| w.spiffe_id(trust_domain)).collect();
         self.update(node, |s| {
             s.last_pushed = Some(version);
+            s.unchanged_through = None;
             s.workloads = workloads;
             s.certificates.retain(|identity, _| identities.contains(identity));
+        });
+    }
+
+    /// `version` left the node's configuration as last pushed: nothing was sent, and the node is as current
+    /// with it as it was with the version it holds.
+    pub(crate) fn unchanged(&self, node: &str, version: u64) {
+        self.unchanged.inc();
+        self.update(node, |s| {
+            let Some(pushed) = s.last_pushed else { return };
+            let sent = s.unchanged_through.map_or(pushed, |(sent, _)| sent);
+            // Already answered: the answer holds for this version too.
+            if s.last_acked == Some(pushed) {
+                s.last_acked = Some(version);
+            }
+            if s.last_nacked == Some(pushed) {
+                s.last_nacked = Some(version);
+            }
+            s.unchanged_through = Some((sent, version));
+            s.last_pushed = Some(version);
         });
     }
 
@@ -208,15 +316,23 @@ impl Stats {
 
     pub(crate) fn acked(&self, node: &str, version: u64) {
         self.acks.with_label_values(&[node, "ack"]).inc();
-        self.update(node, |s| s.last_acked = Some(version));
+        self.update(node, |s| s.last_acked = Some(Self::standing_for(s, version)));
     }
 
     pub(crate) fn nacked(&self, node: &str, version: u64, error: &str) {
         self.acks.with_label_values(&[node, "nack"]).inc();
         self.update(node, |s| {
-            s.last_nacked = Some(version);
+            s.last_nacked = Some(Self::standing_for(s, version));
             s.last_error = Some(error.to_string());
         });
+    }
+
+    /// The newest version an answer to `version` stands for (see [`NodeStatus::unchanged_through`]).
+    fn standing_for(s: &NodeStatus, version: u64) -> u64 {
+        match s.unchanged_through {
+            Some((sent, newest)) if sent == version => newest,
+            _ => version,
+        }
     }
 
     fn update(&self, node: &str, f: impl FnOnce(&mut NodeStatus)) {
@@ -232,5 +348,46 @@ impl Stats {
 impl Default for Stats {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_api::status::Sync;
+
+    fn acked_and_pushed(stats: &Stats) -> (Option<u64>, Option<u64>) {
+        let s = stats.node("n1").expect("the node is known");
+        (s.last_pushed, s.last_acked)
+    }
+
+    #[test]
+    fn a_version_that_leaves_a_node_unchanged_keeps_it_in_sync() {
+        let stats = Stats::new();
+        stats.stream_opened("n1");
+        stats.pushed("n1", 5, LineKind::Full, 10, "cluster.local", &[]);
+        stats.acked("n1", 5);
+        stats.unchanged("n1", 6);
+        assert_eq!(acked_and_pushed(&stats), (Some(6), Some(6)), "answered already: current with 6");
+
+        // Unchanged before the proxy answered: its answer to 7 stands for 8.
+        stats.pushed("n1", 7, LineKind::Delta, 10, "cluster.local", &[]);
+        stats.unchanged("n1", 8);
+        assert_eq!(acked_and_pushed(&stats), (Some(8), Some(6)));
+        stats.acked("n1", 7);
+        assert_eq!(acked_and_pushed(&stats), (Some(8), Some(8)));
+        stats.set_version(8);
+        let status = stats.mesh_status();
+        assert_eq!(status.proxies[0].sync(8), Sync::Synced);
+
+        // A NACK likewise.
+        stats.pushed("n1", 9, LineKind::Delta, 10, "cluster.local", &[]);
+        stats.unchanged("n1", 10);
+        stats.nacked("n1", 9, "bad");
+        assert_eq!(stats.node("n1").and_then(|s| s.last_nacked), Some(10));
+        let bytes = stats.registry().gather();
+        let bytes = bytes.iter().find(|f| f.name() == "strait_control_config_bytes_total").expect("registered");
+        let total: f64 = bytes.get_metric().iter().map(|m| m.get_counter().get_value()).sum();
+        assert_eq!(total, 30.0);
     }
 }

@@ -13,10 +13,9 @@ use strait_api::{DestinationPolicySpec, Endpoint, MeshConfig, Named, NamespaceCo
 
 use crate::model::{Kind, ObjectKey, Snapshot};
 
-/// The configuration for `node`. Every node receives the whole mesh for now (a proxy must know remote
-/// workloads and services to reach them); `node` is where trimming to what the node needs will go.
-pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshConfig {
-    let _ = node;
+/// The whole mesh's configuration, every list in canonical order (`strait_api::delta`); each node receives
+/// its own cut of it (`crate::scope`).
+pub fn translate(snapshot: &Snapshot, trust_domain: &str) -> MeshConfig {
     let workloads: Vec<strait_api::Workload> = snapshot
         .workloads
         .iter()
@@ -53,7 +52,7 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshCon
             },
         })
         .collect();
-    MeshConfig {
+    let mut config = MeshConfig {
         trust_domain: trust_domain.to_string(),
         namespaces: snapshot
             .namespaces
@@ -74,7 +73,11 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str, node: &str) -> MeshCon
         peer_authentications: snapshot.peer_authentications.clone(),
         outbound_traffic_policy: snapshot.settings.outbound_traffic_policy,
         external_services: snapshot.service_entries.clone(),
-    }
+    };
+    // Destination policies come merged in precedence order (one per host, so their order means nothing to a
+    // proxy); every other list is sorted already.
+    strait_api::delta::canonicalize(&mut config);
+    config
 }
 
 /// DestinationPolicies merged per host (one each, named after the first), and those left out.
@@ -344,7 +347,7 @@ mod tests {
                 endpoints: vec![],
             }),
         ];
-        let config = translate(&Snapshot::from_objects(&objects), "cluster.local", "node-a");
+        let config = translate(&Snapshot::from_objects(&objects), "cluster.local");
         let endpoints: Vec<String> = config.services[0].endpoints.iter().map(|e| e.address.to_string()).collect();
         assert_eq!(endpoints, ["10.0.0.1"]);
         assert!(config.workloads.iter().all(|w| w.meshed), "undescribed namespaces are meshed");

@@ -6,6 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use strait_api::frame::LineDecoder;
+use strait_api::protocol::{ConfigPush, ConfigUpdate, PROTOCOL_HEADER, STREAM_PATH};
 use strait_api::MeshConfig;
 use strait_certs::{CertIssuer, Identity, StaticCertResolver, TrustBundle};
 use strait_control::{Options, Running};
@@ -298,4 +303,156 @@ async fn the_client_reconnects_to_a_restarted_control_plane() {
 
     task.abort();
     restarted.shutdown().await;
+}
+
+/// A bare configuration stream, as a proxy of either protocol opens it: `offered` is its `x-strait-protocol`
+/// header (`None`: a proxy from before protocol 2). It sends no ACKs.
+struct RawStream {
+    status: http::StatusCode,
+    /// The protocol the control plane picked.
+    picked: Option<String>,
+    lines: mpsc::UnboundedReceiver<Vec<u8>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn raw_stream(running: &Running, node: &str, offered: Option<&str>) -> RawStream {
+    let identity = strait_control::tls::control_identity("cluster.local").expect("identity");
+    let bundle = TrustBundle::from_pem("cluster.local", running.root_pem()).expect("bundle");
+    let tls = tokio_rustls::TlsConnector::from(strait_certs::client_config_without_client_auth(&bundle, identity));
+    let tcp = tokio::net::TcpStream::connect(running.local_addr()).await.expect("connect");
+    let tls = tls.connect(strait_certs::mesh_server_name(), tcp).await.expect("TLS");
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .await
+        .expect("HTTP/2");
+    let mut request = http::Request::post(format!("https://{}{STREAM_PATH}", running.local_addr()))
+        .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header("x-strait-node", node);
+    if let Some(offered) = offered {
+        request = request.header(PROTOCOL_HEADER, offered);
+    }
+    let response = {
+        let send = sender.send_request(request.body(Empty::new()).expect("request"));
+        tokio::select! {
+            response = send => response.expect("a response"),
+            _ = conn => panic!("the connection ended"),
+        }
+    };
+    let status = response.status();
+    let picked = response.headers().get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (tx, lines) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let _sender = sender;
+        let mut body = response.into_body();
+        let mut decoder = LineDecoder::new(1 << 20);
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else { continue };
+            decoder.push(&data);
+            while let Ok(Some(line)) = decoder.next_line() {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    RawStream { status, picked, lines, task }
+}
+
+impl RawStream {
+    async fn next(&mut self) -> Vec<u8> {
+        tokio::time::timeout(Duration::from_secs(5), self.lines.recv())
+            .await
+            .expect("a line arrives in time")
+            .expect("the stream is open")
+    }
+}
+
+fn keys(line: &[u8]) -> Vec<String> {
+    let value: serde_json::Value = serde_json::from_slice(line).expect("a JSON line");
+    let mut keys: Vec<String> = value.as_object().expect("an object").keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn a_proxy_without_the_protocol_header_gets_full_snapshots_as_before() {
+    init_tracing();
+    let mesh = Mesh::new();
+    let running = mesh.start("127.0.0.1:0".parse().expect("addr")).await;
+    let mut old = raw_stream(&running, "node-a", None).await;
+    assert_eq!(old.status, http::StatusCode::OK);
+    assert_eq!(old.picked.as_deref(), Some("1"));
+    let first = old.next().await;
+    assert_eq!(keys(&first), ["config", "node", "version"], "protocol 1's shape, nothing added");
+    let first: ConfigPush = serde_json::from_slice(&first).expect("a protocol 1 push");
+    assert_eq!(first.config.workloads.len(), 3);
+
+    mesh.write("route.yaml", &route("v2", "/api/.*"));
+    let second = old.next().await;
+    assert_eq!(keys(&second), ["config", "node", "version"]);
+    let second: ConfigPush = serde_json::from_slice(&second).expect("a protocol 1 push");
+    assert!(second.version > first.version);
+    assert_eq!(subset_of_default_rule(&second.config).as_deref(), Some("v2"));
+    assert_eq!(second.config.workloads, first.config.workloads, "a whole configuration again");
+
+    let unknown = raw_stream(&running, "node-a", Some("7")).await;
+    assert_eq!(unknown.status, http::StatusCode::BAD_REQUEST, "no protocol in common");
+    old.task.abort();
+    unknown.task.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxy_speaking_protocol_2_gets_a_full_snapshot_then_only_the_changes_to_its_node() {
+    init_tracing();
+    let mesh = Mesh::new();
+    let running = mesh.start("127.0.0.1:0".parse().expect("addr")).await;
+    let mut stream = raw_stream(&running, "node-a", Some("1, 2")).await;
+    assert_eq!(stream.picked.as_deref(), Some("2"));
+    let ConfigUpdate::Full { version: first, config, .. } =
+        serde_json::from_slice(&stream.next().await).expect("a protocol 2 line")
+    else {
+        panic!("the first line is a full snapshot");
+    };
+    assert_eq!(config.workloads.len(), 3);
+
+    // A route change: a delta holding the route alone.
+    mesh.write("route.yaml", &route("v2", "/api/.*"));
+    let line = stream.next().await;
+    assert_eq!(keys(&line), ["base", "kind", "node", "removals", "upserts", "version"]);
+    let ConfigUpdate::Delta { version: second, base, upserts, removals, .. } =
+        serde_json::from_slice(&line).expect("a protocol 2 line")
+    else {
+        panic!("then deltas");
+    };
+    assert_eq!(base, first);
+    assert!(second > first);
+    let upserted: Vec<String> = upserts.iter().map(|r| r.key().to_string()).collect();
+    assert_eq!(upserted, ["TrafficRoute shop/reviews"]);
+    assert!(removals.is_empty());
+
+    // A label only productpage's own node reads: a new version, but nothing for node-a.
+    let before = running.stats().version();
+    mesh.write("mesh.yaml", &MESH.replace("labels: {app: productpage}", "labels: {app: productpage, team: x}"));
+    eventually("the relabelled version", || running.stats().version() > before).await;
+    let unchanged = running.stats().version();
+    eventually("node-a counted as current", || {
+        running.stats().node("node-a").and_then(|s| s.last_pushed) == Some(unchanged)
+    })
+    .await;
+
+    // The next change node-a sees applies to the version it last received, not to the one it was spared.
+    mesh.write("route.yaml", &route("v1", "/api/.*"));
+    let ConfigUpdate::Delta { version: third, base, .. } =
+        serde_json::from_slice(&stream.next().await).expect("a protocol 2 line")
+    else {
+        panic!("a delta");
+    };
+    assert_eq!(base, second, "nothing was sent for version {unchanged}");
+    assert!(third > unchanged);
+    let metrics = running.stats().registry().gather();
+    let bytes = metrics.iter().find(|m| m.name() == "strait_control_config_bytes_total").expect("bytes metric");
+    let kinds: Vec<&str> = bytes.get_metric().iter().flat_map(|m| m.get_label().iter().map(|l| l.value())).collect();
+    assert!(kinds.contains(&"full") && kinds.contains(&"delta"), "{kinds:?}");
+
+    stream.task.abort();
+    running.shutdown().await;
 }

@@ -12,6 +12,6 @@ pub fn load(dir: &Path) -> anyhow::Result<(MeshConfig, Vec<String>)> {
     let discovered = strait_control::files::parse_files(&files);
     let trust_domain = strait_api::default_trust_domain();
     let admitted = strait_control::admit::Admission::new(trust_domain.clone()).admit(&discovered);
-    let config = strait_control::translate::translate(&admitted.snapshot, &trust_domain, "");
+    let config = strait_control::translate::translate(&admitted.snapshot, &trust_domain);
     Ok((config, admitted.problems))
 }

@@ -17,8 +17,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use strait_api::delta::{ConfigDelta, DeltaError};
 use strait_api::frame::{encode_line, LineDecoder};
-use strait_api::protocol::{CertificateRequest, CertificateResponse, ConfigAck, ConfigPush, SIGN_PATH, STREAM_PATH};
+use strait_api::protocol::{
+    CertificateRequest, CertificateResponse, ConfigAck, ConfigPush, ConfigUpdate, PROTOCOL_DELTA, PROTOCOL_FULL,
+    PROTOCOL_HEADER, SIGN_PATH, STREAM_PATH,
+};
 use strait_api::MeshConfig;
 use strait_certs::{CertError, CertIssuer, Identity, TrustBundle, WorkloadCert};
 use tokio::sync::mpsc;
@@ -49,6 +53,50 @@ pub enum ClientError {
     Protocol(String),
     #[error("the control plane closed the configuration stream")]
     Closed,
+    #[error("version {version} is a delta from version {base}, but this stream holds {held}; starting over from a full snapshot")]
+    BaseMismatch { version: u64, base: u64, held: String },
+    #[error("version {version} does not apply to the configuration it names as its base ({source}); starting over from a full snapshot")]
+    Delta { version: u64, source: DeltaError },
+}
+
+/// The protocol versions this proxy offers: deltas, or full snapshots from a control plane that knows no better.
+const OFFERED_PROTOCOLS: &str = "1, 2";
+
+/// What one stream has received: the configuration the next delta applies to. That is the last version received,
+/// applied or refused (NACKed): the control plane computes each delta from what it sent, while the proxy keeps
+/// serving its last good configuration.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    held: Option<(u64, MeshConfig)>,
+}
+
+impl Received {
+    /// The version and whole configuration that `line` (of `protocol`) brings.
+    pub(crate) fn receive(&mut self, protocol: u32, line: &[u8]) -> Result<(u64, MeshConfig), ClientError> {
+        let malformed = |e: serde_json::Error| ClientError::Protocol(e.to_string());
+        if protocol == PROTOCOL_FULL {
+            let push: ConfigPush = serde_json::from_slice(line).map_err(malformed)?;
+            return Ok((push.version, push.config));
+        }
+        let (version, config) = match serde_json::from_slice::<ConfigUpdate>(line).map_err(malformed)? {
+            ConfigUpdate::Full { version, config, .. } => (version, config),
+            ConfigUpdate::Delta { version, base, upserts, removals, .. } => {
+                let held = match &self.held {
+                    Some((held, config)) if *held == base => config,
+                    other => {
+                        let held = other.as_ref().map_or("nothing".to_string(), |(v, _)| format!("version {v}"));
+                        return Err(ClientError::BaseMismatch { version, base, held });
+                    }
+                };
+                let delta = ConfigDelta { upserts, removals };
+                let config =
+                    strait_api::delta::apply(held, &delta).map_err(|source| ClientError::Delta { version, source })?;
+                (version, config)
+            }
+        };
+        self.held = Some((version, config.clone()));
+        Ok((version, config))
+    }
 }
 
 /// Reconnection delays: exponential from `initial` up to `max`, each drawn uniformly from [0, delay] ("full
@@ -171,22 +219,32 @@ impl ControlPlaneClient {
         if let Some(admin) = &self.inner.admin {
             request.headers_mut().insert(strait_api::status::ADMIN_HEADER, admin.clone());
         }
+        request.headers_mut().insert(PROTOCOL_HEADER, header::HeaderValue::from_static(OFFERED_PROTOCOLS));
         let response = sender.send_request(request).await?;
         if response.status() != StatusCode::OK {
             return Err(refused(STREAM_PATH, response).await);
         }
-        tracing::info!(addr = self.inner.addr, "connected to the control plane");
+        // A control plane from before protocol 2 answers no version: it sends full snapshots.
+        let protocol = match response.headers().get(PROTOCOL_HEADER).map(|v| v.to_str().map(str::trim)) {
+            None => PROTOCOL_FULL,
+            Some(Ok("1")) => PROTOCOL_FULL,
+            Some(Ok("2")) => PROTOCOL_DELTA,
+            Some(other) => {
+                let answered = other.unwrap_or("(not ASCII)").chars().take(64).collect::<String>();
+                return Err(ClientError::Protocol(format!("{PROTOCOL_HEADER}: {answered:?} was not offered")));
+            }
+        };
+        tracing::info!(addr = self.inner.addr, protocol, "connected to the control plane");
         let mut body = response.into_body();
         let mut lines = LineDecoder::new(MAX_PUSH_LINE);
+        let mut stream = Received::default();
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame?.into_data() else { continue };
             lines.push(&data);
             while let Some(line) = lines.next_line().map_err(|e| ClientError::Protocol(format!("a push: {e}")))? {
-                let push: ConfigPush =
-                    serde_json::from_slice(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let (version, config) = stream.receive(protocol, &line)?;
                 *received = true;
-                let version = push.version;
-                let error = match apply(push.config) {
+                let error = match apply(config) {
                     Ok(()) => {
                         tracing::info!(version, "applied configuration");
                         None
@@ -344,6 +402,62 @@ impl Body for ChannelBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn update(line: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&line).expect("encodes")
+    }
+
+    fn full(version: u64) -> Vec<u8> {
+        update(serde_json::json!({
+            "kind": "full", "version": version, "node": "n1",
+            "config": {"workloads": [{"name": "a", "namespace": "shop", "node": "n1", "address": "10.0.0.1"}]}
+        }))
+    }
+
+    fn delta(version: u64, base: u64, name: &str) -> Vec<u8> {
+        update(serde_json::json!({
+            "kind": "delta", "version": version, "node": "n1", "base": base,
+            "upserts": [{"kind": "workload", "value": {"name": name, "namespace": "shop", "node": "n2", "address": "10.0.0.2"}}],
+            "removals": [{"kind": "workload", "namespace": "shop", "name": "a"}]
+        }))
+    }
+
+    #[test]
+    fn deltas_apply_onto_the_last_version_received() {
+        let mut stream = Received::default();
+        let (version, config) = stream.receive(PROTOCOL_DELTA, &full(5)).expect("a full snapshot");
+        assert_eq!((version, config.workloads.len()), (5, 1));
+        let (version, config) = stream.receive(PROTOCOL_DELTA, &delta(6, 5, "b")).expect("applies");
+        assert_eq!(version, 6);
+        let names: Vec<&str> = config.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["b"], "a upserted, b removed");
+        assert_eq!(config.trust_domain, "cluster.local");
+    }
+
+    #[test]
+    fn a_delta_for_another_base_asks_for_a_full_snapshot() {
+        let mut stream = Received::default();
+        let err = stream.receive(PROTOCOL_DELTA, &delta(6, 5, "b")).expect_err("nothing held yet");
+        assert!(matches!(err, ClientError::BaseMismatch { base: 5, .. }), "{err}");
+        stream.receive(PROTOCOL_DELTA, &full(5)).expect("a full snapshot");
+        let err = stream.receive(PROTOCOL_DELTA, &delta(8, 7, "b")).expect_err("holds 5, not 7");
+        assert!(
+            err.to_string().contains("delta from version 7") && err.to_string().contains("holds version 5"),
+            "{err}"
+        );
+        stream.receive(PROTOCOL_DELTA, &delta(6, 5, "b")).expect("applies");
+        // Removing what the base does not hold: the two ends disagree.
+        let err = stream.receive(PROTOCOL_DELTA, &delta(7, 6, "c")).expect_err("a is gone already");
+        assert!(matches!(err, ClientError::Delta { version: 7, .. }), "{err}");
+    }
+
+    #[test]
+    fn protocol_1_lines_are_whole_configurations() {
+        let mut stream = Received::default();
+        let line = br#"{"version":3,"node":"n1","config":{"workloads":[]}}"#;
+        let (version, config) = stream.receive(PROTOCOL_FULL, line).expect("a protocol 1 push");
+        assert_eq!((version, config), (3, MeshConfig::default()));
+    }
 
     #[test]
     fn jitter_stays_within_the_delay() {

@@ -343,10 +343,14 @@ async fn workloads_follow_their_pods_across_nodes_and_certificates_only_the_aski
     fake.delete("Pod", "shop", "reviews-v1").expect("delete");
     fake.apply(pod("shop", "reviews-v1", "node-b", "10.0.2.7", "reviews", json!({"app": "reviews", "version": "v1"})))
         .expect("recreate");
-    let moved = until(&mut rx, Duration::from_secs(2), "the workload on node-b", |c| {
+    // node-a runs no meshed pod any more: it is sent nothing (no traffic passes its proxy). node-b sees the move.
+    until(&mut rx, Duration::from_secs(2), "nothing left for node-a", |c| c.workloads.is_empty()).await;
+    let (mut rx_b, task_b) = spawn_client(client(&running, TOKEN_B, "node-b"));
+    let moved = until(&mut rx_b, Duration::from_secs(2), "the workload on node-b", |c| {
         node_of(c, "reviews-v1").as_deref() == Some("node-b")
     })
     .await;
+    task_b.abort();
     assert_eq!(
         moved.workloads.iter().find(|w| w.name == "reviews-v1").map(|w| w.address.to_string()).as_deref(),
         Some("10.0.2.7")

@@ -56,6 +56,10 @@ impl Default for MeshConfig {
     }
 }
 
+/// AuthorizationPolicies in this namespace apply to workloads of every namespace (mesh-wide), as Istio's root
+/// namespace.
+pub const AUTHORIZATION_ROOT_NAMESPACE: &str = "strait-system";
+
 pub fn default_trust_domain() -> String {
     "cluster.local".to_string()
 }

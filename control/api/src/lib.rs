@@ -8,6 +8,7 @@
 
 pub mod bounds;
 pub mod config;
+pub mod delta;
 pub mod egress;
 pub mod frame;
 pub mod host;

@@ -363,7 +363,7 @@ fn precedence_between_kinds_names_the_winner() {
         "{}",
         conflicted[0]
     );
-    let config = crate::translate::translate(&admitted.snapshot, "cluster.local", "");
+    let config = crate::translate::translate(&admitted.snapshot, "cluster.local");
     let names: Vec<&str> = config.traffic_routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["grpcroute.reviews"]);
 
@@ -373,7 +373,7 @@ fn precedence_between_kinds_names_the_winner() {
     let conflicted: Vec<&String> = admitted.problems.iter().filter(|p| p.contains("takes precedence")).collect();
     assert_eq!(conflicted.len(), 2, "{:?}", admitted.problems);
     assert!(conflicted.iter().all(|p| p.contains("is routed by TrafficRoute bookinfo/own")), "{conflicted:?}");
-    let config = crate::translate::translate(&admitted.snapshot, "cluster.local", "");
+    let config = crate::translate::translate(&admitted.snapshot, "cluster.local");
     let names: Vec<&str> = config.traffic_routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["own"]);
 }

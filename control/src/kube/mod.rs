@@ -54,6 +54,8 @@ pub struct KubeOptions {
     pub istio_resources: bool,
     /// The mesh's egress policy (a cluster has no Mesh document to carry it).
     pub outbound_traffic_policy: strait_api::OutboundTrafficPolicy,
+    /// How bursts of changes are folded into one published version.
+    pub coalesce: crate::Coalesce,
 }
 
 impl Default for KubeOptions {
@@ -71,12 +73,13 @@ impl Default for KubeOptions {
             write_status: true,
             istio_resources: false,
             outbound_traffic_policy: Default::default(),
+            coalesce: crate::Coalesce::default(),
         }
     }
 }
 
 /// Starts the control plane against the cluster `client` talks to: loads or creates the CA Secret, then
-/// serves as [`crate::start_with`] does. Returns once listening; discovery fills in the configuration as the
+/// serves as [`crate::start_coalescing`] does. Returns once listening; discovery fills in the configuration as the
 /// first lists arrive (proxies get nothing until every kind has been listed once).
 pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result<Running> {
     let ca = ca_secret::load_or_create(client.clone(), &options.namespace, &options.ca_secret, &options.trust_domain)
@@ -93,5 +96,5 @@ pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result
         .with_istio_resources(options.istio_resources)
         .with_outbound_traffic_policy(options.outbound_traffic_policy);
     let parts = Parts { discovery: Box::new(discovery), verifier: Arc::new(verifier), ca };
-    crate::start_with(options.listen, options.cert_ttl, parts).await
+    crate::start_coalescing(options.listen, options.cert_ttl, options.coalesce, parts).await
 }

@@ -33,7 +33,7 @@ mod matchers;
 mod tests;
 
 /// Policies in this namespace apply to workloads in every namespace.
-pub const ROOT_NAMESPACE: &str = "strait-system";
+pub const ROOT_NAMESPACE: &str = strait_api::AUTHORIZATION_ROOT_NAMESPACE;
 
 pub(crate) const SPIFFE_SCHEME: &str = "spiffe://";
 
