@@ -16,6 +16,7 @@ pub mod ca_secret;
 pub mod convert;
 pub mod crds;
 pub mod discovery;
+pub mod leader;
 pub mod root_configmap;
 pub mod status;
 pub mod token_review;
@@ -26,7 +27,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use discovery::KubeDiscovery;
+pub use discovery::{KubeDiscovery, StatusWrites};
+pub use leader::LeaseSettings;
 pub use token_review::TokenReviewVerifier;
 
 use crate::{Parts, Running};
@@ -48,6 +50,9 @@ pub struct KubeOptions {
     pub audience: String,
     pub debounce: Duration,
     pub write_status: bool,
+    /// Several replicas: only the holder of this Lease writes status (`write_status` must be on too).
+    /// `None`: a single replica, which writes status whenever `write_status` says so.
+    pub leader_election: Option<LeaseSettings>,
 }
 
 impl Default for KubeOptions {
@@ -63,6 +68,7 @@ impl Default for KubeOptions {
             audience: "strait-control".to_string(),
             debounce: discovery::DEFAULT_DEBOUNCE,
             write_status: true,
+            leader_election: None,
         }
     }
 }
@@ -79,9 +85,34 @@ pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result
         .context("the root certificate for the node proxies")?;
     let verifier =
         TokenReviewVerifier::new(client.clone(), &options.audience, &options.namespace, &options.proxy_service_account);
-    let discovery = KubeDiscovery::new(client, options.trust_domain.clone())
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let status = match (&options.leader_election, options.write_status) {
+        (_, false) => StatusWrites::Never,
+        (None, true) => StatusWrites::Always,
+        (Some(_), true) => StatusWrites::WhileLeading(leader_rx.clone()),
+    };
+    let discovery = KubeDiscovery::new(client.clone(), options.trust_domain.clone())
         .with_debounce(options.debounce)
-        .with_status(options.write_status);
+        .with_status(status);
     let parts = Parts { discovery: Box::new(discovery), verifier: Arc::new(verifier), ca };
-    crate::start_with(options.listen, options.cert_ttl, parts).await
+    let mut running = crate::start_with(options.listen, options.cert_ttl, parts).await?;
+    if let Some(settings) = options.leader_election {
+        let stats = running.stats().clone();
+        stats.set_leader(Some(false));
+        let drain = running.drain_signal();
+        running.spawn(leader::run(client, settings, leader_tx, drain));
+        running.spawn(mirror_leadership(leader_rx, stats));
+    }
+    Ok(running)
+}
+
+/// Keeps the `strait_control_leader` gauge and `/debug/proxies` in step with the election.
+async fn mirror_leadership(mut leader: tokio::sync::watch::Receiver<bool>, stats: Arc<crate::Stats>) {
+    loop {
+        stats.set_leader(Some(*leader.borrow_and_update()));
+        if leader.changed().await.is_err() {
+            // The elector runs as long as the control plane; so does this task.
+            std::future::pending::<()>().await;
+        }
+    }
 }
