@@ -91,7 +91,8 @@ fn identity(pod_name: Option<String>) -> anyhow::Result<String> {
         anyhow::ensure!(name.len() <= 253, "--pod-name: longer than 253 characters");
         return Ok(name);
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name for the Lease identity")?;
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name for the Lease identity")?;
     let host = host.trim();
     anyhow::ensure!(!host.is_empty() && host.len() <= 253, "no usable host name: pass --pod-name");
     Ok(host.to_string())
@@ -230,8 +231,8 @@ mod tests {
         let args = Args::try_parse_from(["strait-control", "--kubernetes"]).expect("defaults");
         assert_eq!(args.leader_lease_duration, Duration::from_secs(15));
         assert_eq!(args.leader_lease, "strait-control");
-        let args = Args::try_parse_from(["strait-control", "--kubernetes", "--leader-lease-duration", "3s"])
-            .expect("3s");
+        let args =
+            Args::try_parse_from(["strait-control", "--kubernetes", "--leader-lease-duration", "3s"]).expect("3s");
         assert_eq!(args.leader_lease_duration, Duration::from_secs(3));
         for bad in ["1s", "6m", "x"] {
             let parsed = Args::try_parse_from(["strait-control", "--kubernetes", "--leader-lease-duration", bad]);

@@ -112,7 +112,9 @@ async fn one_of_two_electors_leads_and_the_other_takes_over_when_it_crashes_or_d
     let follower_name = if first == "replica-a" { "replica-b" } else { "replica-a" };
     eventually("the leader knows it leads", || (*leader.leading.borrow()).then_some(())).await?;
     // Several renewals later, still one leader and the other follows.
-    let renewed = |fake: &FakeKube| fake.get("Lease", NAMESPACE, LEASE_NAME).and_then(|l| l["spec"]["renewTime"].as_str().map(str::to_string));
+    let renewed = |fake: &FakeKube| {
+        fake.get("Lease", NAMESPACE, LEASE_NAME).and_then(|l| l["spec"]["renewTime"].as_str().map(str::to_string))
+    };
     let before = renewed(&fake);
     eventually("a renewal", || (renewed(&fake) != before).then_some(())).await?;
     assert_eq!(holder(&fake).as_deref(), Some(first.as_str()));
@@ -129,8 +131,10 @@ async fn one_of_two_electors_leads_and_the_other_takes_over_when_it_crashes_or_d
     let c = elect(&fake, "replica-c")?;
     follower.drain.send_replace(true);
     eventually("the drained leader steps down", || (!*follower.leading.borrow()).then_some(())).await?;
-    eventually("the newcomer takes the released Lease", || (holder(&fake).as_deref() == Some("replica-c")).then_some(()))
-        .await?;
+    eventually("the newcomer takes the released Lease", || {
+        (holder(&fake).as_deref() == Some("replica-c")).then_some(())
+    })
+    .await?;
     eventually("the newcomer knows it", || (*c.leading.borrow()).then_some(())).await?;
     Ok(())
 }
@@ -156,7 +160,8 @@ async fn a_follower_judges_but_writes_no_status_until_it_leads() -> Result<()> {
         fake.apply(object)?;
     }
     let (leading_tx, leading) = watch::channel(false);
-    let discovery = KubeDiscovery::new(fake.client()?, "cluster.local").with_status(StatusWrites::WhileLeading(leading));
+    let discovery =
+        KubeDiscovery::new(fake.client()?, "cluster.local").with_status(StatusWrites::WhileLeading(leading));
     let (out, mut discovered) = watch::channel(Arc::default());
     let task = tokio::spawn(Box::new(discovery).run(out));
     discovered.changed().await.context("a first discovered state")?;
@@ -208,7 +213,14 @@ impl Cluster {
         put(objects::service("shop", "echo", &ip(9, 1).to_string(), ECHO_PORT, None))?;
         put(objects::endpoint_slice("shop", "echo", ECHO_PORT, &[ip(2, 1).to_string()]))?;
         // An HTTP service with a route and its policy: the resources whose status the leader writes.
-        put(objects::pod("shop", "web-v1", "node-b", &ip(2, 9).to_string(), "web", json!({"app": "web", "version": "v1"})))?;
+        put(objects::pod(
+            "shop",
+            "web-v1",
+            "node-b",
+            &ip(2, 9).to_string(),
+            "web",
+            json!({"app": "web", "version": "v1"}),
+        ))?;
         put(objects::service("shop", "web", &ip(9, 2).to_string(), 8080, Some("http")))?;
         put(objects::endpoint_slice("shop", "web", 8080, &[ip(2, 9).to_string()]))?;
         put(objects::versioned_policy("shop", "web"))?;
@@ -315,14 +327,12 @@ async fn echo_once(payload: &[u8]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_moves_status_writes_and_proxies_to_the_other_replica() -> Result<()> {
     let cluster = Cluster::new().await?;
-    for (address, port) in [(ip(2, 1), ECHO_PORT)] {
-        let listen = SocketAddr::from((address, port));
-        tokio::spawn(async move {
-            if let Err(e) = strait_tests::backend::server::tcp_echo(listen).await {
-                eprintln!("echo on {listen}: {e:#}");
-            }
-        });
-    }
+    let listen = SocketAddr::from((ip(2, 1), ECHO_PORT));
+    tokio::spawn(async move {
+        if let Err(e) = strait_tests::backend::server::tcp_echo(listen).await {
+            eprintln!("echo on {listen}: {e:#}");
+        }
+    });
     let mut replicas = vec![Some(cluster.start_replica(0)?)];
     eventually("the first replica's root certificate", || cluster.fake.get("ConfigMap", NAMESPACE, "strait-root-cert"))
         .await?;
@@ -333,12 +343,15 @@ async fn killing_the_leader_moves_status_writes_and_proxies_to_the_other_replica
         (Cluster::leads(leader_index) == Some(true) && Cluster::leads(survivor) == Some(false)).then_some(())
     })
     .await?;
-    eventually("the leader writes the route's status", || route_status_generation(&cluster.fake, "shop", "web")).await?;
+    eventually("the leader writes the route's status", || route_status_generation(&cluster.fake, "shop", "web"))
+        .await?;
 
     let _proxies = [cluster.start_proxy("node-a")?, cluster.start_proxy("node-b")?];
     for node in ["node-a", "node-b"] {
-        eventually(&format!("{node} ready"), || matches!(http_get(Cluster::admin(node), "/ready"), Some((200, _))).then_some(()))
-            .await?;
+        eventually(&format!("{node} ready"), || {
+            matches!(http_get(Cluster::admin(node), "/ready"), Some((200, _))).then_some(())
+        })
+        .await?;
     }
     let mut first = Err(anyhow::anyhow!("not tried"));
     for _ in 0..100 {
@@ -375,8 +388,10 @@ async fn killing_the_leader_moves_status_writes_and_proxies_to_the_other_replica
         replica.kill();
     }
     let new_leader = format!("replica-{survivor}");
-    eventually("the survivor takes the Lease", || (holder(&cluster.fake).as_deref() == Some(new_leader.as_str())).then_some(()))
-        .await?;
+    eventually("the survivor takes the Lease", || {
+        (holder(&cluster.fake).as_deref() == Some(new_leader.as_str())).then_some(())
+    })
+    .await?;
     eventually("the survivor reports it leads", || (Cluster::leads(survivor) == Some(true)).then_some(())).await?;
     let took_over = killed_at.elapsed();
 
@@ -390,10 +405,19 @@ async fn killing_the_leader_moves_status_writes_and_proxies_to_the_other_replica
         (route_status_generation(&cluster.fake, "shop", "web") == generation).then_some(())
     })
     .await?;
-    cluster.fake.apply(objects::pod("shop", "echo-2", "node-b", &ip(2, 2).to_string(), "echo", json!({"app": "echo"})))?;
+    cluster.fake.apply(objects::pod(
+        "shop",
+        "echo-2",
+        "node-b",
+        &ip(2, 2).to_string(),
+        "echo",
+        json!({"app": "echo"}),
+    ))?;
     for node in ["node-a", "node-b"] {
-        eventually(&format!("{node} converges on the change"), || Cluster::config_dump(node).contains("echo-2").then_some(()))
-            .await?;
+        eventually(&format!("{node} converges on the change"), || {
+            Cluster::config_dump(node).contains("echo-2").then_some(())
+        })
+        .await?;
     }
     let (_, status) = http_get(Cluster::monitoring(survivor), "/debug/proxies").context("the survivor's status")?;
     let status: Value = serde_json::from_str(&status)?;

@@ -244,12 +244,11 @@ mod tests {
         assert_eq!(observer.step(&other, "a", start + LEASE / 2, LEASE), Step::Follow { holder: "b".into() });
         // b renewed: the clock starts again, whatever b's wall clock says.
         let renewed = held_by("b", 50);
-        assert_eq!(observer.step(&renewed, "a", start + LEASE - Duration::from_millis(1), LEASE), Step::Follow {
-            holder: "b".into()
-        });
-        assert_eq!(observer.step(&renewed, "a", start + LEASE + LEASE / 2, LEASE), Step::Follow {
-            holder: "b".into()
-        });
+        assert_eq!(
+            observer.step(&renewed, "a", start + LEASE - Duration::from_millis(1), LEASE),
+            Step::Follow { holder: "b".into() }
+        );
+        assert_eq!(observer.step(&renewed, "a", start + LEASE + LEASE / 2, LEASE), Step::Follow { holder: "b".into() });
         assert_eq!(observer.step(&renewed, "a", start + 2 * LEASE, LEASE), Step::Take);
     }
 

@@ -43,4 +43,3 @@ fn main() -> std::process::ExitCode {
         std::process::ExitCode::FAILURE
     }
 }
-

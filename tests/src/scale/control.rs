@@ -126,10 +126,6 @@ impl Window {
         let last = control.usage().unwrap_or(self.first);
         let window = self.start.elapsed();
         let cpu = last.cpu_ticks.saturating_sub(self.first.cpu_ticks) as f64 / ticks_per_second();
-        Resources {
-            vcpu: cpu / window.as_secs_f64().max(1e-3),
-            rss_mib: self.peak_rss_kib as f64 / 1024.0,
-            window,
-        }
+        Resources { vcpu: cpu / window.as_secs_f64().max(1e-3), rss_mib: self.peak_rss_kib as f64 / 1024.0, window }
     }
 }

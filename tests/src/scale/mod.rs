@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-pub use options::{Options, Size};
 use control::{Control, Window};
 use fleet::Fleet;
 use measure::{deliver, Expect};
+pub use options::{Options, Size};
 use population::Population;
 use report::{Report, Rollout};
 
@@ -33,10 +33,12 @@ pub async fn run(options: &Options) -> Result<Report> {
     let size = options.size()?;
     let binary = match &options.control_binary {
         Some(path) => path.clone(),
-        None => crate::mesh::workspace_binary("strait-control")
-            .context("build the control plane first (cargo build [--release] -p strait-control) or pass --control-binary")?,
+        None => crate::mesh::workspace_binary("strait-control").context(
+            "build the control plane first (cargo build [--release] -p strait-control) or pass --control-binary",
+        )?,
     };
-    let mut report = Report { size: Some(size.clone()), control_binary: binary.display().to_string(), ..Default::default() };
+    let mut report =
+        Report { size: Some(size.clone()), control_binary: binary.display().to_string(), ..Default::default() };
     let dir = tempfile::Builder::new().prefix("strait-scale-").tempdir().context("a temporary directory")?;
     eprintln!("strait-scale: {size:?}; control-plane logs in {}", dir.path().display());
 

@@ -87,7 +87,7 @@ impl Population {
         let mut pods = Vec::with_capacity(size.pods);
         for index in 0..size.pods {
             let service = index % size.services;
-            let version = if (index / size.services) % 2 == 0 { "v1" } else { "v2" };
+            let version = if (index / size.services).is_multiple_of(2) { "v1" } else { "v2" };
             let name = format!("{}-{index}", service_name(service));
             pods.push(SimPod { service, name, node: index % size.nodes, version, ip: pod_ip(index, 0) });
         }

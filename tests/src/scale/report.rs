@@ -87,7 +87,13 @@ impl Report {
         if let Some((p50, p99, max)) = percentiles(&latencies) {
             row(
                 &format!("route change -> ACK by all {nodes}: p50 / p99 / max ({} changes)", self.route_changes.len()),
-                format!("{} / {} / {} ({complete} of {} complete)", ms(p50), ms(p99), ms(max), self.route_changes.len()),
+                format!(
+                    "{} / {} / {} ({complete} of {} complete)",
+                    ms(p50),
+                    ms(p99),
+                    ms(max),
+                    self.route_changes.len()
+                ),
                 "p99 < 1 s",
             );
         }
