@@ -86,7 +86,8 @@ impl Drop for LoggedChild {
 /// `GET path` on `addr` (HTTP/1.1, connection close): `(status, body)`, or `None` while nothing answers.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    // A busy control plane at full simulated size takes a while to render 500 proxies' status.
+    stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nhost: strait\r\nconnection: close\r\n\r\n").ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;

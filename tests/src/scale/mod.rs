@@ -108,7 +108,10 @@ pub async fn run(options: &Options) -> Result<Report> {
     report.rollout = rollout(&fleet, &fake, &mut population, &control, &size).await?;
     eprintln!("strait-scale: rollout {:?}", report.rollout);
 
-    report.unacked = control.unacked().await?;
+    match control.unacked().await {
+        Ok(unacked) => report.unacked = unacked,
+        Err(e) => report.misses.push(format!("no ACK view from the control plane: {e:#}")),
+    }
     for node in &report.unacked {
         report.misses.push(format!("not ACKed: {node}"));
     }
@@ -124,8 +127,9 @@ pub async fn run(options: &Options) -> Result<Report> {
         report.misses.push(format!("not every proxy reconnected within {:?} of the restart", size.give_up));
     }
     fleet.settle(Duration::from_millis(500), size.give_up).await;
-    for node in control.unacked().await? {
-        report.misses.push(format!("not ACKed after the restart: {node}"));
+    match control.unacked().await {
+        Ok(unacked) => report.misses.extend(unacked.into_iter().map(|n| format!("not ACKed after the restart: {n}"))),
+        Err(e) => report.misses.push(format!("no ACK view from the control plane after the restart: {e:#}")),
     }
     eprintln!("strait-scale: restart {:?}", report.restart);
     control.kill();
