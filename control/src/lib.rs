@@ -110,6 +110,16 @@ impl Running {
         &self.root_pem
     }
 
+    /// Runs `task` with the control plane's own tasks: stopped with them, and expected to run as long.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Turns true when [`Running::drain`] starts, for tasks that have something to hand over first.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
     /// Stops serving, closes every connection and frees the port.
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;

@@ -54,6 +54,18 @@ struct Args {
     /// in flight get this long to finish (`30s`, `2m`; at most 1h). A second signal exits at once.
     #[arg(long, env = "STRAIT_DRAIN_GRACE", default_value = "30s", value_parser = parse_grace)]
     drain_grace: std::time::Duration,
+    /// Kubernetes mode: the name of the Lease (in --namespace) the replicas elect their leader with; only the
+    /// leader writes the resources' status, every replica pushes configuration and signs certificates.
+    #[arg(long, env = "STRAIT_LEADER_LEASE", default_value = "strait-control")]
+    leader_lease: String,
+    /// Kubernetes mode: how long a leader's Lease lasts without renewal (renewed every third of it), e.g.
+    /// `15s`; from 2s to 5m. A crashed leader's successor starts writing status at most about this long after.
+    #[arg(long, env = "STRAIT_LEADER_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    leader_lease_duration: Duration,
+    /// Kubernetes mode: this replica's identity in the Lease, unique among the replicas (the Deployment sets
+    /// it to the pod name). Defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Lifetime of the workload certificates it signs (and of its own server certificate), e.g. `24h`, `60s`;
     /// proxies renew at half-life. From 10s (shorter leaves no room for a renewal to be retried) to 30d.
     #[arg(long, env = "STRAIT_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_ttl)]
@@ -107,6 +119,24 @@ fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
     Ok(grace)
 }
 
+fn parse_lease_duration(text: &str) -> Result<Duration, String> {
+    let duration = strait_api::parse_duration(text).map_err(|e| e.to_string())?;
+    strait_control::kube::leader::check_duration(duration)
+}
+
+/// This replica's Lease identity: `--pod-name`, else the host name (unique per pod in a cluster).
+fn identity(pod_name: Option<String>) -> anyhow::Result<String> {
+    if let Some(name) = pod_name.filter(|n| !n.is_empty()) {
+        anyhow::ensure!(name.len() <= 253, "--pod-name: longer than 253 characters");
+        return Ok(name);
+    }
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").context("reading the host name for the Lease identity")?;
+    let host = host.trim();
+    anyhow::ensure!(!host.is_empty() && host.len() <= 253, "no usable host name: pass --pod-name");
+    Ok(host.to_string())
+}
+
 /// Bounds of `--workload-cert-ttl`.
 const MIN_CERT_TTL: Duration = Duration::from_secs(10);
 const MAX_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -147,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
         let options = strait_control::kube::KubeOptions {
             listen: args.listen,
             trust_domain: args.trust_domain,
-            namespace: args.namespace,
+            namespace: args.namespace.clone(),
             ca_secret: args.ca_secret,
             proxy_service_account: args.proxy_service_account,
             audience: args.token_audience,
@@ -155,6 +185,12 @@ async fn main() -> anyhow::Result<()> {
             istio_resources: args.istio_resources,
             outbound_traffic_policy: args.outbound_traffic_policy,
             coalesce,
+            leader_election: Some(strait_control::kube::LeaseSettings {
+                namespace: args.namespace.clone(),
+                name: args.leader_lease,
+                identity: identity(args.pod_name)?,
+                duration: args.leader_lease_duration,
+            }),
             ..Default::default()
         };
         strait_control::kube::start(client, options).await?
@@ -232,5 +268,22 @@ mod tests {
         .expect("60s");
         assert_eq!(args.workload_cert_ttl, Duration::from_secs(60));
         assert!(Args::try_parse_from(["strait-control", "--kubernetes", "--workload-cert-ttl", "5s"]).is_err());
+    }
+
+    #[test]
+    fn the_lease_duration_is_bounded() {
+        let args = Args::try_parse_from(["strait-control", "--kubernetes"]).expect("defaults");
+        assert_eq!(args.leader_lease_duration, Duration::from_secs(15));
+        assert_eq!(args.leader_lease, "strait-control");
+        let args =
+            Args::try_parse_from(["strait-control", "--kubernetes", "--leader-lease-duration", "3s"]).expect("3s");
+        assert_eq!(args.leader_lease_duration, Duration::from_secs(3));
+        for bad in ["1s", "6m", "x"] {
+            let parsed = Args::try_parse_from(["strait-control", "--kubernetes", "--leader-lease-duration", bad]);
+            assert!(parsed.is_err(), "{bad} accepted");
+        }
+        assert_eq!(identity(Some("strait-control-7d9f".into())).expect("given"), "strait-control-7d9f");
+        assert!(identity(Some("x".repeat(254))).is_err());
+        assert!(!identity(None).expect("the host name").is_empty());
     }
 }

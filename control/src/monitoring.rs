@@ -136,6 +136,27 @@ mod tests {
         assert!(b.connected_since.is_none() && b.disconnected_since.is_some());
     }
 
+    #[tokio::test]
+    async fn says_whether_this_replica_leads_once_there_is_an_election() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stats = Arc::new(Stats::new());
+        let addr = addr_after_spawn(listener, addr, stats.clone());
+        let body = |text: String| text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let single: strait_api::status::MeshStatus =
+            serde_json::from_str(&body(get(addr, strait_api::status::STATUS_PATH).await)).expect("JSON");
+        assert_eq!(single.leader, None, "a single replica has no election");
+        assert!(!get(addr, "/metrics").await.contains("strait_control_leader"));
+
+        stats.set_leader(Some(false));
+        assert!(get(addr, "/metrics").await.contains("strait_control_leader 0"));
+        stats.set_leader(Some(true));
+        assert!(get(addr, "/metrics").await.contains("strait_control_leader 1"));
+        let leading: strait_api::status::MeshStatus =
+            serde_json::from_str(&body(get(addr, strait_api::status::STATUS_PATH).await)).expect("JSON");
+        assert_eq!(leading.leader, Some(true));
+    }
+
     fn addr_after_spawn(listener: TcpListener, addr: std::net::SocketAddr, stats: Arc<Stats>) -> std::net::SocketAddr {
         tokio::spawn(serve(listener, stats));
         addr

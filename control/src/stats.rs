@@ -11,7 +11,7 @@ use std::sync::Arc;
 use strait_api::delta::Resource;
 use strait_api::status::{CertificateStatus, MeshStatus, ProxyStatus};
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// What a pushed line carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +73,9 @@ pub struct Stats {
     version: AtomicU64,
     /// Set when the control plane starts draining: not ready from then on.
     draining: AtomicBool,
+    /// Leader election: `None` without one (a single replica), else whether this replica leads.
+    leader: Mutex<Option<bool>>,
+    leader_gauge: IntGauge,
 }
 
 impl Stats {
@@ -117,6 +120,11 @@ impl Stats {
             "Changes from discovery folded into a publish together with an earlier one",
         )
         .expect("static metric definition");
+        let leader_gauge = IntGauge::new(
+            "strait_control_leader",
+            "1 while this replica holds the leader Lease (writes status), 0 while it does not",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(pushes.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(acks.clone()),
@@ -145,6 +153,8 @@ impl Stats {
             problems: Mutex::new(Vec::new()),
             version: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            leader: Mutex::new(None),
+            leader_gauge,
         }
     }
 
@@ -154,6 +164,22 @@ impl Stats {
 
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this replica leads (`None`: no leader election, a single replica).
+    pub fn leader(&self) -> Option<bool> {
+        *self.leader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The gauge is registered with the first verdict, so a replica without election exports none.
+    pub fn set_leader(&self, leader: Option<bool>) {
+        let mut current = self.leader.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() && leader.is_some() {
+            // Registering twice fails harmlessly; only the first verdict gets here.
+            let _ = self.registry.register(Box::new(self.leader_gauge.clone()));
+        }
+        self.leader_gauge.set(i64::from(leader == Some(true)));
+        *current = leader;
     }
 
     pub fn registry(&self) -> &Registry {
@@ -311,7 +337,7 @@ impl Stats {
                     .collect(),
             })
             .collect();
-        MeshStatus { version: self.version(), problems: self.problems(), proxies }
+        MeshStatus { version: self.version(), problems: self.problems(), proxies, leader: self.leader() }
     }
 
     pub(crate) fn acked(&self, node: &str, version: u64) {

@@ -22,8 +22,10 @@
 pub mod backend;
 pub mod capture;
 pub mod fake_kube;
+pub mod loopback;
 pub mod mesh;
 pub mod mesh_http;
+pub mod scale;
 pub mod soak;
 
 // The namespace cluster and the process/namespace helpers live in `strait-netns` (shared with

@@ -23,6 +23,10 @@ pub struct MeshStatus {
     /// Every node the control plane has heard from, or that has meshed workloads, by name.
     #[serde(default)]
     pub proxies: Vec<ProxyStatus>,
+    /// With several replicas (leader election): whether this one holds the leader Lease and writes status.
+    /// Absent with a single replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
 }
 
 /// One node proxy.

@@ -36,9 +36,20 @@ pub struct KubeDiscovery {
     client: kube::Client,
     trust_domain: String,
     debounce: Duration,
-    write_status: bool,
+    status: StatusWrites,
     istio_resources: bool,
     settings: MeshSettings,
+}
+
+/// Whether this replica writes the custom resources' status.
+#[derive(Clone, Debug)]
+pub enum StatusWrites {
+    /// Always (a single replica).
+    Always,
+    /// Never (a read-only replica).
+    Never,
+    /// While the receiver says true: the leader election's verdict.
+    WhileLeading(watch::Receiver<bool>),
 }
 
 impl KubeDiscovery {
@@ -47,7 +58,7 @@ impl KubeDiscovery {
             client,
             trust_domain: trust_domain.into(),
             debounce: DEFAULT_DEBOUNCE,
-            write_status: true,
+            status: StatusWrites::Always,
             istio_resources: false,
             settings: MeshSettings::default(),
         }
@@ -69,10 +80,9 @@ impl KubeDiscovery {
         self
     }
 
-    /// Whether to write `Accepted`/`ResolvedRefs` conditions (on by default; a second, read-only replica
-    /// would turn it off).
-    pub fn with_status(mut self, write_status: bool) -> Self {
-        self.write_status = write_status;
+    /// When to write `Accepted`/`ResolvedRefs` conditions ([`StatusWrites::Always`] by default).
+    pub fn with_status(mut self, status: StatusWrites) -> Self {
+        self.status = status;
         self
     }
 }
@@ -121,8 +131,15 @@ impl Discovery for KubeDiscovery {
                 settings: self.settings.clone(),
             };
             let (observed_tx, observed_rx) = watch::channel(Arc::new(Observed::default()));
-            if self.write_status {
-                tasks.spawn(status::run(self.client.clone(), self.trust_domain.clone(), observed_rx));
+            // Kept alive for the whole run, so the status writer sees a gate that stays open.
+            let (_always, always) = watch::channel(true);
+            let gate = match self.status.clone() {
+                StatusWrites::Always => Some(always),
+                StatusWrites::Never => None,
+                StatusWrites::WhileLeading(leader) => Some(leader),
+            };
+            if let Some(gate) = gate {
+                tasks.spawn(status::run(self.client.clone(), self.trust_domain.clone(), observed_rx, gate));
             }
             tokio::select! {
                 _ = publish(&stores, &changed, self.debounce, &out, &observed_tx) => {}

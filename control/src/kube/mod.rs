@@ -17,6 +17,7 @@ pub mod convert;
 pub mod crds;
 pub mod discovery;
 pub mod istio;
+pub mod leader;
 pub mod root_configmap;
 pub mod status;
 pub mod token_review;
@@ -27,7 +28,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-pub use discovery::KubeDiscovery;
+pub use discovery::{KubeDiscovery, StatusWrites};
+pub use leader::LeaseSettings;
 pub use token_review::TokenReviewVerifier;
 
 use crate::{Parts, Running};
@@ -56,6 +58,9 @@ pub struct KubeOptions {
     pub outbound_traffic_policy: strait_api::OutboundTrafficPolicy,
     /// How bursts of changes are folded into one published version.
     pub coalesce: crate::Coalesce,
+    /// Several replicas: only the holder of this Lease writes status (`write_status` must be on too).
+    /// `None`: a single replica, which writes status whenever `write_status` says so.
+    pub leader_election: Option<LeaseSettings>,
 }
 
 impl Default for KubeOptions {
@@ -74,6 +79,7 @@ impl Default for KubeOptions {
             istio_resources: false,
             outbound_traffic_policy: Default::default(),
             coalesce: crate::Coalesce::default(),
+            leader_election: None,
         }
     }
 }
@@ -90,11 +96,36 @@ pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result
         .context("the root certificate for the node proxies")?;
     let verifier =
         TokenReviewVerifier::new(client.clone(), &options.audience, &options.namespace, &options.proxy_service_account);
-    let discovery = KubeDiscovery::new(client, options.trust_domain.clone())
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    let status = match (&options.leader_election, options.write_status) {
+        (_, false) => StatusWrites::Never,
+        (None, true) => StatusWrites::Always,
+        (Some(_), true) => StatusWrites::WhileLeading(leader_rx.clone()),
+    };
+    let discovery = KubeDiscovery::new(client.clone(), options.trust_domain.clone())
         .with_debounce(options.debounce)
-        .with_status(options.write_status)
+        .with_status(status)
         .with_istio_resources(options.istio_resources)
         .with_outbound_traffic_policy(options.outbound_traffic_policy);
     let parts = Parts { discovery: Box::new(discovery), verifier: Arc::new(verifier), ca };
-    crate::start_coalescing(options.listen, options.cert_ttl, options.coalesce, parts).await
+    let mut running = crate::start_coalescing(options.listen, options.cert_ttl, options.coalesce, parts).await?;
+    if let Some(settings) = options.leader_election {
+        let stats = running.stats().clone();
+        stats.set_leader(Some(false));
+        let drain = running.drain_signal();
+        running.spawn(leader::run(client, settings, leader_tx, drain));
+        running.spawn(mirror_leadership(leader_rx, stats));
+    }
+    Ok(running)
+}
+
+/// Keeps the `strait_control_leader` gauge and `/debug/proxies` in step with the election.
+async fn mirror_leadership(mut leader: tokio::sync::watch::Receiver<bool>, stats: Arc<crate::Stats>) {
+    loop {
+        stats.set_leader(Some(*leader.borrow_and_update()));
+        if leader.changed().await.is_err() {
+            // The elector runs as long as the control plane; so does this task.
+            std::future::pending::<()>().await;
+        }
+    }
 }

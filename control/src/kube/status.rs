@@ -192,47 +192,73 @@ fn truncate(mut message: String) -> String {
     message
 }
 
-/// Writes statuses for every observed state until the sender is gone.
-pub async fn run(client: kube::Client, trust_domain: String, mut observed: watch::Receiver<Arc<Observed>>) {
+/// Judges every observed state until the sender is gone, and writes the statuses that change while `leader`
+/// says this replica leads (always true with a single replica). Followers still judge every state, so their
+/// admission history matches their publisher's and a replica that becomes leader writes at once from the
+/// latest verdicts.
+pub async fn run(
+    client: kube::Client,
+    trust_domain: String,
+    mut observed: watch::Receiver<Arc<Observed>>,
+    mut leader: watch::Receiver<bool>,
+) {
     let mut admission = Admission::new(trust_domain.clone());
+    let mut current: Arc<Observed> = Arc::default();
+    let mut verdicts = BTreeMap::new();
+    let mut snapshot = Snapshot::default();
     let mut retry = false;
+    let mut leader_open = true;
     loop {
-        if retry {
-            // Wake up for a change or for the retry, whichever comes first.
-            if let Ok(Err(_)) = tokio::time::timeout(RETRY, observed.changed()).await {
-                return;
+        let new_state = tokio::select! {
+            changed = observed.changed() => if changed.is_err() { return } else { true },
+            changed = leader.changed(), if leader_open => {
+                leader_open = changed.is_ok();
+                false
             }
-        } else if observed.changed().await.is_err() {
-            return;
+            // Try the failed writes again even if nothing changes meanwhile.
+            _ = tokio::time::sleep(RETRY), if retry => false,
+        };
+        if new_state {
+            current = observed.borrow_and_update().clone();
+            (verdicts, snapshot) = judge_admitted(&trust_domain, &mut admission, &current.discovered);
         }
-        let current = observed.borrow_and_update().clone();
-        let (verdicts, snapshot) = judge_admitted(&trust_domain, &mut admission, &current.discovered);
-        retry = false;
-        for resource in &current.resources {
-            if let Some(meta) = &resource.gateway {
-                let verdict = verdicts.get(&resource.key);
-                let Some(parents) =
-                    gateway::status::desired(meta, &resource.key, verdict, &snapshot, resource.generation)
-                else {
-                    continue;
-                };
-                if let Err(e) = gateway::status::write(&client, resource, parents).await {
-                    tracing::warn!(resource = %resource.key, error = %e, "cannot write the route status; will retry");
-                    retry = true;
-                }
+        retry = *leader.borrow_and_update() && !write_all(&client, &current, &verdicts, &snapshot).await;
+    }
+}
+
+/// Writes every status that differs from its verdicts (a Gateway API route's per parent); false if a write
+/// failed.
+async fn write_all(
+    client: &kube::Client,
+    current: &Observed,
+    verdicts: &BTreeMap<ObjectKey, Verdicts>,
+    snapshot: &Snapshot,
+) -> bool {
+    let mut ok = true;
+    for resource in &current.resources {
+        if let Some(meta) = &resource.gateway {
+            let verdict = verdicts.get(&resource.key);
+            let Some(parents) = gateway::status::desired(meta, &resource.key, verdict, snapshot, resource.generation)
+            else {
                 continue;
+            };
+            if let Err(e) = gateway::status::write(client, resource, parents).await {
+                tracing::warn!(resource = %resource.key, error = %e, "cannot write the route status; will retry");
+                ok = false;
             }
-            let Some(v) = verdicts.get(&resource.key) else { continue };
-            let desired = desired_status(resource.status.as_ref(), resource.generation, v);
-            if resource.status.as_ref() == Some(&desired) {
-                continue;
-            }
-            if let Err(e) = write(&client, resource, &desired).await {
-                tracing::warn!(resource = %resource.key, error = %e, "cannot write the status; will retry");
-                retry = true;
-            }
+            continue;
+        }
+        let Some(v) = verdicts.get(&resource.key) else { continue };
+        let desired = desired_status(resource.status.as_ref(), resource.generation, v);
+        if resource.status.as_ref() == Some(&desired) {
+            continue;
+        }
+        if let Err(e) = write(client, resource, &desired).await {
+            tracing::warn!(resource = %resource.key, error = %e, "cannot write the status; will retry");
+            ok = false;
         }
     }
+    ok
 }
 
 async fn write(client: &kube::Client, resource: &CrdObject, status: &ResourceStatus) -> Result<(), kube::Error> {

@@ -2,9 +2,10 @@
 //! kube-runtime's watchers, so the control plane's Kubernetes mode can be tested without a cluster.
 //!
 //! What it serves (see [`resources::RESOURCES`]): core/v1 namespaces, pods, services, secrets, configmaps,
-//! nodes; discovery.k8s.io/v1 endpointslices; strait.dev/v1alpha1 trafficroutes, destinationpolicies,
-//! authorizationpolicies; gateway.networking.k8s.io/v1 httproutes, grpcroutes (the standard Gateway API CRDs,
-//! which [`FakeKube::uninstall`] takes away); and authentication.k8s.io/v1 tokenreviews (create only, answered from the tokens
+//! nodes; discovery.k8s.io/v1 endpointslices; coordination.k8s.io/v1 leases; strait.dev/v1alpha1 trafficroutes,
+//! destinationpolicies, authorizationpolicies; gateway.networking.k8s.io/v1 httproutes, grpcroutes (the standard
+//! Gateway API CRDs, which [`FakeKube::uninstall`] takes away); Istio's kinds; and authentication.k8s.io/v1
+//! tokenreviews (create only, answered from the tokens
 //! the test registers with [`FakeKube::add_token`]).
 //!
 //! Verbs: list (`labelSelector`, `fieldSelector` on dotted paths; `limit` is ignored and every list is one
@@ -206,6 +207,20 @@ impl FakeKube {
         let url: http::Uri = self.url().parse().context("the fake API server's URL")?;
         let config = kube::Config::new(url);
         kube::Client::try_from(config).context("building a kube client for the fake API server")
+    }
+
+    /// Writes a kubeconfig naming this server into `dir` and returns its path: for a separate process (the
+    /// `strait-control` binary) pointed at the fake with `KUBECONFIG`.
+    pub fn write_kubeconfig(&self, dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\n\
+             users:\n- name: me\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: me}}\n\
+             current-context: fake\n",
+            self.url()
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
     }
 
     /// Creates the object, or replaces it whole (status included) if it exists; its `apiVersion` and `kind`

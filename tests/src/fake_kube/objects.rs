@@ -4,9 +4,14 @@
 
 use serde_json::{json, Value};
 
+/// The label that puts a namespace in the mesh.
+pub const MESH_LABEL: &str = "strait.dev/mesh";
+/// The TokenReview `extra` key that binds a proxy's token to its node.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
 /// A namespace; `meshed` labels it `strait.dev/mesh=enabled`.
 pub fn namespace(name: &str, meshed: bool) -> Value {
-    let labels = if meshed { json!({"strait.dev/mesh": "enabled"}) } else { json!({}) };
+    let labels = if meshed { json!({ MESH_LABEL: "enabled" }) } else { json!({}) };
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
@@ -50,5 +55,55 @@ pub fn slice(ns: &str, service: &str, addresses: &[&str]) -> Value {
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": 9080, "protocol": "TCP"}],
         "endpoints": endpoints,
+    })
+}
+
+/// A ClusterIP service selecting `app: <name>`, with one port (`appProtocol` when given, e.g. `http`).
+pub fn service_with_port(ns: &str, name: &str, cluster_ip: &str, port: u16, app_protocol: Option<&str>) -> Value {
+    let mut port = json!({"name": "main", "port": port, "targetPort": port});
+    if let Some(protocol) = app_protocol {
+        port["appProtocol"] = json!(protocol);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "ports": [port], "selector": {"app": name}},
+    })
+}
+
+/// The service's one EndpointSlice, every address ready.
+pub fn endpoint_slice(ns: &str, service: &str, port: u16, addresses: &[String]) -> Value {
+    let endpoints: Vec<Value> =
+        addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-1"), "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "main", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+/// A DestinationPolicy for `host` with subsets v1 and v2 (label `version`).
+pub fn versioned_policy(ns: &str, host: &str) -> Value {
+    json!({
+        "apiVersion": "strait.dev/v1alpha1", "kind": "DestinationPolicy",
+        "metadata": {"name": host, "namespace": ns},
+        "spec": {"host": host, "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]},
+    })
+}
+
+/// A TrafficRoute for `host` splitting between subsets v1 and v2 by weight (needs [`versioned_policy`]).
+pub fn weighted_route(ns: &str, host: &str, v1_weight: u32) -> Value {
+    json!({
+        "apiVersion": "strait.dev/v1alpha1", "kind": "TrafficRoute",
+        "metadata": {"name": host, "namespace": ns},
+        "spec": {
+            "hosts": [host],
+            "http": [{"route": [
+                {"destination": {"host": host, "subset": "v1"}, "weight": v1_weight},
+                {"destination": {"host": host, "subset": "v2"}, "weight": 100 - v1_weight.min(100)},
+            ]}],
+        },
     })
 }

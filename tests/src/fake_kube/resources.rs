@@ -47,6 +47,8 @@ pub static RESOURCES: &[ResourceType] = &[
     kind("", "v1", "ConfigMap", "configmaps", true, false),
     kind("", "v1", "Node", "nodes", false, true),
     kind("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, false),
+    // The control plane replicas' leader election.
+    kind("coordination.k8s.io", "v1", "Lease", "leases", true, false),
     ResourceType {
         group: "authentication.k8s.io",
         version: "v1",

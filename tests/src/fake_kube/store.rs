@@ -104,6 +104,9 @@ impl std::fmt::Display for StoreError {
     }
 }
 
+/// So callers can `?` it into `anyhow` with context.
+impl std::error::Error for StoreError {}
+
 type Key = (&'static str, String, String);
 
 #[derive(Default)]
