@@ -68,7 +68,11 @@ pub async fn run(args: WhyArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// The configuration the source's node proxy runs (its `/config_dump`), found through the control plane.
+/// The mesh as the proxies run it, seen from the source's node: that proxy's `/config_dump` (its routes, services
+/// and endpoints decide where a request goes), completed from every other connected proxy's with what the
+/// control plane only sends where it is enforced (each node gets the AuthorizationPolicies of its own workloads,
+/// and the full labels of its own workloads only; see control/PROTOCOL.md): so the authorization verdict is the
+/// destination proxy's.
 async fn live_config(control: &ControlArg, source: &str) -> anyhow::Result<(MeshConfig, String)> {
     let status = crate::status::fetch(&control.control).await?;
     let admins: Vec<(String, crate::http::Endpoint)> = status
@@ -78,27 +82,41 @@ async fn live_config(control: &ControlArg, source: &str) -> anyhow::Result<(Mesh
         .filter_map(|p| Some((p.node.clone(), p.admin_address.as_deref()?.parse().ok()?)))
         .collect();
     anyhow::ensure!(!admins.is_empty(), "no connected node proxy reported an admin address; use --from DIR");
+    let mut dumps: Vec<(String, MeshConfig)> = Vec::new();
     let mut last_error = None;
     for (node, admin) in &admins {
         match crate::config::fetch_dump(admin).await {
-            Ok(dump) => {
-                let config: MeshConfig = serde_json::from_value(dump["config"].clone())?;
-                // The source's own node, when the configuration says which it is.
-                let source_node = config
-                    .workloads
-                    .iter()
-                    .find(|w| {
-                        w.address.to_string() == source
-                            || w.name == source
-                            || format!("{}/{}", w.namespace, w.name) == source
-                    })
-                    .map(|w| w.node.clone());
-                return Ok((config, source_node.unwrap_or_else(|| node.clone())));
-            }
+            Ok(dump) => dumps.push((node.clone(), serde_json::from_value(dump["config"].clone())?)),
             Err(e) => last_error = Some(e),
         }
     }
-    Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no proxy answered")))
+    let is_source = |w: &strait_api::Workload| {
+        w.address.to_string() == source || w.name == source || format!("{}/{}", w.namespace, w.name) == source
+    };
+    // The source's own node, when a configuration says which it is; else the first proxy that answered.
+    let source_node = dumps.iter().find_map(|(_, c)| c.workloads.iter().find(|w| is_source(w)).map(|w| w.node.clone()));
+    let base = match &source_node {
+        Some(node) => dumps.iter().position(|(n, _)| n == node).unwrap_or(0),
+        None => 0,
+    };
+    if dumps.is_empty() {
+        return Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no proxy answered")));
+    }
+    let (base_node, mut config) = dumps.swap_remove(base);
+    for (node, other) in dumps {
+        for workload in other.workloads.into_iter().filter(|w| w.node == node) {
+            match config.workloads.iter_mut().find(|w| w.namespace == workload.namespace && w.name == workload.name) {
+                Some(held) => *held = workload,
+                None => config.workloads.push(workload),
+            }
+        }
+        for policy in other.authorization_policies {
+            if !config.authorization_policies.iter().any(|p| p.namespace == policy.namespace && p.name == policy.name) {
+                config.authorization_policies.push(policy);
+            }
+        }
+    }
+    Ok((config, source_node.unwrap_or(base_node)))
 }
 
 pub fn render(e: &Explanation) -> String {
