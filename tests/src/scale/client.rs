@@ -1,6 +1,6 @@
 //! One simulated node proxy: the push protocol as `control/PROTOCOL.md` states it, nothing more. TLS verifying the
 //! control plane's SPIFFE identity against the mesh root, HTTP/2, `POST /strait.v1.Config/Stream` with the
-//! node's bearer token and `x-strait-node`; every line read is ACKed with `{"version": N}` at once, and counted
+//! node's bearer token, `x-strait-node` and `x-strait-protocol: 1, 2`; every line read is ACKed with `{"version": N}` at once, and counted
 //! (bytes, lines, when). On any failure it reconnects after a delay drawn from `[0, d]`, `d` from 100 ms
 //! doubling to 5 s and reset after a stream that delivered something, as real proxies do.
 
@@ -100,6 +100,8 @@ async fn stream(target: &Target, node: &str, token: &str, counters: &Counters) -
     let request = Request::post(format!("https://{}{STREAM_PATH}", target.addr))
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header("x-strait-node", node)
+        // As today's proxies: full snapshot first, then deltas (a line is ACKed by its version either way).
+        .header(strait_api::protocol::PROTOCOL_HEADER, "1, 2")
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(body)
         .context("building the request")?;
