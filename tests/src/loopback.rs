@@ -11,6 +11,26 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
+/// `<log_dir>/<name>.log`, opened for appending, as the stdout and stderr of a child the harness logs.
+pub fn log_file(log_dir: &Path, name: &str) -> Result<(PathBuf, Stdio, Stdio)> {
+    let log = log_dir.join(format!("{name}.log"));
+    let out =
+        File::options().create(true).append(true).open(&log).with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone().context("duplicating a log file handle")?;
+    Ok((log, out.into(), err.into()))
+}
+
+/// `program args` without colours and with `RUST_LOG=info` unless the caller's environment sets it: how the
+/// harness runs the workspace's binaries.
+pub fn plain_command(program: &Path, args: &[String]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("NO_COLOR", "1");
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    cmd
+}
+
 /// A child process; SIGKILLed and reaped when dropped.
 pub struct LoggedChild {
     pub name: String,
@@ -28,18 +48,8 @@ impl LoggedChild {
         envs: &[(&str, &str)],
         log_dir: &Path,
     ) -> Result<LoggedChild> {
-        let log = log_dir.join(format!("{name}.log"));
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let err = out.try_clone().context("duplicating a log file handle")?;
-        let mut cmd = Command::new(program);
-        cmd.args(args).env("NO_COLOR", "1");
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
+        let (log, out, err) = log_file(log_dir, name)?;
+        let mut cmd = plain_command(program, args);
         cmd.envs(envs.iter().copied());
         let child = cmd
             .stdin(Stdio::null())

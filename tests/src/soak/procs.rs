@@ -3,10 +3,9 @@
 //! than in memory (ten minutes of access log would not fit), and set to die with the soak
 //! (`PR_SET_PDEATHSIG`). Also what `/proc` says about a process: RSS, open fds, CPU time.
 
-use std::fs::File;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -23,19 +22,8 @@ impl Proc {
     /// lives as long as the soak (a runtime worker, not `spawn_blocking`): the death signal follows the thread
     /// that started the child.
     pub fn spawn(netns: &str, log_dir: &Path, name: &str, program: &Path, args: &[String]) -> Result<Proc> {
-        let log = log_dir.join(format!("{name}.log"));
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let err = out.try_clone().context("duplicating a log file handle")?;
-        let mut cmd = Command::new(program);
-        cmd.args(args).env("NO_COLOR", "1");
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
-        let mut cmd = strait_netns::exec::command_in(netns, &cmd);
+        let (log, out, err) = crate::loopback::log_file(log_dir, name)?;
+        let mut cmd = strait_netns::exec::command_in(netns, &crate::loopback::plain_command(program, args));
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl and getppid are.
