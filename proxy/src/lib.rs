@@ -3,7 +3,8 @@
 //! - `tcp/`: connections from local pods (`outbound`), the destination side wherever a connection arrived
 //!   (`inbound`), plaintext capture, connection limits, sockets and the byte copy;
 //! - `tunnel/`: the mTLS HTTP/2 CONNECT tunnel between node proxies, client pool and server together;
-//! - `http/`: L7, served in the node proxy itself (routing, retries, limits, outlier detection, balancing);
+//! - `http/`: L7, served in the node proxy itself (routing, retries, limits);
+//! - `balance/`: choosing an endpoint and ejecting outliers, for TCP connections and HTTP requests alike;
 //! - `policy/`: authorization; `plan`: where a connection goes (local pod, tunnel, passthrough);
 //! - `state`: the compiled, immutable configuration the data path reads; `control_plane` / `config_file`:
 //!   where it comes from; `serve` and `reconcile`: listeners and the loop that follows configuration changes;
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod balance;
 pub mod cli;
 mod config_file;
 mod context;

@@ -23,6 +23,11 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 50;
 pub const MAX_WEIGHT: u32 = 1_000_000;
 /// `outlierDetection.consecutive5xxErrors` / `consecutiveGatewayErrors`.
 pub const MAX_CONSECUTIVE_ERRORS: u32 = 100_000;
+/// `loadBalancer.consistentHash.ringHash.minimumRingSize`: the points each endpoint places on the ring (16
+/// bytes each, so 4 MiB for one endpoint at the bound). The proxy also caps a whole ring at this many points.
+pub const MAX_RING_SIZE: u64 = 1 << 18;
+/// The ring size when `ringHash.minimumRingSize` is not set (Istio's and Envoy's default).
+pub const DEFAULT_RING_SIZE: u64 = 1024;
 /// Percentages (fault percentages, `maxEjectionPercent`).
 pub const MAX_PERCENT: u32 = 100;
 /// `retryBudget.percent`: retries may add up to ten times the request rate. More is no budget at all (a

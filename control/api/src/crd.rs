@@ -453,11 +453,15 @@ fn destination_policy_rules(spec: &mut Value) {
     rule(
         spec,
         "loadBalancer.consistentHash",
-        "(has(self.httpHeaderName) ? 1 : 0) + (has(self.httpCookie) ? 1 : 0) == 1",
-        "set exactly one of httpHeaderName, httpCookie",
+        "(has(self.httpHeaderName) ? 1 : 0) + (has(self.httpCookie) ? 1 : 0) \
+         + (has(self.httpQueryParameterName) ? 1 : 0) + (has(self.useSourceIp) && self.useSourceIp ? 1 : 0) == 1",
+        "set exactly one of httpHeaderName, httpCookie, httpQueryParameterName, useSourceIp",
     );
+    rule(spec, "loadBalancer.consistentHash", "!has(self.maglev)", &format!("maglev {}", crate::MAGLEV_REFUSED));
     set(spec, "loadBalancer.consistentHash.httpHeaderName", json!({"pattern": HEADER_NAME_PATTERN}));
     set(spec, "loadBalancer.consistentHash.httpCookie", json!({"minLength": 1}));
+    set(spec, "loadBalancer.consistentHash.httpQueryParameterName", json!({"minLength": 1}));
+    set(spec, "loadBalancer.consistentHash.ringHash.minimumRingSize", json!({"minimum": 1, "maximum": bounds::MAX_RING_SIZE}));
     for path in ["outlierDetection.consecutive5xxErrors", "outlierDetection.consecutiveGatewayErrors"] {
         set(spec, path, json!({"maximum": bounds::MAX_CONSECUTIVE_ERRORS}));
     }

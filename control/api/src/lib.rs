@@ -23,7 +23,7 @@ pub use egress::{ExternalEndpoint, ExternalPort, ExternalService, OutboundTraffi
 pub use host::{canonical_host, ServiceRef, CLUSTER_DOMAIN};
 pub use peer_auth::{MtlsSource, PeerAuthentication};
 pub use resources::*;
-pub use validate::{check_retry_on, ValidationError, RETRY_ON_CONDITIONS};
+pub use validate::{check_retry_on, ValidationError, MAGLEV_REFUSED, RETRY_ON_CONDITIONS};
 
 /// The Kubernetes custom resources (`strait.dev/v1alpha1`) wrapping the specs, with their status types and
 /// the CRD generator's post-processing. Only with the `kube` feature (the control plane's).

@@ -428,6 +428,9 @@ pub enum SimpleLb {
     Random,
 }
 
+/// Consistent hashing on one key: exactly one of `httpHeaderName`, `httpCookie`, `httpQueryParameterName`
+/// (HTTP ports only) or `useSourceIp: true` (any port). The algorithm is a ring hash (Envoy's `RING_HASH`,
+/// Istio's `ringHash`); `maglev` is refused by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -436,6 +439,55 @@ pub struct ConsistentHash {
     pub http_header_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_cookie: Option<String>,
+    /// The value of this query parameter (as written in the request, not percent-decoded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
+    /// Hash on the calling pod's IP address: every connection and request of one client goes to one endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_source_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHash>,
+    /// Not supported (Strait's consistent hash is a ring hash): accepted by the schema only to be refused
+    /// by name rather than as an unknown field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<Maglev>,
+}
+
+impl ConsistentHash {
+    /// The key fields that are set (`useSourceIp: false` is not a key).
+    pub fn keys(&self) -> Vec<&'static str> {
+        let set = [
+            ("httpHeaderName", self.http_header_name.is_some()),
+            ("httpCookie", self.http_cookie.is_some()),
+            ("httpQueryParameterName", self.http_query_parameter_name.is_some()),
+            ("useSourceIp", self.use_source_ip == Some(true)),
+        ];
+        set.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect()
+    }
+
+    /// The key field that needs an HTTP request (header, cookie, query parameter), if that is the key.
+    pub fn http_key(&self) -> Option<&'static str> {
+        self.keys().into_iter().find(|k| *k != "useSourceIp")
+    }
+}
+
+/// The ring of the consistent hash. Each endpoint places `minimumRingSize` points on it (default 1024,
+/// 1-[`crate::bounds::MAX_RING_SIZE`]), so the ring is at least that large.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+/// Istio's `maglev` block, refused: see [`ConsistentHash::maglev`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Maglev {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

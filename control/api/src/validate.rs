@@ -486,23 +486,35 @@ fn validate_load_balancer(p: &mut Problems, field: &str, lb: &LoadBalancer) {
     if lb.simple.is_some() && lb.consistent_hash.is_some() {
         p.push(field, "set either simple or consistentHash, not both");
     }
-    if let Some(hash) = &lb.consistent_hash {
-        let f = format!("{field}.consistentHash");
-        match (&hash.http_header_name, &hash.http_cookie) {
-            (Some(header), None) => {
-                if header.len() <= MAX_STRING_LEN && http::HeaderName::try_from(header.as_str()).is_err() {
-                    p.push(format!("{f}.httpHeaderName"), format!("{header:?} is not a valid HTTP header name"));
-                }
-            }
-            (None, Some(cookie)) => {
-                if cookie.is_empty() {
-                    p.push(format!("{f}.httpCookie"), "must not be empty");
-                }
-            }
-            _ => p.push(f, "set exactly one of httpHeaderName, httpCookie"),
+    let Some(hash) = &lb.consistent_hash else { return };
+    let f = format!("{field}.consistentHash");
+    if hash.keys().len() != 1 {
+        p.push(&f, "set exactly one of httpHeaderName, httpCookie, httpQueryParameterName, useSourceIp");
+    }
+    if let Some(header) = &hash.http_header_name {
+        if header.len() <= MAX_STRING_LEN && http::HeaderName::try_from(header.as_str()).is_err() {
+            p.push(format!("{f}.httpHeaderName"), format!("{header:?} is not a valid HTTP header name"));
         }
     }
+    for (name, value) in [("httpCookie", &hash.http_cookie), ("httpQueryParameterName", &hash.http_query_parameter_name)]
+    {
+        if value.as_ref().is_some_and(|v| v.is_empty()) {
+            p.push(format!("{f}.{name}"), "must not be empty");
+        }
+    }
+    if let Some(size) = hash.ring_hash.as_ref().and_then(|r| r.minimum_ring_size) {
+        if !(1..=MAX_RING_SIZE).contains(&size) {
+            p.push(format!("{f}.ringHash.minimumRingSize"), format!("must be 1-{MAX_RING_SIZE}"));
+        }
+    }
+    if hash.maglev.is_some() {
+        p.push(format!("{f}.maglev"), MAGLEV_REFUSED);
+    }
 }
+
+/// Why `consistentHash.maglev` is refused (the CRD's rule says the same).
+pub const MAGLEV_REFUSED: &str =
+    "is not supported: Strait's consistent hash is a ring hash (size it with ringHash.minimumRingSize)";
 
 fn validate_destination_policy(p: &mut Problems, field: &str, spec: &DestinationPolicySpec) {
     if spec.host.is_empty() {
@@ -832,6 +844,30 @@ trafficRoutes:
                 "destinationPolicies[shop/d].spec.loadBalancer.consistentHash.httpCookie: must not be empty",
             ),
             (
+                "loadBalancer: {consistentHash: {useSourceIp: true, httpQueryParameterName: user}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash: set exactly one of httpHeaderName, httpCookie, httpQueryParameterName, useSourceIp",
+            ),
+            (
+                "loadBalancer: {consistentHash: {useSourceIp: false}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash: set exactly one of",
+            ),
+            (
+                "loadBalancer: {consistentHash: {httpQueryParameterName: \"\"}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash.httpQueryParameterName: must not be empty",
+            ),
+            (
+                "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 0}}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash.ringHash.minimumRingSize: must be 1-262144",
+            ),
+            (
+                "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 262145}}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash.ringHash.minimumRingSize: must be 1-262144",
+            ),
+            (
+                "loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}",
+                "destinationPolicies[shop/d].spec.loadBalancer.consistentHash.maglev: is not supported: Strait's consistent hash is a ring hash",
+            ),
+            (
                 "connectionPool: {tcp: {connectTimeout: fast}}",
                 "destinationPolicies[shop/d].spec.connectionPool.tcp.connectTimeout: \"fast\" is not a duration",
             ),
@@ -849,6 +885,8 @@ trafficRoutes:
             "loadBalancer: {simple: ROUND_ROBIN}",
             "loadBalancer: {consistentHash: {httpHeaderName: x-user-id}}",
             "loadBalancer: {consistentHash: {httpCookie: user}}",
+            "loadBalancer: {consistentHash: {httpQueryParameterName: user}}",
+            "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 262144}}}",
             "connectionPool: {tcp: {connectTimeout: 250ms}, http: {idleTimeout: 0s, maxRequestsPerConnection: 1}}",
         ] {
             MeshConfig::from_yaml(&policy(good)).unwrap_or_else(|e| panic!("{good}: {e}"));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use strait_api::{DestinationPolicySpec, Protocol, Service, ServicePort};
 use tokio::time::Instant;
 
-use super::resilience::{Balancer, HashOn, Limiter, OutlierDetector, RetryBudget, ServiceRef, Strategy};
+use super::resilience::{Balancer, HashOn, Limiter, OutlierDetector, RetryBudget, ServiceRef};
 use super::route::RouteDestination;
 use super::upstream::Version;
 use crate::state::{ServiceTarget, State};
@@ -187,10 +187,7 @@ fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Op
     let policy = settings.policy.clone();
     let name = service.hostname();
     let strategy = settings.strategy.clone();
-    let hash_on = match &strategy {
-        Strategy::ConsistentHash(on) => Some(on.clone()),
-        _ => None,
-    };
+    let hash_on = strategy.hash_on().cloned();
     let outlier_config = settings.outlier;
     // An HTTP/1.1 request in flight holds one upstream connection, so `tcp.maxConnections` caps those too
     // (requests beyond wait in the pending queue rather than fail to connect). An HTTP/2 upstream multiplexes.
@@ -202,16 +199,21 @@ fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Op
     };
     let endpoints: Vec<SocketAddr> =
         service.endpoints.iter().map(|e| SocketAddr::new(e.address, target_port)).collect();
+    // The consistent-hash ring holds the ready endpoints; subsets and ejections are filtered at each pick.
+    let ready: Vec<SocketAddr> =
+        service.endpoints.iter().filter(|e| e.ready).map(|e| SocketAddr::new(e.address, target_port)).collect();
     let (balancer, outlier, ejections) = match previous {
         Some(p) if same(|s| format!("{:?}{:?}", s.load_balancer, s.outlier_detection)) => {
             p.outlier.set_endpoints(&endpoints);
-            p.balancer.retain(&endpoints);
+            p.balancer.set_endpoints(&ready);
             (p.balancer.clone(), p.outlier.clone(), p.ejections_reported.load(Ordering::Acquire))
         }
         _ => {
             let outlier = OutlierDetector::new(outlier_config);
             outlier.set_endpoints(&endpoints);
-            (Arc::new(Balancer::new(strategy)), Arc::new(outlier), 0)
+            let balancer = Balancer::new(strategy);
+            balancer.set_endpoints(&ready);
+            (Arc::new(balancer), Arc::new(outlier), 0)
         }
     };
     // The budget's window (what was deposited and spent lately) survives a configuration that keeps its

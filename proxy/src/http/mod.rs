@@ -1,12 +1,11 @@
 //! L7: HTTP/1.1 and HTTP/2 handled in the node proxy itself, in one hop. `outbound` serves a pod's connection
 //! to an HTTP service and routes each request; `inbound` authorizes each request at the destination;
 //! `normalize` makes each request what the backend receives before either side looks at it, `upgrade` splices
-//! WebSocket only; `upstream` holds the pooled connections; the resilience pieces (routes, retries, budgets, limits, outlier
-//! detection, balancing) are small modules of their own.
+//! WebSocket only; `upstream` holds the pooled connections; the resilience pieces (routes, retries, budgets, limits) are
+//! small modules of their own; balancing and outlier detection are `crate::balance`, shared with TCP ports.
 
 pub mod backends;
 pub mod backoff;
-pub mod balance;
 pub mod body;
 pub mod budget;
 pub mod detect;
@@ -15,7 +14,6 @@ pub mod limits;
 pub mod normalize;
 pub mod observe;
 pub mod outbound;
-pub mod outlier;
 pub mod resilience;
 pub mod retry;
 pub mod reuse;

@@ -237,7 +237,9 @@ async fn forward(
     if version != client_version {
         super::upstream::translate_request(&mut request, version);
     }
-    let hash_key: Option<Vec<u8>> = backend.hash_on().and_then(|h| h.key(request.headers())).map(<[u8]>::to_vec);
+    let hash_key: Option<Vec<u8>> = backend
+        .hash_on()
+        .and_then(|h| h.request_key(request.headers(), request.uri().query(), d.source.workload.address));
     let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version, backend.reuse);
     let stats = RetryStats::default();
     let params = RetryParams {

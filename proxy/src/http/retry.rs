@@ -51,6 +51,16 @@ impl Outcome {
     }
 }
 
+impl crate::balance::Failure for Outcome {
+    fn is_failure(&self) -> bool {
+        Outcome::is_failure(self)
+    }
+
+    fn is_gateway_error(&self) -> bool {
+        Outcome::is_gateway_error(self)
+    }
+}
+
 /// The `retryOn` conditions: a bitset plus explicit status codes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RetryOn {

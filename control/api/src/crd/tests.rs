@@ -118,7 +118,15 @@ fn the_schema_carries_the_cross_field_rules() {
     }
     let mut dp = spec_schema("DestinationPolicy");
     assert_eq!(rules_at(&mut dp, "loadBalancer"), ["set either simple or consistentHash, not both"]);
-    assert_eq!(rules_at(&mut dp, "loadBalancer.consistentHash"), ["set exactly one of httpHeaderName, httpCookie"]);
+    assert_eq!(
+        rules_at(&mut dp, "loadBalancer.consistentHash"),
+        [
+            "set exactly one of httpHeaderName, httpCookie, httpQueryParameterName, useSourceIp",
+            "maglev is not supported: Strait's consistent hash is a ring hash (size it with ringHash.minimumRingSize)",
+        ]
+    );
+    let ring = at(&mut dp, "loadBalancer.consistentHash.ringHash.minimumRingSize");
+    assert_eq!((ring["minimum"].clone(), ring["maximum"].clone()), (json!(1), json!(crate::bounds::MAX_RING_SIZE)));
     assert_eq!(at(&mut dp, "loadBalancer.consistentHash.httpHeaderName")["pattern"], json!(HEADER_NAME_PATTERN));
     let header = regex::Regex::new(HEADER_NAME_PATTERN).unwrap();
     assert!(header.is_match("x-user-id") && !header.is_match("bad header"));

@@ -6,6 +6,9 @@
 //! endpoint is avoided quickly and trusted again gradually. An endpoint without data starts at `default_rtt`,
 //! so a new endpoint is neither flooded nor starved. P2C needs no global ordering, and unlike "pick the
 //! least loaded" it does not send every client's next request to the same endpoint at once.
+//!
+//! On a TCP port a "request" is a connection: in flight while it is open (so `LEAST_REQUEST` picks the
+//! endpoint with fewer open connections of two) and its latency is the time it took to connect.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,48 +16,28 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, COOKIE};
 use rand::Rng;
-use strait_api::{LoadBalancer, SimpleLb};
+use strait_api::bounds::{DEFAULT_RING_SIZE, MAX_RING_SIZE};
+use strait_api::{LoadBalancer, SimpleLb, MAGLEV_REFUSED};
 use tokio::time::Instant;
+
+use super::hash::HashOn;
+use super::ring::Ring;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Strategy {
     /// P2C over latency × load (the default).
     PeakEwma,
-    /// P2C over requests in flight.
+    /// P2C over requests (on TCP: connections) in flight.
     LeastRequest,
     RoundRobin,
     Random,
-    /// Rendezvous hashing on a request key; random when the request has none.
-    ConsistentHash(HashOn),
-}
-
-/// Where a consistent-hash key comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HashOn {
-    Header(HeaderName),
-    Cookie(String),
-}
-
-impl HashOn {
-    /// The key in `headers`, if present (the first value of a repeated header).
-    pub fn key<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
-        match self {
-            HashOn::Header(name) => headers.get(name).map(|v| v.as_bytes()),
-            HashOn::Cookie(name) => headers.get_all(COOKIE).iter().find_map(|value| {
-                value.as_bytes().split(|b| *b == b';').find_map(|pair| {
-                    let pair = pair.trim_ascii();
-                    let eq = pair.iter().position(|b| *b == b'=')?;
-                    (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-                })
-            }),
-        }
-    }
+    /// A ring hash on a key; random when the request has none. `ring_size`: `ringHash.minimumRingSize`.
+    ConsistentHash { on: HashOn, ring_size: u64 },
 }
 
 impl Strategy {
-    /// Istio's `loadBalancer`: `simple` or `consistentHash` (header or cookie); absent means peak EWMA.
+    /// Istio's `loadBalancer`: `simple` or `consistentHash`; absent means peak EWMA.
     pub fn from_spec(lb: Option<&LoadBalancer>) -> Result<Strategy, String> {
         let Some(lb) = lb else { return Ok(Strategy::PeakEwma) };
         match (&lb.simple, &lb.consistent_hash) {
@@ -63,17 +46,26 @@ impl Strategy {
             (Some(SimpleLb::LeastRequest), None) => Ok(Strategy::LeastRequest),
             (Some(SimpleLb::RoundRobin), None) => Ok(Strategy::RoundRobin),
             (Some(SimpleLb::Random), None) => Ok(Strategy::Random),
-            (None, Some(hash)) => match (&hash.http_header_name, &hash.http_cookie) {
-                (Some(header), None) => {
-                    HeaderName::try_from(header.as_str()).map(|h| Strategy::ConsistentHash(HashOn::Header(h))).map_err(
-                        |_| format!("loadBalancer.consistentHash.httpHeaderName: {header:?} is not a header name"),
-                    )
+            (None, Some(hash)) => {
+                if hash.maglev.is_some() {
+                    return Err(format!("loadBalancer.consistentHash.maglev: {MAGLEV_REFUSED}"));
                 }
-                (None, Some(cookie)) if !cookie.is_empty() => {
-                    Ok(Strategy::ConsistentHash(HashOn::Cookie(cookie.clone())))
+                let ring_size = hash.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).unwrap_or(DEFAULT_RING_SIZE);
+                if !(1..=MAX_RING_SIZE).contains(&ring_size) {
+                    return Err(format!(
+                        "loadBalancer.consistentHash.ringHash.minimumRingSize: must be 1-{MAX_RING_SIZE}"
+                    ));
                 }
-                _ => Err("loadBalancer.consistentHash: set exactly one of httpHeaderName, httpCookie".into()),
-            },
+                Ok(Strategy::ConsistentHash { on: HashOn::from_spec(hash)?, ring_size })
+            }
+        }
+    }
+
+    /// The consistent hash's key, if this is one.
+    pub fn hash_on(&self) -> Option<&HashOn> {
+        match self {
+            Strategy::ConsistentHash { on, .. } => Some(on),
+            _ => None,
         }
     }
 }
@@ -143,6 +135,8 @@ pub struct Balancer {
     ewma: EwmaConfig,
     loads: Mutex<HashMap<SocketAddr, Arc<Load>>>,
     next: AtomicUsize,
+    /// Consistent hashing only: the ring of the endpoints last given to [`Balancer::set_endpoints`].
+    ring: Mutex<Arc<Ring>>,
 }
 
 impl Balancer {
@@ -151,7 +145,13 @@ impl Balancer {
     }
 
     pub fn with_ewma(strategy: Strategy, ewma: EwmaConfig) -> Self {
-        Balancer { strategy, ewma, loads: Mutex::new(HashMap::new()), next: AtomicUsize::new(0) }
+        Balancer {
+            strategy,
+            ewma,
+            loads: Mutex::new(HashMap::new()),
+            next: AtomicUsize::new(0),
+            ring: Mutex::new(Arc::default()),
+        }
     }
 
     /// One of `endpoints`, or `None` if there are none. `hash_key` is used by consistent hashing only.
@@ -165,10 +165,13 @@ impl Balancer {
         let chosen = match &self.strategy {
             Strategy::RoundRobin => endpoints[self.next.fetch_add(1, Relaxed) % len],
             Strategy::Random => endpoints[rng.random_range(0..len)],
-            Strategy::ConsistentHash(_) => match hash_key {
-                Some(key) => rendezvous(endpoints, key),
-                None => endpoints[rng.random_range(0..len)],
-            },
+            Strategy::ConsistentHash { .. } => {
+                let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                match hash_key.and_then(|key| ring.get(key, endpoints)) {
+                    Some(endpoint) => endpoint,
+                    None => endpoints[rng.random_range(0..len)],
+                }
+            }
             Strategy::LeastRequest | Strategy::PeakEwma => {
                 let first = rng.random_range(0..len);
                 let mut second = rng.random_range(0..len - 1);
@@ -199,7 +202,7 @@ impl Balancer {
         tried: &[SocketAddr],
         rng: &mut impl Rng,
     ) -> Option<SocketAddr> {
-        if tried.is_empty() || matches!(self.strategy, Strategy::ConsistentHash(_)) {
+        if tried.is_empty() || matches!(self.strategy, Strategy::ConsistentHash { .. }) {
             return self.pick(endpoints, hash_key, rng);
         }
         let fresh: Vec<SocketAddr> = endpoints.iter().filter(|e| !tried.contains(e)).copied().collect();
@@ -242,9 +245,18 @@ impl Balancer {
         InFlightGuard { load, started: now, decay_ns: self.decay_ns(), latency: None, failed: false }
     }
 
-    /// Forgets endpoints no longer in the pool (requests in flight to them finish normally).
-    pub fn retain(&self, endpoints: &[SocketAddr]) {
+    /// The endpoints now in the pool (ready, any subset): forgets the load of the others (requests in flight to
+    /// them finish normally) and, under consistent hashing, rebuilds the ring when the set changed.
+    pub fn set_endpoints(&self, endpoints: &[SocketAddr]) {
         self.lock().retain(|addr, _| endpoints.contains(addr));
+        let Strategy::ConsistentHash { ring_size, .. } = self.strategy else { return };
+        let mut sorted = endpoints.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if ring.endpoints() != sorted.as_slice() {
+            *ring = Arc::new(Ring::new(&sorted, ring_size));
+        }
     }
 
     /// Requests in flight to `endpoint` (for /config_dump and tests).
@@ -285,6 +297,12 @@ impl InFlightGuard {
     pub fn finish(mut self, latency: Duration) {
         self.latency = Some(latency);
     }
+
+    /// The latency to count when the guard is dropped, instead of the time until then: a TCP connection
+    /// counts its connect time, and stays in flight while it is open.
+    pub fn set_latency(&mut self, latency: Duration) {
+        self.latency = Some(latency);
+    }
 }
 
 impl Drop for InFlightGuard {
@@ -299,44 +317,12 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Highest-random-weight hashing: every endpoint scores `hash(key, endpoint)`, the highest wins. A key keeps
-/// its endpoint while that endpoint stays; removing one endpoint moves only the keys it had.
-fn rendezvous(endpoints: &[SocketAddr], key: &[u8]) -> SocketAddr {
-    let key_hash = fnv1a(FNV_OFFSET, key);
-    let score = |e: &SocketAddr| {
-        let hash = match e {
-            SocketAddr::V4(v4) => fnv1a(key_hash, &v4.ip().octets()),
-            SocketAddr::V6(v6) => fnv1a(key_hash, &v6.ip().octets()),
-        };
-        (mix(fnv1a(hash, &e.port().to_be_bytes())), *e)
-    };
-    endpoints.iter().map(score).max().map_or(endpoints[0], |(_, e)| e)
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// FNV-1a: stable across processes and versions (unlike std's hasher), so every proxy maps a key alike.
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
-
-/// splitmix64's finaliser: FNV alone spreads short inputs poorly.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-    use strait_api::ConsistentHash;
+    use strait_api::{ConsistentHash, Maglev, RingHash};
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
         (0..n).map(|i| SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080))).collect()
@@ -428,7 +414,7 @@ mod tests {
             assert!(b.pick_avoiding(&eps, None, &eps, &mut rng).is_some());
         }
         // Consistent hashing keeps the key's endpoint, tried or not.
-        let b = Balancer::new(Strategy::ConsistentHash(HashOn::Header(HeaderName::from_static("x-user"))));
+        let b = hashed(&eps);
         let home = b.pick(&eps, Some(b"user-7"), &mut rng);
         let tried: Vec<SocketAddr> = home.into_iter().collect();
         assert_eq!(b.pick_avoiding(&eps, Some(b"user-7"), &tried, &mut rng), home);
@@ -477,38 +463,34 @@ mod tests {
         assert!((1800..=2200).contains(&n), "{n}");
     }
 
-    #[test]
-    fn consistent_hash_is_sticky_spreads_keys_and_moves_only_the_removed_endpoints_keys() {
-        let b = Balancer::new(Strategy::ConsistentHash(HashOn::Header(HeaderName::from_static("x-user"))));
-        let eps = addrs(4);
-        let mut rng = StdRng::seed_from_u64(6);
-        let first = b.pick(&eps, Some(b"user-42"), &mut rng);
-        assert!((0..100).all(|_| b.pick(&eps, Some(b"user-42"), &mut rng) == first));
-
-        let keys: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
-        let placed: Vec<SocketAddr> = keys.iter().filter_map(|k| b.pick(&eps, Some(k.as_bytes()), &mut rng)).collect();
-        for e in &eps {
-            let n = placed.iter().filter(|p| *p == e).count();
-            assert!((400..=600).contains(&n), "{e} got {n} of 2000 keys");
-        }
-        let remaining = &eps[1..];
-        for (key, before) in keys.iter().zip(&placed) {
-            let after = b.pick(remaining, Some(key.as_bytes()), &mut rng);
-            if *before != eps[0] {
-                assert_eq!(after, Some(*before), "{key} moved although its endpoint stayed");
-            }
-        }
+    fn hashed(eps: &[SocketAddr]) -> Balancer {
+        let b = Balancer::new(Strategy::ConsistentHash { on: HashOn::SourceIp, ring_size: 1024 });
+        b.set_endpoints(eps);
+        b
     }
 
     #[test]
-    fn hash_keys_come_from_a_header_or_a_cookie() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-user", "alice".parse().expect("value"));
-        headers.append(COOKIE, "theme=dark; session=abc123".parse().expect("value"));
-        assert_eq!(HashOn::Header(HeaderName::from_static("x-user")).key(&headers), Some(&b"alice"[..]));
-        assert_eq!(HashOn::Cookie("session".into()).key(&headers), Some(&b"abc123"[..]));
-        assert_eq!(HashOn::Cookie("sess".into()).key(&headers), None);
-        assert_eq!(HashOn::Header(HeaderName::from_static("x-none")).key(&headers), None);
+    fn consistent_hash_is_sticky_and_moves_only_the_keys_of_endpoints_left_out() {
+        let eps = addrs(4);
+        let b = hashed(&eps);
+        let mut rng = StdRng::seed_from_u64(6);
+        let first = b.pick(&eps, Some(b"user-42"), &mut rng);
+        assert!((0..100).all(|_| b.pick(&eps, Some(b"user-42"), &mut rng) == first));
+        let keys: Vec<String> = (0..2000).map(|i| format!("user-{i}")).collect();
+        let placed: Vec<SocketAddr> = keys.iter().filter_map(|k| b.pick(&eps, Some(k.as_bytes()), &mut rng)).collect();
+        // Left out of the candidates (ejected) or of the pool (a new configuration): the same keys move.
+        let remaining = &eps[1..];
+        let shrunk = hashed(remaining);
+        for (key, before) in keys.iter().zip(&placed) {
+            let ejected = b.pick(remaining, Some(key.as_bytes()), &mut rng);
+            assert_eq!(shrunk.pick(remaining, Some(key.as_bytes()), &mut rng), ejected, "{key}");
+            if *before != eps[0] {
+                assert_eq!(ejected, Some(*before), "{key} moved although its endpoint stayed");
+            }
+        }
+        // Without a key: any endpoint, at random.
+        let unkeyed: std::collections::HashSet<_> = (0..200).filter_map(|_| b.pick(&eps, None, &mut rng)).collect();
+        assert_eq!(unkeyed.len(), 4);
     }
 
     #[test]
@@ -516,23 +498,39 @@ mod tests {
         assert_eq!(Strategy::from_spec(None), Ok(Strategy::PeakEwma));
         let simple = LoadBalancer { simple: Some(SimpleLb::LeastRequest), ..Default::default() };
         assert_eq!(Strategy::from_spec(Some(&simple)), Ok(Strategy::LeastRequest));
-        let hash = |h: Option<&str>, c: Option<&str>| LoadBalancer {
-            consistent_hash: Some(ConsistentHash {
-                http_header_name: h.map(Into::into),
-                http_cookie: c.map(Into::into),
-            }),
-            ..Default::default()
+        let hash = |f: &dyn Fn(&mut ConsistentHash)| {
+            let mut hash = ConsistentHash::default();
+            f(&mut hash);
+            LoadBalancer { consistent_hash: Some(hash), ..Default::default() }
         };
         assert_eq!(
-            Strategy::from_spec(Some(&hash(Some("X-User"), None))),
-            Ok(Strategy::ConsistentHash(HashOn::Header(HeaderName::from_static("x-user"))))
+            Strategy::from_spec(Some(&hash(&|h| h.use_source_ip = Some(true)))),
+            Ok(Strategy::ConsistentHash { on: HashOn::SourceIp, ring_size: 1024 })
         );
+        let sized = hash(&|h| {
+            h.http_cookie = Some("s".into());
+            h.ring_hash = Some(RingHash { minimum_ring_size: Some(64) });
+        });
         assert_eq!(
-            Strategy::from_spec(Some(&hash(None, Some("s")))),
-            Ok(Strategy::ConsistentHash(HashOn::Cookie("s".into())))
+            Strategy::from_spec(Some(&sized)),
+            Ok(Strategy::ConsistentHash { on: HashOn::Cookie("s".into()), ring_size: 64 })
         );
-        assert!(Strategy::from_spec(Some(&hash(Some("x"), Some("s")))).is_err());
-        assert!(Strategy::from_spec(Some(&hash(Some("bad header"), None))).is_err());
+        let oversized = hash(&|h| {
+            h.use_source_ip = Some(true);
+            h.ring_hash = Some(RingHash { minimum_ring_size: Some(MAX_RING_SIZE + 1) });
+        });
+        let maglev = hash(&|h| {
+            h.use_source_ip = Some(true);
+            h.maglev = Some(Maglev { table_size: Some(65537) });
+        });
+        for (bad, field) in [
+            (oversized, "ringHash.minimumRingSize"),
+            (maglev, "consistentHash.maglev"),
+            (hash(&|h| h.http_header_name = Some("bad header".into())), "httpHeaderName"),
+        ] {
+            let error = Strategy::from_spec(Some(&bad)).expect_err("refused");
+            assert!(error.contains(field), "{error}");
+        }
     }
 
     #[test]
@@ -543,7 +541,7 @@ mod tests {
         assert_eq!(b.in_flight(e), 3);
         drop(guards);
         assert_eq!(b.in_flight(e), 0);
-        b.retain(&[]);
+        b.set_endpoints(&[]);
         assert_eq!(b.in_flight(e), 0);
     }
 }

@@ -1,4 +1,6 @@
-//! Outlier detection per endpoint (Istio `outlierDetection`, Envoy's consecutive-errors detector).
+//! Outlier detection per endpoint (Istio `outlierDetection`, Envoy's consecutive-errors detector), for HTTP
+//! requests and TCP connections: a caller says what failed through [`Failure`] (on TCP ports, a connection
+//! that could not be established is a gateway error, as in Envoy).
 //!
 //! An endpoint that fails `consecutive5xxErrors` times in a row (or `consecutiveGatewayErrors` times with
 //! 502/503/504) is ejected for `baseEjectionTime × times ejected` (capped at 300 s, as Envoy). Afterwards it is
@@ -17,7 +19,32 @@ use std::time::Duration;
 use strait_api::{parse_duration, OutlierDetection};
 use tokio::time::Instant;
 
-use super::retry::Outcome;
+/// What outlier detection needs to know of one attempt (an HTTP try, a TCP connect).
+pub trait Failure {
+    /// A failure at all (HTTP: a 5xx, a reset, no connection).
+    fn is_failure(&self) -> bool;
+    /// Envoy's "gateway error": 502/503/504, or no answer or connection at all.
+    fn is_gateway_error(&self) -> bool;
+}
+
+/// A TCP connection attempt to an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connect {
+    /// The endpoint accepted the connection (through the tunnel: the far side connected to the pod).
+    Established,
+    /// Refused, reset before it was established, timed out, or the tunnel to it failed.
+    Failed,
+}
+
+impl Failure for Connect {
+    fn is_failure(&self) -> bool {
+        *self == Connect::Failed
+    }
+
+    fn is_gateway_error(&self) -> bool {
+        *self == Connect::Failed
+    }
+}
 
 /// Envoy's `max_ejection_time` default: how long the growing ejection time may become.
 const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
@@ -113,7 +140,7 @@ impl OutlierDetector {
     }
 
     /// Records the outcome of one request to `endpoint`.
-    pub fn record(&self, endpoint: SocketAddr, outcome: &Outcome, now: Instant) {
+    pub fn record(&self, endpoint: SocketAddr, outcome: &impl Failure, now: Instant) {
         let mut states = self.lock();
         let state = *states.entry(endpoint).or_default();
         if state.ejected_at(now) {
@@ -198,12 +225,29 @@ impl OutlierDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::StatusCode;
 
-    const S500: Outcome = Outcome::Response(StatusCode::INTERNAL_SERVER_ERROR);
-    const S503: Outcome = Outcome::Response(StatusCode::SERVICE_UNAVAILABLE);
-    const OK: Outcome = Outcome::Response(StatusCode::OK);
-    const NOT_FOUND: Outcome = Outcome::Response(StatusCode::NOT_FOUND);
+    /// An HTTP try's result as `http::retry::Outcome` classifies it (tested there).
+    #[derive(Clone, Copy, Debug)]
+    enum Outcome {
+        Status(u16),
+        Reset,
+        ConnectFailure,
+    }
+
+    impl Failure for Outcome {
+        fn is_failure(&self) -> bool {
+            !matches!(self, Outcome::Status(s) if *s < 500)
+        }
+
+        fn is_gateway_error(&self) -> bool {
+            !matches!(self, Outcome::Status(s) if !(502..=504).contains(s))
+        }
+    }
+
+    const S500: Outcome = Outcome::Status(500);
+    const S503: Outcome = Outcome::Status(503);
+    const OK: Outcome = Outcome::Status(200);
+    const NOT_FOUND: Outcome = Outcome::Status(404);
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
         (0..n).map(|i| SocketAddr::from(([10, 0, 0, 1], 8000 + i))).collect()
@@ -217,7 +261,7 @@ mod tests {
         (detector, endpoints)
     }
 
-    fn fail(d: &OutlierDetector, e: SocketAddr, times: u32, outcome: Outcome, now: Instant) {
+    fn fail(d: &OutlierDetector, e: SocketAddr, times: u32, outcome: impl Failure, now: Instant) {
         for _ in 0..times {
             d.record(e, &outcome, now);
         }
@@ -299,6 +343,25 @@ mod tests {
         fail(&d, a, 2, S503, t0);
         d.record(a, &Outcome::ConnectFailure, t0);
         assert!(d.is_ejected(a, t0));
+    }
+
+    /// Issue 15: on TCP ports, connect failures in a row eject; an established connection breaks the streak.
+    #[test]
+    fn tcp_connect_failures_are_gateway_errors() {
+        let config = OutlierConfig { consecutive_gateway_errors: Some(2), max_ejection_percent: 50, ..Default::default() };
+        let d = OutlierDetector::new(config);
+        let eps = addrs(2);
+        d.set_endpoints(&eps);
+        let (t0, s) = (Instant::now(), Duration::from_secs);
+        d.record(eps[0], &Connect::Failed, t0);
+        d.record(eps[0], &Connect::Established, t0);
+        d.record(eps[0], &Connect::Failed, t0);
+        assert!(!d.is_ejected(eps[0], t0));
+        d.record(eps[0], &Connect::Failed, t0);
+        assert!(d.is_ejected(eps[0], t0) && !d.is_ejected(eps[0], t0 + s(30)));
+        // 50 % of two: the other may not be ejected as well.
+        fail(&d, eps[1], 5, Connect::Failed, t0);
+        assert_eq!(d.ejected_count(t0), 1);
     }
 
     #[test]
