@@ -10,6 +10,7 @@ use strait_certs::CertStore;
 use crate::drain::Drain;
 use crate::http::HttpContext;
 use crate::state::StateStore;
+use crate::tcp::backends::TcpBackends;
 use crate::tcp::limits::{ConnectionLimits, SourceLimits};
 use crate::tcp::socket::{Capture, Outgoing};
 use crate::telemetry::metrics::Metrics;
@@ -26,6 +27,8 @@ pub(crate) struct ProxyContext {
     pub(crate) connect_timeout: Duration,
     pub(crate) http: HttpContext,
     pub(crate) connection_limits: ConnectionLimits,
+    /// The balancer and outlier state of TCP service ports, compiled per configuration.
+    pub(crate) tcp_backends: TcpBackends,
     pub(crate) source_limits: SourceLimits,
     /// The configuration version whose certificates, listeners and redirection rules are all in place;
     /// readiness waits for it to catch up with the current version.

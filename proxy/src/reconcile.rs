@@ -27,6 +27,8 @@ pub(crate) async fn reconcile(
     let mut listening_failed = false;
     loop {
         let state = states.borrow_and_update().clone();
+        // First: connections to TCP services read what this compiles.
+        ctx.tcp_backends.update(&state);
         prefetch_certificates(&ctx, &state).await;
         forget_departed(&ctx, &state);
         let mut in_place = true;

@@ -75,6 +75,7 @@ impl Proxy {
             connect_timeout: options.connect_timeout,
             http: Default::default(),
             connection_limits: Default::default(),
+            tcp_backends: Default::default(),
             source_limits: crate::tcp::limits::SourceLimits::new(options.max_connections_per_workload),
             synced: Default::default(),
             drain: Drain::new(),

@@ -10,4 +10,4 @@ pub mod ring;
 
 pub use hash::HashOn;
 pub use outlier::{Failure, OutlierConfig, OutlierDetector};
-pub use pick::{Balancer, InFlightGuard, Strategy};
+pub use pick::{Balancer, Strategy};

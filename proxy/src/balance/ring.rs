@@ -47,7 +47,8 @@ impl Ring {
         &self.endpoints
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.points.len()
     }
 

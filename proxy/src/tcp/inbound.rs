@@ -61,7 +61,16 @@ pub(crate) fn authorize(
 }
 
 pub(crate) async fn connect_pod(ctx: &ProxyContext, target: SocketAddr) -> std::io::Result<TcpStream> {
-    match tokio::time::timeout(ctx.connect_timeout, ctx.outgoing.connect(target)).await {
+    connect_pod_within(ctx, target, ctx.connect_timeout).await
+}
+
+/// [`connect_pod`] within `timeout` rather than the proxy's default.
+pub(crate) async fn connect_pod_within(
+    ctx: &ProxyContext,
+    target: SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, ctx.outgoing.connect(target)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
     }
@@ -117,6 +126,18 @@ async fn until_denied(
     }
 }
 
+/// The destination side's labels of a connection from a pod on this node (no tunnel: this proxy reports
+/// both sides).
+pub(crate) fn local_destination_labels(
+    state: &State,
+    caller: &Caller,
+    target: SocketAddr,
+    labels: ConnectionLabels,
+) -> ConnectionLabels {
+    let labels = ConnectionLabels { reporter: "destination", ..labels }.mutual_tls(caller.identity.is_some());
+    with_endpoint_service(state, target, labels.with_upstream(target))
+}
+
 /// A pod connecting to another pod on the same node: the destination's checks apply, with the source's
 /// identity, but no tunnel is needed. `stream` is the client's connection (or one end of an in-memory pipe).
 pub(crate) async fn serve_stream<S>(
@@ -130,8 +151,7 @@ pub(crate) async fn serve_stream<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = ctx.state.current();
-    let labels = ConnectionLabels { reporter: "destination", ..labels }.mutual_tls(caller.identity.is_some());
-    let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
+    let labels = local_destination_labels(&state, &caller, target, labels);
     if state.is_http_endpoint(target) {
         crate::http::inbound::serve(ctx, stream, caller, destination, target, labels).await;
         return;

@@ -1,25 +1,27 @@
-//! Connections from local pods (15001): who is calling, where to, and how to get there.
+//! Connections from local pods (15001): who is calling, where to, and how to get there. A TCP service port is
+//! balanced by its DestinationPolicy (`tcp::backends`), trying another endpoint when one does not connect.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use rand::Rng;
 use strait_api::Protocol;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::backends::{TcpBackend, MAX_CONNECT_ATTEMPTS};
+use super::connect::{open, Opened};
 use super::egress::{Egress, BLACKHOLE, PASSTHROUGH};
 use super::inbound::serve_stream;
 use super::socket::{accept_until_drained, original_destination};
+use crate::balance::outlier::Connect;
 use crate::context::ProxyContext;
-use crate::plan::{plan, Upstream};
-use crate::policy::Caller;
 use crate::state::{State, WorkloadInfo};
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::metrics::Refusal;
 use crate::telemetry::record::ConnectionRecord;
-use crate::tunnel::PoolKey;
 
 /// Serves pods' connections until the drain starts; each keeps the drain waiting until it ends.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
@@ -55,15 +57,14 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         return;
     };
     let mut labels = ConnectionLabels::new("source").with_source(&source);
-    let mut _slot = None;
     if let Some(service) = state.service(original) {
         if is_http(&tcp, service.port.protocol()).await {
             crate::http::outbound::serve(ctx.clone(), tcp, source, service.clone()).await;
             return;
         }
         labels = labels.with_service(&service.service);
-        match ctx.connection_limits.acquire(&state, &service.service) {
-            Ok(slot) => _slot = slot,
+        let _slot = match ctx.connection_limits.acquire(&state, &service.service) {
+            Ok(slot) => slot,
             Err(max) => {
                 let name = service.service.hostname();
                 ctx.metrics.circuit.with_label_values(&[name.as_str(), "overflow"]).inc();
@@ -71,17 +72,16 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
                 warn!(source = %source.name(), service = %name, max, "refused: connectionPool.tcp.maxConnections reached");
                 return;
             }
-        }
+        };
+        let latest = ctx.state.current().version == state.version;
+        let backend = ctx.tcp_backends.get(&state, latest, service);
+        // `connectionPool.tcp.connectTimeout` of the service, else the proxy's own bound.
+        let connect_timeout =
+            state.destination_settings(&service.service).connect_timeout.unwrap_or(ctx.connect_timeout);
+        to_service(&ctx, tcp, (&state, &source), &backend, connect_timeout, labels).await;
+        return;
     }
-    let mut target = match service_endpoint(&state, original) {
-        Ok(target) => target,
-        Err(reason) => {
-            ctx.metrics.refused("outbound", Refusal::UpstreamUnreachable);
-            ConnectionRecord::refused(&ctx.metrics, labels, ResponseFlag::NoHealthyUpstream);
-            warn!(source = %source.name(), destination = %original, %reason, "no upstream");
-            return;
-        }
-    };
+    let mut target = original;
     if super::egress::is_external(&state, original) {
         match super::egress::decide(&state, original) {
             Egress::Registered { host, namespace, target: to } => {
@@ -103,28 +103,16 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             }
         }
     }
-    // `connectionPool.tcp.connectTimeout` of the service, else the proxy's own bound.
-    let connect_timeout = state
-        .service(original)
-        .and_then(|s| state.destination_settings(&s.service).connect_timeout)
-        .unwrap_or(ctx.connect_timeout);
-    match plan(&state, &source, target) {
-        Upstream::Passthrough { target } => {
-            passthrough(&ctx, tcp, target, connect_timeout, labels.with_upstream(target)).await
+    match open(&ctx, &state, &source, target, ctx.connect_timeout, &labels).await {
+        Opened::Connected(upstream) => upstream.relay(&ctx, tcp).await,
+        Opened::LocalHttp { caller, destination, target, labels } => {
+            serve_stream(&ctx, tcp, caller, destination, target, labels).await
         }
-        Upstream::Local { destination, target } => {
-            let labels = labels.with_destination(&destination).with_upstream(target);
-            let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
-            serve_stream(&ctx, tcp, caller, destination, target, labels).await;
+        Opened::Failed { refusal, error } => {
+            failed(&ctx, labels.with_upstream(target), refusal);
+            debug!(source = %source.name(), %target, %error, "no connection");
         }
-        Upstream::Tunnel { destination, target, dial, key } => {
-            let labels = labels.with_destination(&destination).with_upstream(target).mutual_tls(true);
-            tunnel(&ctx, tcp, &source, (&key, dial, target), connect_timeout, labels).await;
-        }
-        Upstream::Deny(reason) => {
-            ctx.metrics.refused("outbound", Refusal::UnknownSource);
-            warn!(source = %source.name(), destination = %original, %reason, "refused");
-        }
+        Opened::Refused => {}
     }
 }
 
@@ -137,67 +125,84 @@ async fn is_http(tcp: &TcpStream, protocol: Protocol) -> bool {
     }
 }
 
-/// A service address picks one of its ready endpoints; any other address is its own endpoint.
-fn service_endpoint(state: &State, original: SocketAddr) -> Result<SocketAddr, String> {
-    let Some(service) = state.service(original) else { return Ok(original) };
-    let ready: Vec<_> = service.service.endpoints.iter().filter(|e| e.ready).collect();
-    if ready.is_empty() {
-        return Err(format!("service {}/{} has no ready endpoint", service.service.namespace, service.service.name));
-    }
-    let endpoint = ready[rand::rng().random_range(0..ready.len())];
-    Ok(SocketAddr::new(endpoint.address, service.port.target()))
-}
-
-/// Through the tunnel: `(pool key, address dialled, CONNECT target)`; the stream must be open (the far side
-/// connected to the pod) within `connect_timeout`.
-async fn tunnel(
-    ctx: &ProxyContext,
-    mut client: TcpStream,
-    source: &WorkloadInfo,
-    (key, dial, target): (&PoolKey, SocketAddr, SocketAddr),
-    connect_timeout: std::time::Duration,
+/// A connection to a TCP service port: the DestinationPolicy's balancer picks an endpoint among those outlier
+/// detection has not ejected; one that fails to connect counts as a gateway error against it, and the next
+/// is tried, at most [`MAX_CONNECT_ATTEMPTS`] endpoints in all and all within `connect_timeout`, before any
+/// byte of the client's is sent.
+async fn to_service(
+    ctx: &Arc<ProxyContext>,
+    client: TcpStream,
+    (state, source): (&State, &WorkloadInfo),
+    backend: &TcpBackend,
+    connect_timeout: Duration,
     labels: ConnectionLabels,
 ) {
-    let mut record = ConnectionRecord::open(&ctx.metrics, labels);
-    let opened = tokio::time::timeout(connect_timeout, ctx.pool.open(key, dial, target, source.workload.address));
-    let mut stream = match opened.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            ctx.metrics.refused("outbound", Refusal::TunnelFailed);
-            record.end(Refusal::TunnelFailed.response_flag());
-            warn!(source = %source.name(), %target, error = %e, "tunnel failed");
-            return;
-        }
-        Err(_) => {
-            ctx.metrics.refused("outbound", Refusal::TunnelFailed);
-            record.end(Refusal::TunnelFailed.response_flag());
-            warn!(source = %source.name(), %target, ?connect_timeout, "tunnel not open within the connect timeout");
-            return;
-        }
-    };
-    let result = super::copy::bidirectional(&mut client, &mut stream).await;
-    if let Err(e) = &result {
-        debug!(%target, error = %e, "tunnelled connection ended with an error");
+    if !backend.has_endpoints() {
+        ctx.metrics.refused("outbound", Refusal::UpstreamUnreachable);
+        ConnectionRecord::refused(&ctx.metrics, labels, ResponseFlag::NoHealthyUpstream);
+        warn!(source = %source.name(), service = %backend.name, "no upstream: the service has no ready endpoint");
+        return;
     }
-    record.relayed(&result);
+    let deadline = Instant::now() + connect_timeout;
+    let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
+    let mut last_failure = None;
+    while tried.len() < MAX_CONNECT_ATTEMPTS {
+        let now = Instant::now();
+        let Some(remaining) = deadline.checked_duration_since(now).filter(|d| !d.is_zero()) else { break };
+        let Some(target) = backend.pick(source.workload.address, &tried, now) else { break };
+        tried.push(target);
+        let mut load = backend.balancer.start(target);
+        let opened = open(ctx, state, source, target, remaining, &labels).await;
+        let result = if matches!(opened, Opened::Failed { .. }) { Connect::Failed } else { Connect::Established };
+        if !matches!(opened, Opened::Refused) {
+            backend.outlier.record(target, &result, Instant::now());
+        }
+        report_ejections(ctx, backend);
+        match opened {
+            Opened::Connected(upstream) => {
+                // Open connections are the load: in flight until the relay ends, weighed by connect time.
+                load.set_latency(now.elapsed());
+                upstream.relay(ctx, client).await;
+                return;
+            }
+            Opened::LocalHttp { caller, destination, target, labels } => {
+                serve_stream(ctx, client, caller, destination, target, labels).await;
+                return;
+            }
+            Opened::Refused => return,
+            Opened::Failed { refusal, error } => {
+                load.failed();
+                debug!(source = %source.name(), service = %backend.name, %target, %error, "endpoint failed to connect");
+                last_failure = Some((target, refusal, error));
+            }
+        }
+    }
+    match last_failure {
+        Some((target, refusal, error)) => {
+            failed(ctx, labels.with_upstream(target), refusal);
+            warn!(source = %source.name(), service = %backend.name, tried = ?tried, %error, "no endpoint could be connected to");
+        }
+        None => {
+            failed(ctx, labels, Some(Refusal::UpstreamUnreachable));
+            warn!(source = %source.name(), service = %backend.name, ?connect_timeout, "no endpoint tried within the connect timeout");
+        }
+    }
 }
 
-async fn passthrough(
-    ctx: &ProxyContext,
-    mut client: TcpStream,
-    target: SocketAddr,
-    connect_timeout: std::time::Duration,
-    labels: ConnectionLabels,
-) {
-    let mut record = ConnectionRecord::open(&ctx.metrics, labels);
-    let connected = tokio::time::timeout(connect_timeout, ctx.outgoing.connect(target)).await;
-    let mut upstream = match connected.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
-        Ok(s) => s,
-        Err(e) => {
-            record.end(ResponseFlag::UpstreamConnectionFailure);
-            debug!(%target, error = %e, "passthrough connect failed");
-            return;
-        }
-    };
-    record.relayed(&super::copy::bidirectional(&mut client, &mut upstream).await);
+/// A connection that found no upstream: counted as opened and closed with `UF`.
+fn failed(ctx: &ProxyContext, labels: ConnectionLabels, refusal: Option<Refusal>) {
+    if let Some(refusal) = refusal {
+        ctx.metrics.refused("outbound", refusal);
+    }
+    ConnectionRecord::refused(&ctx.metrics, labels, ResponseFlag::UpstreamConnectionFailure);
+}
+
+/// Outlier ejections into the metrics HTTP ports report too: `strait_circuit_breaker_total{event="ejection"}`
+/// and `strait_outlier_ejected_endpoints`, by destination service.
+fn report_ejections(ctx: &ProxyContext, backend: &TcpBackend) {
+    let ejections = backend.take_new_ejections();
+    if ejections > 0 {
+        ctx.metrics.circuit.with_label_values(&[backend.name.as_str(), "ejection"]).inc_by(ejections);
+    }
+    ctx.metrics.set_ejected_endpoints(&backend.name, backend.outlier.ejected_count(Instant::now()));
 }
