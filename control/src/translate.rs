@@ -220,6 +220,23 @@ fn foreign_namespace(host: &str, namespace: &str) -> Option<String> {
 
 /// Problems that involve more than one object, each with the object to blame and a message that starts with
 /// the field's path.
+/// A consistent hash on a header, cookie or query parameter of a host with a port declared TCP: there is no
+/// request there to take the key from, so the policy is refused naming the field rather than balancing that
+/// port at random. (An undeclared port that turns out not to be HTTP has no key either, and is balanced at
+/// random, as an HTTP request without the header is.)
+fn http_hash_on_a_tcp_port(snapshot: &Snapshot, dp: &Named<DestinationPolicySpec>) -> Option<String> {
+    let hash = dp.spec.load_balancer.as_ref()?.consistent_hash.as_ref()?;
+    let field = hash.http_key()?;
+    let wanted = strait_api::ServiceRef::parse(&dp.spec.host, &dp.namespace)?;
+    let service = snapshot.services.iter().find(|s| s.name == wanted.name && s.namespace == wanted.namespace)?;
+    let port = service.ports.iter().find(|p| p.protocol() == strait_api::Protocol::Tcp)?;
+    Some(format!(
+        "spec.loadBalancer.consistentHash.{field}: hashes on an HTTP request, but port {} of service {}/{} is \
+         declared TCP (no headers there); use useSourceIp, or declare the port HTTP",
+        port.port, service.namespace, service.name
+    ))
+}
+
 pub fn reference_problems(snapshot: &Snapshot) -> Vec<(ObjectKey, String)> {
     let mut problems = Vec::new();
     for dp in &snapshot.destination_policies {
@@ -227,6 +244,11 @@ pub fn reference_problems(snapshot: &Snapshot) -> Vec<(ObjectKey, String)> {
             let message = format!(
                 "spec.host: names a service of namespace {other}; a DestinationPolicy applies only to services of its own namespace"
             );
+            problems.push((ObjectKey::new(Kind::DestinationPolicy, &dp.namespace, &dp.name), message));
+        }
+    }
+    for dp in &snapshot.destination_policies {
+        if let Some(message) = http_hash_on_a_tcp_port(snapshot, dp) {
             problems.push((ObjectKey::new(Kind::DestinationPolicy, &dp.namespace, &dp.name), message));
         }
     }
@@ -366,6 +388,48 @@ mod tests {
         );
         let fine = Snapshot { traffic_routes: vec![route("v2")], ..snapshot };
         assert!(reference_problems(&fine).is_empty());
+    }
+
+    /// Issue 15: a header, cookie or query-parameter hash is refused for a host with a port declared TCP,
+    /// naming the field; a source-IP hash, or the same hash on an HTTP service, is fine.
+    #[test]
+    fn an_http_hash_on_a_tcp_port_is_refused_naming_the_field() {
+        let service = |app_protocol: &str| {
+            Object::Service(Service {
+                name: "reviews".into(),
+                namespace: "shop".into(),
+                addresses: vec!["10.96.0.1".parse().expect("ip")],
+                ports: vec![strait_api::ServicePort {
+                    name: None,
+                    port: 9080,
+                    target_port: None,
+                    app_protocol: Some(app_protocol.into()),
+                }],
+                selector: Default::default(),
+                endpoints: vec![],
+            })
+        };
+        let hashed = |f: &dyn Fn(&mut strait_api::ConsistentHash)| {
+            let mut hash = strait_api::ConsistentHash::default();
+            f(&mut hash);
+            let mut dp = policy();
+            dp.spec.load_balancer = Some(strait_api::LoadBalancer { consistent_hash: Some(hash), ..Default::default() });
+            Object::DestinationPolicy(dp)
+        };
+        let problems = |objects: &[Object]| reference_problems(&Snapshot::from_objects(objects));
+        let header = hashed(&|h| h.http_header_name = Some("x-user".into()));
+        let found = problems(&[service("tcp"), header.clone()]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            format!("{}: {}", found[0].0, found[0].1),
+            "DestinationPolicy shop/reviews: spec.loadBalancer.consistentHash.httpHeaderName: hashes on an HTTP \
+             request, but port 9080 of service shop/reviews is declared TCP (no headers there); use useSourceIp, \
+             or declare the port HTTP"
+        );
+        let query = hashed(&|h| h.http_query_parameter_name = Some("u".into()));
+        assert!(problems(&[service("tcp"), query])[0].1.starts_with("spec.loadBalancer.consistentHash.httpQueryParameterName"));
+        assert!(problems(&[service("http"), header]).is_empty());
+        assert!(problems(&[service("tcp"), hashed(&|h| h.use_source_ip = Some(true))]).is_empty());
     }
 
     #[test]

@@ -355,17 +355,33 @@ fn traffic_policy(mut policy: Fields, out: &mut Map<String, Value>, notes: &mut 
                 }
                 cookie.finish(notes);
             }
-            for key in ["ringHash", "maglev", "minimumRingSize"] {
-                hash.drop_field(key, NoteKind::Ignored, "Strait chooses its own hashing table", notes);
-            }
             for key in ["useSourceIp", "httpQueryParameterName"] {
-                hash.drop_field(
-                    key,
-                    NoteKind::Dropped,
-                    "hashing on it is not supported: use httpHeaderName or httpCookie",
-                    notes,
-                );
+                if let Some(v) = hash.take(key) {
+                    h.insert(key.into(), v);
+                }
             }
+            // Strait's consistent hash is a ring hash: Istio's ringHash converts, its deprecated top-level
+            // minimumRingSize moves into it, and maglev becomes a ring (the same affinity, another mapping).
+            if let Some(mut ring) = hash.object("ringHash", notes) {
+                if let Some(size) = ring.take("minimumRingSize") {
+                    h.insert("ringHash".into(), json!({"minimumRingSize": size}));
+                }
+                ring.finish(notes);
+            }
+            if let Some(size) = hash.take("minimumRingSize") {
+                notes.push(
+                    hash.path("minimumRingSize"),
+                    NoteKind::Ignored,
+                    "Istio's deprecated spelling of ringHash.minimumRingSize, written as that",
+                );
+                h.entry("ringHash").or_insert_with(|| json!({"minimumRingSize": size}));
+            }
+            hash.drop_field(
+                "maglev",
+                NoteKind::Changed,
+                "Strait's consistent hash is a ring hash: the same keys stay together, on other endpoints than Maglev would pick",
+                notes,
+            );
             hash.finish(notes);
             l.insert("consistentHash".into(), Value::Object(h));
         }

@@ -399,3 +399,37 @@ fn other_documents_are_skipped_and_garbage_is_an_error() {
     let odd = convert_all("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {}", "td");
     assert!(matches!(odd.expect("parses")[0].outcome, Outcome::Refused(_)));
 }
+
+/// Issue 15: the consistent-hash keys Istio documents are converted, not dropped; the ring is sized as
+/// asked; Maglev becomes Strait's ring hash, said so.
+#[test]
+fn consistent_hash_on_the_source_ip_or_a_query_parameter_converts_with_its_ring() {
+    let rule = |hash: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: db, namespace: shop}}\n\
+             spec:\n  host: db\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {hash}\n"
+        )
+    };
+    let hash_of = |c: &Converted| {
+        let Object::DestinationPolicy(dp) = object(c) else { panic!("{:?}", c.outcome) };
+        dp.spec.load_balancer.clone().and_then(|lb| lb.consistent_hash).expect("hash")
+    };
+    let c = one(&rule("{useSourceIp: true, ringHash: {minimumRingSize: 4096}}"));
+    let hash = hash_of(&c);
+    assert_eq!(hash.use_source_ip, Some(true));
+    assert_eq!(hash.ring_hash.and_then(|r| r.minimum_ring_size), Some(4096));
+    assert!(c.notes.is_empty(), "{:?}", c.notes);
+
+    let c = one(&rule("{httpQueryParameterName: user, minimumRingSize: 2048}"));
+    let hash = hash_of(&c);
+    assert_eq!(hash.http_query_parameter_name.as_deref(), Some("user"));
+    assert_eq!(hash.ring_hash.and_then(|r| r.minimum_ring_size), Some(2048));
+    assert!(!c.changes_behaviour(), "{:?}", c.notes);
+
+    let c = one(&rule("{useSourceIp: true, maglev: {tableSize: 65537}}"));
+    let hash = hash_of(&c);
+    assert_eq!((hash.use_source_ip, hash.maglev), (Some(true), None));
+    let field = "spec.trafficPolicy.loadBalancer.consistentHash.maglev";
+    assert!(c.notes.iter().any(|n| n.field == field && n.what == NoteKind::Changed), "{:?}", c.notes);
+    assert!(c.changes_behaviour());
+}
