@@ -307,6 +307,34 @@ fn least_request_spreads_sequential_requests() -> Result<()> {
     Ok(())
 }
 
+/// Issue 15: a consistent hash on a query parameter keeps each user's requests on one endpoint (and the users
+/// spread over both); on the source IP, every request of the one client goes to one endpoint.
+#[test]
+fn consistent_hash_on_a_query_parameter_or_the_source_ip_pins_requests_to_one_endpoint() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mesh = HttpMesh::start(&[], &[], |config| {
+        config.destination_policies.push(reviews_policy("loadBalancer: {consistentHash: {httpQueryParameterName: user}}"));
+    })?;
+    let mut homes = std::collections::BTreeSet::new();
+    for user in 0..16 {
+        let summary = mesh.summary(&HttpGet::new(url(&format!("/q?a=1&user=u{user}"))).count(5))?;
+        assert_eq!(summary.by_name.len(), 1, "user u{user} was spread: {summary:?}");
+        homes.extend(summary.by_name.keys().cloned());
+    }
+    assert_eq!(homes.len(), 2, "16 users all went to {homes:?}");
+    drop(mesh);
+
+    let mesh = HttpMesh::start(&[], &[], |config| {
+        config.destination_policies.push(reviews_policy("loadBalancer: {consistentHash: {useSourceIp: true}}"));
+    })?;
+    let summary = mesh.summary(&HttpGet::new(url("/source")).count(40))?;
+    assert_eq!(summary.by_status.get("200").copied(), Some(40), "{summary:?}");
+    assert_eq!(summary.by_name.len(), 1, "one client's requests were spread: {summary:?}");
+    Ok(())
+}
+
 /// b1 answers 503 to everything: after 3 consecutive 5xx it is ejected and b2 takes all traffic; once b1
 /// recovers and the ejection time has passed, it gets traffic again.
 #[test]

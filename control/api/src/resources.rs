@@ -471,8 +471,8 @@ impl ConsistentHash {
     }
 }
 
-/// The ring of the consistent hash. Each endpoint places `minimumRingSize` points on it (default 1024,
-/// 1-[`crate::bounds::MAX_RING_SIZE`]), so the ring is at least that large.
+/// The ring of the consistent hash. Each endpoint places `minimumRingSize` points on it (default 1024, at most
+/// 262144: `bounds::MAX_RING_SIZE`), so the ring is at least that large.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
