@@ -413,7 +413,8 @@ mod tests {
             let mut hash = strait_api::ConsistentHash::default();
             f(&mut hash);
             let mut dp = policy();
-            dp.spec.load_balancer = Some(strait_api::LoadBalancer { consistent_hash: Some(hash), ..Default::default() });
+            dp.spec.load_balancer =
+                Some(strait_api::LoadBalancer { consistent_hash: Some(Box::new(hash)), ..Default::default() });
             Object::DestinationPolicy(dp)
         };
         let problems = |objects: &[Object]| reference_problems(&Snapshot::from_objects(objects));
@@ -427,7 +428,9 @@ mod tests {
              or declare the port HTTP"
         );
         let query = hashed(&|h| h.http_query_parameter_name = Some("u".into()));
-        assert!(problems(&[service("tcp"), query])[0].1.starts_with("spec.loadBalancer.consistentHash.httpQueryParameterName"));
+        assert!(problems(&[service("tcp"), query])[0]
+            .1
+            .starts_with("spec.loadBalancer.consistentHash.httpQueryParameterName"));
         assert!(problems(&[service("http"), header]).is_empty());
         assert!(problems(&[service("tcp"), hashed(&|h| h.use_source_ip = Some(true))]).is_empty());
     }

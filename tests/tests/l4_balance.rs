@@ -44,7 +44,10 @@ fn connect(mesh: &Mesh, client: &str, n: usize) -> Result<()> {
     for i in 0..n {
         let report = backend::tcp_send(&netns, vip(), 1000, &format!("{client}-{i}"))?;
         if !report.echoed {
-            bail!("connection {i} from {client} was not echoed: {report:?}\nnode-a log:\n{}", mesh.proxy_logs("node-a"));
+            bail!(
+                "connection {i} from {client} was not echoed: {report:?}\nnode-a log:\n{}",
+                mesh.proxy_logs("node-a")
+            );
         }
     }
     Ok(())
@@ -56,8 +59,7 @@ fn served(mesh: &Mesh, client: &str) -> Result<BTreeMap<&'static str, u64>> {
     let mut out = BTreeMap::new();
     for backend in BACKENDS {
         let node = if backend.starts_with('a') { "node-a" } else { "node-b" };
-        let labels =
-            [("reporter", "destination"), ("source_workload", client), ("destination_workload", backend)];
+        let labels = [("reporter", "destination"), ("source_workload", client), ("destination_workload", backend)];
         out.insert(backend, mesh.metric(node, "istio_tcp_connections_opened_total", &labels)? as u64);
     }
     Ok(out)

@@ -315,7 +315,9 @@ fn consistent_hash_on_a_query_parameter_or_the_source_ip_pins_requests_to_one_en
         return Ok(());
     }
     let mesh = HttpMesh::start(&[], &[], |config| {
-        config.destination_policies.push(reviews_policy("loadBalancer: {consistentHash: {httpQueryParameterName: user}}"));
+        config
+            .destination_policies
+            .push(reviews_policy("loadBalancer: {consistentHash: {httpQueryParameterName: user}}"));
     })?;
     let mut homes = std::collections::BTreeSet::new();
     for user in 0..16 {

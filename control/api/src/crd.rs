@@ -461,7 +461,11 @@ fn destination_policy_rules(spec: &mut Value) {
     set(spec, "loadBalancer.consistentHash.httpHeaderName", json!({"pattern": HEADER_NAME_PATTERN}));
     set(spec, "loadBalancer.consistentHash.httpCookie", json!({"minLength": 1}));
     set(spec, "loadBalancer.consistentHash.httpQueryParameterName", json!({"minLength": 1}));
-    set(spec, "loadBalancer.consistentHash.ringHash.minimumRingSize", json!({"minimum": 1, "maximum": bounds::MAX_RING_SIZE}));
+    set(
+        spec,
+        "loadBalancer.consistentHash.ringHash.minimumRingSize",
+        json!({"minimum": 1, "maximum": bounds::MAX_RING_SIZE}),
+    );
     for path in ["outlierDetection.consecutive5xxErrors", "outlierDetection.consecutiveGatewayErrors"] {
         set(spec, path, json!({"maximum": bounds::MAX_CONSECUTIVE_ERRORS}));
     }

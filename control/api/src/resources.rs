@@ -414,8 +414,10 @@ pub struct Subset {
 pub struct LoadBalancer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple: Option<SimpleLb>,
+    /// Boxed: most policies have none, and it would make every DestinationPolicy (and each delta's resource
+    /// enum) larger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consistent_hash: Option<ConsistentHash>,
+    pub consistent_hash: Option<Box<ConsistentHash>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

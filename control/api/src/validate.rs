@@ -496,7 +496,8 @@ fn validate_load_balancer(p: &mut Problems, field: &str, lb: &LoadBalancer) {
             p.push(format!("{f}.httpHeaderName"), format!("{header:?} is not a valid HTTP header name"));
         }
     }
-    for (name, value) in [("httpCookie", &hash.http_cookie), ("httpQueryParameterName", &hash.http_query_parameter_name)]
+    for (name, value) in
+        [("httpCookie", &hash.http_cookie), ("httpQueryParameterName", &hash.http_query_parameter_name)]
     {
         if value.as_ref().is_some_and(|v| v.is_empty()) {
             p.push(format!("{f}.{name}"), "must not be empty");

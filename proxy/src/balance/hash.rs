@@ -36,7 +36,9 @@ impl HashOn {
                 _ => Err(format!("{field}.httpQueryParameterName: must not be empty")),
             },
             ["useSourceIp"] => Ok(HashOn::SourceIp),
-            _ => Err(format!("{field}: set exactly one of httpHeaderName, httpCookie, httpQueryParameterName, useSourceIp")),
+            _ => Err(format!(
+                "{field}: set exactly one of httpHeaderName, httpCookie, httpQueryParameterName, useSourceIp"
+            )),
         }
     }
 

@@ -348,7 +348,8 @@ mod tests {
     /// Issue 15: on TCP ports, connect failures in a row eject; an established connection breaks the streak.
     #[test]
     fn tcp_connect_failures_are_gateway_errors() {
-        let config = OutlierConfig { consecutive_gateway_errors: Some(2), max_ejection_percent: 50, ..Default::default() };
+        let config =
+            OutlierConfig { consecutive_gateway_errors: Some(2), max_ejection_percent: 50, ..Default::default() };
         let d = OutlierDetector::new(config);
         let eps = addrs(2);
         d.set_endpoints(&eps);

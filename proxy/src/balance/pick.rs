@@ -33,7 +33,10 @@ pub enum Strategy {
     RoundRobin,
     Random,
     /// A ring hash on a key; random when the request has none. `ring_size`: `ringHash.minimumRingSize`.
-    ConsistentHash { on: HashOn, ring_size: u64 },
+    ConsistentHash {
+        on: HashOn,
+        ring_size: u64,
+    },
 }
 
 impl Strategy {
@@ -501,7 +504,7 @@ mod tests {
         let hash = |f: &dyn Fn(&mut ConsistentHash)| {
             let mut hash = ConsistentHash::default();
             f(&mut hash);
-            LoadBalancer { consistent_hash: Some(hash), ..Default::default() }
+            LoadBalancer { consistent_hash: Some(Box::new(hash)), ..Default::default() }
         };
         assert_eq!(
             Strategy::from_spec(Some(&hash(&|h| h.use_source_ip = Some(true)))),

@@ -16,9 +16,9 @@
 //! Steps 5 to 7 are the `send` closure given to `retry_loop`, so each try re-picks its endpoint (a retry
 //! should not go back to the endpoint that just failed, and P2C/outlier state makes that likely).
 
-pub use crate::balance::{Balancer, HashOn, OutlierConfig, OutlierDetector, Strategy};
 pub use super::body::DEFAULT_REPLAY_CAP;
 pub use super::budget::{BudgetConfig, RetryBudget};
 pub use super::limits::{Limiter, PoolLimits};
 pub use super::retry::{retry_loop, Outcome, RetryError, RetryParams, RetryPolicy, RetryStats};
 pub use super::route::{Action, FaultAction, ServiceRef};
+pub use crate::balance::{Balancer, HashOn, OutlierConfig, OutlierDetector, Strategy};

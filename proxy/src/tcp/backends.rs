@@ -138,7 +138,8 @@ impl TcpBackends {
             if ports.contains_key(&key) {
                 continue;
             }
-            let backend = TcpBackend::build(&target.service, &target.port, state, previous.ports.get(&key).map(|b| &**b));
+            let backend =
+                TcpBackend::build(&target.service, &target.port, state, previous.ports.get(&key).map(|b| &**b));
             ports.insert(key, Arc::new(backend));
         }
         self.compiled.store(Arc::new(Compiled { version: state.version.clone(), ports }));

@@ -25,10 +25,18 @@ use crate::tunnel::{H2Stream, TunnelError};
 pub(crate) enum Opened {
     Connected(Connected),
     /// An HTTP port of a pod on this node: the destination side serves it from the client's stream.
-    LocalHttp { caller: Caller, destination: Arc<WorkloadInfo>, target: SocketAddr, labels: ConnectionLabels },
+    LocalHttp {
+        caller: Caller,
+        destination: Arc<WorkloadInfo>,
+        target: SocketAddr,
+        labels: ConnectionLabels,
+    },
     /// The endpoint could not be connected to (refused, reset, timed out, tunnel failure): another may be
     /// tried. `refusal` is what `strait_connections_refused_total` counts, if anything.
-    Failed { refusal: Option<Refusal>, error: String },
+    Failed {
+        refusal: Option<Refusal>,
+        error: String,
+    },
     /// Refused for a reason another endpoint would meet as well (policy); already recorded and logged.
     Refused,
 }
@@ -36,9 +44,21 @@ pub(crate) enum Opened {
 /// An open upstream, ready to relay.
 pub(crate) enum Connected {
     /// A pod on this node: the destination side's checks have passed and are repeated on every change.
-    Local { stream: TcpStream, caller: Caller, destination: Arc<WorkloadInfo>, port: u16, labels: ConnectionLabels },
-    Tunnel { stream: H2Stream, labels: ConnectionLabels },
-    Plain { stream: TcpStream, labels: ConnectionLabels },
+    Local {
+        stream: TcpStream,
+        caller: Caller,
+        destination: Arc<WorkloadInfo>,
+        port: u16,
+        labels: ConnectionLabels,
+    },
+    Tunnel {
+        stream: H2Stream,
+        labels: ConnectionLabels,
+    },
+    Plain {
+        stream: TcpStream,
+        labels: ConnectionLabels,
+    },
 }
 
 /// Opens the way from `source` to `target` within `timeout` (through the tunnel: until the far side has
@@ -55,7 +75,9 @@ pub(crate) async fn open(
         Upstream::Passthrough { target } => {
             let connected = tokio::time::timeout(timeout, ctx.outgoing.connect(target)).await;
             match connected.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
-                Ok(stream) => Opened::Connected(Connected::Plain { stream, labels: labels.clone().with_upstream(target) }),
+                Ok(stream) => {
+                    Opened::Connected(Connected::Plain { stream, labels: labels.clone().with_upstream(target) })
+                }
                 Err(e) => Opened::Failed { refusal: None, error: format!("passthrough connect failed: {e}") },
             }
         }
@@ -95,7 +117,9 @@ pub(crate) async fn open(
                     warn!(source = %source.name(), %target, %status, "refused by the destination's policy");
                     Opened::Refused
                 }
-                Ok(Err(e)) => Opened::Failed { refusal: Some(Refusal::TunnelFailed), error: format!("tunnel failed: {e}") },
+                Ok(Err(e)) => {
+                    Opened::Failed { refusal: Some(Refusal::TunnelFailed), error: format!("tunnel failed: {e}") }
+                }
                 Err(_) => Opened::Failed {
                     refusal: Some(Refusal::TunnelFailed),
                     error: format!("tunnel not open within the connect timeout ({timeout:?})"),
