@@ -95,6 +95,7 @@ impl Admin {
     pub fn config_dump(&self) -> serde_json::Value {
         let state = self.state.current();
         let destinations = self.context.as_ref().map(|c| c.http.backends.dump()).unwrap_or_default();
+        let tcp_destinations = self.context.as_ref().map(|c| c.tcp_backends.dump()).unwrap_or_default();
         serde_json::json!({
             "node": state.node,
             "version": state.version,
@@ -103,6 +104,8 @@ impl Admin {
             "compiled": crate::explain::services(&state),
             // Live state of the destinations it has sent to: outlier ejections, pool, retry budget.
             "destinations": destinations,
+            // TCP service ports: the balancer and the endpoints' outlier ejection.
+            "tcpDestinations": tcp_destinations,
             "certificates": self.certs_dump(),
         })
     }

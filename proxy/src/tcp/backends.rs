@@ -145,6 +145,34 @@ impl TcpBackends {
         self.compiled.store(Arc::new(Compiled { version: state.version.clone(), ports }));
     }
 
+    /// The live state of each TCP service port, for `/config_dump`: its balancer, endpoints with their
+    /// outlier ejection, and the ejections so far.
+    pub fn dump(&self) -> Vec<serde_json::Value> {
+        let now = Instant::now();
+        let compiled = self.compiled.load();
+        let mut out: Vec<serde_json::Value> = compiled
+            .ports
+            .iter()
+            .map(|((_, port), b)| {
+                let endpoints: Vec<serde_json::Value> = b
+                    .endpoints
+                    .iter()
+                    .map(|e| serde_json::json!({"address": e, "ejected": b.outlier.is_ejected(*e, now)}))
+                    .collect();
+                serde_json::json!({
+                    "service": b.name,
+                    "port": port,
+                    "configVersion": compiled.version,
+                    "loadBalancer": format!("{:?}", b.strategy),
+                    "endpoints": endpoints,
+                    "ejectionsTotal": b.outlier.ejections(),
+                })
+            })
+            .collect();
+        out.sort_by_key(|v| (v["service"].as_str().unwrap_or("").to_string(), v["port"].as_u64()));
+        out
+    }
+
     /// The backend of a TCP service port, as compiled for `state` (the newest configuration), or for the newest
     /// one when `state` is older.
     pub fn get(&self, state: &State, latest: bool, target: &ServiceTarget) -> Arc<TcpBackend> {
@@ -229,6 +257,22 @@ destinationPolicies:
         let v5 = state("5", &["10.0.0.1", "10.0.0.2"], "{simple: LEAST_REQUEST}");
         let fifth = backends.get(&v5, true, &target(&v5));
         assert!(!Arc::ptr_eq(&fourth.balancer, &fifth.balancer));
+        // /config_dump shows the port, its balancer and its endpoints' ejections.
+        fifth.outlier.record(addr("10.0.0.2"), &crate::balance::outlier::Connect::Failed, now);
+        let dump = backends.dump();
+        assert_eq!(dump.len(), 1, "{dump:?}");
+        assert_eq!(
+            (dump[0]["service"].as_str(), dump[0]["port"].as_u64()),
+            (Some("db.shop.svc.cluster.local"), Some(5432))
+        );
+        assert_eq!(dump[0]["loadBalancer"], "LeastRequest");
+        let ejected: Vec<bool> = dump[0]["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .map(|e| e["ejected"].as_bool().unwrap_or_default())
+            .collect();
+        assert_eq!((ejected, dump[0]["ejectionsTotal"].as_u64()), (vec![false, true], Some(1)));
         // A connection still holding version 4 does not recompile it back.
         let _ = backends.get(&v4, false, &target(&v4));
         assert!(Arc::ptr_eq(&backends.get(&v5, true, &target(&v5)).balancer, &fifth.balancer));
