@@ -133,7 +133,8 @@ pub(crate) async fn serve_stream<S>(
     let labels = ConnectionLabels { reporter: "destination", ..labels }.mutual_tls(caller.identity.is_some());
     let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
     if state.is_http_endpoint(target) {
-        crate::http::inbound::serve(ctx, stream, caller, destination, target, labels).await;
+        // Boxed: an idle relayed connection's task should not be as large as the HTTP server's state.
+        Box::pin(crate::http::inbound::serve(ctx, stream, caller, destination, target, labels)).await;
         return;
     }
     if authorize(ctx, &state, &caller, &destination, target.port()).is_err() {
