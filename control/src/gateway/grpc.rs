@@ -17,8 +17,8 @@ pub(super) fn rules(
     let mut backends = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let field = format!("spec.rules[{i}]");
-        let (route, services) = backend_refs(&rule.backend_refs, namespace, &field)?;
-        backends.extend(services);
+        let refs = backend_refs(&rule.backend_refs, namespace, &field)?;
+        backends.extend(refs.services);
         let filters = Filters::convert(&rule.filters, &field, false)?;
         let default_match = [GrpcRouteMatch::default()];
         let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches[..] };
@@ -33,8 +33,18 @@ pub(super) fn rules(
             }
             matcher.headers = name_value_matches(&m.headers, &format!("{origin}.headers"), true)?;
             precedence.push(-(matcher.headers.len() as i64));
-            let converted = forwarding(rule.name.clone(), matcher, &route, &filters, None)?;
-            out.push(GatewayRule { precedence, origin, index: i, rule: converted });
+            let mut converted = forwarding(rule.name.clone(), matcher, &refs.route, &filters, None)?;
+            if let Some(answer) = converted.direct_response.as_mut() {
+                // No backend at all: UNAVAILABLE for gRPC, as for a backend that does not resolve.
+                answer.status = super::resolve::invalid_backend_status(super::RouteKind::Grpc);
+            }
+            out.push(GatewayRule {
+                precedence,
+                origin,
+                index: i,
+                rule: converted,
+                invalid_weight: refs.invalid_weight,
+            });
         }
     }
     out.sort_by(|a, b| (&a.precedence, a.index).cmp(&(&b.precedence, b.index)));

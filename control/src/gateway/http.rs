@@ -25,8 +25,8 @@ pub(super) fn rules(
     let mut backends = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let field = format!("spec.rules[{i}]");
-        let (route, services) = backend_refs(&rule.backend_refs, namespace, &field)?;
-        backends.extend(services);
+        let refs = backend_refs(&rule.backend_refs, namespace, &field)?;
+        backends.extend(refs.services);
         let filters = Filters::convert(&rule.filters, &field, true)?;
         let (timeout, retries) = timeouts(rule.timeouts.as_ref(), &field)?;
         let default_match = [spec::HttpRouteMatch::default()];
@@ -50,17 +50,24 @@ pub(super) fn rules(
                     }
                 },
             };
-            let mut converted = forwarding(rule.name.clone(), matcher, &route, &filters, rewrite)?;
+            let mut converted = forwarding(rule.name.clone(), matcher, &refs.route, &filters, rewrite)?;
             converted.timeout = timeout.clone();
             converted.retries = retries.clone();
-            out.push(GatewayRule { precedence, origin, index: i, rule: converted });
+            out.push(GatewayRule {
+                precedence,
+                origin,
+                index: i,
+                rule: converted,
+                invalid_weight: refs.invalid_weight,
+            });
         }
     }
     out.sort_by(|a, b| (&a.precedence, a.index).cmp(&(&b.precedence, b.index)));
     Ok((out, backends))
 }
 
-/// The rule for one match: forward, redirect, or (no usable backend) answer 500, as Gateway API requires.
+/// The rule for one match: forward, redirect, or (no backend, or all weights 0) answer 500, as Gateway API
+/// requires. Backends that are named but do not resolve are handled per snapshot (`resolve.rs`).
 pub(super) fn forwarding(
     name: Option<String>,
     matcher: HttpMatch,
@@ -179,21 +186,20 @@ fn timeouts(timeouts: Option<&spec::Timeouts>, field: &str) -> Result<(Option<St
     Ok((request.map(format_duration), retries))
 }
 
-/// The Service backends of a rule, as weighted destinations.
-pub(super) fn backend_refs(
-    refs: &[BackendRef],
-    namespace: &str,
-    rule_field: &str,
-) -> Result<(Vec<RouteDestination>, Vec<BackendService>), String> {
-    let mut route = Vec::new();
-    let mut services = Vec::new();
+/// A rule's backendRefs: the Service ones as weighted destinations, every one for `ResolvedRefs`, and the
+/// weight of those of another kind (Gateway API: their share of requests gets 500, the route stays accepted).
+pub(super) struct RuleBackends {
+    pub route: Vec<RouteDestination>,
+    pub services: Vec<BackendService>,
+    pub invalid_weight: u32,
+}
+
+/// The backends of a rule; the error names a backendRef Strait cannot serve at all.
+pub(super) fn backend_refs(refs: &[BackendRef], namespace: &str, rule_field: &str) -> Result<RuleBackends, String> {
+    let mut out = RuleBackends { route: Vec::new(), services: Vec::new(), invalid_weight: 0 };
     for (j, backend) in refs.iter().enumerate() {
         let field = format!("{rule_field}.backendRefs[{j}]");
-        if !matches!(backend.group.as_deref(), None | Some("" | "core"))
-            || !matches!(backend.kind.as_deref(), None | Some("Service"))
-        {
-            return Err(format!("{field}.kind: only Services are backends here"));
-        }
+        let weight = backend.weight.unwrap_or(1);
         if backend.namespace.as_deref().is_some_and(|n| n != namespace) {
             return Err(format!(
                 "{field}.namespace: a backend in another namespace needs a ReferenceGrant, which Strait does not support"
@@ -202,16 +208,28 @@ pub(super) fn backend_refs(
         if !backend.filters.is_empty() {
             return Err(format!("{field}.filters: per-backend filters are not supported; put them on the rule"));
         }
+        let group = backend.group.as_deref().unwrap_or("");
+        let kind = backend.kind.as_deref().unwrap_or("Service");
+        if !matches!(group, "" | "core") || kind != "Service" {
+            out.invalid_weight = out.invalid_weight.saturating_add(weight);
+            out.services.push(BackendService {
+                field,
+                name: backend.name.clone(),
+                port: backend.port,
+                invalid_kind: Some(format!("{group}/{kind}")),
+            });
+            continue;
+        }
         let Some(port) = backend.port else {
             return Err(format!("{field}.port: is required for a Service backend"));
         };
-        route.push(RouteDestination {
+        out.route.push(RouteDestination {
             destination: Destination { host: backend.name.clone(), subset: None, port: Some(port) },
-            weight: Some(backend.weight.unwrap_or(1)),
+            weight: Some(weight),
         });
-        services.push(BackendService { field, name: backend.name.clone(), port: Some(port) });
+        out.services.push(BackendService { field, name: backend.name.clone(), port: Some(port), invalid_kind: None });
     }
-    Ok((route, services))
+    Ok(out)
 }
 
 /// A rule's filters, converted.

@@ -14,6 +14,7 @@ mod attach;
 mod grpc;
 mod http;
 pub mod import;
+mod resolve;
 pub mod spec;
 pub mod status;
 #[cfg(test)]
@@ -102,7 +103,11 @@ pub struct GatewayRule {
     pub origin: String,
     /// The index of the rule in `spec.rules`: the last tie-breaker.
     pub index: usize,
+    /// The rule as converted; its `route` names only Service backends. What happens to backends that do not
+    /// resolve is decided per snapshot (see `resolve.rs`).
     pub rule: HttpRoute,
+    /// The summed weight of the rule's backendRefs of another kind than Service: their share gets 500.
+    pub invalid_weight: u32,
 }
 
 /// A Service a backendRef names (in the route's namespace).
@@ -112,6 +117,9 @@ pub struct BackendService {
     pub field: String,
     pub name: String,
     pub port: Option<u16>,
+    /// `Some("<group>/<kind>")` when the backendRef names another kind than a Service (`ResolvedRefs=False`,
+    /// reason `InvalidKind`).
+    pub invalid_kind: Option<String>,
 }
 
 /// Reads a whole document (`apiVersion`, `kind`, `metadata`, `spec`), as a file or `strait import` holds it.
