@@ -2,9 +2,10 @@
 //! `networking.istio.io` and `security.istio.io` kinds whose CRDs are installed are watched, and each object is
 //! converted by the same code as the file provider's (`crate::istio::read`): what converts exactly joins the
 //! mesh, anything else is refused with a problem naming the field (logged, and in `/debug` like every
-//! rejection). Kinds whose CRD is absent are not watched; installing Istio's CRDs later needs a restart.
+//! rejection). Kinds whose CRD is absent are looked for again periodically and watched once installed
+//! (`super::optional_kinds`).
 
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::ResourceExt as _;
 use serde_json::json;
@@ -25,23 +26,6 @@ pub const VERSION: &str = "v1";
 
 pub fn api_resource(group: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, VERSION, kind), plural)
-}
-
-/// The kinds whose CRDs the API server serves: a kind it does not know answers 404 and is left out.
-pub async fn installed(client: &kube::Client) -> Vec<ApiResource> {
-    let mut found = Vec::new();
-    for (group, kind, plural) in KINDS {
-        let ar = api_resource(group, kind, plural);
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        match api.list(&ListParams::default().limit(1)).await {
-            Ok(_) => found.push(ar),
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                tracing::info!(kind = %format!("{group}/{VERSION} {kind}"), "Istio kind not installed; not watched")
-            }
-            Err(e) => tracing::warn!(kind, error = %e, "cannot list the Istio kind; not watched"),
-        }
-    }
-    found
 }
 
 /// One Istio object, as the file provider reads a document.
