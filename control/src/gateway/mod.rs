@@ -5,9 +5,11 @@
 //! - [`read`] turns one route into a [`GatewayRoute`]: its rules converted to Strait's rule model, one rule
 //!   per match, each with its Gateway API precedence. Every field is converted or the route is refused with a
 //!   message naming the field. A route without a Service parent is not the mesh's (a Gateway serves it).
+//!   The conversion both kinds share is `rules.rs`; what differs is in `http.rs` and `grpc.rs`.
 //! - [`attach`] decides, per parent Service, which routes apply (TrafficRoute > GRPCRoute > HTTPRoute, see
 //!   there), and builds one TrafficRoute per Service from the rules of every route that applies, ordered as
 //!   Gateway API orders them.
+//!   A backendRef that does not resolve gets its share of requests answered 500 (`resolve.rs`).
 //! - [`status`] writes `status.parents[]` in Kubernetes mode.
 
 mod attach;
@@ -15,6 +17,7 @@ mod grpc;
 mod http;
 pub mod import;
 mod resolve;
+mod rules;
 pub mod spec;
 pub mod status;
 #[cfg(test)]
@@ -155,12 +158,12 @@ pub fn read(
     let (parent_refs, hostnames, rules, backends) = match kind {
         RouteKind::Http => {
             let spec: spec::HttpRouteSpec = typed(spec)?;
-            let converted = http::rules(&spec.rules, namespace)?;
+            let converted = rules::convert::<http::Http>(&spec.rules, namespace)?;
             (spec.parent_refs, spec.hostnames, converted.0, converted.1)
         }
         RouteKind::Grpc => {
             let spec: spec::GrpcRouteSpec = typed(spec)?;
-            let converted = grpc::rules(&spec.rules, namespace)?;
+            let converted = rules::convert::<grpc::Grpc>(&spec.rules, namespace)?;
             (spec.parent_refs, spec.hostnames, converted.0, converted.1)
         }
     };
