@@ -390,7 +390,8 @@ async fn a_grpc_route_from_the_cluster_routes_methods_splits_and_reports_status(
 }
 
 /// HTTPRoute from the cluster with a backendRef of another kind than Service: accepted, ResolvedRefs=False
-/// with reason InvalidKind, and that backend's share of requests (half) answered 500, the rest served.
+/// with reason InvalidKind, and that backend's share of requests (half) answered 500, the rest served; then
+/// a port the Service does not have: BackendNotFound, naming the port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_route_backend_of_another_kind_gets_its_share_of_500s() -> Result<()> {
     let world = World::start(Slot(1)).await?;
@@ -410,6 +411,21 @@ async fn an_http_route_backend_of_another_kind_gets_its_share_of_500s() -> Resul
     ensure!(ok + errors == 200, "only 200 and 500: {statuses:?}\n{}", world.logs());
     // Binomial(200, 0.5): standard deviation 7, so 60..=140 holds unless the share is wrong.
     ensure!((60..=140).contains(&errors), "about half answered 500: {statuses:?}");
+
+    // The same backend as a Service, on a port it does not have: still half 500 (the same pushed rule), and
+    // ResolvedRefs says why.
+    let wrong_port = HTTP_ROUTE.replace(
+        "    - group: multicluster.x-k8s.io\n      kind: ServiceImport\n      name: web-v1\n      port: 8080\n",
+        "    - name: web-v1\n      port: 9999\n",
+    );
+    ensure!(wrong_port != HTTP_ROUTE, "the edit applies");
+    world.fake.apply(yaml(&wrong_port))?;
+    let not_found = eventually("ResolvedRefs=False, BackendNotFound", || {
+        world.condition("HTTPRoute", "web", "ResolvedRefs").filter(|c| c["reason"] == "BackendNotFound")
+    })
+    .await?;
+    let message = not_found["message"].as_str().unwrap_or_default();
+    ensure!(message.contains("spec.rules[0].backendRefs[1].port: Service shop/web-v1 has no port 9999"), "{message}");
     world.stop().await;
     Ok(())
 }
