@@ -452,3 +452,26 @@ fn backends_that_do_not_resolve_get_their_share_of_500s_and_resolved_refs_false(
     let (rule, _) = converted(&grpc, &[service("reviews-v1", &[9080])]);
     assert_eq!(abort(&rule), Some((503, 10.0)));
 }
+
+/// `strait import` knows no Services, so only a backend of another kind is invalid there: its share becomes
+/// 500s in the output, and a note says so (behaviour to review, so the command exits non-zero without
+/// `--accept-changes`).
+#[test]
+fn strait_import_answers_a_backend_of_another_kind_with_500_and_says_so() {
+    let yaml = CANARY.replace(
+        "    - name: reviews-v2\n",
+        "    - name: reviews-v2\n      kind: ServiceImport\n      group: multicluster.x-k8s.io\n",
+    );
+    let converted = import::convert_all(&yaml, "cluster.local").expect("parses");
+    let [one] = converted.as_slice() else { panic!("one route: {converted:?}") };
+    let note = one.notes.iter().find(|n| n.field == "spec.rules[0].backendRefs[1].kind").expect("a note on the kind");
+    assert!(note.reason.contains("multicluster.x-k8s.io/ServiceImport is not a Service"), "{}", note.reason);
+    assert!(note.reason.contains("answered 500"), "{}", note.reason);
+    let crate::istio::Outcome::Resource { object, .. } = &one.outcome else { panic!("converted: {:?}", one.outcome) };
+    let Object::TrafficRoute(route) = object.as_ref() else { panic!("a TrafficRoute") };
+    let rule = &route.spec.http[0];
+    let hosts: Vec<&str> = rule.route.iter().map(|d| d.destination.host.as_str()).collect();
+    assert_eq!(hosts, ["reviews-v1"]);
+    let abort = rule.fault.as_ref().and_then(|f| f.abort.as_ref()).map(|a| (a.http_status, a.percentage));
+    assert_eq!(abort, Some((500, 10.0)));
+}
