@@ -75,6 +75,10 @@ struct Args {
     /// installed, converted as `strait import` does; what would behave differently is refused, naming the field.
     #[arg(long, env = "STRAIT_ISTIO_RESOURCES", requires = "kubernetes")]
     istio_resources: bool,
+    /// Kubernetes mode: how often to look again for the kinds whose CRD is not installed (Gateway API's routes,
+    /// Istio's kinds with --istio-resources), which are watched from the moment it is; from 1s to 1h.
+    #[arg(long, env = "STRAIT_CRD_RECHECK", default_value = "30s", value_parser = parse_crd_recheck)]
+    crd_recheck: Duration,
     /// Kubernetes mode: whether meshed pods may reach destinations outside the mesh: ALLOW_ANY, or REGISTRY_ONLY
     /// (only hosts a ServiceEntry registers). Files mode: the Mesh document's `outboundTrafficPolicy: {mode: ..}`.
     #[arg(long, env = "STRAIT_OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY", requires = "kubernetes")]
@@ -122,6 +126,16 @@ fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
 fn parse_lease_duration(text: &str) -> Result<Duration, String> {
     let duration = strait_api::parse_duration(text).map_err(|e| e.to_string())?;
     strait_control::kube::leader::check_duration(duration)
+}
+
+fn parse_crd_recheck(text: &str) -> Result<Duration, String> {
+    use strait_control::kube::optional_kinds::{MAX_RECHECK, MIN_RECHECK};
+    let every = strait_api::parse_duration(text).map_err(|e| e.to_string())?;
+    if (MIN_RECHECK..=MAX_RECHECK).contains(&every) {
+        Ok(every)
+    } else {
+        Err(format!("{text}: must be from {MIN_RECHECK:?} to {MAX_RECHECK:?}"))
+    }
 }
 
 /// This replica's Lease identity: `--pod-name`, else the host name (unique per pod in a cluster).
@@ -183,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
             audience: args.token_audience,
             cert_ttl: args.workload_cert_ttl,
             istio_resources: args.istio_resources,
+            crd_recheck: args.crd_recheck,
             outbound_traffic_policy: args.outbound_traffic_policy,
             coalesce,
             leader_election: Some(strait_control::kube::LeaseSettings {
@@ -285,5 +300,17 @@ mod tests {
         assert_eq!(identity(Some("strait-control-7d9f".into())).expect("given"), "strait-control-7d9f");
         assert!(identity(Some("x".repeat(254))).is_err());
         assert!(!identity(None).expect("the host name").is_empty());
+    }
+
+    #[test]
+    fn the_crd_recheck_is_bounded() {
+        let args = Args::try_parse_from(["strait-control", "--kubernetes"]).expect("defaults");
+        assert_eq!(args.crd_recheck, Duration::from_secs(30));
+        let args = Args::try_parse_from(["strait-control", "--kubernetes", "--crd-recheck", "5s"]).expect("5s");
+        assert_eq!(args.crd_recheck, Duration::from_secs(5));
+        for bad in ["500ms", "2h", "x"] {
+            let parsed = Args::try_parse_from(["strait-control", "--kubernetes", "--crd-recheck", bad]);
+            assert!(parsed.is_err(), "{bad} accepted");
+        }
     }
 }

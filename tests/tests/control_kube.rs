@@ -607,8 +607,12 @@ async fn gateway_api_routes_are_served_and_report_their_status_per_parent() {
     .await;
     let converted = config.traffic_routes.iter().find(|r| r.name == "httproute.ratings").expect("converted");
     assert_eq!(converted.spec.hosts, ["ratings"]);
+    // ratings-v2 does not exist (yet): its 10 % are answered 500, as Gateway API requires.
     let weights: Vec<Option<u32>> = converted.spec.http[0].route.iter().map(|d| d.weight).collect();
-    assert_eq!(weights, [Some(90), Some(10)]);
+    assert_eq!(weights, [Some(90)]);
+    let abort =
+        converted.spec.http[0].fault.as_ref().and_then(|f| f.abort.as_ref()).map(|a| (a.http_status, a.percentage));
+    assert_eq!(abort, Some((500, 10.0)));
 
     let accepted =
         eventually("Accepted=True", Duration::from_secs(5), || route_condition(&fake, "ratings", "Accepted")).await;
@@ -619,10 +623,16 @@ async fn gateway_api_routes_are_served_and_report_their_status_per_parent() {
     let message = refs["message"].as_str().unwrap_or_default();
     assert!(message.starts_with("spec.rules[0].backendRefs[1]: Service shop/ratings-v2 does not exist"), "{message}");
 
-    // The missing Service appears: ResolvedRefs turns True.
+    // The missing Service appears: ResolvedRefs turns True, and the split is pushed whole.
     fake.apply(service("shop", "ratings-v2", "10.96.0.12")).expect("service");
     eventually("ResolvedRefs=True", Duration::from_secs(5), || {
         route_condition(&fake, "ratings", "ResolvedRefs").filter(|c| c["status"] == "True")
+    })
+    .await;
+    until(&mut rx, Duration::from_secs(5), "both backends", |c| {
+        c.traffic_routes
+            .iter()
+            .any(|r| r.name == "httproute.ratings" && r.spec.http[0].route.len() == 2 && r.spec.http[0].fault.is_none())
     })
     .await;
 
@@ -671,19 +681,49 @@ async fn gateway_api_routes_are_served_and_report_their_status_per_parent() {
     running.shutdown().await;
 }
 
-/// Without the Gateway API CRDs the control plane serves the rest of the mesh as before.
-#[tokio::test]
-async fn missing_gateway_api_crds_do_not_stop_discovery() {
+/// Without the Gateway API CRDs the control plane serves the rest of the mesh as before; once the HTTPRoute
+/// CRD is installed, its routes are read within the recheck interval, without a restart, and
+/// `strait_control_watched_kinds` says so.
+// Two threads: the test reads `/metrics` with a blocking client while the server runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_crds_installed_after_the_start_are_watched_without_a_restart() {
     init_tracing();
     let fake = cluster().await;
     fake.uninstall("HTTPRoute");
     fake.uninstall("GRPCRoute");
-    let running = start_control(&fake, loopback()).await;
+    let options = KubeOptions { listen: loopback(), crd_recheck: Duration::from_secs(1), ..Default::default() };
+    let running = strait_control::kube::start(fake.client().expect("kube client"), options).await.expect("starts");
+    let monitoring = tokio::net::TcpListener::bind(loopback()).await.expect("monitoring port");
+    let monitoring_addr = monitoring.local_addr().expect("bound");
+    tokio::spawn(strait_control::monitoring::serve(monitoring, running.stats().clone()));
+    let watched = |kind: &str| {
+        let (_, text) = strait_tests::loopback::http_get(monitoring_addr, "/metrics").expect("/metrics answers");
+        let series = format!("strait_control_watched_kinds{{kind=\"{kind}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series).map(str::to_string))
+    };
     let (mut rx, task) = spawn_client(client(&running, TOKEN_A, "node-a"));
     let first =
         until(&mut rx, Duration::from_secs(10), "the first configuration", |c| default_subset(c, "reviews").is_some())
             .await;
     assert_eq!(default_subset(&first, "reviews").as_deref(), Some("v1"));
+    assert_eq!(watched("HTTPRoute.gateway.networking.k8s.io").as_deref(), Some("0"));
+    assert_eq!(watched("TrafficRoute.strait.dev").as_deref(), Some("1"));
+
+    // The CRD is installed and a route applied: served without a restart.
+    fake.apply(service("shop", "ratings", "10.96.0.11")).expect("service");
+    fake.install("HTTPRoute");
+    fake.apply(http_route("ratings", "ratings", json!({"backendRefs": [{"name": "ratings", "port": 9080}]})))
+        .expect("route");
+    until(&mut rx, Duration::from_secs(10), "the late HTTPRoute", |c| {
+        c.traffic_routes.iter().any(|r| r.name == "httproute.ratings")
+    })
+    .await;
+    assert_eq!(watched("HTTPRoute.gateway.networking.k8s.io").as_deref(), Some("1"));
+    assert_eq!(watched("GRPCRoute.gateway.networking.k8s.io").as_deref(), Some("0"), "still missing");
+    eventually("Accepted=True on the late route", Duration::from_secs(5), || {
+        route_condition(&fake, "ratings", "Accepted").filter(|c| c["status"] == "True")
+    })
+    .await;
     task.abort();
     running.shutdown().await;
 }

@@ -121,3 +121,30 @@ fn without_pool_settings_upstream_connections_are_reused() -> Result<()> {
     assert_eq!(mesh.backend_stat("b1", "connections")?, 1, "one pooled connection carries everything");
     Ok(())
 }
+
+/// `Connection` is hop-by-hop (RFC 9110 7.6.1): a client that closes its connection after each request
+/// (`Connection: close`, as `oha` and many health checkers do) must not close the proxies' pooled
+/// connections. Forwarded, it cost every fresh client connection a new tunnel stream on both proxies and a
+/// new connection to the pod.
+#[test]
+fn a_clients_connection_close_does_not_close_the_pooled_upstream_connections() -> Result<()> {
+    if !require_root() {
+        return Ok(());
+    }
+    let mesh = HttpMesh::start(&[], &[], |config| {
+        config.traffic_routes.push(traffic_route("reviews", ONLY_V1));
+        config.destination_policies.push(reviews_policy(""));
+    })?;
+    let summary = mesh.summary(
+        &HttpGet::new(HttpMesh::reviews_url("/close")).header("connection", "close").fresh_connections().count(6),
+    )?;
+    assert_eq!(summary.by_status.get("200").copied(), Some(6), "{summary:?}");
+    assert_eq!(mesh.backend_requests("b1")?, 6);
+    assert_eq!(
+        mesh.backend_stat("b1", "connections")?,
+        1,
+        "six client connections that each said `Connection: close` share one pooled backend connection\n{}",
+        mesh.logs()
+    );
+    Ok(())
+}

@@ -6,6 +6,10 @@
 //! root namespace) > the namespace's setting > STRICT. Within a workload policy a port-level mode overrides
 //! the policy's own; a level whose mode is unset (`UNSET`, or only port-level modes that do not match)
 //! inherits from the level below.
+//!
+//! Several policies at one level (two selecting one workload, or two namespace-wide ones): the oldest applies,
+//! by `metadata.creationTimestamp` ([`PeerAuthentication::created`]), then the first by name, as Istio picks.
+//! A policy without a creation time (the file provider has none) comes after those with one.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +41,17 @@ pub struct PeerAuthentication {
     /// Per workload port (the pod's port, not a service port). Only with a selector, as in Istio.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_level_mtls: BTreeMap<u16, MtlsMode>,
+    /// `metadata.creationTimestamp` in Unix seconds, where known: of several policies at one level, the oldest
+    /// applies (see the module's doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
+}
+
+impl PeerAuthentication {
+    /// Istio's order among policies of one level: the oldest first, then by name.
+    fn precedence(&self) -> (bool, Option<i64>, &str) {
+        (self.created.is_none(), self.created, &self.name)
+    }
 }
 
 /// Which level decided a workload port's mode, for logs and `strait why`.
@@ -53,13 +68,13 @@ impl MeshConfig {
     /// The mode for plaintext arriving at `workload` on its `port`, and the level that decided it.
     pub fn peer_mtls_mode(&self, workload: &Workload, port: u16) -> (MtlsMode, MtlsSource) {
         let in_namespace = |p: &&PeerAuthentication| !p.mesh_wide && p.namespace == workload.namespace;
-        // Several workload policies selecting one workload: Istio takes the oldest; the list is sorted by
-        // name, so the first by name decides here (documented in README).
+        // Several policies at one level: the oldest, then the first by name (Istio's choice).
         let workload_policy = self
             .peer_authentications
             .iter()
             .filter(in_namespace)
-            .find(|p| p.selector.as_ref().is_some_and(|s| s.matches(&workload.labels)));
+            .filter(|p| p.selector.as_ref().is_some_and(|s| s.matches(&workload.labels)))
+            .min_by(|a, b| a.precedence().cmp(&b.precedence()));
         if let Some(policy) = workload_policy {
             if let Some(mode) = policy.port_level_mtls.get(&port) {
                 return (*mode, MtlsSource::WorkloadPort);
@@ -68,8 +83,13 @@ impl MeshConfig {
                 return (mode, MtlsSource::Workload);
             }
         }
-        let namespace_mode =
-            self.peer_authentications.iter().filter(in_namespace).find(|p| p.selector.is_none()).and_then(|p| p.mode);
+        let namespace_mode = self
+            .peer_authentications
+            .iter()
+            .filter(in_namespace)
+            .filter(|p| p.selector.is_none())
+            .min_by(|a, b| a.precedence().cmp(&b.precedence()))
+            .and_then(|p| p.mode);
         if let Some(mode) = namespace_mode {
             return (mode, MtlsSource::Namespace);
         }
@@ -153,6 +173,38 @@ mod tests {
         assert_eq!(workloads.peer_mtls_mode(&workload("b"), 80), (P, Namespace));
         assert_eq!(workloads.peer_mtls_mode(&workload("b"), 9090), (S, WorkloadPort));
         assert_eq!(workloads.peer_mtls_mode(&workload("c"), 80), (P, Namespace));
+    }
+
+    /// Istio: of several policies at one level, the oldest applies, then the first by name; one without a
+    /// creation time comes last.
+    #[test]
+    fn the_oldest_of_several_policies_at_one_level_applies_then_the_first_by_name() {
+        use MtlsMode::{Permissive as P, Strict as S};
+        use MtlsSource::*;
+        let selecting = |a_created: &str, b_created: &str| {
+            config(
+                &format!(
+                    "- {{name: a, namespace: shop, selector: {{matchLabels: {{app: w}}}}, mode: STRICT{a_created}}}\n\
+                     - {{name: b, namespace: shop, selector: {{matchLabels: {{app: w}}}}, mode: PERMISSIVE{b_created}}}"
+                ),
+                "STRICT",
+            )
+        };
+        // b is older: it applies, though a comes first by name.
+        assert_eq!(selecting(", created: 200", ", created: 100").peer_mtls_mode(&workload("w"), 80), (P, Workload));
+        assert_eq!(selecting(", created: 100", ", created: 200").peer_mtls_mode(&workload("w"), 80), (S, Workload));
+        // Same age, or none known: the first by name.
+        assert_eq!(selecting(", created: 100", ", created: 100").peer_mtls_mode(&workload("w"), 80), (S, Workload));
+        assert_eq!(selecting("", "").peer_mtls_mode(&workload("w"), 80), (S, Workload));
+        // A known creation time beats an unknown one.
+        assert_eq!(selecting("", ", created: 100").peer_mtls_mode(&workload("w"), 80), (P, Workload));
+        // Two namespace-wide policies: likewise.
+        let namespace_wide = config(
+            "- {name: a, namespace: shop, mode: STRICT, created: 300}\n\
+             - {name: b, namespace: shop, mode: PERMISSIVE, created: 100}",
+            "STRICT",
+        );
+        assert_eq!(namespace_wide.peer_mtls_mode(&workload("w"), 80), (P, Namespace));
     }
 
     #[test]

@@ -136,7 +136,12 @@ pub fn traffic_routes(snapshot: &Snapshot) -> Vec<Named<TrafficRouteSpec>> {
                 namespace: namespace.clone(),
                 spec: TrafficRouteSpec {
                     hosts: vec![service.clone()],
-                    http: chunk.iter().map(|(_, rule)| rule.rule.clone()).collect(),
+                    http: chunk
+                        .iter()
+                        .map(|(route, rule)| {
+                            super::resolve::resolve(rule, route.kind, &route.namespace, Some(snapshot))
+                        })
+                        .collect(),
                     escaped_slashes: None,
                 },
             });

@@ -2,43 +2,52 @@
 //! is a path match. Precedence (lower first), as the spec orders matches: the longest non-wildcard service,
 //! then the longest method, then more header matches.
 
-use strait_api::{HttpMatch, StringMatch};
+use strait_api::{HttpMatch, HttpRoute, StringMatch};
 
-use super::http::{backend_refs, forwarding, name_value_matches, Filters};
+use super::http::name_value_matches;
+use super::rules::{forwarding, CommonRule, MatchInput, RuleKind};
 use super::spec::{GrpcMethodMatch, GrpcRouteMatch, GrpcRouteRule};
-use super::{BackendService, GatewayRule};
+use super::RouteKind;
 
-/// Converts every rule; the error names the first field that cannot be enforced.
-pub(super) fn rules(
-    rules: &[GrpcRouteRule],
-    namespace: &str,
-) -> Result<(Vec<GatewayRule>, Vec<BackendService>), String> {
-    let mut out = Vec::new();
-    let mut backends = Vec::new();
-    for (i, rule) in rules.iter().enumerate() {
-        let field = format!("spec.rules[{i}]");
-        let (route, services) = backend_refs(&rule.backend_refs, namespace, &field)?;
-        backends.extend(services);
-        let filters = Filters::convert(&rule.filters, &field, false)?;
-        let default_match = [GrpcRouteMatch::default()];
-        let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches[..] };
-        for (j, m) in matches.iter().enumerate() {
-            let origin = if rule.matches.is_empty() { field.clone() } else { format!("{field}.matches[{j}]") };
-            let mut matcher = HttpMatch::default();
-            let mut precedence = vec![0, 0];
-            if let Some(method) = &m.method {
-                let (path, service_len, method_len) = method_path(method, &format!("{origin}.method"))?;
-                matcher.uri = Some(path);
-                precedence = vec![-(service_len as i64), -(method_len as i64)];
-            }
-            matcher.headers = name_value_matches(&m.headers, &format!("{origin}.headers"), true)?;
-            precedence.push(-(matcher.headers.len() as i64));
-            let converted = forwarding(rule.name.clone(), matcher, &route, &filters, None)?;
-            out.push(GatewayRule { precedence, origin, index: i, rule: converted });
+/// GRPCRoute's part of the conversion: its method and header matches.
+pub(super) struct Grpc;
+
+impl RuleKind for Grpc {
+    type Rule = GrpcRouteRule;
+    type Match = GrpcRouteMatch;
+    type Extras = ();
+    const KIND: RouteKind = RouteKind::Grpc;
+
+    fn common(rule: &GrpcRouteRule) -> CommonRule<'_, GrpcRouteMatch> {
+        CommonRule {
+            name: &rule.name,
+            matches: &rule.matches,
+            filters: &rule.filters,
+            backend_refs: &rule.backend_refs,
         }
     }
-    out.sort_by(|a, b| (&a.precedence, a.index).cmp(&(&b.precedence, b.index)));
-    Ok((out, backends))
+
+    fn extras(_: &GrpcRouteRule, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn convert(
+        m: &GrpcRouteMatch,
+        origin: &str,
+        input: &MatchInput<'_>,
+        _: &(),
+    ) -> Result<(HttpRoute, Vec<i64>), String> {
+        let mut matcher = HttpMatch::default();
+        let mut precedence = vec![0, 0];
+        if let Some(method) = &m.method {
+            let (path, service_len, method_len) = method_path(method, &format!("{origin}.method"))?;
+            matcher.uri = Some(path);
+            precedence = vec![-(service_len as i64), -(method_len as i64)];
+        }
+        matcher.headers = name_value_matches(&m.headers, &format!("{origin}.headers"), true)?;
+        precedence.push(-(matcher.headers.len() as i64));
+        Ok((forwarding(input, matcher, None)?, precedence))
+    }
 }
 
 /// The path match for a method match, and the lengths of its (non-wildcard) service and method.

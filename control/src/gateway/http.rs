@@ -1,4 +1,5 @@
-//! HTTPRoute rules -> Strait rules, and the parts GRPCRoute shares (filters, backendRefs).
+//! HTTPRoute rules -> Strait rules (the conversion both kinds share is `rules.rs`), and the filters GRPCRoute
+//! shares.
 //!
 //! Gateway API does not try rules in order: among all matches of all routes of a parent, the most specific
 //! wins. Each match becomes its own rule, with its precedence (lower first): an `Exact` path, then a
@@ -9,85 +10,65 @@
 use std::collections::BTreeMap;
 
 use strait_api::{
-    format_duration, Destination, DirectResponse, HeaderChanges, HeaderOperations, HttpMatch, HttpRoute, PrefixRewrite,
-    Redirect, RetryPolicy, Rewrite, RouteDestination, StringMatch,
+    format_duration, HeaderChanges, HeaderOperations, HttpMatch, HttpRoute, PrefixRewrite, Redirect, RetryPolicy,
+    Rewrite, StringMatch,
 };
 
-use super::spec::{self, BackendRef, Filter, HeaderModifier, HttpRouteRule, NameValueMatch};
-use super::{BackendService, GatewayRule};
+use super::rules::{forwarding, CommonRule, MatchInput, RuleKind};
+use super::spec::{self, Filter, HeaderModifier, HttpRouteRule, NameValueMatch};
+use super::RouteKind;
 
-/// Converts every rule; the error names the first field that cannot be enforced.
-pub(super) fn rules(
-    rules: &[HttpRouteRule],
-    namespace: &str,
-) -> Result<(Vec<GatewayRule>, Vec<BackendService>), String> {
-    let mut out = Vec::new();
-    let mut backends = Vec::new();
-    for (i, rule) in rules.iter().enumerate() {
-        let field = format!("spec.rules[{i}]");
-        let (route, services) = backend_refs(&rule.backend_refs, namespace, &field)?;
-        backends.extend(services);
-        let filters = Filters::convert(&rule.filters, &field, true)?;
-        let (timeout, retries) = timeouts(rule.timeouts.as_ref(), &field)?;
-        let default_match = [spec::HttpRouteMatch::default()];
-        let matches = if rule.matches.is_empty() { &default_match[..] } else { &rule.matches[..] };
-        for (j, m) in matches.iter().enumerate() {
-            let origin = if rule.matches.is_empty() { field.clone() } else { format!("{field}.matches[{j}]") };
-            let (matcher, precedence, prefix) = http_match(m, &origin)?;
-            let rewrite = match &filters.rewrite {
-                None => None,
-                Some(RewriteFilter::Rewrite(rewrite)) => Some(rewrite.clone()),
-                Some(RewriteFilter::ReplacePrefix { authority, to, field }) => match &prefix {
-                    Some(from) => Some(Rewrite {
-                        prefix: Some(PrefixRewrite { from: from.clone(), to: to.clone() }),
-                        authority: authority.clone(),
-                        ..Default::default()
-                    }),
-                    None => {
-                        return Err(format!(
-                            "{field}: ReplacePrefixMatch needs a PathPrefix path match, and {origin}.path is not one"
-                        ))
-                    }
-                },
-            };
-            let mut converted = forwarding(rule.name.clone(), matcher, &route, &filters, rewrite)?;
-            converted.timeout = timeout.clone();
-            converted.retries = retries.clone();
-            out.push(GatewayRule { precedence, origin, index: i, rule: converted });
+/// HTTPRoute's part of the conversion: its matches, and its timeouts for every match of a rule.
+pub(super) struct Http;
+
+impl RuleKind for Http {
+    type Rule = HttpRouteRule;
+    type Match = spec::HttpRouteMatch;
+    /// The rule's timeout and per-try timeout (`timeouts`).
+    type Extras = (Option<String>, Option<RetryPolicy>);
+    const KIND: RouteKind = RouteKind::Http;
+
+    fn common(rule: &HttpRouteRule) -> CommonRule<'_, spec::HttpRouteMatch> {
+        CommonRule {
+            name: &rule.name,
+            matches: &rule.matches,
+            filters: &rule.filters,
+            backend_refs: &rule.backend_refs,
         }
     }
-    out.sort_by(|a, b| (&a.precedence, a.index).cmp(&(&b.precedence, b.index)));
-    Ok((out, backends))
-}
 
-/// The rule for one match: forward, redirect, or (no usable backend) answer 500, as Gateway API requires.
-pub(super) fn forwarding(
-    name: Option<String>,
-    matcher: HttpMatch,
-    route: &[RouteDestination],
-    filters: &Filters,
-    rewrite: Option<Rewrite>,
-) -> Result<HttpRoute, String> {
-    let mut rule = HttpRoute {
-        name,
-        // No condition at all (PathPrefix `/` alone): a rule that matches everything.
-        matches: if matcher == HttpMatch::default() { Vec::new() } else { vec![matcher] },
-        headers: filters.headers.clone(),
-        ..Default::default()
-    };
-    if let Some((redirect, field)) = &filters.redirect {
-        if !route.is_empty() {
-            return Err(format!("{field}: a redirect answers the request itself; remove the rule's backendRefs"));
-        }
-        rule.redirect = Some(redirect.clone());
-    } else if route.iter().any(|d| d.weight != Some(0)) {
-        rule.route = route.to_vec();
-        rule.rewrite = rewrite;
-    } else {
-        // No backendRefs, or every weight zero: "the request MUST receive a 500 status code".
-        rule.direct_response = Some(DirectResponse { status: 500, body: None });
+    fn extras(rule: &HttpRouteRule, field: &str) -> Result<Self::Extras, String> {
+        timeouts(rule.timeouts.as_ref(), field)
     }
-    Ok(rule)
+
+    fn convert(
+        m: &spec::HttpRouteMatch,
+        origin: &str,
+        input: &MatchInput<'_>,
+        (timeout, retries): &Self::Extras,
+    ) -> Result<(HttpRoute, Vec<i64>), String> {
+        let (matcher, precedence, prefix) = http_match(m, origin)?;
+        let rewrite = match &input.filters.rewrite {
+            None => None,
+            Some(RewriteFilter::Rewrite(rewrite)) => Some(rewrite.clone()),
+            Some(RewriteFilter::ReplacePrefix { authority, to, field }) => match &prefix {
+                Some(from) => Some(Rewrite {
+                    prefix: Some(PrefixRewrite { from: from.clone(), to: to.clone() }),
+                    authority: authority.clone(),
+                    ..Default::default()
+                }),
+                None => {
+                    return Err(format!(
+                        "{field}: ReplacePrefixMatch needs a PathPrefix path match, and {origin}.path is not one"
+                    ))
+                }
+            },
+        };
+        let mut converted = forwarding(input, matcher, rewrite)?;
+        converted.timeout = timeout.clone();
+        converted.retries = retries.clone();
+        Ok((converted, precedence))
+    }
 }
 
 /// The Strait match for one HTTPRoute match, its precedence, and its path prefix (for ReplacePrefixMatch).
@@ -177,41 +158,6 @@ fn timeouts(timeouts: Option<&spec::Timeouts>, field: &str) -> Result<(Option<St
         ..Default::default()
     });
     Ok((request.map(format_duration), retries))
-}
-
-/// The Service backends of a rule, as weighted destinations.
-pub(super) fn backend_refs(
-    refs: &[BackendRef],
-    namespace: &str,
-    rule_field: &str,
-) -> Result<(Vec<RouteDestination>, Vec<BackendService>), String> {
-    let mut route = Vec::new();
-    let mut services = Vec::new();
-    for (j, backend) in refs.iter().enumerate() {
-        let field = format!("{rule_field}.backendRefs[{j}]");
-        if !matches!(backend.group.as_deref(), None | Some("" | "core"))
-            || !matches!(backend.kind.as_deref(), None | Some("Service"))
-        {
-            return Err(format!("{field}.kind: only Services are backends here"));
-        }
-        if backend.namespace.as_deref().is_some_and(|n| n != namespace) {
-            return Err(format!(
-                "{field}.namespace: a backend in another namespace needs a ReferenceGrant, which Strait does not support"
-            ));
-        }
-        if !backend.filters.is_empty() {
-            return Err(format!("{field}.filters: per-backend filters are not supported; put them on the rule"));
-        }
-        let Some(port) = backend.port else {
-            return Err(format!("{field}.port: is required for a Service backend"));
-        };
-        route.push(RouteDestination {
-            destination: Destination { host: backend.name.clone(), subset: None, port: Some(port) },
-            weight: Some(backend.weight.unwrap_or(1)),
-        });
-        services.push(BackendService { field, name: backend.name.clone(), port: Some(port) });
-    }
-    Ok((route, services))
 }
 
 /// A rule's filters, converted.

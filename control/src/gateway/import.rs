@@ -57,10 +57,24 @@ fn convert(document: &Value, trust_domain: &str) -> Converted {
                     hosts.push(parent.name.clone());
                 }
             }
+            // A backendRef of another kind than Service: its share of requests gets 500 (UNAVAILABLE for
+            // gRPC), as Gateway API requires; that is behaviour to review, so it is a note.
+            for backend in route.backends.iter().filter(|b| b.invalid_kind.is_some()) {
+                notes.push(Note {
+                    field: format!("{}.kind", backend.field),
+                    what: NoteKind::Changed,
+                    reason: format!(
+                        "{} is not a Service: requests it would get are answered {}",
+                        backend.invalid_kind.as_deref().unwrap_or_default(),
+                        super::resolve::invalid_backend_status(route.kind)
+                    ),
+                });
+            }
             match refused {
                 Some(reason) => Outcome::Refused(reason),
                 None => {
-                    resource(&namespace, &name, hosts, route.rules.into_iter().map(|r| r.rule).collect(), trust_domain)
+                    let rules = route.rules.iter().map(|r| super::resolve::resolve(r, route.kind, &namespace, None));
+                    resource(&namespace, &name, hosts, rules.collect(), trust_domain)
                 }
             }
         }

@@ -5,15 +5,19 @@
 //! - [`read`] turns one route into a [`GatewayRoute`]: its rules converted to Strait's rule model, one rule
 //!   per match, each with its Gateway API precedence. Every field is converted or the route is refused with a
 //!   message naming the field. A route without a Service parent is not the mesh's (a Gateway serves it).
+//!   The conversion both kinds share is `rules.rs`; what differs is in `http.rs` and `grpc.rs`.
 //! - [`attach`] decides, per parent Service, which routes apply (TrafficRoute > GRPCRoute > HTTPRoute, see
 //!   there), and builds one TrafficRoute per Service from the rules of every route that applies, ordered as
 //!   Gateway API orders them.
+//!   A backendRef that does not resolve gets its share of requests answered 500 (`resolve.rs`).
 //! - [`status`] writes `status.parents[]` in Kubernetes mode.
 
 mod attach;
 mod grpc;
 mod http;
 pub mod import;
+mod resolve;
+mod rules;
 pub mod spec;
 pub mod status;
 #[cfg(test)]
@@ -102,7 +106,11 @@ pub struct GatewayRule {
     pub origin: String,
     /// The index of the rule in `spec.rules`: the last tie-breaker.
     pub index: usize,
+    /// The rule as converted; its `route` names only Service backends. What happens to backends that do not
+    /// resolve is decided per snapshot (see `resolve.rs`).
     pub rule: HttpRoute,
+    /// The summed weight of the rule's backendRefs of another kind than Service: their share gets 500.
+    pub invalid_weight: u32,
 }
 
 /// A Service a backendRef names (in the route's namespace).
@@ -112,6 +120,9 @@ pub struct BackendService {
     pub field: String,
     pub name: String,
     pub port: Option<u16>,
+    /// `Some("<group>/<kind>")` when the backendRef names another kind than a Service (`ResolvedRefs=False`,
+    /// reason `InvalidKind`).
+    pub invalid_kind: Option<String>,
 }
 
 /// Reads a whole document (`apiVersion`, `kind`, `metadata`, `spec`), as a file or `strait import` holds it.
@@ -147,12 +158,12 @@ pub fn read(
     let (parent_refs, hostnames, rules, backends) = match kind {
         RouteKind::Http => {
             let spec: spec::HttpRouteSpec = typed(spec)?;
-            let converted = http::rules(&spec.rules, namespace)?;
+            let converted = rules::convert::<http::Http>(&spec.rules, namespace)?;
             (spec.parent_refs, spec.hostnames, converted.0, converted.1)
         }
         RouteKind::Grpc => {
             let spec: spec::GrpcRouteSpec = typed(spec)?;
-            let converted = grpc::rules(&spec.rules, namespace)?;
+            let converted = rules::convert::<grpc::Grpc>(&spec.rules, namespace)?;
             (spec.parent_refs, spec.hostnames, converted.0, converted.1)
         }
     };

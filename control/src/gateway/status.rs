@@ -1,7 +1,8 @@
 //! `status.parents[]` of HTTPRoutes and GRPCRoutes attached to Services, as Gateway API defines it: one entry
 //! per Service parent, `controllerName: strait.dev/mesh`, conditions `Accepted` (True, or False with reason
 //! `UnsupportedValue` / `Conflicted` / `NoMatchingParent` and a message naming the field) and `ResolvedRefs`
-//! (False, `BackendNotFound`, when a backendRef names a Service or port that does not exist). Entries of other
+//! (False, `BackendNotFound` when a backendRef names a Service or port that does not exist, `InvalidKind` when
+//! it names another kind than Service; requests to such a backend get 500, see `resolve.rs`). Entries of other
 //! controllers (a Gateway's) are kept as they are. Written only when they would change.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -119,26 +120,36 @@ fn pending() -> (&'static str, &'static str, String) {
     ("Unknown", "Pending", "references are checked once the route is accepted".to_string())
 }
 
-/// `ResolvedRefs`: every backendRef names an existing Service and port of the route's namespace.
-fn resolved_refs(route: &GatewayRoute, snapshot: &Snapshot) -> (&'static str, &'static str, String) {
-    let mut missing = Vec::new();
+/// `ResolvedRefs`: every backendRef names an existing Service and port of the route's namespace. Reason
+/// `InvalidKind` when one names another kind than Service, else `BackendNotFound`; the message names each.
+pub(super) fn resolved_refs(route: &GatewayRoute, snapshot: &Snapshot) -> (&'static str, &'static str, String) {
+    let mut problems = Vec::new();
+    let mut invalid_kind = false;
     for backend in &route.backends {
+        if let Some(kind) = &backend.invalid_kind {
+            invalid_kind = true;
+            problems.push(format!(
+                "{}.kind: {kind} is not a Service, the only kind of backend Strait routes to",
+                backend.field
+            ));
+            continue;
+        }
         let service = snapshot.services.iter().find(|s| s.namespace == route.namespace && s.name == backend.name);
         match (service, backend.port) {
             (None, _) => {
-                missing.push(format!("{}: Service {}/{} does not exist", backend.field, route.namespace, backend.name))
+                problems.push(format!("{}: Service {}/{} does not exist", backend.field, route.namespace, backend.name))
             }
-            (Some(s), Some(port)) if !s.ports.iter().any(|p| p.port == port) => missing.push(format!(
+            (Some(s), Some(port)) if !s.ports.iter().any(|p| p.port == port) => problems.push(format!(
                 "{}.port: Service {}/{} has no port {port}",
                 backend.field, route.namespace, backend.name
             )),
             _ => {}
         }
     }
-    if missing.is_empty() {
-        ("True", "ResolvedRefs", String::new())
-    } else {
-        ("False", "BackendNotFound", missing.join("; "))
+    match (problems.is_empty(), invalid_kind) {
+        (true, _) => ("True", "ResolvedRefs", String::new()),
+        (false, true) => ("False", "InvalidKind", problems.join("; ")),
+        (false, false) => ("False", "BackendNotFound", problems.join("; ")),
     }
 }
 

@@ -290,13 +290,6 @@ fn unsupported_fields_are_refused_by_name() {
             "spec.rules[0].backendRefs[1].namespace: a backend in another namespace needs a ReferenceGrant",
         ),
         (
-            CANARY.replace(
-                "    - name: reviews-v2\n",
-                "    - name: reviews-v2\n      kind: ServiceImport\n      group: multicluster.x-k8s.io\n",
-            ),
-            "spec.rules[0].backendRefs[1].kind: only Services",
-        ),
-        (
             with_rule(
                 "    matches: [{path: {type: Exact, value: /x}, headers: [{type: Prefix, name: a, value: b}]}]\n",
             ),
@@ -399,4 +392,86 @@ fn routes_of_one_service_merge_by_precedence_then_age() {
     let routes = traffic_routes(&Snapshot::from_objects(&objects));
     let names: Vec<&str> = routes[0].spec.http.iter().filter_map(|r| r.name.as_deref()).collect();
     assert_eq!(names, ["bookinfo/z-header[0]", "bookinfo/b-older[0]", "bookinfo/a-catch-all[0]"]);
+}
+
+/// Gateway API: a backendRef that does not resolve (no such Service, no such port, another kind) leaves the
+/// route accepted; requests that would go to it get 500 (UNAVAILABLE, HTTP 503, for a GRPCRoute), only its
+/// share of them with several weighted backends; `ResolvedRefs` is False with the spec's reason.
+#[test]
+fn backends_that_do_not_resolve_get_their_share_of_500s_and_resolved_refs_false() {
+    let converted = |yaml: &str, services: &[Service]| {
+        let r = route(yaml);
+        let mut objects = vec![Object::GatewayRoute(r.clone()), Object::Service(service("reviews", &[9080]))];
+        objects.extend(services.iter().cloned().map(Object::Service));
+        let snapshot = Snapshot::from_objects(&objects);
+        let routes = traffic_routes(&snapshot);
+        let resolved = status::resolved_refs(&r, &snapshot);
+        (routes[0].spec.http[0].clone(), resolved)
+    };
+    let abort = |rule: &strait_api::HttpRoute| {
+        rule.fault.as_ref().and_then(|f| f.abort.as_ref()).map(|a| (a.http_status, a.percentage))
+    };
+    let hosts = |rule: &strait_api::HttpRoute| -> Vec<String> {
+        rule.route.iter().map(|d| d.destination.host.clone()).collect()
+    };
+
+    // Every backend resolves: forwarded as written, ResolvedRefs True.
+    let (rule, resolved) = converted(CANARY, &[service("reviews-v1", &[9080]), service("reviews-v2", &[9080])]);
+    assert_eq!((hosts(&rule), abort(&rule)), (vec!["reviews-v1".to_string(), "reviews-v2".to_string()], None));
+    assert_eq!((resolved.0, resolved.1), ("True", "ResolvedRefs"));
+
+    // reviews-v2 (weight 10 of 100) is missing: 10 % answered 500, the rest to reviews-v1.
+    let (rule, resolved) = converted(CANARY, &[service("reviews-v1", &[9080])]);
+    assert_eq!((hosts(&rule), abort(&rule)), (vec!["reviews-v1".to_string()], Some((500, 10.0))));
+    assert_eq!((resolved.0, resolved.1), ("False", "BackendNotFound"));
+    assert!(resolved.2.starts_with("spec.rules[0].backendRefs[1]: Service bookinfo/reviews-v2 does not exist"));
+
+    // A port the Service does not have.
+    let (rule, resolved) = converted(CANARY, &[service("reviews-v1", &[9080]), service("reviews-v2", &[80])]);
+    assert_eq!(abort(&rule), Some((500, 10.0)));
+    assert_eq!(resolved.1, "BackendNotFound");
+    assert!(resolved.2.contains("spec.rules[0].backendRefs[1].port: Service bookinfo/reviews-v2 has no port 9080"));
+
+    // Another kind: the route is accepted, its share gets 500, reason InvalidKind.
+    let import = CANARY.replace(
+        "    - name: reviews-v2\n",
+        "    - name: reviews-v2\n      kind: ServiceImport\n      group: multicluster.x-k8s.io\n",
+    );
+    let (rule, resolved) = converted(&import, &[service("reviews-v1", &[9080]), service("reviews-v2", &[9080])]);
+    assert_eq!((hosts(&rule), abort(&rule)), (vec!["reviews-v1".to_string()], Some((500, 10.0))));
+    assert_eq!((resolved.0, resolved.1), ("False", "InvalidKind"));
+    assert!(resolved.2.contains("backendRefs[1].kind: multicluster.x-k8s.io/ServiceImport is not a Service"));
+
+    // No backend resolves: the rule answers 500 itself.
+    let (rule, _) = converted(CANARY, &[]);
+    assert!(rule.route.is_empty() && rule.fault.is_none(), "{rule:?}");
+    assert_eq!(rule.direct_response.map(|d| d.status), Some(500));
+
+    // A GRPCRoute: UNAVAILABLE, which gRPC clients read from HTTP 503.
+    let grpc = CANARY.replace("kind: HTTPRoute", "kind: GRPCRoute");
+    let (rule, _) = converted(&grpc, &[service("reviews-v1", &[9080])]);
+    assert_eq!(abort(&rule), Some((503, 10.0)));
+}
+
+/// `strait import` knows no Services, so only a backend of another kind is invalid there: its share becomes
+/// 500s in the output, and a note says so (behaviour to review, so the command exits non-zero without
+/// `--accept-changes`).
+#[test]
+fn strait_import_answers_a_backend_of_another_kind_with_500_and_says_so() {
+    let yaml = CANARY.replace(
+        "    - name: reviews-v2\n",
+        "    - name: reviews-v2\n      kind: ServiceImport\n      group: multicluster.x-k8s.io\n",
+    );
+    let converted = import::convert_all(&yaml, "cluster.local").expect("parses");
+    let [one] = converted.as_slice() else { panic!("one route: {converted:?}") };
+    let note = one.notes.iter().find(|n| n.field == "spec.rules[0].backendRefs[1].kind").expect("a note on the kind");
+    assert!(note.reason.contains("multicluster.x-k8s.io/ServiceImport is not a Service"), "{}", note.reason);
+    assert!(note.reason.contains("answered 500"), "{}", note.reason);
+    let crate::istio::Outcome::Resource { object, .. } = &one.outcome else { panic!("converted: {:?}", one.outcome) };
+    let Object::TrafficRoute(route) = object.as_ref() else { panic!("a TrafficRoute") };
+    let rule = &route.spec.http[0];
+    let hosts: Vec<&str> = rule.route.iter().map(|d| d.destination.host.as_str()).collect();
+    assert_eq!(hosts, ["reviews-v1"]);
+    let abort = rule.fault.as_ref().and_then(|f| f.abort.as_ref()).map(|a| (a.http_status, a.percentage));
+    assert_eq!(abort, Some((500, 10.0)));
 }

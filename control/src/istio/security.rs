@@ -212,6 +212,8 @@ pub fn peer_authentication(
         selector,
         mode,
         port_level_mtls,
+        // Known in a cluster only; set where the object's metadata is read (`kube::istio::read`).
+        created: None,
     })
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::{Resource, ResourceExt as _};
@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use super::convert;
 use super::crds::{self, CrdKind, CrdObject};
+use super::optional_kinds::{self, OptionalKind, OptionalStores};
 use super::status::{self, Observed};
 use crate::discovery::{BoxFuture, Discovery};
 use crate::model::{Discovered, MeshSettings};
@@ -39,6 +40,10 @@ pub struct KubeDiscovery {
     status: StatusWrites,
     istio_resources: bool,
     settings: MeshSettings,
+    /// How often kinds whose CRD is missing are looked for again.
+    crd_recheck: Duration,
+    /// `strait_control_watched_kinds`.
+    watched: prometheus::IntGaugeVec,
 }
 
 /// Whether this replica writes the custom resources' status.
@@ -61,7 +66,20 @@ impl KubeDiscovery {
             status: StatusWrites::Always,
             istio_resources: false,
             settings: MeshSettings::default(),
+            crd_recheck: optional_kinds::DEFAULT_RECHECK,
+            watched: optional_kinds::watched_kinds_gauge(),
         }
+    }
+
+    /// How often to look again for kinds whose CRD is not installed ([`optional_kinds::DEFAULT_RECHECK`]).
+    pub fn with_crd_recheck(mut self, every: Duration) -> Self {
+        self.crd_recheck = every;
+        self
+    }
+
+    /// The gauge of watched kinds, to register with the control plane's metrics.
+    pub fn watched_kinds(&self) -> prometheus::IntGaugeVec {
+        self.watched.clone()
     }
 
     /// Whether to watch Istio's kinds too (see [`super::istio`]).
@@ -93,9 +111,10 @@ struct Stores {
     pods: Store<Pod>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    /// Strait's own kinds.
     custom: Vec<(CrdKind, Store<DynamicObject>)>,
-    /// Istio's kinds, with `--istio-resources`, those installed.
-    istio: Vec<(ApiResource, Store<DynamicObject>)>,
+    /// Gateway API's and (with `--istio-resources`) Istio's kinds, as their CRDs are found installed.
+    optional: Arc<OptionalStores>,
     trust_domain: String,
     settings: MeshSettings,
 }
@@ -106,7 +125,25 @@ impl Discovery for KubeDiscovery {
             let changed = Arc::new(Notify::new());
             let mut tasks = JoinSet::new();
             let client = &self.client;
-            let istio_kinds = if self.istio_resources { super::istio::installed(client).await } else { Vec::new() };
+            let optional = Arc::new(OptionalStores::default());
+            let missing = optional_kinds::watch_installed(
+                client,
+                OptionalKind::all(self.istio_resources),
+                &optional,
+                &mut tasks,
+                &changed,
+                &self.watched,
+                self.crd_recheck,
+            )
+            .await;
+            tasks.spawn(optional_kinds::watch_missing(
+                client.clone(),
+                missing,
+                optional.clone(),
+                changed.clone(),
+                self.crd_recheck,
+                self.watched.clone(),
+            ));
             let stores = Stores {
                 namespaces: reflect(&mut tasks, Api::all(client.clone()), (), &changed),
                 pods: reflect(&mut tasks, Api::all(client.clone()), (), &changed),
@@ -114,22 +151,22 @@ impl Discovery for KubeDiscovery {
                 slices: reflect(&mut tasks, Api::all(client.clone()), (), &changed),
                 custom: CrdKind::ALL
                     .iter()
-                    .chain(installed_gateway_kinds(client).await.iter())
                     .map(|kind| {
                         let ar = kind.api_resource();
                         (*kind, reflect(&mut tasks, Api::all_with(client.clone(), &ar), ar, &changed))
                     })
                     .collect(),
-                istio: istio_kinds
-                    .into_iter()
-                    .map(|ar| {
-                        let store = reflect(&mut tasks, Api::all_with(client.clone(), &ar), ar.clone(), &changed);
-                        (ar, store)
-                    })
-                    .collect(),
+                optional,
                 trust_domain: self.trust_domain.clone(),
                 settings: self.settings.clone(),
             };
+            for kind in ["Namespace", "Pod", "Service", "EndpointSlice"]
+                .map(str::to_string)
+                .into_iter()
+                .chain(CrdKind::ALL.iter().map(|k| format!("{}.{}", k.api_resource().kind, k.api_resource().group)))
+            {
+                self.watched.with_label_values(&[&kind]).set(1);
+            }
             let (observed_tx, observed_rx) = watch::channel(Arc::new(Observed::default()));
             // Kept alive for the whole run, so the status writer sees a gate that stays open.
             let (_always, always) = watch::channel(true);
@@ -150,29 +187,13 @@ impl Discovery for KubeDiscovery {
     }
 }
 
-/// The Gateway API route kinds whose CRDs are installed (the user installs the standard CRDs, or not): a
-/// missing one is logged once and not watched, and the rest of the mesh works as before. A CRD installed later
-/// is read after a restart of the control plane.
-async fn installed_gateway_kinds(client: &kube::Client) -> Vec<CrdKind> {
-    let mut installed = Vec::new();
-    for kind in CrdKind::GATEWAY {
-        let ar = kind.api_resource();
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-        match api.list(&kube::api::ListParams::default().limit(1)).await {
-            Ok(_) => installed.push(kind),
-            Err(kube::Error::Api(status)) if status.code == 404 => tracing::info!(
-                kind = %ar.kind,
-                "the Gateway API CRD {}.{} is not installed; its routes are not read (restart after installing it)",
-                ar.plural, ar.group
-            ),
-            Err(e) => tracing::warn!(kind = %ar.kind, error = %e, "cannot list Gateway API routes; not reading them"),
-        }
-    }
-    installed
-}
-
 /// Starts a reflector for `api`'s kind in `tasks`; every event it applies wakes `changed`.
-fn reflect<K>(tasks: &mut JoinSet<()>, api: Api<K>, dyntype: K::DynamicType, changed: &Arc<Notify>) -> Store<K>
+pub(super) fn reflect<K>(
+    tasks: &mut JoinSet<()>,
+    api: Api<K>,
+    dyntype: K::DynamicType,
+    changed: &Arc<Notify>,
+) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
@@ -219,7 +240,11 @@ async fn publish(
         for (_, store) in &stores.custom {
             let _ = store.wait_until_ready().await;
         }
-        for (_, store) in &stores.istio {
+        // Those installed at start; one found later joins once listed (its first list wakes `changed`).
+        for (_, store) in stores.optional.gateway() {
+            let _ = store.wait_until_ready().await;
+        }
+        for (_, store) in stores.optional.istio() {
             let _ = store.wait_until_ready().await;
         }
     };
@@ -280,12 +305,13 @@ fn snapshot(stores: &Stores) -> (Discovered, Vec<CrdObject>) {
         }
     }
     let mut resources = Vec::new();
-    for (kind, store) in &stores.custom {
+    let custom = stores.custom.iter().cloned().chain(stores.optional.gateway());
+    for (kind, store) in custom {
         for object in store.state() {
             let (meta, parsed) = match kind {
-                CrdKind::Gateway(route) => crds::read_gateway(*route, &object),
+                CrdKind::Gateway(route) => crds::read_gateway(route, &object),
                 _ => {
-                    let (meta, parsed) = crds::read(*kind, &object);
+                    let (meta, parsed) = crds::read(kind, &object);
                     (meta, Some(parsed))
                 }
             };
@@ -297,9 +323,9 @@ fn snapshot(stores: &Stores) -> (Discovered, Vec<CrdObject>) {
             }
         }
     }
-    for (ar, store) in &stores.istio {
+    for (ar, store) in stores.optional.istio() {
         for object in store.state() {
-            match super::istio::read(ar, &object, &stores.trust_domain) {
+            match super::istio::read(&ar, &object, &stores.trust_domain) {
                 Ok(sourced) => discovered.objects.push(sourced),
                 Err(rejection) => discovered.rejected.push(rejection),
             }

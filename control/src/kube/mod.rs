@@ -18,6 +18,7 @@ pub mod crds;
 pub mod discovery;
 pub mod istio;
 pub mod leader;
+pub mod optional_kinds;
 pub mod root_configmap;
 pub mod status;
 pub mod token_review;
@@ -61,6 +62,8 @@ pub struct KubeOptions {
     /// Several replicas: only the holder of this Lease writes status (`write_status` must be on too).
     /// `None`: a single replica, which writes status whenever `write_status` says so.
     pub leader_election: Option<LeaseSettings>,
+    /// How often kinds whose CRD is not installed (Gateway API's, Istio's) are looked for again.
+    pub crd_recheck: Duration,
 }
 
 impl Default for KubeOptions {
@@ -80,6 +83,7 @@ impl Default for KubeOptions {
             outbound_traffic_policy: Default::default(),
             coalesce: crate::Coalesce::default(),
             leader_election: None,
+            crd_recheck: optional_kinds::DEFAULT_RECHECK,
         }
     }
 }
@@ -106,9 +110,12 @@ pub async fn start(client: kube::Client, options: KubeOptions) -> anyhow::Result
         .with_debounce(options.debounce)
         .with_status(status)
         .with_istio_resources(options.istio_resources)
-        .with_outbound_traffic_policy(options.outbound_traffic_policy);
+        .with_outbound_traffic_policy(options.outbound_traffic_policy)
+        .with_crd_recheck(options.crd_recheck);
+    let watched_kinds = discovery.watched_kinds();
     let parts = Parts { discovery: Box::new(discovery), verifier: Arc::new(verifier), ca };
     let mut running = crate::start_coalescing(options.listen, options.cert_ttl, options.coalesce, parts).await?;
+    running.stats().registry().register(Box::new(watched_kinds)).context("registering strait_control_watched_kinds")?;
     if let Some(settings) = options.leader_election {
         let stats = running.stats().clone();
         stats.set_leader(Some(false));

@@ -144,6 +144,9 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     let version = if request.version() == http::Version::HTTP_2 { Version::Http2 } else { Version::Http1 };
     // Authorized already; other upgrades were stripped by `normalize`.
     let upgrade = super::upgrade::wants_websocket(&request).then(|| hyper::upgrade::on(&mut request));
+    if upgrade.is_none() {
+        super::hop_by_hop::strip_hop_by_hop(request.headers_mut());
+    }
     let uri = match upstream_uri(request.uri(), d.authority.as_ref()) {
         Some(uri) => uri,
         None => {
@@ -164,7 +167,9 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
             return observed(response, access);
         }
     };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        super::hop_by_hop::strip_hop_by_hop(response.headers_mut());
+    } else {
         let Some(downstream) = upgrade else {
             // Only a WebSocket handshake may switch protocols (see `upgrade`).
             let response = text(StatusCode::BAD_GATEWAY, "upstream switched protocols unasked\n");

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod body;
 pub mod budget;
 pub mod detect;
+pub mod hop_by_hop;
 pub mod inbound;
 pub mod limits;
 pub mod normalize;

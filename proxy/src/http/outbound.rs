@@ -236,6 +236,8 @@ async fn forward(
     let version = if upgrade.is_some() { client_version } else { backend.upstream_version(client_version) };
     if version != client_version {
         super::upstream::translate_request(&mut request, version);
+    } else if upgrade.is_none() {
+        super::hop_by_hop::strip_hop_by_hop(request.headers_mut());
     }
     let hash_key: Option<Vec<u8>> = backend
         .hash_on()
@@ -328,6 +330,8 @@ async fn forward(
         Ok(mut response) => {
             if version != client_version {
                 super::upstream::translate_response(&mut response, client_version);
+            } else if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                super::hop_by_hop::strip_hop_by_hop(response.headers_mut());
             }
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let Some(downstream) = upgrade else {

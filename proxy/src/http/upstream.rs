@@ -350,30 +350,7 @@ impl Version {
     }
 }
 
-/// Headers that describe one HTTP/1.1 connection rather than the message (RFC 9110 7.6.1), forbidden in
-/// HTTP/2 (RFC 9113 8.2.2). `te: trailers` is the one form HTTP/2 keeps.
-const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"];
-
-fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    let trailers = headers.get(http::header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    // The names the `Connection` header lists are connection-specific too.
-    let listed: Vec<http::HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| http::HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if trailers {
-        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-    }
-}
+use super::hop_by_hop::strip_hop_by_hop;
 
 /// Turns a request that arrived in one HTTP version into one for an upstream of `version`: HTTP/1.1 needs a
 /// `Host` (an HTTP/2 request names its authority in the URI), HTTP/2 refuses connection-specific headers.

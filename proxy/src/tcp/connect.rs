@@ -104,7 +104,9 @@ pub(crate) async fn open(
         }
         Upstream::Tunnel { destination, target, dial, key } => {
             let labels = labels.clone().with_destination(&destination).with_upstream(target).mutual_tls(true);
-            let opened = tokio::time::timeout(timeout, ctx.pool.open(&key, dial, target, source.workload.address));
+            // Boxed: the handshake's state should not stay in the connection's task once the tunnel is open.
+            let opened =
+                tokio::time::timeout(timeout, Box::pin(ctx.pool.open(&key, dial, target, source.workload.address)));
             match opened.await {
                 Ok(Ok(stream)) => Opened::Connected(Connected::Tunnel { stream, labels }),
                 // The destination's policy said no: another endpoint of the service would most likely say

@@ -153,7 +153,8 @@ pub(crate) async fn serve_stream<S>(
     let state = ctx.state.current();
     let labels = local_destination_labels(&state, &caller, target, labels);
     if state.is_http_endpoint(target) {
-        crate::http::inbound::serve(ctx, stream, caller, destination, target, labels).await;
+        // Boxed: an idle relayed connection's task should not be as large as the HTTP server's state.
+        Box::pin(crate::http::inbound::serve(ctx, stream, caller, destination, target, labels)).await;
         return;
     }
     if authorize(ctx, &state, &caller, &destination, target.port()).is_err() {

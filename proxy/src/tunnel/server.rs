@@ -205,7 +205,8 @@ async fn tunnel_stream(
         // HTTP is authorized per request (a denial is a 403 the caller can read), so the tunnel opens first.
         let Ok(send) = respond.send_response(Response::new(()), false) else { return };
         let downstream = H2Stream::new(send, request.into_body()).ends_on_drop();
-        crate::http::inbound::serve(&ctx, downstream, caller, destination, target, labels).await;
+        // Boxed: an idle relayed stream's task should not be as large as the HTTP server's state.
+        Box::pin(crate::http::inbound::serve(&ctx, downstream, caller, destination, target, labels)).await;
         return;
     }
     if let Err(reason) = authorize(&ctx, &state, &caller, &destination, target.port()) {

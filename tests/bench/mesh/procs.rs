@@ -50,12 +50,19 @@ pub fn process_cpu(pid: u32) -> Result<Duration> {
 
 /// Resident memory of a process now and at its peak (`VmRSS`, `VmHWM`), KiB.
 pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    Ok((status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?))
+}
+
+/// The anonymous (private heap and stacks) part of a process's resident memory now, KiB: RSS less the pages
+/// of files it maps (its own code, shared libraries), which the page cache shares and can reclaim.
+pub fn anonymous_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, name: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} for {pid}"))?;
-        Ok(line.split_whitespace().nth(1).context("malformed status line")?.parse()?)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name} for {pid}"))?;
+    Ok(line.split_whitespace().nth(1).context("malformed status line")?.parse()?)
 }
 
 /// The size of `path` as it ships: a stripped copy (symbols and line tables removed), bytes.

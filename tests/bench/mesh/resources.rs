@@ -8,7 +8,7 @@ use anyhow::Result;
 use strait_tests::mesh;
 
 use crate::load::IdleConnections;
-use crate::procs::{memory_kib, stripped_size};
+use crate::procs::{anonymous_kib, memory_kib, stripped_size};
 use crate::{Bench, Path, Settings, ECHO_PORT};
 
 impl Bench {
@@ -22,17 +22,16 @@ impl Bench {
                 continue;
             }
             seen.push(self.pair_pids(path));
-            let kib: Vec<String> = self
-                .pair_pids(path)
-                .iter()
-                .map(|pid| {
-                    memory_kib(*pid)
-                        .map(|(_, peak)| format!("{:.1}", peak as f64 / 1024.0))
-                        .unwrap_or_else(|_| "?".into())
-                })
-                .collect();
-            println!("peak RSS so far, {}: {} MiB (client side / server side)", path.label(), kib.join(" / "));
-            peaks.push((path, kib.join(" / ")));
+            let mib_of =
+                |kib: Result<u64>| kib.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|_| "?".into());
+            let pids = self.pair_pids(path);
+            let peak: Vec<String> = pids.iter().map(|pid| mib_of(memory_kib(*pid).map(|(_, peak)| peak))).collect();
+            let anonymous: Vec<String> = pids.iter().map(|pid| mib_of(anonymous_kib(*pid))).collect();
+            // RSS counts the pages of the binary's code and shared libraries the process touched; the anonymous
+            // part is what each proxy holds of its own.
+            let cell = format!("{} (anonymous now: {})", peak.join(" / "), anonymous.join(" / "));
+            println!("peak RSS so far, {}: {cell} MiB (client side / server side)", path.label());
+            peaks.push((path, cell));
         }
         for (path, cell) in peaks {
             self.summary

@@ -7,7 +7,9 @@
 //! - `Stream`: echoes each request message as soon as it is complete (bidirectional streaming);
 //! - `Fail`: a trailers-only response with `grpc-status: 13`.
 //!
-//! Unary and Stream end with trailers `grpc-status: 0`, `grpc-message: ok`, `x-echo-count: <messages>`.
+//! Unary and Stream end with trailers `grpc-status: 0`, `grpc-message: ok`, `x-echo-count: <messages>`. Every
+//! response's headers say who answered (`x-backend-name`, `x-backend-version`) and carry each request
+//! metadata entry named `x-*` back as `x-echo-<name>`, so a test sees what a proxy added on the way.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -98,16 +100,43 @@ fn grpc_response(body: BoxBody) -> Response<BoxBody> {
     response
 }
 
-/// The echo service. Messages are echoed while the request still streams in, so a client can talk to
-/// `Stream` in ping-pong fashion.
-pub fn serve(req: Request<Incoming>) -> Response<BoxBody> {
+/// The echo service, answering as backend `name` / `version`. Messages are echoed while the request still
+/// streams in, so a client can talk to `Stream` in ping-pong fashion.
+pub fn serve(req: Request<Incoming>, name: &str, version: &str) -> Response<BoxBody> {
+    let mut response = answer(req);
+    let headers = response.headers_mut();
+    for (key, value) in [("x-backend-name", name), ("x-backend-version", version)] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(key, value);
+        }
+    }
+    response
+}
+
+/// `x-echo-<name>: <value>` for each request header `x-<...>` (not already an echo).
+fn echoed(request: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in request {
+        let name = name.as_str();
+        if name.starts_with("x-") && !name.starts_with("x-echo-") {
+            if let Ok(echo) = http::header::HeaderName::from_bytes(format!("x-echo-{name}").as_bytes()) {
+                out.append(echo, value.clone());
+            }
+        }
+    }
+    out
+}
+
+fn answer(req: Request<Incoming>) -> Response<BoxBody> {
     let path = req.uri().path().to_owned();
+    let echo = echoed(req.headers());
     if path != UNARY && path != STREAM {
         let (code, message) = if path == FAIL { ("13", "failed on purpose") } else { ("12", "unknown method") };
         // Trailers-only: the status travels in the response headers and the stream ends with them.
         let mut response = grpc_response(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
         response.headers_mut().insert("grpc-status", HeaderValue::from_static(code));
         response.headers_mut().insert("grpc-message", HeaderValue::from_static(message));
+        response.headers_mut().extend(echo);
         return response;
     }
     let (tx, body) = ChannelBody::new(16);
@@ -143,7 +172,9 @@ pub fn serve(req: Request<Incoming>) -> Response<BoxBody> {
         ]);
         let _ = tx.send(Frame::trailers(trailers)).await;
     });
-    grpc_response(body.boxed())
+    let mut response = grpc_response(body.boxed());
+    response.headers_mut().extend(echo);
+    response
 }
 
 /// A gRPC call in progress on the client side: send messages, read echoes, then the trailers.

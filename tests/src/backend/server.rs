@@ -277,7 +277,7 @@ async fn handle(mut req: Request<Incoming>, ctx: Arc<Ctx>) -> Result<Response<Bo
         return Ok(response);
     }
     if super::grpc::is_grpc(&req) {
-        return Ok(super::grpc::serve(req));
+        return Ok(super::grpc::serve(req, &instance.config.name, &instance.config.version));
     }
     if first == "upgrade" && is_upgrade(&req) {
         let on = hyper::upgrade::on(&mut req);

@@ -198,6 +198,11 @@ impl FakeKube {
         self.shared.uninstalled.lock().unwrap_or_else(|e| e.into_inner()).push(kind);
     }
 
+    /// Serves `kind` again after [`FakeKube::uninstall`], as when its CRD is installed.
+    pub fn install(&self, kind: &str) {
+        self.shared.uninstalled.lock().unwrap_or_else(|e| e.into_inner()).retain(|k| *k != kind);
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
