@@ -414,8 +414,8 @@ pub struct Subset {
 pub struct LoadBalancer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simple: Option<SimpleLb>,
-    /// Boxed: most policies have none, and it would make every DestinationPolicy (and each delta's resource
-    /// enum) larger.
+    // Boxed: most policies have none, and it would make every DestinationPolicy (and each delta's resource
+    // enum) larger. (A plain comment: a doc comment would replace the type's description in the schema.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<Box<ConsistentHash>>,
 }
