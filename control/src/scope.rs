@@ -54,6 +54,10 @@ pub struct Catalog {
     reach: Vec<Vec<usize>>,
     /// For each service (parallel to `services`), the workloads at its endpoint addresses.
     endpoint_workloads: Vec<Vec<usize>>,
+    /// For each service (parallel to `services`), by node: the service with only the endpoints on that node.
+    /// The destination side reads a service's endpoints for its own pods (declared protocol, the service name in
+    /// telemetry, escaped slashes), so a node gets those without subscribing.
+    local_endpoints: Vec<HashMap<String, Arc<Resource>>>,
     workloads_by_address: HashMap<IpAddr, usize>,
 }
 
@@ -92,7 +96,15 @@ impl Catalog {
                     let endpoints = s.endpoints.iter().filter_map(|e| catalog.workloads_by_address.get(&e.address));
                     catalog.endpoint_workloads.push(endpoints.copied().collect());
                     let index = catalog.services.len();
-                    catalog.services_by_name.insert(ServiceRef::new(&s.name, &s.namespace), index);
+                    let name = ServiceRef::new(&s.name, &s.namespace);
+                    let before = previous.services_by_name.get(&name).map(|&i| &previous.local_endpoints[i]);
+                    catalog.local_endpoints.push(local_endpoints(
+                        s,
+                        &catalog.workloads,
+                        &catalog.workloads_by_address,
+                        before,
+                    ));
+                    catalog.services_by_name.insert(name, index);
                     let mut frontend = s.clone();
                     frontend.endpoints.clear();
                     catalog.frontends.push(reuse(&previous.frontends, Resource::Service(frontend)));
@@ -191,13 +203,44 @@ impl Catalog {
             }
         }
         for (index, (service, frontend)) in self.services.iter().zip(&self.frontends).enumerate() {
-            view.push(if full.contains(&index) { service.clone() } else { frontend.clone() });
+            view.push(match self.local_endpoints[index].get(node) {
+                _ if full.contains(&index) => service.clone(),
+                Some(local) => local.clone(),
+                None => frontend.clone(),
+            });
         }
         view.extend(self.policies.iter().filter(|p| p.nodes.contains(node)).map(|p| p.resource.clone()));
         view.extend(self.routing.iter().cloned());
         view.extend(interests.answers().cloned());
         view
     }
+}
+
+/// `service` with only the endpoints on each node that has any, by node (reusing `before`'s `Arc`s when equal).
+fn local_endpoints(
+    service: &strait_api::Service,
+    workloads: &[ScopedWorkload],
+    by_address: &HashMap<IpAddr, usize>,
+    before: Option<&HashMap<String, Arc<Resource>>>,
+) -> HashMap<String, Arc<Resource>> {
+    let mut per_node: HashMap<&str, strait_api::Service> = HashMap::new();
+    for endpoint in &service.endpoints {
+        let Some(node) = by_address.get(&endpoint.address).map(|&i| workloads[i].node.as_str()) else { continue };
+        let local =
+            per_node.entry(node).or_insert_with(|| strait_api::Service { endpoints: Vec::new(), ..service.clone() });
+        local.endpoints.push(endpoint.clone());
+    }
+    per_node
+        .into_iter()
+        .map(|(node, local)| {
+            let local = Resource::Service(local);
+            let resource = match before.and_then(|b| b.get(node)) {
+                Some(previous) if **previous == local => previous.clone(),
+                _ => Arc::new(local),
+            };
+            (node.to_string(), resource)
+        })
+        .collect()
 }
 
 /// For each service (by index), the services whose endpoints its subscribers need: itself, then the
@@ -388,6 +431,10 @@ destinationPolicies:
         assert_eq!(policies(&bare), ["front-only", "mesh-wide"], "policies as in protocol 2");
         assert_eq!(bare.destination_policies.len(), 1);
         assert!(bare.answers.is_empty());
+        let n2 = on_demand(&catalog, "n2", &Interests::default());
+        let local: Vec<_> = n2.services[0].endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(local, ["10.0.2.1"], "the endpoints on the node itself (its destination side reads them)");
+        assert!(n2.answers.is_empty(), "which answers nothing: the source side still subscribes");
 
         let subscribed = on_demand(&catalog, "n1", &interests(&["reviews", "nosuch"], &["10.0.4.1", "192.0.2.7"]));
         subscribed.validate().expect("valid on its own");
