@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use strait_api::protocol::{SubscribeRequest, MAX_ADDRESS_INTERESTS, MAX_SERVICE_INTERESTS};
 use strait_api::ServiceRef;
 
+use tokio::sync::{mpsc, oneshot};
+
 use crate::state::{State, StateStore};
 use crate::tcp::socket::canonical_ip;
 use crate::telemetry::metrics::Metrics;
@@ -103,9 +105,14 @@ pub struct Discovery {
     metrics: Arc<Metrics>,
 }
 
+/// Subscriptions to send on the current stream's connection, in order, one at a time: the control plane
+/// handles each request on its own, so a replacing set sent after an addition must not overtake it. With a
+/// channel for the answer when a connection waits for it.
+type Queue = mpsc::UnboundedSender<(SubscribeRequest, Option<oneshot::Sender<Result<(), String>>>)>;
+
 #[derive(Default)]
 struct Interests {
-    link: Option<Arc<dyn SubscribeLink>>,
+    link: Option<Queue>,
     /// Every interest and when a connection last needed it.
     used: HashMap<Want, Instant>,
     services: usize,
@@ -132,20 +139,26 @@ impl Discovery {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A protocol 3 stream is open on `link`: the whole interest set goes to it (the control plane knows none).
+    /// A protocol 3 stream is open on `link`: the whole interest set goes to it first (the control plane knows
+    /// none), then each new interest, in order.
     pub fn connected(&self, link: Arc<dyn SubscribeLink>) {
         self.on_demand.store(true, Ordering::Release);
-        let request = {
-            let mut inner = self.lock();
-            inner.link = Some(link.clone());
-            inner.requested = inner.used.keys().cloned().collect();
-            whole_set(&inner)
-        };
+        let (queue, mut requests) = mpsc::unbounded_channel::<(SubscribeRequest, Option<oneshot::Sender<_>>)>();
         tokio::spawn(async move {
-            if let Err(e) = link.subscribe(request).await {
-                tracing::warn!(error = %e, "could not send the interest set to the control plane");
+            while let Some((request, answer)) = requests.recv().await {
+                let result = link.subscribe(request).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "the control plane did not take a subscription");
+                }
+                if let Some(answer) = answer {
+                    let _ = answer.send(result);
+                }
             }
         });
+        let mut inner = self.lock();
+        inner.requested = inner.used.keys().cloned().collect();
+        let _ = queue.send((whole_set(&inner), None));
+        inner.link = Some(queue);
     }
 
     /// A stream of protocol 1 or 2 is open: its configurations are whole, nothing is ever missing.
@@ -242,18 +255,23 @@ impl Discovery {
                 }
             }
             inner.used.insert(want.clone(), Instant::now());
-            let link = inner.link.clone().ok_or(DiscoveryError::Unavailable)?;
-            inner.requested.insert(want.clone()).then_some(link)
+            let queue = inner.link.clone().ok_or(DiscoveryError::Unavailable)?;
+            if inner.requested.insert(want.clone()) {
+                let (services, addresses) = match &want {
+                    Want::Service(s) => (vec![s.clone()], Vec::new()),
+                    Want::Address(a) => (Vec::new(), vec![*a]),
+                };
+                let (tx, rx) = oneshot::channel();
+                let request = SubscribeRequest { replace: false, services, addresses };
+                queue.send((request, Some(tx))).map_err(|_| DiscoveryError::Unavailable)?;
+                Some(rx)
+            } else {
+                None
+            }
         };
-        if let Some(link) = send {
-            let (services, addresses) = match &want {
-                Want::Service(s) => (vec![s.clone()], Vec::new()),
-                Want::Address(a) => (Vec::new(), vec![*a]),
-            };
-            let request = SubscribeRequest { replace: false, services, addresses };
-            if let Err(e) = link.subscribe(request).await {
+        if let Some(sent) = send {
+            if !matches!(sent.await, Ok(Ok(()))) {
                 self.lock().requested.remove(&want);
-                tracing::warn!(error = %e, wanted = ?want, "the control plane did not take a subscription");
                 return Err(DiscoveryError::Unavailable);
             }
         }
@@ -281,16 +299,13 @@ impl Discovery {
         let period = (self.options.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             tokio::time::sleep(period).await;
-            if let Some((link, request)) = self.drop_unused(Instant::now()) {
-                if let Err(e) = link.subscribe(request).await {
-                    tracing::debug!(error = %e, "could not send the trimmed interest set; the next stream sends it");
-                }
-            }
+            self.drop_unused(Instant::now());
         }
     }
 
-    /// Drops the interests unused since `now - idle`; the link and the remaining set when any was dropped.
-    fn drop_unused(&self, now: Instant) -> Option<(Arc<dyn SubscribeLink>, SubscribeRequest)> {
+    /// Drops the interests unused since `now - idle` and queues the remaining set for the control plane (the
+    /// next stream sends it anyway); the remaining set when any was dropped.
+    fn drop_unused(&self, now: Instant) -> Option<SubscribeRequest> {
         let mut inner = self.lock();
         let before = inner.used.len();
         inner.used.retain(|_, used| now.duration_since(*used) < self.options.idle);
@@ -301,7 +316,11 @@ impl Discovery {
         inner.services = inner.used.keys().filter(|w| matches!(w, Want::Service(_))).count();
         let kept: HashSet<Want> = inner.used.keys().cloned().collect();
         inner.requested.retain(|w| kept.contains(w));
-        Some((inner.link.clone()?, whole_set(&inner)))
+        let request = whole_set(&inner);
+        if let Some(queue) = &inner.link {
+            let _ = queue.send((request.clone(), None));
+        }
+        Some(request)
     }
 }
 
@@ -393,6 +412,7 @@ services: [{name: reviews, namespace: shop, addresses: [10.96.0.1], ports: [{por
         assert!(results.iter().all(|ok| *ok), "every connection waits for the answer");
         let requests = link.requests.lock().expect("lock").clone();
         assert_eq!(requests.len(), 2, "one subscription for five connections: {requests:?}");
+        assert!(requests[0].replace, "the whole set first, then additions, in order");
         assert_eq!(requests[1].services, [ServiceRef::new("reviews", "shop")]);
         assert!(!requests[1].replace);
         assert!(discovery.resolve(&store, addr(CLIENT), vip).await, "answered: no request");
@@ -451,15 +471,9 @@ services: [{name: reviews, namespace: shop, addresses: [10.96.0.1], ports: [{por
             inner.used.insert(Want::Service(ServiceRef::new("old", "shop")), now);
             inner.used.insert(Want::Address("10.0.0.1".parse().expect("ip")), now + Duration::from_secs(500));
             inner.services = 1;
-            inner.link = Some(Arc::new(Answering {
-                store: StateStore::new("n"),
-                requests: Mutex::default(),
-                answer: false,
-                versions: 0.into(),
-            }));
         }
         assert!(discovery.drop_unused(now + Duration::from_secs(599)).is_none(), "nothing idle yet");
-        let (_, request) = discovery.drop_unused(now + Duration::from_secs(601)).expect("one dropped");
+        let request = discovery.drop_unused(now + Duration::from_secs(601)).expect("one dropped");
         assert!(request.replace && request.services.is_empty());
         assert_eq!(request.addresses.len(), 1);
         assert_eq!(discovery.lock().services, 0);
