@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use strait_api::delta::diff;
 use strait_api::frame::{encode_line, LineDecoder};
-use strait_api::protocol::{ConfigAck, ConfigPushRef, ConfigRef, ConfigUpdateRef, PROTOCOL_FULL};
+use strait_api::protocol::{ConfigAck, ConfigPushRef, ConfigRef, ConfigUpdateRef, PROTOCOL_DELTA, PROTOCOL_FULL};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -135,22 +135,39 @@ async fn settle(discovered: &mut watch::Receiver<Arc<Discovered>>, coalesce: Coa
     }
 }
 
-/// Serves one proxy's stream in `protocol` (1: every line a full snapshot; 2: a full snapshot, then deltas; 3:
-/// as 2, scoped by the node's subscriptions, which `registration` follows): pushes each new version that changes
+/// What a stream was negotiated (see `control/PROTOCOL.md`, "Version negotiation").
+#[derive(Debug)]
+pub enum Negotiated {
+    /// Protocol 1: every line a full snapshot.
+    Full,
+    /// Protocol 2: a full snapshot, then deltas.
+    Delta,
+    /// Protocol 3: as 2, scoped by the node's subscriptions, which the registration follows.
+    OnDemand(Registration),
+}
+
+/// Serves one proxy's stream as `negotiated`: pushes each new version that changes
 /// the node's configuration, and in protocol 3 each change of its interests, to `tx` and records the ACKs read
 /// from `acks`. A line that answers a subscription while the mesh did not change carries the version of the line
 /// before it. Returns when the proxy goes away, or when the control plane drains: the stream then ends cleanly
 /// and the proxy, which keeps serving its last good configuration, reconnects (to another replica).
 pub async fn serve_stream(
     node: String,
-    protocol: u32,
+    mut negotiated: Negotiated,
     mut published: PublishedRx,
     stats: Arc<Stats>,
     acks: Incoming,
     tx: mpsc::Sender<Bytes>,
     drain: watch::Receiver<bool>,
-    mut registration: Option<Registration>,
 ) {
+    let protocol = match negotiated {
+        Negotiated::Full => PROTOCOL_FULL,
+        Negotiated::Delta | Negotiated::OnDemand(_) => PROTOCOL_DELTA,
+    };
+    let mut registration = match &mut negotiated {
+        Negotiated::OnDemand(r) => Some(r),
+        _ => None,
+    };
     stats.stream_opened(&node);
     let reader = tokio::spawn(read_acks(acks, node.clone(), stats.clone()));
     // The last version sent on this stream and the node's configuration in it: what a delta applies to.
@@ -161,7 +178,7 @@ pub async fn serve_stream(
         let current = published.borrow_and_update().clone();
         if let Some(p) = current.filter(|p| seen != Some(p.version) || interests_changed) {
             seen = Some(p.version);
-            let view = match registration.as_mut() {
+            let view = match registration.as_deref_mut() {
                 Some(r) => p.catalog.for_node_on_demand(&node, &r.interests.borrow_and_update()),
                 None => p.catalog.for_node(&node),
             };
@@ -202,7 +219,7 @@ pub async fn serve_stream(
 }
 
 /// Resolves when the stream's interests change (never without a registration: protocols 1 and 2).
-async fn interests_changed_of(registration: &mut Option<Registration>) -> Result<(), watch::error::RecvError> {
+async fn interests_changed_of(registration: &mut Option<&mut Registration>) -> Result<(), watch::error::RecvError> {
     match registration {
         Some(r) => r.interests.changed().await,
         None => std::future::pending().await,

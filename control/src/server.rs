@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use strait_api::protocol::{
-    negotiate, CertificateRequest, SubscribeRequest, MAX_SUBSCRIBE_BODY, PROTOCOL_HEADER, PROTOCOL_ON_DEMAND,
+    negotiate, CertificateRequest, SubscribeRequest, MAX_SUBSCRIBE_BODY, PROTOCOL_DELTA, PROTOCOL_HEADER,
+    PROTOCOL_ON_DEMAND,
 };
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
@@ -21,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{bearer, AuthError, TokenVerifier};
 use crate::interest::{SubscribeError, Subscriptions};
-use crate::push::{serve_stream, ChannelBody, PublishedRx};
+use crate::push::{serve_stream, ChannelBody, Negotiated, PublishedRx};
 use crate::signer::Signer;
 use crate::stats::Stats;
 
@@ -194,16 +195,19 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
     // One message in flight: a slow proxy gets the newest version next, not a backlog of stale ones.
     let (tx, rx) = mpsc::channel(1);
     // Registered before the response goes out, so a subscription sent as soon as it arrives finds the stream.
-    let registration = (protocol == PROTOCOL_ON_DEMAND).then(|| shared.subscriptions.open(&node));
+    let negotiated = match protocol {
+        PROTOCOL_ON_DEMAND => Negotiated::OnDemand(shared.subscriptions.open(&node)),
+        PROTOCOL_DELTA => Negotiated::Delta,
+        _ => Negotiated::Full,
+    };
     tokio::spawn(serve_stream(
         node,
-        protocol,
+        negotiated,
         shared.published.clone(),
         shared.stats.clone(),
         req.into_body(),
         tx,
         shared.drain.clone(),
-        registration,
     ));
     let mut response = Response::new(ChannelBody(rx).boxed());
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
