@@ -23,6 +23,8 @@ pub struct Interests {
     /// One answer per interest, keyed and ordered as the view holds them (canonical order), shared by every
     /// version rendered from this set.
     answers: BTreeMap<(String, String), Arc<Resource>>,
+    /// Whether the proxy sent anything yet on this stream (it sends its whole set first).
+    received: bool,
 }
 
 impl Interests {
@@ -41,6 +43,11 @@ impl Interests {
 
     pub fn is_empty(&self) -> bool {
         self.answers.is_empty()
+    }
+
+    /// Whether the proxy has sent its interests on this stream (its first request, even an empty set).
+    pub fn received(&self) -> bool {
+        self.received
     }
 
     /// This set with `request` applied (added, or replacing it), or why the request is refused (the set is then
@@ -72,7 +79,7 @@ impl Interests {
         };
         services.iter().for_each(|s| keep(Answer::service(&s.namespace, &s.name)));
         addresses.iter().for_each(|a| keep(Answer::address(*a)));
-        Ok(Interests { services, addresses, answers })
+        Ok(Interests { services, addresses, answers, received: true })
     }
 }
 
@@ -128,7 +135,8 @@ impl Subscriptions {
         let mut result = Ok(());
         sender.send_if_modified(|current| match current.with(request) {
             Ok(next) => {
-                let changed = next.answers.len() != current.answers.len()
+                let changed = !current.received
+                    || next.answers.len() != current.answers.len()
                     || next.answers.keys().zip(current.answers.keys()).any(|(a, b)| a != b);
                 *current = Arc::new(next);
                 changed
@@ -205,7 +213,9 @@ mod tests {
         let subscriptions = Arc::new(Subscriptions::default());
         let old = subscriptions.open("n1");
         let new = subscriptions.open("n1");
+        assert!(!new.interests.borrow().received());
         subscriptions.subscribe("n1", &request(false, &["reviews"], &[])).expect("the newer stream takes it");
+        assert!(new.interests.borrow().received());
         assert!(old.interests.borrow().is_empty());
         assert_eq!(new.interests.borrow().services().len(), 1);
         drop(old);

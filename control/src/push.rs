@@ -35,6 +35,9 @@ pub struct Published {
 
 pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
 
+/// How long the first line of a protocol 3 stream waits for the proxy's interest set.
+const FIRST_INTERESTS_WAIT: Duration = Duration::from_secs(1);
+
 /// A proxy's ACK line may carry a long NACK reason, but nothing legitimate comes near this.
 const MAX_ACK_LINE: usize = 1 << 20;
 
@@ -174,6 +177,15 @@ pub async fn serve_stream(
     let mut sent: Option<(u64, NodeView)> = None;
     let mut seen = None;
     let mut interests_changed = false;
+    // A protocol 3 proxy sends its whole interest set as soon as the stream opens: the first line waits for it
+    // (bounded), so that it already holds what the node uses and the proxy never applies a configuration that
+    // lacks it (connections would wait for the answer meanwhile).
+    if let Some(r) = registration.as_deref_mut() {
+        let first = r.interests.wait_for(|i| i.received());
+        if tokio::time::timeout(FIRST_INTERESTS_WAIT, first).await.is_err() {
+            tracing::debug!(node, "no interest set from the proxy yet; sending its configuration without");
+        }
+    }
     loop {
         let current = published.borrow_and_update().clone();
         if let Some(p) = current.filter(|p| seen != Some(p.version) || interests_changed) {

@@ -263,6 +263,7 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         Some(addr) => {
             let client = control_plane_client(&args, &node, addr)?.with_discovery(discovery.clone());
             if args.discovery == DiscoveryMode::OnDemand {
+                discovery.expect_on_demand();
                 tokio::spawn(discovery.clone().expire());
             }
             let certs = Arc::new(CertStore::new(Arc::new(client.issuer()), trust_bundle(&args)?));

@@ -161,6 +161,15 @@ impl Discovery {
         inner.link = Some(queue);
     }
 
+    /// This proxy takes its configuration from a control plane and asks for on-demand discovery: until a stream
+    /// says otherwise, a configuration in place (the last good one from disk) may lack destinations, and one it
+    /// lacks is refused, not passed through, while no control plane answers.
+    pub fn expect_on_demand(&self) {
+        if self.options.mode == DiscoveryMode::OnDemand {
+            self.on_demand.store(true, Ordering::Release);
+        }
+    }
+
     /// A stream of protocol 1 or 2 is open: its configurations are whole, nothing is ever missing.
     pub fn connected_full(&self) {
         self.on_demand.store(false, Ordering::Release);
@@ -445,6 +454,9 @@ services: [{name: reviews, namespace: shop, addresses: [10.96.0.1], ports: [{por
         // A proxy on protocol 2 holds the whole mesh: nothing to wait for.
         discovery.connected_full();
         assert!(discovery.resolve(&store, addr(CLIENT), vip).await);
+        // Restarted with a control plane configured but not reachable yet: what is missing is refused.
+        discovery.expect_on_demand();
+        assert!(!discovery.resolve(&store, addr(CLIENT), addr("10.2.0.11:80")).await, "not passed through");
     }
 
     #[tokio::test]
