@@ -327,12 +327,14 @@ async fn echo_once(payload: &[u8]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_moves_status_writes_and_proxies_to_the_other_replica() -> Result<()> {
     let cluster = Cluster::new().await?;
-    let listen = SocketAddr::from((ip(2, 1), ECHO_PORT));
-    tokio::spawn(async move {
-        if let Err(e) = strait_tests::backend::server::tcp_echo(listen).await {
-            eprintln!("echo on {listen}: {e:#}");
-        }
-    });
+    // echo-1, and echo-2 that joins the service mid-run.
+    for listen in [SocketAddr::from((ip(2, 1), ECHO_PORT)), SocketAddr::from((ip(2, 2), ECHO_PORT))] {
+        tokio::spawn(async move {
+            if let Err(e) = strait_tests::backend::server::tcp_echo(listen).await {
+                eprintln!("echo on {listen}: {e:#}");
+            }
+        });
+    }
     let mut replicas = vec![Some(cluster.start_replica(0)?)];
     eventually("the first replica's root certificate", || cluster.fake.get("ConfigMap", NAMESPACE, "strait-root-cert"))
         .await?;
