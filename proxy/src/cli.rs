@@ -270,6 +270,7 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
             let last_good = args.last_good_config.clone();
             if let Some(path) = &last_good {
                 serve_last_good(path, &state);
+                discovery.remember(&state.current().config.answers);
             }
             let store = state.clone();
             let updates = metrics.clone();

@@ -170,6 +170,35 @@ impl Discovery {
         }
     }
 
+    /// Takes the interests a previous run of this proxy had, from the answers of the configuration it saved: the
+    /// first stream asks for them again, so a restart does not make connections wait for what they used.
+    pub fn remember(&self, answers: &[strait_api::delta::Answer]) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        for answer in answers {
+            let want = match answer {
+                strait_api::delta::Answer::Service { namespace, name } => {
+                    Want::Service(ServiceRef::new(name.as_str(), namespace.as_str()))
+                }
+                strait_api::delta::Answer::Address { address } => match address.parse() {
+                    Ok(ip) => Want::Address(ip),
+                    Err(_) => continue,
+                },
+            };
+            let full = match want {
+                Want::Service(_) => inner.services >= MAX_SERVICE_INTERESTS,
+                Want::Address(_) => inner.used.len() - inner.services >= MAX_ADDRESS_INTERESTS,
+            };
+            if full || inner.used.contains_key(&want) {
+                continue;
+            }
+            if matches!(want, Want::Service(_)) {
+                inner.services += 1;
+            }
+            inner.used.insert(want, now);
+        }
+    }
+
     /// A stream of protocol 1 or 2 is open: its configurations are whole, nothing is ever missing.
     pub fn connected_full(&self) {
         self.on_demand.store(false, Ordering::Release);
@@ -454,6 +483,11 @@ services: [{name: reviews, namespace: shop, addresses: [10.96.0.1], ports: [{por
         // A proxy on protocol 2 holds the whole mesh: nothing to wait for.
         discovery.connected_full();
         assert!(discovery.resolve(&store, addr(CLIENT), vip).await);
+        // A restarted proxy asks again for what its saved configuration answered.
+        let fresh = Discovery::new(DiscoveryOptions::default(), Arc::new(Metrics::new()));
+        fresh.remember(&[Answer::service("shop", "reviews"), Answer::address("10.0.0.9".parse().expect("ip"))]);
+        let set = whole_set(&fresh.lock());
+        assert_eq!((set.services.len(), set.addresses.len(), set.replace), (1, 1, true));
         // Restarted with a control plane configured but not reachable yet: what is missing is refused.
         discovery.expect_on_demand();
         assert!(!discovery.resolve(&store, addr(CLIENT), addr("10.2.0.11:80")).await, "not passed through");
