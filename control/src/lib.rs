@@ -10,6 +10,7 @@ pub mod auth;
 pub mod discovery;
 pub mod files;
 pub mod gateway;
+pub mod interest;
 pub mod istio;
 pub mod kube;
 pub mod model;
@@ -219,6 +220,7 @@ pub async fn start_coalescing(
         signer,
         stats: stats.clone(),
         trust_domain,
+        subscriptions: Default::default(),
         drain: drain_rx,
     });
     let server = tasks.spawn(server::serve(listener, acceptor, shared)).id();

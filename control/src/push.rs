@@ -13,11 +13,12 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use strait_api::delta::diff;
 use strait_api::frame::{encode_line, LineDecoder};
-use strait_api::protocol::{ConfigAck, ConfigPushRef, ConfigRef, ConfigUpdateRef, PROTOCOL_DELTA};
+use strait_api::protocol::{ConfigAck, ConfigPushRef, ConfigRef, ConfigUpdateRef, PROTOCOL_DELTA, PROTOCOL_FULL};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::admit::Admission;
+use crate::interest::Registration;
 use crate::model::{Discovered, Snapshot};
 use crate::scope::{Catalog, NodeView};
 use crate::stats::{LineKind, Stats};
@@ -33,6 +34,9 @@ pub struct Published {
 }
 
 pub type PublishedRx = watch::Receiver<Option<Arc<Published>>>;
+
+/// How long the first line of a protocol 3 stream waits for the proxy's interest set.
+const FIRST_INTERESTS_WAIT: Duration = Duration::from_secs(1);
 
 /// A proxy's ACK line may carry a long NACK reason, but nothing legitimate comes near this.
 const MAX_ACK_LINE: usize = 1 << 20;
@@ -134,29 +138,62 @@ async fn settle(discovered: &mut watch::Receiver<Arc<Discovered>>, coalesce: Coa
     }
 }
 
-/// Serves one proxy's stream in `protocol` (1: every line a full snapshot; 2: a full snapshot, then deltas):
-/// pushes each new version that changes the node's configuration to `tx` and records the ACKs read from
-/// `acks`. Returns when the proxy goes away, or when the control plane drains: the stream then ends cleanly
+/// What a stream was negotiated (see `control/PROTOCOL.md`, "Version negotiation").
+#[derive(Debug)]
+pub enum Negotiated {
+    /// Protocol 1: every line a full snapshot.
+    Full,
+    /// Protocol 2: a full snapshot, then deltas.
+    Delta,
+    /// Protocol 3: as 2, scoped by the node's subscriptions, which the registration follows.
+    OnDemand(Registration),
+}
+
+/// Serves one proxy's stream as `negotiated`: pushes each new version that changes
+/// the node's configuration, and in protocol 3 each change of its interests, to `tx` and records the ACKs read
+/// from `acks`. A line that answers a subscription while the mesh did not change carries the version of the line
+/// before it. Returns when the proxy goes away, or when the control plane drains: the stream then ends cleanly
 /// and the proxy, which keeps serving its last good configuration, reconnects (to another replica).
 pub async fn serve_stream(
     node: String,
-    protocol: u32,
+    mut negotiated: Negotiated,
     mut published: PublishedRx,
     stats: Arc<Stats>,
     acks: Incoming,
     tx: mpsc::Sender<Bytes>,
     drain: watch::Receiver<bool>,
 ) {
+    let protocol = match negotiated {
+        Negotiated::Full => PROTOCOL_FULL,
+        Negotiated::Delta | Negotiated::OnDemand(_) => PROTOCOL_DELTA,
+    };
+    let mut registration = match &mut negotiated {
+        Negotiated::OnDemand(r) => Some(r),
+        _ => None,
+    };
     stats.stream_opened(&node);
     let reader = tokio::spawn(read_acks(acks, node.clone(), stats.clone()));
     // The last version sent on this stream and the node's configuration in it: what a delta applies to.
     let mut sent: Option<(u64, NodeView)> = None;
     let mut seen = None;
+    let mut interests_changed = false;
+    // A protocol 3 proxy sends its whole interest set as soon as the stream opens: the first line waits for it
+    // (bounded), so that it already holds what the node uses and the proxy never applies a configuration that
+    // lacks it (connections would wait for the answer meanwhile).
+    if let Some(r) = registration.as_deref_mut() {
+        let first = r.interests.wait_for(|i| i.received());
+        if tokio::time::timeout(FIRST_INTERESTS_WAIT, first).await.is_err() {
+            tracing::debug!(node, "no interest set from the proxy yet; sending its configuration without");
+        }
+    }
     loop {
         let current = published.borrow_and_update().clone();
-        if let Some(p) = current.filter(|p| seen != Some(p.version)) {
+        if let Some(p) = current.filter(|p| seen != Some(p.version) || interests_changed) {
             seen = Some(p.version);
-            let view = p.catalog.for_node(&node);
+            let view = match registration.as_deref_mut() {
+                Some(r) => p.catalog.for_node_on_demand(&node, &r.interests.borrow_and_update()),
+                None => p.catalog.for_node(&node),
+            };
             match render(&node, protocol, &p, &view, sent.as_ref()) {
                 Ok(None) => {
                     tracing::debug!(node, version = p.version, "the node's configuration did not change");
@@ -174,8 +211,13 @@ pub async fn serve_stream(
                 Err(e) => tracing::error!(node, error = %e, "cannot encode the configuration"),
             }
         }
+        interests_changed = false;
         tokio::select! {
             changed = published.changed() => if changed.is_err() { break },
+            changed = interests_changed_of(&mut registration) => match changed {
+                Ok(()) => interests_changed = true,
+                Err(_) => break,
+            },
             _ = tx.closed() => break,
             () = crate::server::drain_started(drain.clone()) => {
                 tracing::info!(node, "draining: ending the configuration stream so the proxy reconnects elsewhere");
@@ -186,6 +228,14 @@ pub async fn serve_stream(
     reader.abort();
     stats.stream_closed(&node);
     tracing::info!(node, "configuration stream closed");
+}
+
+/// Resolves when the stream's interests change (never without a registration: protocols 1 and 2).
+async fn interests_changed_of(registration: &mut Option<&mut Registration>) -> Result<(), watch::error::RecvError> {
+    match registration {
+        Some(r) => r.interests.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The line that brings a proxy holding `sent` to `view` (version `p.version`), or `None` when `view` is what
@@ -203,14 +253,14 @@ fn render(
         if delta.is_empty() {
             return Ok(None);
         }
-        if protocol == PROTOCOL_DELTA {
+        if protocol != PROTOCOL_FULL {
             let (upserts, removals) = (&delta.upserts[..], &delta.removals[..]);
             let update = ConfigUpdateRef::Delta { version, node, base: *base, upserts, removals };
             return encode_line(&update).map(|line| Some((LineKind::Delta, line)));
         }
     }
     let config = ConfigRef::new(p.catalog.trust_domain(), view.iter().map(|r| &**r));
-    let line = if protocol == PROTOCOL_DELTA {
+    let line = if protocol != PROTOCOL_FULL {
         encode_line(&ConfigUpdateRef::Full { version, node, config: &config })?
     } else {
         encode_line(&ConfigPushRef { version, node, config: &config })?

@@ -17,11 +17,14 @@
 //! node's view and kept from the previous version when unchanged, so a node's view costs pointer copies and
 //! the diff of two views mostly pointer comparisons.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use strait_api::delta::{resources, Resource};
-use strait_api::{MeshConfig, AUTHORIZATION_ROOT_NAMESPACE};
+use strait_api::{MeshConfig, ServiceRef, AUTHORIZATION_ROOT_NAMESPACE};
+
+use crate::interest::Interests;
 
 /// Labels the proxies' telemetry reads from any peer workload (Istio's `*_app` and `*_version` labels).
 const TELEMETRY_LABELS: [&str; 2] = ["app", "version"];
@@ -43,6 +46,19 @@ pub struct Catalog {
     routing: Vec<Arc<Resource>>,
     /// Nodes that run at least one meshed workload.
     served: HashSet<String>,
+    /// Protocol 3: each service as every node sees it before subscribing (no endpoints), parallel to `services`.
+    frontends: Vec<Arc<Resource>>,
+    services_by_name: HashMap<ServiceRef, usize>,
+    /// Protocol 3: for each service (parallel to `services`), the services whose endpoints a subscriber needs
+    /// with it: itself and the destinations of the TrafficRoutes for it (its traffic may be routed there).
+    reach: Vec<Vec<usize>>,
+    /// For each service (parallel to `services`), the workloads at its endpoint addresses.
+    endpoint_workloads: Vec<Vec<usize>>,
+    /// For each service (parallel to `services`), by node: the service with only the endpoints on that node.
+    /// The destination side reads a service's endpoints for its own pods (declared protocol, the service name in
+    /// telemetry, escaped slashes), so a node gets those without subscribing.
+    local_endpoints: Vec<HashMap<String, Arc<Resource>>>,
+    workloads_by_address: HashMap<IpAddr, usize>,
 }
 
 #[derive(Debug)]
@@ -76,7 +92,24 @@ impl Catalog {
         for resource in all {
             match &resource {
                 Resource::Namespace(_) => catalog.namespaces.push(reuse(&previous.namespaces, resource)),
-                Resource::Service(_) => catalog.services.push(reuse(&previous.services, resource)),
+                Resource::Service(s) => {
+                    let endpoints = s.endpoints.iter().filter_map(|e| catalog.workloads_by_address.get(&e.address));
+                    catalog.endpoint_workloads.push(endpoints.copied().collect());
+                    let index = catalog.services.len();
+                    let name = ServiceRef::new(&s.name, &s.namespace);
+                    let before = previous.services_by_name.get(&name).map(|&i| &previous.local_endpoints[i]);
+                    catalog.local_endpoints.push(local_endpoints(
+                        s,
+                        &catalog.workloads,
+                        &catalog.workloads_by_address,
+                        before,
+                    ));
+                    catalog.services_by_name.insert(name, index);
+                    let mut frontend = s.clone();
+                    frontend.endpoints.clear();
+                    catalog.frontends.push(reuse(&previous.frontends, Resource::Service(frontend)));
+                    catalog.services.push(reuse(&previous.services, resource));
+                }
                 // Mesh-wide settings, PeerAuthentications (read by the destination side, cheap to send to all)
                 // and external hosts (any source may dial them) go to every served node, like routes.
                 Resource::TrafficRoute(_)
@@ -88,6 +121,7 @@ impl Catalog {
                     let mut trimmed = w.clone();
                     trimmed.labels.retain(|k, _| label_keys.contains(k.as_str()));
                     let node = w.node.clone();
+                    catalog.workloads_by_address.insert(w.address, catalog.workloads.len());
                     let before = previous.workloads.binary_search_by(|p| p.local.sort_key().cmp(&resource.sort_key()));
                     let before = before.ok().map(|i| &previous.workloads[i]);
                     let remote = Resource::Workload(trimmed);
@@ -101,6 +135,8 @@ impl Catalog {
                     };
                     catalog.workloads.push(ScopedWorkload { node, local, remote });
                 }
+                // Never in a rendered mesh: answers are per node, added by `for_node_on_demand`.
+                Resource::Answer(_) => {}
                 Resource::AuthorizationPolicy(p) => {
                     let selector = p.spec.selector.as_ref();
                     let nodes = meshed
@@ -113,6 +149,7 @@ impl Catalog {
                 }
             }
         }
+        catalog.reach = route_reach(mesh, &catalog.services_by_name);
         catalog
     }
 
@@ -134,6 +171,95 @@ impl Catalog {
         view.extend(self.routing.iter().cloned());
         view
     }
+}
+
+impl Catalog {
+    /// What `node` receives in protocol 3 with `interests`: its own workloads whole, every service without
+    /// endpoints but those it subscribed to (and their route destinations), with the workloads behind those
+    /// endpoints and at the subscribed addresses (labels trimmed as in `for_node`), policies and routing as
+    /// `for_node`, and one answer per interest. Nothing for a node without meshed workloads.
+    pub fn for_node_on_demand(&self, node: &str, interests: &Interests) -> NodeView {
+        if !self.served.contains(node) {
+            return Vec::new();
+        }
+        let mut full: BTreeSet<usize> = BTreeSet::new();
+        for service in interests.services() {
+            if let Some(&index) = self.services_by_name.get(service) {
+                full.extend(self.reach[index].iter().copied());
+            }
+        }
+        let mut workloads: BTreeSet<usize> =
+            full.iter().flat_map(|&s| self.endpoint_workloads[s].iter().copied()).collect();
+        workloads.extend(interests.addresses().iter().filter_map(|a| self.workloads_by_address.get(a)));
+        let mut view =
+            Vec::with_capacity(self.namespaces.len() + workloads.len() + self.services.len() + self.routing.len());
+        view.extend(self.namespaces.iter().cloned());
+        // Canonical order: the catalog's own, over the local workloads and the subscribed ones together.
+        for (index, w) in self.workloads.iter().enumerate() {
+            if w.node == node {
+                view.push(w.local.clone());
+            } else if workloads.contains(&index) {
+                view.push(w.remote.clone());
+            }
+        }
+        for (index, (service, frontend)) in self.services.iter().zip(&self.frontends).enumerate() {
+            view.push(match self.local_endpoints[index].get(node) {
+                _ if full.contains(&index) => service.clone(),
+                Some(local) => local.clone(),
+                None => frontend.clone(),
+            });
+        }
+        view.extend(self.policies.iter().filter(|p| p.nodes.contains(node)).map(|p| p.resource.clone()));
+        view.extend(self.routing.iter().cloned());
+        view.extend(interests.answers().cloned());
+        view
+    }
+}
+
+/// `service` with only the endpoints on each node that has any, by node (reusing `before`'s `Arc`s when equal).
+fn local_endpoints(
+    service: &strait_api::Service,
+    workloads: &[ScopedWorkload],
+    by_address: &HashMap<IpAddr, usize>,
+    before: Option<&HashMap<String, Arc<Resource>>>,
+) -> HashMap<String, Arc<Resource>> {
+    let mut per_node: HashMap<&str, strait_api::Service> = HashMap::new();
+    for endpoint in &service.endpoints {
+        let Some(node) = by_address.get(&endpoint.address).map(|&i| workloads[i].node.as_str()) else { continue };
+        let local =
+            per_node.entry(node).or_insert_with(|| strait_api::Service { endpoints: Vec::new(), ..service.clone() });
+        local.endpoints.push(endpoint.clone());
+    }
+    per_node
+        .into_iter()
+        .map(|(node, local)| {
+            let local = Resource::Service(local);
+            let resource = match before.and_then(|b| b.get(node)) {
+                Some(previous) if **previous == local => previous.clone(),
+                _ => Arc::new(local),
+            };
+            (node.to_string(), resource)
+        })
+        .collect()
+}
+
+/// For each service (by index), the services whose endpoints its subscribers need: itself, then the
+/// destinations of every TrafficRoute for it (hosts resolved in the route's namespace, as the proxy does).
+fn route_reach(mesh: &MeshConfig, services: &HashMap<ServiceRef, usize>) -> Vec<Vec<usize>> {
+    let mut reach: Vec<Vec<usize>> = (0..services.len()).map(|i| vec![i]).collect();
+    for route in &mesh.traffic_routes {
+        let resolve = |host: &str| ServiceRef::parse(host, &route.namespace).and_then(|s| services.get(&s).copied());
+        let destinations: Vec<usize> =
+            route.spec.http.iter().flat_map(|rule| &rule.route).filter_map(|d| resolve(&d.destination.host)).collect();
+        for host in route.spec.hosts.iter().filter_map(|h| resolve(h)) {
+            for &destination in &destinations {
+                if !reach[host].contains(&destination) {
+                    reach[host].push(destination);
+                }
+            }
+        }
+    }
+    reach
 }
 
 /// The label keys a node needs of workloads on other nodes.
@@ -198,6 +324,9 @@ destinationPolicies:
         }
         for d in list("destinationPolicies") {
             objects.push(Object::DestinationPolicy(serde_yaml::from_value(d).expect("destination policy")));
+        }
+        for r in list("trafficRoutes") {
+            objects.push(Object::TrafficRoute(serde_yaml::from_value(r).expect("route")));
         }
         Snapshot::from_objects(&objects)
     }
@@ -273,6 +402,111 @@ destinationPolicies:
         assert!(a.iter().zip(&b).all(|(a, b)| Arc::ptr_eq(a, b)), "n1's view is the same objects");
     }
 
+    fn interests(services: &[&str], addresses: &[&str]) -> Interests {
+        let request = strait_api::protocol::SubscribeRequest {
+            replace: true,
+            services: services.iter().map(|s| ServiceRef::new(*s, "shop")).collect(),
+            addresses: addresses.iter().map(|a| a.parse().expect("test address")).collect(),
+        };
+        Interests::default().with(&request).expect("within bounds")
+    }
+
+    fn on_demand(catalog: &Catalog, node: &str, interests: &Interests) -> MeshConfig {
+        assemble(catalog.trust_domain(), catalog.for_node_on_demand(node, interests).iter().map(|r| (**r).clone()))
+    }
+
+    fn names<T>(list: &[T], name: impl Fn(&T) -> &str) -> Vec<&str> {
+        list.iter().map(name).collect()
+    }
+
+    #[test]
+    fn on_demand_a_node_gets_its_own_workloads_service_frontends_and_what_it_subscribed_to() {
+        let catalog = catalog(MESH, None);
+        let bare = on_demand(&catalog, "n1", &Interests::default());
+        bare.validate().expect("valid on its own");
+        assert_eq!(names(&bare.workloads, |w| &w.name), ["front"], "only its own workloads");
+        assert_eq!(bare.services.len(), 1, "every service's frontend");
+        assert!(bare.services[0].endpoints.is_empty(), "without endpoints");
+        assert_eq!(bare.services[0].addresses, config(&catalog, "n1").services[0].addresses);
+        assert_eq!(policies(&bare), ["front-only", "mesh-wide"], "policies as in protocol 2");
+        assert_eq!(bare.destination_policies.len(), 1);
+        assert!(bare.answers.is_empty());
+        let n2 = on_demand(&catalog, "n2", &Interests::default());
+        let local: Vec<_> = n2.services[0].endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(local, ["10.0.2.1"], "the endpoints on the node itself (its destination side reads them)");
+        assert!(n2.answers.is_empty(), "which answers nothing: the source side still subscribes");
+
+        let subscribed = on_demand(&catalog, "n1", &interests(&["reviews", "nosuch"], &["10.0.4.1", "192.0.2.7"]));
+        subscribed.validate().expect("valid on its own");
+        assert_eq!(names(&subscribed.workloads, |w| &w.name), ["front", "legacy", "reviews-v1", "reviews-v2"]);
+        assert_eq!(subscribed.services[0].endpoints.len(), 2, "the subscribed service's endpoints");
+        let remote = subscribed.workloads.iter().find(|w| w.name == "reviews-v1").expect("reviews-v1");
+        assert!(!remote.labels.contains_key("pod-template-hash"), "remote workloads trimmed as in protocol 2");
+        let answers: Vec<(&str, &str)> = subscribed.answers.iter().map(|a| a.key_parts()).collect();
+        assert_eq!(
+            answers,
+            [("", "10.0.4.1"), ("", "192.0.2.7"), ("shop", "nosuch"), ("shop", "reviews")],
+            "every interest answered, known or not (192.0.2.7 is not in the mesh)"
+        );
+        assert!(catalog.for_node_on_demand("n4", &interests(&["reviews"], &[])).is_empty(), "no meshed workload");
+    }
+
+    /// The nodes whose protocol 3 view changes from `before` to `after`, with n1 subscribed to reviews, n2 to
+    /// nothing, n3 to the address 10.0.3.9 (nobody's, at first).
+    fn changed_on_demand(before: &str, after: &str) -> Vec<&'static str> {
+        let wants =
+            [("n1", interests(&["reviews"], &[])), ("n2", interests(&[], &[])), ("n3", interests(&[], &["10.0.3.9"]))];
+        let old = catalog(before, None);
+        let new = catalog(after, Some(&old));
+        wants
+            .iter()
+            .filter(|(node, wants)| {
+                !diff(&old.for_node_on_demand(node, wants), &new.for_node_on_demand(node, wants)).is_empty()
+            })
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    #[test]
+    fn on_demand_a_pod_change_reaches_its_own_node_and_its_subscribers_only() {
+        // A pod behind reviews on n2: n2 (its node) and n1 (subscribed to reviews); not n3.
+        let added = MESH.replace(
+            "- {name: legacy",
+            "- {name: reviews-v3, namespace: shop, serviceAccount: reviews, node: n2, address: 10.0.2.2, labels: {app: reviews}}\n- {name: legacy",
+        );
+        assert_eq!(changed_on_demand(MESH, &added), ["n1", "n2"]);
+        // A pod behind no subscribed service, on a node nobody watches: its node only.
+        let other = MESH.replace(
+            "- {name: legacy",
+            "- {name: batch, namespace: shop, node: n2, address: 10.0.2.3, labels: {app: batch}}\n- {name: legacy",
+        );
+        assert_eq!(changed_on_demand(MESH, &other), ["n2"]);
+        // A pod that takes an address n3 was told is not in the mesh: n3 gets it (never a stale answer).
+        let reused = MESH.replace(
+            "- {name: legacy",
+            "- {name: newcomer, namespace: shop, node: n1, address: 10.0.3.9, labels: {app: batch}}\n- {name: legacy",
+        );
+        assert_eq!(changed_on_demand(MESH, &reused), ["n1", "n3"]);
+        let old = catalog(MESH, None);
+        let new = catalog(&reused, Some(&old));
+        let n3 = on_demand(&new, "n3", &interests(&[], &["10.0.3.9"]));
+        assert!(n3.workloads.iter().any(|w| w.name == "newcomer"), "the address now names its workload");
+        assert!(changed_on_demand(MESH, MESH).is_empty());
+    }
+
+    #[test]
+    fn on_demand_a_subscribed_service_brings_the_endpoints_its_routes_send_to() {
+        let routed = MESH.replace(
+            "selector: {app: reviews}}\n",
+            "selector: {app: reviews}}\n- {name: front, namespace: shop, addresses: [10.96.0.2], ports: [{name: http, port: 80}], selector: {app: front}}\n",
+        ) + "trafficRoutes:\n- {name: canary, namespace: shop, spec: {hosts: [front], http: [{route: [{destination: {host: reviews.shop.svc.cluster.local}}]}]}}\n";
+        let catalog = catalog(&routed, None);
+        let n3 = on_demand(&catalog, "n3", &interests(&["front"], &[]));
+        let endpoints: Vec<(&str, usize)> = n3.services.iter().map(|s| (s.name.as_str(), s.endpoints.len())).collect();
+        assert_eq!(endpoints, [("front", 1), ("reviews", 2)], "front's route sends to reviews");
+        assert_eq!(names(&n3.workloads, |w| &w.name), ["front", "reviews-v1", "reviews-v2"]);
+    }
+
     /// Scoping then deltas: whatever sequence of meshes, a node that applies each delta in turn holds exactly
     /// the full scoped configuration of the last one.
     #[test]
@@ -289,12 +523,21 @@ destinationPolicies:
             let mut previous: Option<Catalog> = None;
             let mut held = MeshConfig::default();
             let mut held_view: NodeView = Vec::new();
-            for mesh in &meshes {
+            let mut on_demand_held = MeshConfig::default();
+            let mut on_demand_view: NodeView = Vec::new();
+            let wants = [interests(&[], &[]), interests(&["reviews"], &["10.0.3.1", "10.0.9.9"]), interests(&[], &[])];
+            for (i, mesh) in meshes.iter().enumerate() {
                 let next = catalog(mesh, previous.as_ref());
                 let view = next.for_node(node);
                 let delta: ConfigDelta = diff(&held_view, &view);
                 held = apply(&held, &delta).expect("applies");
                 assert_eq!(held, config(&next, node), "node {node}");
+                // Protocol 3, with the interests changing along the way.
+                let wants = &wants[i % wants.len()];
+                let next_on_demand = next.for_node_on_demand(node, wants);
+                on_demand_held = apply(&on_demand_held, &diff(&on_demand_view, &next_on_demand)).expect("applies");
+                assert_eq!(on_demand_held, on_demand(&next, node, wants), "node {node}, on demand");
+                on_demand_view = next_on_demand;
                 held_view = view;
                 previous = Some(next);
             }

@@ -11,18 +11,22 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use strait_api::protocol::{negotiate, CertificateRequest, PROTOCOL_HEADER};
+use strait_api::protocol::{
+    negotiate, CertificateRequest, SubscribeRequest, MAX_SUBSCRIBE_BODY, PROTOCOL_DELTA, PROTOCOL_HEADER,
+    PROTOCOL_ON_DEMAND,
+};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{bearer, AuthError, TokenVerifier};
-use crate::push::{serve_stream, ChannelBody, PublishedRx};
+use crate::interest::{SubscribeError, Subscriptions};
+use crate::push::{serve_stream, ChannelBody, Negotiated, PublishedRx};
 use crate::signer::Signer;
 use crate::stats::Stats;
 
-pub use strait_api::protocol::{SIGN_PATH, STREAM_PATH};
+pub use strait_api::protocol::{SIGN_PATH, STREAM_PATH, SUBSCRIBE_PATH};
 pub const NODE_HEADER: &str = "x-strait-node";
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +42,8 @@ pub struct Shared {
     pub signer: Arc<Signer>,
     pub stats: Arc<Stats>,
     pub trust_domain: String,
+    /// Protocol 3 interest sets of the nodes whose streams are open here.
+    pub subscriptions: Arc<Subscriptions>,
     /// True once the control plane drains: no new connection or stream, open streams end so that their proxies
     /// reconnect to another replica, connections get GOAWAY.
     pub drain: watch::Receiver<bool>,
@@ -125,7 +131,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if path != STREAM_PATH && path != SIGN_PATH {
+    if path != STREAM_PATH && path != SIGN_PATH && path != SUBSCRIBE_PATH {
         return text(StatusCode::NOT_FOUND, format!("no such endpoint {path}"));
     }
     if req.method() != Method::POST {
@@ -135,10 +141,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         Ok(node) => node,
         Err(response) => return response,
     };
-    if req.uri().path() == STREAM_PATH {
-        stream(shared, node, req)
-    } else {
-        sign(shared, node, req).await
+    match req.uri().path() {
+        STREAM_PATH => stream(shared, node, req),
+        SUBSCRIBE_PATH => subscribe(shared, node, req).await,
+        _ => sign(shared, node, req).await,
     }
 }
 
@@ -188,9 +194,15 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
     }
     // One message in flight: a slow proxy gets the newest version next, not a backlog of stale ones.
     let (tx, rx) = mpsc::channel(1);
+    // Registered before the response goes out, so a subscription sent as soon as it arrives finds the stream.
+    let negotiated = match protocol {
+        PROTOCOL_ON_DEMAND => Negotiated::OnDemand(shared.subscriptions.open(&node)),
+        PROTOCOL_DELTA => Negotiated::Delta,
+        _ => Negotiated::Full,
+    };
     tokio::spawn(serve_stream(
         node,
-        protocol,
+        negotiated,
         shared.published.clone(),
         shared.stats.clone(),
         req.into_body(),
@@ -201,6 +213,38 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
     response.headers_mut().insert(PROTOCOL_HEADER, header::HeaderValue::from(protocol));
     response
+}
+
+/// Protocol 3: records a node's interests; its stream sends the answer.
+async fn subscribe(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_SUBSCRIBE_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")),
+    };
+    let request: SubscribeRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("the body is not a SubscribeRequest: {e}")),
+    };
+    match shared.subscriptions.subscribe(&node, &request) {
+        Ok(()) => {
+            tracing::debug!(
+                node,
+                services = request.services.len(),
+                addresses = request.addresses.len(),
+                replace = request.replace,
+                "subscribed"
+            );
+            text(StatusCode::OK, "subscribed".to_string())
+        }
+        Err(e) => {
+            tracing::warn!(node, error = %e, "refused a subscription");
+            let status = match e {
+                SubscribeError::NoStream(_) => StatusCode::CONFLICT,
+                SubscribeError::TooMany { .. } | SubscribeError::Name(_) => StatusCode::BAD_REQUEST,
+            };
+            text(status, e.to_string())
+        }
+    }
 }
 
 async fn sign(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response<Body> {

@@ -73,6 +73,7 @@ pub fn translate(snapshot: &Snapshot, trust_domain: &str) -> MeshConfig {
         peer_authentications: snapshot.peer_authentications.clone(),
         outbound_traffic_policy: snapshot.settings.outbound_traffic_policy,
         external_services: snapshot.service_entries.clone(),
+        answers: Vec::new(),
     };
     // Destination policies come merged in precedence order (one per host, so their order means nothing to a
     // proxy); every other list is sorted already.

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_api::frame::LineDecoder;
-use strait_api::protocol::{ConfigPush, ConfigUpdate, PROTOCOL_HEADER, STREAM_PATH};
+use strait_api::protocol::{ConfigPush, ConfigUpdate, SubscribeRequest, PROTOCOL_HEADER, STREAM_PATH, SUBSCRIBE_PATH};
 use strait_api::MeshConfig;
 use strait_certs::{CertIssuer, Identity, StaticCertResolver, TrustBundle};
 use strait_control::{Options, Running};
@@ -313,6 +313,9 @@ struct RawStream {
     picked: Option<String>,
     lines: mpsc::UnboundedReceiver<Vec<u8>>,
     task: tokio::task::JoinHandle<()>,
+    /// The stream's connection, for subscriptions (protocol 3).
+    sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
 }
 
 async fn raw_stream(running: &Running, node: &str, offered: Option<&str>) -> RawStream {
@@ -322,7 +325,7 @@ async fn raw_stream(running: &Running, node: &str, offered: Option<&str>) -> Raw
     let tcp = tokio::net::TcpStream::connect(running.local_addr()).await.expect("connect");
     let tls = tls.connect(strait_certs::mesh_server_name(), tcp).await.expect("TLS");
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tls))
         .await
         .expect("HTTP/2");
     let mut request = http::Request::post(format!("https://{}{STREAM_PATH}", running.local_addr()))
@@ -331,18 +334,12 @@ async fn raw_stream(running: &Running, node: &str, offered: Option<&str>) -> Raw
     if let Some(offered) = offered {
         request = request.header(PROTOCOL_HEADER, offered);
     }
-    let response = {
-        let send = sender.send_request(request.body(Empty::new()).expect("request"));
-        tokio::select! {
-            response = send => response.expect("a response"),
-            _ = conn => panic!("the connection ended"),
-        }
-    };
+    tokio::spawn(conn);
+    let response = sender.send_request(request.body(Full::default()).expect("request")).await.expect("a response");
     let status = response.status();
     let picked = response.headers().get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (tx, lines) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        let _sender = sender;
         let mut body = response.into_body();
         let mut decoder = LineDecoder::new(1 << 20);
         while let Some(Ok(frame)) = body.frame().await {
@@ -353,10 +350,21 @@ async fn raw_stream(running: &Running, node: &str, offered: Option<&str>) -> Raw
             }
         }
     });
-    RawStream { status, picked, lines, task }
+    RawStream { status, picked, lines, task, sender, addr: running.local_addr() }
 }
 
 impl RawStream {
+    /// A subscription on the stream's connection: the answer's status.
+    async fn subscribe(&mut self, node: &str, request: &SubscribeRequest) -> http::StatusCode {
+        let body = Full::new(Bytes::from(serde_json::to_vec(request).expect("encodes")));
+        let request = http::Request::post(format!("https://{}{SUBSCRIBE_PATH}", self.addr))
+            .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header("x-strait-node", node)
+            .body(body)
+            .expect("request");
+        self.sender.send_request(request).await.expect("a response").status()
+    }
+
     async fn next(&mut self) -> Vec<u8> {
         tokio::time::timeout(Duration::from_secs(5), self.lines.recv())
             .await
@@ -412,7 +420,9 @@ async fn a_proxy_speaking_protocol_2_gets_a_full_snapshot_then_only_the_changes_
     else {
         panic!("the first line is a full snapshot");
     };
-    assert_eq!(config.workloads.len(), 3);
+    assert_eq!(config.workloads.len(), 3, "a proxy from before protocol 3 still gets every workload");
+    assert_eq!(config.services[0].endpoints.len(), 2, "and every endpoint");
+    assert!(config.answers.is_empty());
 
     // A route change: a delta holding the route alone.
     mesh.write("route.yaml", &route("v2", "/api/.*"));
@@ -454,5 +464,86 @@ async fn a_proxy_speaking_protocol_2_gets_a_full_snapshot_then_only_the_changes_
     assert!(kinds.contains(&"full") && kinds.contains(&"delta"), "{kinds:?}");
 
     stream.task.abort();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxy_speaking_protocol_3_gets_endpoints_and_workloads_it_subscribed_to_and_their_changes() {
+    init_tracing();
+    let mesh = Mesh::new();
+    let running = mesh.start("127.0.0.1:0".parse().expect("addr")).await;
+    // node-b runs productpage (a client of reviews); node-a runs reviews-v1.
+    let mut stream = raw_stream(&running, "node-b", Some("1, 2, 3")).await;
+    assert_eq!(stream.picked.as_deref(), Some("3"));
+    let ConfigUpdate::Full { version: first, config, .. } =
+        serde_json::from_slice(&stream.next().await).expect("a protocol 3 line")
+    else {
+        panic!("the first line is a full snapshot");
+    };
+    let names = |config: &MeshConfig| config.workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&config), ["productpage", "reviews-v2"], "its own workloads only");
+    let endpoints: Vec<String> = config.services[0].endpoints.iter().map(|e| e.address.to_string()).collect();
+    assert_eq!(endpoints, ["127.0.10.2"], "the service's frontend, with only the endpoint on this node");
+    assert!(config.answers.is_empty());
+    let mut other = raw_stream(&running, "node-a", Some("3")).await;
+    let _ = other.next().await;
+
+    let reviews = strait_api::ServiceRef::new("reviews", "shop");
+    let request = SubscribeRequest {
+        replace: false,
+        services: vec![reviews],
+        addresses: vec!["127.0.10.9".parse().expect("ip")],
+    };
+    assert_eq!(stream.subscribe("node-b", &request).await, http::StatusCode::OK);
+    let ConfigUpdate::Delta { version, base, upserts, removals, .. } =
+        serde_json::from_slice(&stream.next().await).expect("a protocol 3 line")
+    else {
+        panic!("the answer is a delta");
+    };
+    assert_eq!((version, base), (first, first), "the mesh did not change: the same version, answered");
+    assert!(removals.is_empty());
+    let upserted: Vec<String> = upserts.iter().map(|r| r.key().to_string()).collect();
+    assert_eq!(
+        upserted,
+        ["Workload shop/reviews-v1", "Service shop/reviews", "Answer 127.0.10.9", "Answer shop/reviews"]
+    );
+
+    // A new pod behind reviews on node-a: node-b (subscribed) and node-a (its node) get it.
+    let added = MESH.replace(
+        "  services:",
+        "  - {name: reviews-v3, namespace: shop, serviceAccount: reviews, node: node-a, address: 127.0.10.4, labels: {app: reviews}}\n  services:",
+    );
+    mesh.write("mesh.yaml", &added);
+    let ConfigUpdate::Delta { upserts, .. } = serde_json::from_slice(&stream.next().await).expect("a line") else {
+        panic!("a delta");
+    };
+    let upserted: Vec<String> = upserts.iter().map(|r| r.key().to_string()).collect();
+    assert_eq!(upserted, ["Workload shop/reviews-v3", "Service shop/reviews"]);
+    let ConfigUpdate::Delta { .. } = serde_json::from_slice(&other.next().await).expect("a line") else {
+        panic!("a delta for node-a too");
+    };
+    // The address node-b was told is not in the mesh is taken by a new pod: node-b gets it.
+    mesh.write("mesh.yaml", &added.replace("address: 127.0.10.4", "address: 127.0.10.9"));
+    let ConfigUpdate::Delta { upserts, removals, .. } = serde_json::from_slice(&stream.next().await).expect("a line")
+    else {
+        panic!("a delta");
+    };
+    let upserted: Vec<String> = upserts.iter().map(|r| r.key().to_string()).collect();
+    assert_eq!(upserted, ["Workload shop/reviews-v3", "Service shop/reviews"], "removals: {removals:?}");
+
+    // Beyond the bound: refused, naming it. Without a stream of protocol 3: refused.
+    let many = SubscribeRequest {
+        replace: false,
+        services: (0..=strait_api::protocol::MAX_SERVICE_INTERESTS)
+            .map(|i| strait_api::ServiceRef::new(format!("s{i}"), "shop"))
+            .collect(),
+        addresses: Vec::new(),
+    };
+    assert_eq!(stream.subscribe("node-b", &many).await, http::StatusCode::BAD_REQUEST);
+    let mut old = raw_stream(&running, "node-c", Some("1, 2")).await;
+    assert_eq!(old.subscribe("node-c", &request).await, http::StatusCode::CONFLICT);
+    for s in [stream, other, old] {
+        s.task.abort();
+    }
     running.shutdown().await;
 }

@@ -265,6 +265,14 @@ fn netns_mesh_captures_transparently_routes_authorizes_and_cleans_up() {
     assert_eq!(denied[0].0, 403, "{denied:?}");
     assert!(denied[0].1.contains("RBAC: access denied"), "{denied:?}");
 
+    // Straight to a pod's address, not through the service: the client's node discovers the address on first
+    // use (push protocol 3) and tunnels to the pod's node.
+    let translated: serde_yaml::Value = serde_yaml::from_str(&mesh_copy).expect("the translated mesh.yaml parses");
+    let workloads = translated["spec"]["workloads"].as_sequence().cloned().unwrap_or_default();
+    let v1 = workloads.iter().find(|w| w["name"] == "reviews-v1").expect("reviews-v1 in the translated mesh");
+    let v1 = v1["address"].as_str().expect("an address").to_string();
+    let direct = http_get(&client_ns, &format!("http://{v1}:9080/"), 1);
+    assert_eq!(direct[0].0, 200, "a direct pod-address request: {direct:?}");
     operator_commands(&mesh, &client_ns, octet(0));
 
     // The route file stays live-watched in the configuration directory.

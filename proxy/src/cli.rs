@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::admin::{self, Admin};
 use crate::control_plane::ControlPlaneClient;
+use crate::discovery::{Discovery, DiscoveryMode, DiscoveryOptions};
 use crate::drain::Outcome;
 use crate::serve::{ListenMode, Proxy, ProxyOptions};
 use crate::state::StateStore;
@@ -84,6 +85,18 @@ pub struct Args {
     /// while the control plane is unreachable serves it instead of starting empty (in Kubernetes: a hostPath).
     #[arg(long, env = "STRAIT_LAST_GOOD_CONFIG", requires = "control_plane")]
     last_good_config: Option<PathBuf>,
+    /// What the proxy receives from the control plane: `on-demand` (push protocol 3: every service's addresses
+    /// and ports, its own workloads, and the endpoints and workloads of the services and addresses its pods
+    /// connect to, asked for on first use) or `full` (every endpoint and workload of the mesh, protocol 2).
+    #[arg(long, env = "STRAIT_DISCOVERY", value_enum, default_value = "on-demand")]
+    discovery: DiscoveryMode,
+    /// How long a connection to a destination the node has not discovered yet waits for the control plane's
+    /// answer before it is refused (counted in `strait_discovery_requests_total{result}`); at most 10s.
+    #[arg(long, env = "STRAIT_DISCOVERY_TIMEOUT", default_value = "2s", value_parser = parse_discovery_timeout)]
+    discovery_timeout: Duration,
+    /// Discovered services and addresses that no connection used for this long are dropped (1m to 24h).
+    #[arg(long, env = "STRAIT_DISCOVERY_IDLE", default_value = "10m", value_parser = parse_discovery_idle)]
+    discovery_idle: Duration,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
     #[arg(long, value_enum, default_value = "transparent")]
@@ -156,6 +169,23 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A duration from `min` to `max`, written as in resources (`500ms`, `2s`, `10m`).
+fn parse_bounded(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let duration = strait_api::parse_duration(s).map_err(|e| e.to_string())?;
+    if duration < min || duration > max {
+        return Err(format!("{s:?} is not from {min:?} to {max:?}"));
+    }
+    Ok(duration)
+}
+
+fn parse_discovery_timeout(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::from_millis(1), crate::discovery::MAX_TIMEOUT)
+}
+
+fn parse_discovery_idle(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::from_secs(60), Duration::from_secs(24 * 3600))
+}
+
 fn parse_grace(s: &str) -> Result<Duration, String> {
     crate::drain::parse_grace(s).map_err(|e| e.to_string())
 }
@@ -225,13 +255,22 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         tracing::info!(%endpoint, sampling = args.trace_sampling, "exporting traces");
     }
     let state = StateStore::new(&node);
+    let discovery = Arc::new(Discovery::new(
+        DiscoveryOptions { mode: args.discovery, timeout: args.discovery_timeout, idle: args.discovery_idle },
+        metrics.clone(),
+    ));
     let certs = match &args.control_plane {
         Some(addr) => {
-            let client = control_plane_client(&args, &node, addr)?;
+            let client = control_plane_client(&args, &node, addr)?.with_discovery(discovery.clone());
+            if args.discovery == DiscoveryMode::OnDemand {
+                discovery.expect_on_demand();
+                tokio::spawn(discovery.clone().expire());
+            }
             let certs = Arc::new(CertStore::new(Arc::new(client.issuer()), trust_bundle(&args)?));
             let last_good = args.last_good_config.clone();
             if let Some(path) = &last_good {
                 serve_last_good(path, &state);
+                discovery.remember(&state.current().config.answers);
             }
             let store = state.clone();
             let updates = metrics.clone();
@@ -296,7 +335,7 @@ async fn run(args: Args, log_control: crate::telemetry::logging::LogControl) -> 
         };
         tokio::spawn(config_file::watch(path.clone(), state.clone(), metrics.clone(), loaded));
     }
-    let proxy = Proxy::new(&options, state.clone(), certs.clone(), metrics.clone());
+    let proxy = Proxy::new(&options, state.clone(), certs.clone(), metrics.clone(), discovery);
     let admin = Admin {
         state,
         certs,

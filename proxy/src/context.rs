@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use strait_certs::CertStore;
 
+use crate::discovery::Discovery;
 use crate::drain::Drain;
 use crate::http::HttpContext;
 use crate::state::StateStore;
@@ -35,4 +36,6 @@ pub(crate) struct ProxyContext {
     pub(crate) synced: Arc<std::sync::Mutex<String>>,
     /// The process's drain: accept loops and connections take a `Watch` from it for as long as they run.
     pub(crate) drain: Drain,
+    /// On-demand discovery (protocol 3): outbound connections wait here for their destination to be known.
+    pub(crate) discovery: Arc<Discovery>,
 }

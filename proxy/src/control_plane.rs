@@ -20,13 +20,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use strait_api::delta::{ConfigDelta, DeltaError};
 use strait_api::frame::{encode_line, LineDecoder};
 use strait_api::protocol::{
-    CertificateRequest, CertificateResponse, ConfigAck, ConfigPush, ConfigUpdate, PROTOCOL_DELTA, PROTOCOL_FULL,
-    PROTOCOL_HEADER, SIGN_PATH, STREAM_PATH,
+    CertificateRequest, CertificateResponse, ConfigAck, ConfigPush, ConfigUpdate, SubscribeRequest, PROTOCOL_DELTA,
+    PROTOCOL_FULL, PROTOCOL_HEADER, PROTOCOL_ON_DEMAND, SIGN_PATH, STREAM_PATH, SUBSCRIBE_PATH,
 };
 use strait_api::MeshConfig;
 use strait_certs::{CertError, CertIssuer, Identity, TrustBundle, WorkloadCert};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
+
+use crate::discovery::{Discovery, DiscoveryMode, SubscribeLink};
 
 pub const NODE_HEADER: &str = "x-strait-node";
 
@@ -59,8 +61,11 @@ pub enum ClientError {
     Delta { version: u64, source: DeltaError },
 }
 
-/// The protocol versions this proxy offers: deltas, or full snapshots from a control plane that knows no better.
+/// The protocol versions this proxy offers: deltas, or full snapshots from a control plane that knows no better;
+/// with on-demand discovery, protocol 3 first.
 const OFFERED_PROTOCOLS: &str = "1, 2";
+const OFFERED_ON_DEMAND: &str = "1, 2, 3";
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one stream has received: the configuration the next delta applies to. That is the last version received,
 /// applied or refused (NACKed): the control plane computes each delta from what it sent, while the proxy keeps
@@ -118,6 +123,8 @@ impl Default for Backoff {
 pub struct ControlPlaneClient {
     inner: Arc<Inner>,
     backoff: Backoff,
+    /// With on-demand discovery, protocol 3 is offered and subscriptions go out on the stream's connection.
+    discovery: Option<Arc<Discovery>>,
 }
 
 struct Inner {
@@ -151,7 +158,18 @@ impl ControlPlaneClient {
         Ok(ControlPlaneClient {
             inner: Arc::new(Inner { addr: addr.into(), tls, authorization, token_file: None, node, admin: None }),
             backoff: Backoff::default(),
+            discovery: None,
         })
+    }
+
+    /// Takes part in on-demand discovery (protocol 3) when `discovery` is in that mode.
+    pub fn with_discovery(mut self, discovery: Arc<Discovery>) -> Self {
+        self.discovery = Some(discovery);
+        self
+    }
+
+    fn on_demand(&self) -> Option<&Arc<Discovery>> {
+        self.discovery.as_ref().filter(|d| d.mode() == DiscoveryMode::OnDemand)
     }
 
     /// Re-reads the bearer token from `path` for every request (the token given to `new` is the fallback when
@@ -213,13 +231,14 @@ impl ControlPlaneClient {
     where
         F: FnMut(MeshConfig) -> Result<(), String>,
     {
-        let (mut sender, _conn) = self.inner.connect().await?;
+        let (mut sender, _conn) = self.inner.connect::<ChannelBody>().await?;
         let (ack_tx, ack_rx) = mpsc::channel::<Bytes>(4);
         let mut request = self.inner.request(STREAM_PATH, ChannelBody(ack_rx))?;
         if let Some(admin) = &self.inner.admin {
             request.headers_mut().insert(strait_api::status::ADMIN_HEADER, admin.clone());
         }
-        request.headers_mut().insert(PROTOCOL_HEADER, header::HeaderValue::from_static(OFFERED_PROTOCOLS));
+        let offered = if self.on_demand().is_some() { OFFERED_ON_DEMAND } else { OFFERED_PROTOCOLS };
+        request.headers_mut().insert(PROTOCOL_HEADER, header::HeaderValue::from_static(offered));
         let response = sender.send_request(request).await?;
         if response.status() != StatusCode::OK {
             return Err(refused(STREAM_PATH, response).await);
@@ -229,12 +248,26 @@ impl ControlPlaneClient {
             None => PROTOCOL_FULL,
             Some(Ok("1")) => PROTOCOL_FULL,
             Some(Ok("2")) => PROTOCOL_DELTA,
+            Some(Ok("3")) if self.on_demand().is_some() => PROTOCOL_ON_DEMAND,
             Some(other) => {
                 let answered = other.unwrap_or("(not ASCII)").chars().take(64).collect::<String>();
                 return Err(ClientError::Protocol(format!("{PROTOCOL_HEADER}: {answered:?} was not offered")));
             }
         };
         tracing::info!(addr = self.inner.addr, protocol, "connected to the control plane");
+        // Subscriptions travel on this stream's connection; it forgets them when the stream ends.
+        let _link = match self.on_demand() {
+            Some(discovery) if protocol == PROTOCOL_ON_DEMAND => {
+                discovery.connected(Arc::new(StreamLink { sender: sender.clone(), inner: self.inner.clone() }));
+                Some(Disconnect(discovery.clone()))
+            }
+            _ => {
+                if let Some(discovery) = &self.discovery {
+                    discovery.connected_full();
+                }
+                None
+            }
+        };
         let mut body = response.into_body();
         let mut lines = LineDecoder::new(MAX_PUSH_LINE);
         let mut stream = Received::default();
@@ -262,6 +295,47 @@ impl ControlPlaneClient {
             }
         }
         Err(ClientError::Closed)
+    }
+}
+
+/// Subscriptions on the HTTP/2 connection of a protocol 3 stream.
+struct StreamLink {
+    sender: SendRequest<ChannelBody>,
+    inner: Arc<Inner>,
+}
+
+impl SubscribeLink for StreamLink {
+    fn subscribe(
+        &self,
+        request: SubscribeRequest,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let json = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+            let (tx, rx) = mpsc::channel(1);
+            tx.try_send(Bytes::from(json)).map_err(|e| e.to_string())?;
+            drop(tx);
+            let request = self.inner.request(SUBSCRIBE_PATH, ChannelBody(rx)).map_err(|e| e.to_string())?;
+            let mut sender = self.sender.clone();
+            let exchange = async {
+                let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+                if response.status() != StatusCode::OK {
+                    return Err(refused(SUBSCRIBE_PATH, response).await.to_string());
+                }
+                Ok(())
+            };
+            tokio::time::timeout(SUBSCRIBE_TIMEOUT, exchange)
+                .await
+                .map_err(|_| format!("no answer to a subscription within {SUBSCRIBE_TIMEOUT:?}"))?
+        })
+    }
+}
+
+/// Tells discovery when the stream its subscriptions travel on ends.
+struct Disconnect(Arc<Discovery>);
+
+impl Drop for Disconnect {
+    fn drop(&mut self) {
+        self.0.disconnected();
     }
 }
 

@@ -22,6 +22,7 @@ pub mod cli;
 mod config_file;
 mod context;
 pub mod control_plane;
+pub mod discovery;
 pub mod drain;
 pub mod explain;
 mod http;

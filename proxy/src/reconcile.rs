@@ -267,7 +267,9 @@ mod tests {
             pool: Default::default(),
             max_connections_per_workload: 16,
         };
-        let proxy = Proxy::new(&options, state.clone(), certs.clone(), Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let discovery = Arc::new(crate::discovery::Discovery::new(Default::default(), metrics.clone()));
+        let proxy = Proxy::new(&options, state.clone(), certs.clone(), metrics, discovery);
         let both = state.apply(config(&[("stays", "10.1.0.2"), ("leaves", "10.1.0.3")]), "1".into()).expect("valid");
         prefetch_certificates(&proxy.ctx, &both).await;
         assert_eq!(certs.certs().len(), 2);

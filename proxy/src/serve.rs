@@ -10,6 +10,7 @@ use strait_certs::CertStore;
 use tracing::info;
 
 use crate::context::ProxyContext;
+use crate::discovery::Discovery;
 use crate::drain::Drain;
 use crate::listeners::{Path, PendingListeners};
 use crate::reconcile::{reconcile, ExplicitListeners, RulePorts, RulesReconciler};
@@ -62,7 +63,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(options: &ProxyOptions, state: StateStore, certs: Arc<CertStore>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        options: &ProxyOptions,
+        state: StateStore,
+        certs: Arc<CertStore>,
+        metrics: Arc<Metrics>,
+        discovery: Arc<Discovery>,
+    ) -> Self {
         let outgoing = Outgoing { mark: options.mark, connect_timeout: options.connect_timeout };
         let pool_config = PoolConfig { outgoing, ..options.pool.clone() };
         let ctx = Arc::new(ProxyContext {
@@ -79,6 +86,7 @@ impl Proxy {
             source_limits: crate::tcp::limits::SourceLimits::new(options.max_connections_per_workload),
             synced: Default::default(),
             drain: Drain::new(),
+            discovery,
         });
         Proxy { ctx }
     }
@@ -154,7 +162,9 @@ mod tests {
             max_connections_per_workload: 16,
         };
         let addresses = [options.outbound_addr, options.tunnel_addr, options.plaintext_addr];
-        let proxy = Proxy::new(&options, state.clone(), certs, Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let discovery = Arc::new(Discovery::new(Default::default(), metrics.clone()));
+        let proxy = Proxy::new(&options, state.clone(), certs, metrics, discovery);
         proxy.start(&options).await.expect("the ports are bound");
         // Time for the reconcile loop to run on the empty view (it must not listen).
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -4,10 +4,11 @@
 //! previous one keeps serving. Connections hold an `Arc<State>` for as long as they need one consistent view,
 //! and can watch for the next; the data path reads nothing else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use strait_api::delta::Answer;
 use strait_api::{EscapedSlashes, MeshConfig, MtlsMode, MtlsSource, Protocol, Service, ServicePort, Workload};
 use strait_certs::Identity;
 use tokio::sync::watch;
@@ -60,6 +61,11 @@ pub struct State {
     /// Each service's compiled DestinationPolicy settings.
     destinations: HashMap<ServiceRef, Arc<DestinationSettings>>,
     no_destination_policy: Arc<DestinationSettings>,
+    /// Protocol 3: the services whose endpoints, and the addresses whose workload (or its absence), this
+    /// configuration answers for (see `crate::discovery`).
+    /// Namespace -> service names (looked up by `&str`, without allocating, on every outbound connection).
+    answered_services: HashMap<String, HashSet<String>>,
+    answered_addresses: HashSet<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +99,8 @@ impl State {
             no_routes: Arc::default(),
             destinations: HashMap::new(),
             no_destination_policy: Arc::default(),
+            answered_services: HashMap::new(),
+            answered_addresses: HashSet::new(),
         })
     }
 
@@ -187,6 +195,17 @@ impl State {
         for named in &config.destination_policies {
             DestinationSettings::compile(Some(named))?;
         }
+        let mut answered_services: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut answered_addresses = HashSet::new();
+        for answer in &config.answers {
+            match answer {
+                Answer::Service { namespace, name } => {
+                    answered_services.entry(namespace.clone()).or_default().insert(name.clone());
+                }
+                // `validate` checked the address parses.
+                Answer::Address { address } => answered_addresses.extend(address.parse::<IpAddr>().ok()),
+            }
+        }
         Ok(State {
             config: Arc::new(config),
             version,
@@ -202,6 +221,8 @@ impl State {
             no_routes: Arc::default(),
             destinations,
             no_destination_policy: Arc::default(),
+            answered_services,
+            answered_addresses,
         })
     }
 
@@ -236,6 +257,18 @@ impl State {
 
     pub fn service(&self, addr: SocketAddr) -> Option<&ServiceTarget> {
         self.services_by_addr.get(&addr)
+    }
+
+    /// Protocol 3: whether this configuration holds `service`'s endpoints because the node subscribed to it.
+    pub fn answers_service(&self, service: &Service) -> bool {
+        self.answered_services
+            .get(service.namespace.as_str())
+            .is_some_and(|names| names.contains(service.name.as_str()))
+    }
+
+    /// Protocol 3: whether this configuration says what is at `address` (a workload, or nothing of the mesh).
+    pub fn answers_address(&self, address: IpAddr) -> bool {
+        self.answered_addresses.contains(&address)
     }
 
     pub fn service_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {

@@ -327,12 +327,14 @@ async fn echo_once(payload: &[u8]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_moves_status_writes_and_proxies_to_the_other_replica() -> Result<()> {
     let cluster = Cluster::new().await?;
-    let listen = SocketAddr::from((ip(2, 1), ECHO_PORT));
-    tokio::spawn(async move {
-        if let Err(e) = strait_tests::backend::server::tcp_echo(listen).await {
-            eprintln!("echo on {listen}: {e:#}");
-        }
-    });
+    // echo-1, and echo-2 that joins the service mid-run.
+    for listen in [SocketAddr::from((ip(2, 1), ECHO_PORT)), SocketAddr::from((ip(2, 2), ECHO_PORT))] {
+        tokio::spawn(async move {
+            if let Err(e) = strait_tests::backend::server::tcp_echo(listen).await {
+                eprintln!("echo on {listen}: {e:#}");
+            }
+        });
+    }
     let mut replicas = vec![Some(cluster.start_replica(0)?)];
     eventually("the first replica's root certificate", || cluster.fake.get("ConfigMap", NAMESPACE, "strait-root-cert"))
         .await?;
@@ -413,6 +415,14 @@ async fn killing_the_leader_moves_status_writes_and_proxies_to_the_other_replica
         "echo",
         json!({"app": "echo"}),
     ))?;
+    // Behind the echo service, which node-a uses: with on-demand discovery node-a learns of pods behind the
+    // services it subscribed to (and node-b of its own).
+    cluster.fake.apply(objects::endpoint_slice(
+        "shop",
+        "echo",
+        ECHO_PORT,
+        &[ip(2, 1).to_string(), ip(2, 2).to_string()],
+    ))?;
     for node in ["node-a", "node-b"] {
         eventually(&format!("{node} converges on the change"), || {
             Cluster::config_dump(node).contains("echo-2").then_some(())
@@ -433,5 +443,70 @@ async fn killing_the_leader_moves_status_writes_and_proxies_to_the_other_replica
     eprintln!("failover: the survivor led {took_over:?} after the kill (lease {LEASE_SECONDS}s); {sent} exchanges, {failed} failed");
     assert_eq!(failed, 0, "traffic failed during the failover: {errors:?}");
     assert!(sent > 0);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// On-demand discovery (protocol 3) through real proxies
+// ---------------------------------------------------------------------------------------------------------
+
+/// One HTTP/1.1 GET to the web service through node-a's proxy, as the client pod: the status line's code.
+async fn web_once() -> Result<u16> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((ip(1, 1), 0)))?;
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), socket.connect((ip(9, 2), 8080).into()))
+        .await
+        .context("connect timed out")??;
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n").await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut back)).await.context("read timed out")??;
+    let text = String::from_utf8_lossy(&back);
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok());
+    code.with_context(|| format!("not an HTTP response: {text:?}"))
+}
+
+fn discovery_count(node: &str, result: &str) -> f64 {
+    let metrics = SocketAddr::from((Cluster::admin(node).ip(), 15020));
+    let (_, text) = http_get(metrics, "/metrics").unwrap_or_default();
+    strait_tests::mesh::sum_metric(&text, "strait_discovery_requests_total", &[("result", result)])
+}
+
+/// The proxies speak protocol 3 (their default): node-a holds no endpoint of a service until a pod of its
+/// connects to it, then waits for the answer; with the control plane gone, what it discovered keeps working
+/// and what it did not is refused (fail closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_discover_services_on_first_use_and_refuse_the_undiscovered_without_a_control_plane() -> Result<()> {
+    let cluster = Cluster::new().await?;
+    let echo = SocketAddr::from((ip(2, 1), ECHO_PORT));
+    tokio::spawn(async move {
+        if let Err(e) = strait_tests::backend::server::tcp_echo(echo).await {
+            eprintln!("echo on {echo}: {e:#}");
+        }
+    });
+    let mut replica = cluster.start_replica(0)?;
+    eventually("the root certificate", || cluster.fake.get("ConfigMap", NAMESPACE, "strait-root-cert")).await?;
+    let _proxies = [cluster.start_proxy("node-a")?, cluster.start_proxy("node-b")?];
+    for node in ["node-a", "node-b"] {
+        eventually(&format!("{node} ready"), || {
+            matches!(http_get(Cluster::admin(node), "/ready"), Some((200, _))).then_some(())
+        })
+        .await?;
+    }
+    let dump = Cluster::config_dump("node-a");
+    assert!(!dump.contains("echo-1"), "node-a knows no pod of another node before using it: {dump}");
+    assert!(dump.contains(&ip(9, 1).to_string()), "but every service's address: {dump}");
+
+    // The first connection to echo waits for discovery, then goes through the tunnel to node-b.
+    echo_once(b"first use").await.context("a connection to a service node-a never used")?;
+    assert!(discovery_count("node-a", "answered") >= 1.0, "node-a subscribed to echo");
+    assert!(discovery_count("node-b", "answered") >= 1.0, "node-b discovered the calling pod");
+    assert!(Cluster::config_dump("node-a").contains("echo-1"), "node-a now holds echo's pod");
+
+    // The control plane goes away: echo keeps working from what node-a holds; web, never used, is refused.
+    replica.kill();
+    echo_once(b"without a control plane").await.context("a discovered service without the control plane")?;
+    let refused = web_once().await;
+    assert!(refused.is_err(), "an undiscovered service is refused without a control plane: {refused:?}");
+    assert!(discovery_count("node-a", "unavailable") >= 1.0, "and counted");
     Ok(())
 }

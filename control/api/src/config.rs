@@ -37,6 +37,11 @@ pub struct MeshConfig {
     /// Hosts outside the mesh, registered by ServiceEntries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_services: Vec<Named<crate::ExternalService>>,
+    /// Protocol 3 (on-demand discovery): the subscriptions this configuration answers, so the proxy knows the
+    /// endpoints of these services and the workload (or its absence) at these addresses are complete. Empty
+    /// for protocols 1 and 2 and for files, whose configurations are whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<crate::delta::Answer>,
 }
 
 impl Default for MeshConfig {
@@ -52,6 +57,7 @@ impl Default for MeshConfig {
             peer_authentications: Vec::new(),
             outbound_traffic_policy: Default::default(),
             external_services: Vec::new(),
+            answers: Vec::new(),
         }
     }
 }

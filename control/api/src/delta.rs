@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::ConfigRef;
 use crate::resources::{AuthorizationPolicySpec, DestinationPolicySpec, TrafficRouteSpec};
 use crate::{
     ExternalService, MeshConfig, Named, NamespaceConfig, OutboundTrafficPolicy, PeerAuthentication, Service, Workload,
@@ -27,6 +28,8 @@ pub enum ResourceKind {
     PeerAuthentication,
     ExternalService,
     MeshSettings,
+    /// Protocol 3 only: a subscription the configuration answers (see [`Answer`]).
+    Answer,
 }
 
 /// The name of the one [`MeshSettings`] resource.
@@ -39,6 +42,36 @@ pub const MESH_SETTINGS: &str = "mesh";
 pub struct MeshSettings {
     #[serde(default)]
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Protocol 3 (on-demand discovery): one subscription the node's configuration answers. For a service, the
+/// configuration holds its endpoints and the workloads behind them (an unknown service: none); for an address,
+/// the workload at that address if there is one, else the address is not in the mesh. Keyed like other
+/// resources: a service answer by the service's namespace and name, an address answer by an empty namespace and
+/// the address as text (its canonical form, as `IpAddr` prints it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "camelCase")]
+pub enum Answer {
+    Service { namespace: String, name: String },
+    Address { address: String },
+}
+
+impl Answer {
+    pub fn service(namespace: &str, name: &str) -> Self {
+        Answer::Service { namespace: namespace.to_string(), name: name.to_string() }
+    }
+
+    pub fn address(address: std::net::IpAddr) -> Self {
+        Answer::Address { address: address.to_string() }
+    }
+
+    /// Namespace and name, the key's parts.
+    pub fn key_parts(&self) -> (&str, &str) {
+        match self {
+            Answer::Service { namespace, name } => (namespace, name),
+            Answer::Address { address } => ("", address),
+        }
+    }
 }
 
 /// Names one resource of a configuration. Namespaces have an empty `namespace`.
@@ -74,6 +107,7 @@ pub enum Resource {
     PeerAuthentication(PeerAuthentication),
     ExternalService(Named<ExternalService>),
     MeshSettings(MeshSettings),
+    Answer(Answer),
 }
 
 impl Resource {
@@ -88,6 +122,7 @@ impl Resource {
             Resource::PeerAuthentication(_) => ResourceKind::PeerAuthentication,
             Resource::ExternalService(_) => ResourceKind::ExternalService,
             Resource::MeshSettings(_) => ResourceKind::MeshSettings,
+            Resource::Answer(_) => ResourceKind::Answer,
         }
     }
 
@@ -103,6 +138,7 @@ impl Resource {
             Resource::PeerAuthentication(p) => (p.namespace.as_str(), p.name.as_str()),
             Resource::ExternalService(e) => (e.namespace.as_str(), e.name.as_str()),
             Resource::MeshSettings(_) => ("", MESH_SETTINGS),
+            Resource::Answer(a) => a.key_parts(),
         };
         (self.kind(), namespace, name)
     }
@@ -157,6 +193,7 @@ pub fn resources(config: &MeshConfig) -> Vec<Resource> {
             + config.destination_policies.len()
             + config.peer_authentications.len()
             + config.external_services.len()
+            + config.answers.len()
             + 1,
     );
     all.extend(config.namespaces.iter().cloned().map(Resource::Namespace));
@@ -168,26 +205,16 @@ pub fn resources(config: &MeshConfig) -> Vec<Resource> {
     all.extend(config.peer_authentications.iter().cloned().map(Resource::PeerAuthentication));
     all.extend(config.external_services.iter().cloned().map(Resource::ExternalService));
     all.push(Resource::MeshSettings(MeshSettings { outbound_traffic_policy: config.outbound_traffic_policy }));
+    all.extend(config.answers.iter().cloned().map(Resource::Answer));
     all.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     all
 }
 
-/// A configuration of `trust_domain` holding `resources`, each list in canonical order.
+/// A configuration of `trust_domain` holding `resources`, each list in canonical order. Resources are sorted
+/// into lists once, by [`ConfigRef::new`], for both the owned and the borrowed form.
 pub fn assemble(trust_domain: &str, resources: impl IntoIterator<Item = Resource>) -> MeshConfig {
-    let mut config = MeshConfig { trust_domain: trust_domain.to_string(), ..MeshConfig::default() };
-    for resource in resources {
-        match resource {
-            Resource::Namespace(n) => config.namespaces.push(n),
-            Resource::Workload(w) => config.workloads.push(w),
-            Resource::Service(s) => config.services.push(s),
-            Resource::AuthorizationPolicy(p) => config.authorization_policies.push(p),
-            Resource::TrafficRoute(r) => config.traffic_routes.push(r),
-            Resource::DestinationPolicy(d) => config.destination_policies.push(d),
-            Resource::PeerAuthentication(p) => config.peer_authentications.push(p),
-            Resource::ExternalService(e) => config.external_services.push(e),
-            Resource::MeshSettings(m) => config.outbound_traffic_policy = m.outbound_traffic_policy,
-        }
-    }
+    let resources: Vec<Resource> = resources.into_iter().collect();
+    let mut config = ConfigRef::new(trust_domain, &resources).to_config();
     canonicalize(&mut config);
     config
 }
@@ -202,6 +229,7 @@ pub fn canonicalize(config: &mut MeshConfig) {
     config.destination_policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     config.peer_authentications.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     config.external_services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    config.answers.sort_by(|a, b| a.key_parts().cmp(&b.key_parts()));
 }
 
 /// The delta from `old` to `new`, both in canonical order (as [`resources`] returns them). Works on anything

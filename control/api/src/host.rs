@@ -7,7 +7,8 @@
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// An in-cluster service, by name and namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceRef {
     pub name: String,
     pub namespace: String,

@@ -2,12 +2,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::delta::{Resource, ResourceKey};
+use crate::delta::{Answer, Resource, ResourceKey};
 use crate::{MeshConfig, Named, NamespaceConfig, Service, Workload};
 
 /// The configuration stream: a POST whose response body carries [`ConfigPush`] lines and whose request body
 /// carries [`ConfigAck`] lines (see [`crate::frame`]).
 pub const STREAM_PATH: &str = "/strait.v1.Config/Stream";
+/// Protocol 3: a POST of one [`SubscribeRequest`] on the connection of the node's configuration stream, answered
+/// `200` once the interests are recorded; the answer itself comes as a line of the stream.
+pub const SUBSCRIBE_PATH: &str = "/strait.v1.Config/Subscribe";
 /// Certificate signing: a POST of one [`CertificateRequest`], answered with a [`CertificateResponse`].
 pub const SIGN_PATH: &str = "/strait.v1.Certificates/Sign";
 
@@ -18,8 +21,18 @@ pub const PROTOCOL_HEADER: &str = "x-strait-protocol";
 pub const PROTOCOL_FULL: u32 = 1;
 /// A full snapshot first, then deltas ([`ConfigUpdate`]).
 pub const PROTOCOL_DELTA: u32 = 2;
+/// As [`PROTOCOL_DELTA`], but a node receives other nodes' workloads and services' endpoints only for what it
+/// subscribed to ([`SUBSCRIBE_PATH`]); every line may carry [`crate::delta::Answer`]s.
+pub const PROTOCOL_ON_DEMAND: u32 = 3;
 /// The versions this build speaks, best last.
-pub const PROTOCOLS: [u32; 2] = [PROTOCOL_FULL, PROTOCOL_DELTA];
+pub const PROTOCOLS: [u32; 3] = [PROTOCOL_FULL, PROTOCOL_DELTA, PROTOCOL_ON_DEMAND];
+/// At most this many services in one node's interest set (and in one [`SubscribeRequest`]).
+pub const MAX_SERVICE_INTERESTS: usize = 4096;
+/// At most this many addresses in one node's interest set (and in one [`SubscribeRequest`]).
+pub const MAX_ADDRESS_INTERESTS: usize = 16384;
+/// A [`SubscribeRequest`] body larger than this is refused: the largest legitimate one, every service and address
+/// of a full interest set with long names, is well under it.
+pub const MAX_SUBSCRIBE_BODY: usize = 4 << 20;
 /// A header naming more versions than this is refused (it is a peer's input).
 const MAX_OFFERED: usize = 16;
 
@@ -28,7 +41,7 @@ const MAX_OFFERED: usize = 16;
 pub enum NegotiationError {
     #[error("{PROTOCOL_HEADER}: {0:?} is not a comma-separated list of protocol versions")]
     Malformed(String),
-    #[error("{PROTOCOL_HEADER}: none of the versions offered ({0}) is spoken here (1, 2)")]
+    #[error("{PROTOCOL_HEADER}: none of the versions offered ({0}) is spoken here (1, 2, 3)")]
     Unsupported(String),
 }
 
@@ -79,6 +92,20 @@ impl ConfigUpdate {
     }
 }
 
+/// Protocol 3: what a node wants the configuration stream to answer. `replace`: these are the node's whole
+/// interest set (sent on every new stream, and when the proxy drops interests it no longer uses); otherwise they
+/// are added to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscribeRequest {
+    #[serde(default)]
+    pub replace: bool,
+    #[serde(default)]
+    pub services: Vec<crate::ServiceRef>,
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
 /// A configuration held as borrowed resources in canonical order, serialized exactly as the [`MeshConfig`] it
 /// stands for: the control plane sends every node its own selection of shared resources without copying them.
 #[derive(Debug, Serialize)]
@@ -96,6 +123,8 @@ pub struct ConfigRef<'a> {
     pub outbound_traffic_policy: crate::OutboundTrafficPolicy,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub external_services: Vec<&'a Named<crate::ExternalService>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<&'a Answer>,
 }
 
 impl<'a> ConfigRef<'a> {
@@ -112,6 +141,7 @@ impl<'a> ConfigRef<'a> {
             peer_authentications: Vec::new(),
             outbound_traffic_policy: Default::default(),
             external_services: Vec::new(),
+            answers: Vec::new(),
         };
         for resource in resources {
             match resource {
@@ -124,9 +154,30 @@ impl<'a> ConfigRef<'a> {
                 Resource::PeerAuthentication(p) => config.peer_authentications.push(p),
                 Resource::ExternalService(e) => config.external_services.push(e),
                 Resource::MeshSettings(m) => config.outbound_traffic_policy = m.outbound_traffic_policy,
+                Resource::Answer(a) => config.answers.push(a),
             }
         }
         config
+    }
+
+    /// The owned configuration this stands for.
+    pub fn to_config(&self) -> MeshConfig {
+        fn owned<T: Clone>(list: &[&T]) -> Vec<T> {
+            list.iter().map(|item| (*item).clone()).collect()
+        }
+        MeshConfig {
+            trust_domain: self.trust_domain.to_string(),
+            namespaces: owned(&self.namespaces),
+            workloads: owned(&self.workloads),
+            services: owned(&self.services),
+            authorization_policies: owned(&self.authorization_policies),
+            traffic_routes: owned(&self.traffic_routes),
+            destination_policies: owned(&self.destination_policies),
+            peer_authentications: owned(&self.peer_authentications),
+            outbound_traffic_policy: self.outbound_traffic_policy,
+            external_services: owned(&self.external_services),
+            answers: owned(&self.answers),
+        }
     }
 }
 
@@ -243,9 +294,11 @@ destinationPolicies: [{name: d, namespace: shop, spec: {host: s}}]
     fn the_highest_common_version_is_picked() {
         assert_eq!(negotiate(None), Ok(PROTOCOL_FULL), "an old proxy");
         assert_eq!(negotiate(Some("2")), Ok(PROTOCOL_DELTA));
-        assert_eq!(negotiate(Some("1, 2, 3")), Ok(PROTOCOL_DELTA));
+        assert_eq!(negotiate(Some("1, 2")), Ok(PROTOCOL_DELTA), "a proxy from before protocol 3");
+        assert_eq!(negotiate(Some("1, 2, 3")), Ok(PROTOCOL_ON_DEMAND));
+        assert_eq!(negotiate(Some("2, 3, 4")), Ok(PROTOCOL_ON_DEMAND));
         assert_eq!(negotiate(Some(" 1 ")), Ok(PROTOCOL_FULL));
-        assert!(matches!(negotiate(Some("3")), Err(NegotiationError::Unsupported(_))));
+        assert!(matches!(negotiate(Some("4")), Err(NegotiationError::Unsupported(_))));
         assert!(matches!(negotiate(Some("two")), Err(NegotiationError::Malformed(_))));
         assert!(matches!(negotiate(Some(&"1,".repeat(40))), Err(NegotiationError::Malformed(_))));
     }

@@ -90,6 +90,21 @@ impl MeshConfig {
         }
         crate::peer_auth::validate(self, &mut |field, message| p.push(field, message));
         crate::egress::validate(self, &mut |field, message| p.push(field, message));
+        for (i, answer) in self.answers.iter().enumerate() {
+            let f = format!("answers[{i}]");
+            match answer {
+                crate::delta::Answer::Service { namespace, name } => {
+                    check_name(&mut p, &format!("{f}.namespace"), namespace);
+                    check_name(&mut p, &format!("{f}.name"), name);
+                }
+                // The key of an address answer is its text: only the canonical form keeps keys unique.
+                crate::delta::Answer::Address { address } => {
+                    if address.parse::<std::net::IpAddr>().map(|a| a.to_string()).as_deref() != Ok(address.as_str()) {
+                        p.push(format!("{f}.address"), format!("{address:?} is not an IP address in canonical form"));
+                    }
+                }
+            }
+        }
         if p.0.is_empty() {
             Ok(())
         } else {

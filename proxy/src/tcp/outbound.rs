@@ -45,6 +45,9 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             return;
         }
     };
+    if !ctx.discovery.resolve(&ctx.state, peer, original).await {
+        return;
+    }
     let state = ctx.state.current();
     let Some(source) = state.local_workload(peer.ip()).cloned() else {
         ctx.metrics.refused("outbound", Refusal::UnknownSource);

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Connections to destinations outside the mesh, by host (a ServiceEntry's, or Istio's
     /// `PassthroughCluster` / `BlackHoleCluster`) and decision (`allowed`, `denied`).
     pub egress: IntCounterVec,
+    /// Protocol 3: outbound connections that waited for on-demand discovery, by result (`answered`, `timeout`,
+    /// `unavailable`: no control plane, `refused`: the interest set is full or the control plane said no).
+    pub discovery: IntCounterVec,
     policy_denials: IntCounterVec,
     tls_failures: IntCounterVec,
     pub tunnel_connections: IntGauge,
@@ -75,6 +78,7 @@ pub const FAMILIES: &[&str] = &[
     "strait_outlier_ejected_endpoints",
     "strait_connections_refused_total",
     "strait_egress_connections_total",
+    "strait_discovery_requests_total",
     "strait_policy_denials_total",
     "strait_tls_handshake_failures_total",
     "strait_tunnel_pool_connections",
@@ -200,6 +204,12 @@ impl Metrics {
                 "strait_egress_connections_total",
                 "Connections from meshed pods to destinations outside the mesh, by host and decision (allowed, denied)",
                 &["destination_host", "decision"],
+            ),
+            discovery: counter(
+                &registry,
+                "strait_discovery_requests_total",
+                "Outbound connections that waited for on-demand discovery (protocol 3), by result",
+                &["result"],
             ),
             policy_denials: counter(
                 &registry,
@@ -430,6 +440,7 @@ mod tests {
         m.routes.retries("reviews.shop.svc.cluster.local", "canary", "attempted", 1);
         m.refused("outbound", Refusal::UnknownSource);
         m.egress.with_label_values(&["api.example.com", "allowed"]).inc();
+        m.discovery.with_label_values(&["answered"]).inc();
         m.policy_denied("destination", "shop/deny", "deny_matched");
         m.tls_handshake_failure("outbound", TlsFailureReason::WrongIdentity);
         m.tunnel_connections.inc();

@@ -183,6 +183,9 @@ async fn tunnel_stream(
         respond_status(&mut respond, StatusCode::BAD_REQUEST, "CONNECT authority must be <pod ip>:<port>");
         return;
     };
+    if !ctx.discovery.resolve_caller(&ctx.state, request.headers()).await {
+        return respond_status(&mut respond, StatusCode::SERVICE_UNAVAILABLE, "the calling pod is not discovered yet");
+    }
     let state = ctx.state.current();
     let caller = forwarded_caller(&state, &request, caller);
     let destination = match state.local_workload(target.ip()) {

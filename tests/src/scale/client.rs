@@ -1,6 +1,7 @@
 //! One simulated node proxy: the push protocol as `control/PROTOCOL.md` states it, nothing more. TLS verifying the
 //! control plane's SPIFFE identity against the mesh root, HTTP/2, `POST /strait.v1.Config/Stream` with the
-//! node's bearer token, `x-strait-node` and `x-strait-protocol: 1, 2`; every line read is ACKed with `{"version": N}` at once, and counted
+//! node's bearer token, `x-strait-node` and `x-strait-protocol: 1, 2` (or `1, 2, 3`: then its subscriptions go
+//! out on the same connection, `POST /strait.v1.Config/Subscribe`, as soon as the stream opens); every line read is ACKed with `{"version": N}` at once, and counted
 //! (bytes, lines, when). On any failure it reconnects after a delay drawn from `[0, d]`, `d` from 100 ms
 //! doubling to 5 s and reset after a stream that delivered something, as real proxies do.
 
@@ -16,7 +17,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_api::frame::LineDecoder;
-use strait_api::protocol::STREAM_PATH;
+use strait_api::protocol::{SubscribeRequest, STREAM_PATH, SUBSCRIBE_PATH};
 use tokio_rustls::TlsConnector;
 
 use crate::backend::grpc::ChannelBody;
@@ -65,12 +66,22 @@ impl Target {
     }
 }
 
-/// Runs one simulated proxy for `node` forever (the caller aborts it).
-pub async fn run(target: Arc<Target>, node: String, token: String, counters: Arc<Counters>) {
+/// Who one simulated proxy is and what it asks for.
+pub struct Proxy {
+    pub node: String,
+    pub token: String,
+    /// 2 or 3.
+    pub protocol: u32,
+    /// Protocol 3: the services it subscribes to on every new stream.
+    pub wants: Vec<strait_api::ServiceRef>,
+}
+
+/// Runs one simulated proxy forever (the caller aborts it).
+pub async fn run(target: Arc<Target>, proxy: Arc<Proxy>, counters: Arc<Counters>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         // Why a stream failed is in the control plane's log; what counts here is that it did.
-        let delivered = stream(&target, &node, &token, &counters).await.unwrap_or(false);
+        let delivered = stream(&target, &proxy, &counters).await.unwrap_or(false);
         counters.failures.fetch_add(1, Ordering::Relaxed);
         if delivered {
             backoff = FIRST_BACKOFF;
@@ -82,7 +93,8 @@ pub async fn run(target: Arc<Target>, node: String, token: String, counters: Arc
 }
 
 /// One stream, until it ends: whether it delivered any line.
-async fn stream(target: &Target, node: &str, token: &str, counters: &Counters) -> Result<bool> {
+async fn stream(target: &Target, proxy: &Proxy, counters: &Counters) -> Result<bool> {
+    let (node, token) = (proxy.node.as_str(), proxy.token.as_str());
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target.addr))
         .await
         .context("connect timed out")?
@@ -100,8 +112,8 @@ async fn stream(target: &Target, node: &str, token: &str, counters: &Counters) -
     let request = Request::post(format!("https://{}{STREAM_PATH}", target.addr))
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .header("x-strait-node", node)
-        // As today's proxies: full snapshot first, then deltas (a line is ACKed by its version either way).
-        .header(strait_api::protocol::PROTOCOL_HEADER, "1, 2")
+        // As real proxies: full snapshot first, then deltas (a line is ACKed by its version either way).
+        .header(strait_api::protocol::PROTOCOL_HEADER, if proxy.protocol == 3 { "1, 2, 3" } else { "1, 2" })
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(body)
         .context("building the request")?;
@@ -110,6 +122,10 @@ async fn stream(target: &Target, node: &str, token: &str, counters: &Counters) -
         let status = response.status();
         let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         bail!("refused: {status}: {}", String::from_utf8_lossy(&text).trim());
+    }
+    let picked = response.headers().get(strait_api::protocol::PROTOCOL_HEADER).and_then(|v| v.to_str().ok());
+    if picked == Some("3") {
+        subscribe(target, proxy, &mut sender).await?;
     }
     let mut body = response.into_body();
     let mut lines = LineDecoder::new(MAX_LINE);
@@ -132,6 +148,29 @@ async fn stream(target: &Target, node: &str, token: &str, counters: &Counters) -
         }
     }
     Ok(delivered)
+}
+
+/// Sends the proxy's whole interest set on the stream's connection, as a real proxy does on every new stream.
+async fn subscribe(
+    target: &Target,
+    proxy: &Proxy,
+    sender: &mut hyper::client::conn::http2::SendRequest<ChannelBody>,
+) -> Result<()> {
+    let request = SubscribeRequest { replace: true, services: proxy.wants.clone(), addresses: Vec::new() };
+    let json = serde_json::to_vec(&request).context("encoding a subscription")?;
+    let (tx, body) = ChannelBody::new(1);
+    tx.send(Frame::data(Bytes::from(json))).await.context("queueing a subscription")?;
+    drop(tx);
+    let request = Request::post(format!("https://{}{SUBSCRIBE_PATH}", target.addr))
+        .header(header::AUTHORIZATION, format!("Bearer {}", proxy.token))
+        .header("x-strait-node", &proxy.node)
+        .body(body)
+        .context("building the subscription")?;
+    let response = sender.send_request(request).await.context("subscribing")?;
+    if response.status() != StatusCode::OK {
+        bail!("subscription refused: {}", response.status());
+    }
+    Ok(())
 }
 
 /// The `version` of a pushed line (the one top-level field every line carries). A line that starts with it

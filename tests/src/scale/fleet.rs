@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::client::{self, Counters, Target};
-use super::population::{node_name, token};
+use super::population::{node_name, token, Population};
 
 /// One proxy's counters at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,12 +25,16 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts `nodes` simulated proxies (node-0000 ...), all at once, as after a cluster-wide restart.
-    pub fn start(target: Arc<Target>, nodes: usize) -> Fleet {
+    /// Starts one simulated proxy per node of `population` (node-0000 ...), all at once, as after a cluster-wide
+    /// restart, speaking `protocol` (in protocol 3 each subscribes to [`Population::interests`]).
+    pub fn start(target: Arc<Target>, population: &Population, protocol: u32) -> Fleet {
         let mut tasks = JoinSet::new();
+        let nodes = population.size.nodes;
         let counters: Vec<Arc<Counters>> = (0..nodes).map(|_| Arc::default()).collect();
         for (node, counters) in counters.iter().enumerate() {
-            tasks.spawn(client::run(target.clone(), node_name(node), token(node), counters.clone()));
+            let wants = if protocol == 3 { population.interests(node) } else { Vec::new() };
+            let proxy = client::Proxy { node: node_name(node), token: token(node), protocol, wants };
+            tasks.spawn(client::run(target.clone(), Arc::new(proxy), counters.clone()));
         }
         Fleet { target, counters, _tasks: tasks }
     }

@@ -55,7 +55,7 @@ pub async fn run(options: &Options) -> Result<Report> {
 
     // Initial sync: every proxy connects at once.
     let started = fleet_epoch(&target);
-    let fleet = Fleet::start(target, size.nodes);
+    let fleet = Fleet::start(target, &population, size.protocol);
     report.initial_sync = all_synced(&fleet, |s| s.streams >= 1, size.give_up).await.map(|t| t - started);
     if report.initial_sync.is_none() {
         report.misses.push(format!("not every proxy synced within {:?}", size.give_up));

@@ -42,6 +42,11 @@ pub struct Options {
     /// `cargo build --release -p strait-control`).
     #[arg(long)]
     pub control_binary: Option<PathBuf>,
+    /// The push protocol the simulated proxies speak: 3 (on-demand discovery: each subscribes to 8 services
+    /// spread over the mesh plus the service of one route, as a node whose pods call a few services) or 2
+    /// (every endpoint and workload to every node).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=3))]
+    pub protocol: u32,
     /// Also write the table (markdown) to this file, e.g. tests/bench/RESULTS-control-plane.md.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -67,6 +72,8 @@ pub struct Size {
     pub changes: usize,
     pub rollout: usize,
     pub give_up: Duration,
+    /// The push protocol of the simulated proxies (2 or 3).
+    pub protocol: u32,
 }
 
 impl Options {
@@ -82,6 +89,7 @@ impl Options {
             changes: self.changes.unwrap_or(changes),
             rollout: self.rollout.unwrap_or(rollout),
             give_up: self.give_up.unwrap_or(Duration::from_secs(give_up)),
+            protocol: self.protocol,
         };
         ensure!((1..=MAX_NODES).contains(&size.nodes), "--nodes: between 1 and {MAX_NODES}");
         ensure!((1..=MAX_SERVICES).contains(&size.services), "--services: between 1 and {MAX_SERVICES}");
@@ -129,6 +137,7 @@ mod tests {
             (&["--changes", "0"], "--changes"),
             (&["--rollout", "2001"], "--rollout"),
             (&["--give-up", "0s"], "--give-up"),
+            (&["--protocol", "1"], "error: invalid value '1' for '--protocol"),
         ] {
             let error = parse(bad).expect_err(flag).to_string();
             assert!(error.starts_with(flag), "{bad:?}: {error}");

@@ -119,6 +119,18 @@ impl Population {
         objects::endpoint_slice(&namespace_of(service), &service_name(service), PORT, &addresses)
     }
 
+    /// What node `node`'s simulated proxy subscribes to in protocol 3: 8 services spread over the mesh (a
+    /// fixed pseudo-random pick per node) and the service of one route.
+    pub fn interests(&self, node: usize) -> Vec<strait_api::ServiceRef> {
+        let services = self.size.services;
+        let mut picked: Vec<usize> =
+            (0..8u64).map(|k| ((node as u64 * 2_654_435_761 + k * 40_503 + 17) % services as u64) as usize).collect();
+        picked.push(node % self.size.routes);
+        picked.sort_unstable();
+        picked.dedup();
+        picked.into_iter().map(|s| strait_api::ServiceRef::new(service_name(s), namespace_of(s))).collect()
+    }
+
     /// Change number `change`: route `change % routes` gets new weights.
     pub fn change_route(&self, fake: &FakeKube, change: usize) -> Result<()> {
         let service = change % self.size.routes;

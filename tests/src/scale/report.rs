@@ -71,9 +71,9 @@ impl Report {
         if let Some(s) = &self.size {
             let _ = writeln!(
                 out,
-                "Size: {} simulated node proxies, {} services, {} pods, {} TrafficRoutes + {} DestinationPolicies; \
-                 control plane `{}`.\n",
-                s.nodes, s.services, s.pods, s.routes, s.routes, self.control_binary
+                "Size: {} simulated node proxies on push protocol {}, {} services, {} pods, {} TrafficRoutes + {} \
+                 DestinationPolicies; control plane `{}`.\n",
+                s.nodes, s.protocol, s.services, s.pods, s.routes, s.routes, self.control_binary
             );
         }
         let _ = writeln!(out, "| figure | measured | target (issue 17) |");
@@ -165,6 +165,7 @@ mod tests {
                 changes: 2,
                 rollout: 2,
                 give_up: Duration::from_secs(5),
+                protocol: 3,
             }),
             route_changes: vec![change(120, true), change(80, false)],
             misses: vec!["route change 2: 2 of 3 proxies".into()],
