@@ -11,9 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
-use strait_api::delta::diff;
+use strait_api::delta::{diff, Resource};
 use strait_api::frame::{encode_line, LineDecoder};
 use strait_api::protocol::{ConfigAck, ConfigPushRef, ConfigRef, ConfigUpdateRef, PROTOCOL_DELTA, PROTOCOL_FULL};
+use strait_api::PeerAuthentication;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -192,7 +193,7 @@ pub async fn serve_stream(
             seen = Some(p.version);
             let view = match registration.as_deref_mut() {
                 Some(r) => p.catalog.for_node_on_demand(&node, &r.interests.borrow_and_update()),
-                None => p.catalog.for_node(&node),
+                None => without_protocol_3_fields(p.catalog.for_node(&node)),
             };
             match render(&node, protocol, &p, &view, sent.as_ref()) {
                 Ok(None) => {
@@ -228,6 +229,21 @@ pub async fn serve_stream(
     reader.abort();
     stats.stream_closed(&node);
     tracing::info!(node, "configuration stream closed");
+}
+
+/// A node's view as a protocol 1 or 2 proxy reads it. Those proxies refuse unknown fields, and each field added
+/// since must leave them out, or an upgrade of the control plane would have every older proxy NACK its
+/// configuration until it is upgraded too: a PeerAuthentication's `created` (the creation time, which orders
+/// several policies at one level). An older proxy orders them by name, as it always did.
+fn without_protocol_3_fields(view: NodeView) -> NodeView {
+    view.into_iter()
+        .map(|resource| match &*resource {
+            Resource::PeerAuthentication(policy) if policy.created.is_some() => {
+                Arc::new(Resource::PeerAuthentication(PeerAuthentication { created: None, ..policy.clone() }))
+            }
+            _ => resource,
+        })
+        .collect()
 }
 
 /// Resolves when the stream's interests change (never without a registration: protocols 1 and 2).
@@ -348,6 +364,28 @@ mod tests {
             })
             .collect();
         Arc::new(Discovered { objects, rejected: Vec::new() })
+    }
+
+    /// A protocol 1 or 2 proxy refuses unknown fields: the creation time of a PeerAuthentication (new with
+    /// protocol 3) must not reach it, and nothing else changes.
+    #[test]
+    fn older_proxies_get_peer_authentications_without_their_creation_time() {
+        let policy = PeerAuthentication {
+            name: "strict".into(),
+            namespace: "shop".into(),
+            mesh_wide: false,
+            selector: None,
+            mode: Some(strait_api::MtlsMode::Strict),
+            port_level_mtls: Default::default(),
+            created: Some(1_767_323_045),
+        };
+        let other = Arc::new(Resource::MeshSettings(Default::default()));
+        let view: NodeView = vec![Arc::new(Resource::PeerAuthentication(policy.clone())), other.clone()];
+        let old = without_protocol_3_fields(view);
+        let json = serde_json::to_string(&*old[0]).expect("encodes");
+        assert!(!json.contains("created"), "{json}");
+        assert_eq!(*old[0], Resource::PeerAuthentication(PeerAuthentication { created: None, ..policy }));
+        assert!(Arc::ptr_eq(&old[1], &other), "other resources are passed on as they are");
     }
 
     fn counter(stats: &Stats, name: &str) -> u64 {
