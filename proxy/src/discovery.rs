@@ -233,7 +233,8 @@ impl Discovery {
             self.touch(&want);
             return true;
         }
-        match self.wait_for(store, want.clone()).await {
+        // Boxed: the wait's state is rare, and every connection's task would otherwise carry it for its lifetime.
+        match Box::pin(self.wait_for(store, want.clone())).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(source = %source, destination = %original, wanted = ?want, error = %e, "refused: the destination is not discovered");
@@ -259,7 +260,7 @@ impl Discovery {
             self.touch(&want);
             return true;
         }
-        match self.wait_for(store, want).await {
+        match Box::pin(self.wait_for(store, want)).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(%caller, error = %e, "refused: the calling pod's address is not discovered");

@@ -141,8 +141,9 @@ impl Connected {
     /// policy still allows the connection).
     pub(crate) async fn relay(self, ctx: &ProxyContext, mut client: TcpStream) {
         match self {
+            // Boxed: the local relay also watches policy; a tunnelled connection's task should not carry that.
             Connected::Local { stream, caller, destination, port, labels } => {
-                relay(ctx, client, stream, caller, destination, port, labels).await
+                Box::pin(relay(ctx, client, stream, caller, destination, port, labels)).await
             }
             Connected::Tunnel { mut stream, labels } => {
                 let mut record = ConnectionRecord::open(&ctx.metrics, labels);

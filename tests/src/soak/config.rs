@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::topology::{config_version, Desired, NODES};
+use super::topology::{config_version, control_plane_acks, Desired, NODES};
 use super::Ctx;
 
 /// How long an edit may take to reach every proxy before the soak stops waiting for it.
@@ -59,21 +59,55 @@ async fn current_version(ctx: &Ctx, node: &str) -> Result<String> {
     }
 }
 
-/// Changes the desired state with `change`, writes it, and waits until every proxy has a new version.
+/// Changes the desired state with `change`, writes it, and waits until every proxy holds the configuration of
+/// the version it produced: applied and ACKed by the proxies it concerns, and standing unchanged on the others
+/// (push protocol 3 sends a change only where it changes a node's configuration, so a proxy's own version
+/// moves only then; the control plane knows which).
 pub async fn apply(
     ctx: &Ctx,
     configs: &mut Configs,
     what: &str,
     change: impl FnOnce(&mut Desired),
 ) -> Result<Propagation> {
+    let before = published_version(ctx).await?;
     change(&mut configs.desired);
     configs.desired.write(&ctx.cluster, &ctx.paths.config)?;
     let at = ctx.start.elapsed();
     let written = Instant::now();
-    let took = wait_for_new_versions(ctx, configs, written).await;
+    let took = wait_for_acks(ctx, before, written).await;
+    // The proxies' own versions are the baseline of a later resync (after a control-plane restart).
+    refresh(ctx, configs).await?;
     let propagation = Propagation { at, what: what.to_string(), took };
     super::lock(&ctx.propagations).push(propagation.clone());
     Ok(propagation)
+}
+
+/// The newest version the control plane published (retrying while a restarted one comes up).
+async fn published_version(ctx: &Ctx) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match control_plane_acks(&ctx.cluster).await {
+            Ok((version, _)) => return Ok(version),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => return Err(e.context("reading the control plane's version before an edit")),
+        }
+    }
+}
+
+/// Waits until the control plane published a version after `before` and every node's ACK stands for it; the
+/// time since `since`.
+async fn wait_for_acks(ctx: &Ctx, before: u64, since: Instant) -> Option<Duration> {
+    loop {
+        if since.elapsed() > GIVE_UP {
+            return None;
+        }
+        if let Ok((version, acked)) = control_plane_acks(&ctx.cluster).await {
+            if version > before && NODES.iter().all(|node| acked.get(*node).is_some_and(|a| *a >= version)) {
+                return Some(since.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Waits until every proxy reports a version other than the one recorded; the time since `since`.

@@ -172,7 +172,7 @@ impl Report {
         let _ = writeln!(body, "## Configuration propagation\n");
         let _ = writeln!(
             body,
-            "{} file edits (weights, endpoints, pods), each timed from the rename into place until every node proxy reported the new version on its admin port: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; over 1 s: {}; never seen (15 s): {}.\n",
+            "{} file edits (weights, endpoints, pods), each timed from the rename into place until the control plane held every node proxy's ACK for the version it produced (an ACK of that version from the proxies it concerns; the others' earlier ACK stands for it, as their configuration did not change): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; over 1 s: {}; never seen (15 s): {}.\n",
             propagations.len(),
             pct(0.5).as_secs_f64() * 1e3,
             pct(0.99).as_secs_f64() * 1e3,

@@ -13,7 +13,7 @@
 //! Services list their endpoints by hand (selector-less), so that an endpoint can be taken out before its pod
 //! goes away, as Kubernetes' endpoints controller does for a terminating pod.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -359,6 +359,18 @@ pub async fn admin_get(netns: &str, addr: SocketAddr, path: &str) -> Result<Admi
         anyhow::Ok(AdminReply { status, pid, body: body.to_string() })
     };
     tokio::time::timeout(Duration::from_secs(2), exchange).await.context("admin request timed out")?
+}
+
+/// The control plane's view (`/debug/proxies`): the newest version it published, and per node the newest version
+/// that node's last ACK stands for. A node whose configuration a version did not change gets no line for it, and
+/// its earlier ACK stands for that version too (push protocol 3 sends a change only to the nodes it concerns).
+pub async fn control_plane_acks(cluster: &Cluster) -> Result<(u64, BTreeMap<String, u64>)> {
+    let monitoring = SocketAddr::new(UNDERLAY_IP.into(), MONITORING_PORT);
+    let reply = admin_get(cluster.underlay_netns(), monitoring, "/debug/proxies").await?;
+    let status: strait_api::status::MeshStatus =
+        serde_json::from_str(&reply.body).context("parsing the control plane's /debug/proxies")?;
+    let acked = status.proxies.into_iter().filter_map(|p| Some((p.node, p.last_acked?))).collect();
+    Ok((status.version, acked))
 }
 
 /// The configuration version a proxy reports, and which process reported it.
