@@ -93,18 +93,26 @@ pub enum SubscribeError {
     Name(String),
 }
 
-/// Every node's interest set on this replica, by node name.
+/// One HTTP/2 connection from a proxy to this replica (numbered as accepted). A proxy subscribes on the
+/// connection its stream runs on, so two proxies of one node (a replacement starting beside the proxy it
+/// replaces) each get the answers they asked for.
+pub type ConnectionId = u64;
+
+/// Every stream's interest set on this replica, by node name and connection.
 #[derive(Debug, Default)]
 pub struct Subscriptions {
-    nodes: Mutex<HashMap<String, Arc<watch::Sender<Arc<Interests>>>>>,
+    nodes: Mutex<HashMap<(String, ConnectionId), InterestSender>>,
 }
+
+/// Where a stream's interests are sent, shared by its registration and the subscriptions table.
+type InterestSender = Arc<watch::Sender<Arc<Interests>>>;
 
 /// A stream's registration: the node's interests as they change; forgotten when dropped (the stream ended),
 /// unless a newer stream of the node registered since.
 #[derive(Debug)]
 pub struct Registration {
     subscriptions: Arc<Subscriptions>,
-    node: String,
+    key: (String, ConnectionId),
     sender: Arc<watch::Sender<Arc<Interests>>>,
     pub interests: watch::Receiver<Arc<Interests>>,
 }
@@ -112,25 +120,32 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut nodes = self.subscriptions.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        if nodes.get(&self.node).is_some_and(|current| Arc::ptr_eq(current, &self.sender)) {
-            nodes.remove(&self.node);
+        if nodes.get(&self.key).is_some_and(|current| Arc::ptr_eq(current, &self.sender)) {
+            nodes.remove(&self.key);
         }
     }
 }
 
 impl Subscriptions {
-    /// Registers a new stream of `node`, with an empty interest set (the proxy sends its own next). A stream the
-    /// node still had open here no longer receives subscriptions.
-    pub fn open(self: &Arc<Self>, node: &str) -> Registration {
+    /// Registers a new stream of `node` on `connection`, with an empty interest set (the proxy sends its own
+    /// next). A stream the node still had open on that connection no longer receives subscriptions.
+    pub fn open(self: &Arc<Self>, node: &str, connection: ConnectionId) -> Registration {
         let (sender, interests) = watch::channel(Arc::new(Interests::default()));
         let sender = Arc::new(sender);
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(node.to_string(), sender.clone());
-        Registration { subscriptions: self.clone(), node: node.to_string(), sender, interests }
+        let key = (node.to_string(), connection);
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), sender.clone());
+        Registration { subscriptions: self.clone(), key, sender, interests }
     }
 
-    /// Applies `request` to `node`'s interests; its stream then renders the answer.
-    pub fn subscribe(&self, node: &str, request: &SubscribeRequest) -> Result<(), SubscribeError> {
-        let sender = self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(node).cloned();
+    /// Applies `request` to the interests of `node`'s stream on `connection`; the stream then renders the answer.
+    pub fn subscribe(
+        &self,
+        node: &str,
+        connection: ConnectionId,
+        request: &SubscribeRequest,
+    ) -> Result<(), SubscribeError> {
+        let key = (node.to_string(), connection);
+        let sender = self.nodes.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         let sender = sender.ok_or_else(|| SubscribeError::NoStream(node.to_string()))?;
         let mut result = Ok(());
         sender.send_if_modified(|current| match current.with(request) {
@@ -188,33 +203,33 @@ mod tests {
     #[test]
     fn bounds_refuse_and_leave_the_set_unchanged() {
         let subscriptions = Arc::new(Subscriptions::default());
-        let err = subscriptions.subscribe("n1", &request(false, &["a"], &[])).expect_err("no stream");
+        let err = subscriptions.subscribe("n1", 1, &request(false, &["a"], &[])).expect_err("no stream");
         assert!(err.to_string().contains("no protocol 3 configuration stream of node n1"), "{err}");
-        let registration = subscriptions.open("n1");
+        let registration = subscriptions.open("n1", 1);
         let many: Vec<String> = (0..=MAX_SERVICE_INTERESTS).map(|i| format!("s{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        let err = subscriptions.subscribe("n1", &request(false, &many, &[])).expect_err("too many");
+        let err = subscriptions.subscribe("n1", 1, &request(false, &many, &[])).expect_err("too many");
         assert_eq!(err, SubscribeError::TooMany { what: "services", max: MAX_SERVICE_INTERESTS });
         assert!(registration.interests.borrow().is_empty(), "nothing of a refused request is kept");
         let addresses: Vec<String> =
             (0..=MAX_ADDRESS_INTERESTS as u32).map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string()).collect();
         let addresses: Vec<&str> = addresses.iter().map(String::as_str).collect();
-        let err = subscriptions.subscribe("n1", &request(false, &[], &addresses)).expect_err("too many");
+        let err = subscriptions.subscribe("n1", 1, &request(false, &[], &addresses)).expect_err("too many");
         assert_eq!(err, SubscribeError::TooMany { what: "addresses", max: MAX_ADDRESS_INTERESTS });
         let long = "x".repeat(254);
-        let err = subscriptions.subscribe("n1", &request(false, &[&long], &[])).expect_err("too long");
+        let err = subscriptions.subscribe("n1", 1, &request(false, &[&long], &[])).expect_err("too long");
         assert_eq!(err, SubscribeError::Name("services[0].name".into()));
-        subscriptions.subscribe("n1", &request(false, &many[..MAX_SERVICE_INTERESTS], &[])).expect("at the bound");
+        subscriptions.subscribe("n1", 1, &request(false, &many[..MAX_SERVICE_INTERESTS], &[])).expect("at the bound");
         assert_eq!(registration.interests.borrow().services().len(), MAX_SERVICE_INTERESTS);
     }
 
     #[test]
     fn a_node_s_interests_are_forgotten_when_its_stream_ends_but_not_a_newer_stream_s() {
         let subscriptions = Arc::new(Subscriptions::default());
-        let old = subscriptions.open("n1");
-        let new = subscriptions.open("n1");
+        let old = subscriptions.open("n1", 1);
+        let new = subscriptions.open("n1", 1);
         assert!(!new.interests.borrow().received());
-        subscriptions.subscribe("n1", &request(false, &["reviews"], &[])).expect("the newer stream takes it");
+        subscriptions.subscribe("n1", 1, &request(false, &["reviews"], &[])).expect("the newer stream takes it");
         assert!(new.interests.borrow().received());
         assert!(old.interests.borrow().is_empty());
         assert_eq!(new.interests.borrow().services().len(), 1);
@@ -222,5 +237,24 @@ mod tests {
         assert_eq!(subscriptions.nodes(), 1, "the newer stream keeps its registration");
         drop(new);
         assert_eq!(subscriptions.nodes(), 0);
+    }
+
+    /// A replacement proxy runs beside the one it replaces, each with its own connection and stream: each gets
+    /// the answers it asked for, and the old one leaving does not take the new one's registration with it.
+    #[test]
+    fn two_proxies_of_one_node_subscribe_each_on_its_own_connection() {
+        let subscriptions = Arc::new(Subscriptions::default());
+        let replaced = subscriptions.open("n1", 1);
+        let replacement = subscriptions.open("n1", 2);
+        subscriptions.subscribe("n1", 2, &request(false, &["streams"], &[])).expect("the replacement's stream");
+        assert_eq!(replacement.interests.borrow().services().len(), 1);
+        assert!(replaced.interests.borrow().is_empty(), "not the other proxy's stream");
+        subscriptions.subscribe("n1", 1, &request(false, &["reviews"], &[])).expect("the replaced proxy's");
+        assert_eq!(replaced.interests.borrow().services().len(), 1);
+        drop(replaced);
+        subscriptions.subscribe("n1", 2, &request(false, &["ratings"], &[])).expect("still registered");
+        assert_eq!(replacement.interests.borrow().services().len(), 2);
+        let err = subscriptions.subscribe("n1", 1, &request(false, &["a"], &[])).expect_err("its stream ended");
+        assert!(matches!(err, SubscribeError::NoStream(_)), "{err}");
     }
 }

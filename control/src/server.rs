@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{bearer, AuthError, TokenVerifier};
-use crate::interest::{SubscribeError, Subscriptions};
+use crate::interest::{ConnectionId, SubscribeError, Subscriptions};
 use crate::push::{serve_stream, ChannelBody, Negotiated, PublishedRx};
 use crate::signer::Signer;
 use crate::stats::Stats;
@@ -71,6 +71,7 @@ pub fn bind(listen: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// ended (each is told to go away); dropping the future ends every connection at once.
 pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
+    let mut next_connection: ConnectionId = 0;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -90,6 +91,8 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
         while connections.try_join_next().is_some() {}
         let acceptor = acceptor.clone();
         let shared = shared.clone();
+        next_connection += 1;
+        let connection_id = next_connection;
         connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -100,7 +103,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
             let drain = shared.drain.clone();
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(shared, req).await) }
+                async move { Ok::<_, Infallible>(route(shared, req, connection_id).await) }
             });
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -129,7 +132,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Sha
     tracing::info!("drained: every proxy connection has closed");
 }
 
-async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: Arc<Shared>, req: Request<Incoming>, connection: ConnectionId) -> Response<Body> {
     let path = req.uri().path();
     if path != STREAM_PATH && path != SIGN_PATH && path != SUBSCRIBE_PATH {
         return text(StatusCode::NOT_FOUND, format!("no such endpoint {path}"));
@@ -142,8 +145,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         Err(response) => return response,
     };
     match req.uri().path() {
-        STREAM_PATH => stream(shared, node, req),
-        SUBSCRIBE_PATH => subscribe(shared, node, req).await,
+        STREAM_PATH => stream(shared, node, req, connection),
+        SUBSCRIBE_PATH => subscribe(shared, node, req, connection).await,
         _ => sign(shared, node, req).await,
     }
 }
@@ -172,7 +175,7 @@ async fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<String
     caller.node_for(claimed).map_err(refuse)
 }
 
-fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response<Body> {
+fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>, connection: ConnectionId) -> Response<Body> {
     if *shared.drain.borrow() {
         // A stream opened between the drain and the GOAWAY: the proxy retries, on another replica.
         return text(StatusCode::SERVICE_UNAVAILABLE, "this control plane is draining; reconnect".to_string());
@@ -196,7 +199,7 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
     let (tx, rx) = mpsc::channel(1);
     // Registered before the response goes out, so a subscription sent as soon as it arrives finds the stream.
     let negotiated = match protocol {
-        PROTOCOL_ON_DEMAND => Negotiated::OnDemand(shared.subscriptions.open(&node)),
+        PROTOCOL_ON_DEMAND => Negotiated::OnDemand(shared.subscriptions.open(&node, connection)),
         PROTOCOL_DELTA => Negotiated::Delta,
         _ => Negotiated::Full,
     };
@@ -216,7 +219,12 @@ fn stream(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response
 }
 
 /// Protocol 3: records a node's interests; its stream sends the answer.
-async fn subscribe(shared: Arc<Shared>, node: String, req: Request<Incoming>) -> Response<Body> {
+async fn subscribe(
+    shared: Arc<Shared>,
+    node: String,
+    req: Request<Incoming>,
+    connection: ConnectionId,
+) -> Response<Body> {
     let body = match Limited::new(req.into_body(), MAX_SUBSCRIBE_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")),
@@ -225,7 +233,7 @@ async fn subscribe(shared: Arc<Shared>, node: String, req: Request<Incoming>) ->
         Ok(request) => request,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("the body is not a SubscribeRequest: {e}")),
     };
-    match shared.subscriptions.subscribe(&node, &request) {
+    match shared.subscriptions.subscribe(&node, connection, &request) {
         Ok(()) => {
             tracing::debug!(
                 node,
