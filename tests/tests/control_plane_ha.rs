@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -31,17 +31,8 @@ const LEASE_SECONDS: u64 = 3;
 /// Every wait below is for something that happens within a few lease durations; this only bounds a failure.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = check() {
-            return Ok(found);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {PATIENCE:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> Result<T> {
+    strait_tests::loopback::eventually(what, PATIENCE, check).await
 }
 
 fn holder(fake: &FakeKube) -> Option<String> {

@@ -114,17 +114,8 @@ fn yaml(text: &str) -> Value {
     serde_yaml::from_str(text).expect("the test's YAML parses")
 }
 
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = check() {
-            return Ok(found);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {PATIENCE:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> Result<T> {
+    strait_tests::loopback::eventually(what, PATIENCE, check).await
 }
 
 /// The fake API server with the cluster, the control plane, the backends and both node proxies.
