@@ -37,7 +37,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>) {
 }
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
-    let _ = tcp.set_nodelay(true);
+    // TCP_NODELAY comes from the listener (see `bind_socket`).
     let original = match original_destination(&tcp, ctx.capture) {
         Ok(addr) => addr,
         Err(e) => {

@@ -67,8 +67,13 @@ pub fn bind_std(addr: SocketAddr, transparent: bool) -> io::Result<std::net::Tcp
 /// A socket bound to `addr` with the listener's options, not yet listening. Binding reports a port conflict at
 /// once; only `listen` puts the socket in its SO_REUSEPORT group, where the kernel starts handing it
 /// connections.
+///
+/// TCP_NODELAY is set here, once, rather than on every accepted connection: Linux copies a listener's TCP
+/// options to the connections it accepts, which saves a system call per connection (every proxied connection
+/// wants it: a proxy writes what it has, it has nothing to coalesce).
 pub fn bind_socket(addr: SocketAddr, transparent: bool) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Non-blocking from its creation (tokio needs it), without the two fcntl calls `set_nonblocking` makes.
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -82,7 +87,7 @@ pub fn bind_socket(addr: SocketAddr, transparent: bool) -> io::Result<Socket> {
             socket.set_ip_transparent_v6(true)?;
         }
     }
-    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
 }
@@ -131,12 +136,13 @@ impl Outgoing {
     }
 
     async fn connect_now(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // Non-blocking from its creation: one system call per connection, not three (`set_nonblocking` is
+        // fcntl F_GETFL then F_SETFL), on the path of every connection the proxy opens.
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
         if let Some(mark) = self.mark {
             socket.set_mark(mark)?;
         }
         socket.set_tcp_nodelay(true)?;
-        socket.set_nonblocking(true)?;
         let socket = TcpSocket::from_std_stream(socket.into());
         socket.connect(addr).await
     }
@@ -269,5 +275,30 @@ mod tests {
         }
         assert_eq!(blocking.load(std::sync::atomic::Ordering::Relaxed), 0, "a queued connection was left blocking");
         assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed once the queue is taken");
+    }
+
+    /// Accepted connections get TCP_NODELAY from the listener (no system call of their own), on both address
+    /// families, and the proxy's own connections are created non-blocking with TCP_NODELAY.
+    #[tokio::test]
+    async fn accepted_and_outgoing_connections_have_nodelay() {
+        for ip in [IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)] {
+            let listener = match bind_listener(SocketAddr::new(ip, 0), false) {
+                Ok(listener) => listener,
+                Err(e) if ip.is_ipv6() => {
+                    eprintln!("no IPv6 loopback here ({e}); IPv4 only");
+                    continue;
+                }
+                Err(e) => panic!("bind: {e}"),
+            };
+            let addr = listener.local_addr().expect("address");
+            let client = TcpStream::connect(addr).await.expect("connect");
+            assert!(!client.nodelay().expect("client option"), "a plain client starts with Nagle on");
+            let (accepted, _) = listener.accept().await.expect("accept");
+            assert!(accepted.nodelay().expect("accepted option"), "{ip}: TCP_NODELAY not inherited from the listener");
+
+            let outgoing = Outgoing::default().connect(addr).await.expect("the proxy's own connect");
+            assert!(outgoing.nodelay().expect("outgoing option"), "{ip}: the proxy's connection lacks TCP_NODELAY");
+            assert!(SockRef::from(&outgoing).nonblocking().expect("flags"), "{ip}: the proxy's connection blocks");
+        }
     }
 }
