@@ -8,6 +8,7 @@ pub mod backends;
 pub mod backoff;
 pub mod body;
 pub mod budget;
+pub mod close_cork;
 pub mod detect;
 pub mod hop_by_hop;
 pub mod inbound;
@@ -92,8 +93,38 @@ const HTTP1_DRAIN_NOTICE: std::time::Duration = std::time::Duration::from_secs(2
 ///
 /// When the drain starts, HTTP/2 gets GOAWAY at once, HTTP/1.1 responses carry `Connection: close` and, after
 /// [`HTTP1_DRAIN_NOTICE`], an HTTP/1.1 connection between requests is closed; requests in flight finish.
-pub async fn serve_connection<S, F, Fut>(io: S, handle: F, side: &'static str, mut drain: crate::drain::Watch)
+pub async fn serve_connection<S, F, Fut>(io: S, handle: F, side: &'static str, drain: crate::drain::Watch)
 where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    serve(io, handle, side, drain, None).await
+}
+
+/// [`serve_connection`] for a client's own TCP connection: an HTTP/1.1 connection's last response shares its
+/// segment with the FIN (see `close_cork`).
+pub async fn serve_client_connection<F, Fut>(
+    tcp: tokio::net::TcpStream,
+    handle: F,
+    side: &'static str,
+    drain: crate::drain::Watch,
+) where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    let (io, last) = close_cork::CorkOnClose::new(tcp);
+    serve(io, handle, side, drain, Some(last)).await
+}
+
+/// `last`, when the connection can cork, is marked before a response the connection closes after is written.
+async fn serve<S, F, Fut>(
+    io: S,
+    handle: F,
+    side: &'static str,
+    mut drain: crate::drain::Watch,
+    last: Option<close_cork::LastResponse>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
@@ -111,12 +142,19 @@ where
         if !http1 {
             seen_http2.store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        let last = last.clone().filter(|_| http1);
+        // Read before the handler strips the hop-by-hop headers.
+        let mut closes = close_cork::request_closes(&request);
         async move {
             let mut response = upgrade::CONNECTION_DRAIN.scope(for_splice, handle(request)).await;
             // Decided when the response is ready, so a long request that began before the drain gets it too;
             // never on a 101, whose connection becomes the upgraded stream.
             if http1 && draining.is_draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
                 response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                closes = true;
+            }
+            if let Some(last) = last.filter(|_| closes && close_cork::corkable(&response)) {
+                last.mark();
             }
             Ok::<_, std::convert::Infallible>(response)
         }
@@ -269,5 +307,82 @@ mod limits_tests {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(20), &mut connection).await;
         }
         assert_eq!(connection.max_concurrent_send_streams(), crate::tunnel::MAX_CONCURRENT_STREAMS as usize);
+    }
+}
+
+#[cfg(test)]
+mod close_cork_tests {
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// What one connection's exchange came to: whether the response of each request was already marked the
+    /// last when the next request was handled, whether the connection's last one was, and the answer as the
+    /// client read it to the connection's end.
+    struct Exchange {
+        marked_before: Vec<bool>,
+        marked: bool,
+        answer: String,
+    }
+
+    /// Serves `requests` on one connection, each answered with `body`.
+    async fn exchange(requests: &str, body: &'static str, draining: bool) -> Exchange {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let drain = crate::drain::Drain::new();
+        if draining {
+            drain.start();
+        }
+        let last = close_cork::LastResponse::default();
+        let (marked, seen) = (last.clone(), last.clone());
+        let marked_before = Arc::new(Mutex::new(Vec::new()));
+        let record = marked_before.clone();
+        let handle = move |_| {
+            record.lock().expect("record").push(seen.is_marked());
+            async move { text(StatusCode::OK, body) }
+        };
+        let watch = drain.watch();
+        let served = tokio::spawn(async move {
+            let _drain = drain;
+            serve(server, handle, "test", watch, Some(last)).await
+        });
+        client.write_all(requests.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), client.read_to_end(&mut answer));
+        read.await.expect("the connection closes").expect("read");
+        served.await.expect("served");
+        let marked_before = marked_before.lock().expect("record").clone();
+        Exchange { marked_before, marked: marked.is_marked(), answer: String::from_utf8_lossy(&answer).into_owned() }
+    }
+
+    #[tokio::test]
+    async fn the_response_a_connection_closes_after_is_marked_for_the_fin() {
+        let done = exchange("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", "ok\n", false).await;
+        assert!(done.marked, "a Connection: close request's response is the last");
+        assert!(done.answer.starts_with("HTTP/1.1 200") && done.answer.ends_with("ok\n"), "{}", done.answer);
+
+        let done = exchange("GET / HTTP/1.0\r\nhost: x\r\n\r\n", "ok\n", false).await;
+        assert!(done.marked, "HTTP/1.0 without keep-alive closes after its response");
+
+        // The drain closes a keep-alive connection after its response too.
+        let done = exchange("GET / HTTP/1.1\r\nhost: x\r\n\r\n", "ok\n", true).await;
+        assert!(done.marked, "a draining connection's response is the last");
+        assert!(done.answer.to_ascii_lowercase().contains("connection: close"), "{}", done.answer);
+    }
+
+    #[tokio::test]
+    async fn keep_alive_and_large_responses_are_not_held_back() {
+        // A keep-alive request, then a closing one: only the second response is the last.
+        let requests = "GET / HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        let done = exchange(requests, "ok\n", false).await;
+        assert_eq!(done.answer.matches("HTTP/1.1 200").count(), 2, "{}", done.answer);
+        assert_eq!(done.marked_before, [false, false], "a keep-alive response was marked the last");
+        assert!(done.marked);
+
+        let large: &'static str = "x".repeat(close_cork::MAX_CORKED_BODY as usize + 1).leak();
+        let done = exchange("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", large, false).await;
+        assert!(!done.marked, "a large response is sent as it is written");
+        assert!(done.answer.ends_with(large));
     }
 }

@@ -49,7 +49,7 @@ pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadI
         let downstream = downstream.clone();
         async move { handle(&downstream, request).await }
     };
-    super::serve_connection(tcp, handler, "outbound", drain).await;
+    super::serve_client_connection(tcp, handler, "outbound", drain).await;
 }
 
 /// The request body as the pod sends it, counted for `istio_request_bytes`.
