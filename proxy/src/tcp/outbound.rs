@@ -59,7 +59,6 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         warn!(source = %source.name(), "refused: the workload holds as many connections as --max-connections-per-workload allows");
         return;
     };
-    let mut labels = ConnectionLabels::new("source").with_source(&source);
     if let Some(service) = state.service(original) {
         if is_http(&tcp, service.port.protocol()).await {
             // Boxed, like every way out below and the tunnel's opening: a task is as large as its largest
@@ -68,7 +67,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             Box::pin(crate::http::outbound::serve(ctx.clone(), tcp, source, service.clone())).await;
             return;
         }
-        labels = labels.with_service(&service.service);
+        let labels = source_labels(&source).with_service(&service.service);
         let _slot = match ctx.connection_limits.acquire(&state, &service.service) {
             Ok(slot) => slot,
             Err(max) => {
@@ -88,6 +87,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         Box::pin(to_service(&ctx, tcp, (&state, &source), &backend, connect_timeout, labels)).await;
         return;
     }
+    let mut labels = source_labels(&source);
     let mut target = original;
     if super::egress::is_external(&state, original) {
         match super::egress::decide(&state, original) {
@@ -121,6 +121,12 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         }
         Opened::Refused => {}
     }
+}
+
+/// The source side's labels of a connection relayed as TCP. Built only once the connection is known not to be
+/// HTTP: the HTTP path labels its requests itself, and the source's identity is formatted into them.
+fn source_labels(source: &WorkloadInfo) -> ConnectionLabels {
+    ConnectionLabels::new("source").with_source(source)
 }
 
 /// Declared ports decide; undeclared ones are sniffed.
