@@ -5,9 +5,10 @@
 //! a few KiB each; a bulk transfer quickly gets a buffer large enough not to be syscall-bound. They shrink back
 //! too: a long-lived connection that had one burst does not keep 256 KiB per direction for the rest of its life.
 //!
-//! An idle direction holds no buffer at all when its reader can say it has nothing to read without being lent
-//! one (a TCP socket: [`ReadReady`]): the buffer is taken when bytes arrive and given back when the socket is
-//! drained, as long as it is small enough for the allocator's thread cache to hand it back at once. Both
+//! An idle direction holds no buffer at all: the buffer is given back whenever a read finds nothing (as long as
+//! it is small enough for the allocator's thread cache to hand it back at once) and taken again when bytes
+//! come. A reader that can say so without being lent one (a TCP socket: [`ReadReady`]) gets it only once they
+//! are there; others (a tunnel stream) are lent one for each read, which costs an allocation per wake-up. Both
 //! directions are polled by one future over the two connections, without `tokio::io::split` (which puts each
 //! connection behind a lock in an allocation of its own).
 
@@ -28,11 +29,8 @@ const SHRINK_AFTER: u32 = 16;
 const RELEASE_UP_TO: usize = 16 * 1024;
 
 /// A connection the copy can ask whether a read would find something (bytes, an EOF, an error) before it lends
-/// it a buffer, so an idle direction holds none.
+/// it a buffer, so that waking up with nothing to read costs no allocation.
 pub(crate) trait ReadReady: AsyncRead + AsyncWrite + Unpin {
-    /// Whether [`ReadReady::poll_read_ready`] tells; a direction whose reader cannot keeps its buffer.
-    const TELLS: bool = false;
-
     /// `Ready` once a read would not wait, `Pending` (with the waker registered) until then. Readers that
     /// cannot tell without a buffer say `Ready` at once.
     fn poll_read_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -41,8 +39,6 @@ pub(crate) trait ReadReady: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl ReadReady for TcpStream {
-    const TELLS: bool = true;
-
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
     }
@@ -129,7 +125,7 @@ enum Step {
 /// One direction of the copy: the bytes read from one connection and not yet written to the other.
 #[derive(Debug)]
 struct OneWay {
-    /// Empty while the direction is idle and its reader [tells](ReadReady::TELLS) when bytes come.
+    /// Empty while the direction is idle (its last read found nothing, or it has not read yet).
     buf: Vec<u8>,
     sizing: Sizing,
     step: Step,
@@ -158,7 +154,7 @@ impl OneWay {
                     let mut read = ReadBuf::new(&mut self.buf);
                     match Pin::new(&mut *reader).poll_read(cx, &mut read) {
                         Poll::Pending => {
-                            if R::TELLS && self.buf.len() <= RELEASE_UP_TO {
+                            if self.buf.len() <= RELEASE_UP_TO {
                                 self.buf = Vec::new();
                             }
                             return Poll::Pending;
@@ -256,13 +252,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reader_that_cannot_tell_keeps_its_buffer() {
+    async fn a_reader_that_cannot_tell_gives_its_buffer_back_too_once_drained() {
         let (mut near, mut front) = tokio::io::duplex(1024);
-        let (mut back, _far) = tokio::io::duplex(1024);
+        let (mut back, mut far) = tokio::io::duplex(1024);
         let mut way = OneWay::new();
+        assert!(poll_once(&mut way, &mut front, &mut back).await.is_pending());
+        assert_eq!(way.buf.capacity(), 0, "lent for the read, given back when it found nothing");
         near.write_all(b"hi").await.expect("write");
         assert!(poll_once(&mut way, &mut front, &mut back).await.is_pending());
-        assert_eq!(way.buf.len(), INITIAL, "kept: releasing it would only churn");
+        assert_eq!(way.buf.capacity(), 0, "given back once drained");
+        let mut got = [0u8; 2];
+        far.read_exact(&mut got).await.expect("relayed");
+        assert_eq!(&got, b"hi");
     }
 
     /// A connection that fails every read and accepts every write.
