@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::copy::ReadReady;
 use crate::context::ProxyContext;
 use crate::policy::{Caller, Decision};
 use crate::state::{State, WorkloadInfo};
@@ -86,10 +86,10 @@ pub(crate) async fn relay<D>(
     port: u16,
     labels: ConnectionLabels,
 ) where
-    D: AsyncRead + AsyncWrite + Unpin,
+    D: ReadReady,
 {
     let mut record = ConnectionRecord::open(&ctx.metrics, labels);
-    let revoked = until_denied(ctx.state.subscribe(), caller.clone(), destination.clone(), port);
+    let revoked = until_denied(ctx.state.subscribe(), caller, destination.clone(), port);
     tokio::select! {
         result = super::copy::bidirectional(&mut downstream, &mut upstream) => {
             if let Err(e) = &result {
@@ -111,7 +111,6 @@ async fn until_denied(
     destination: Arc<WorkloadInfo>,
     port: u16,
 ) -> String {
-    let principal = caller.identity.as_ref().map(|i| i.principal());
     loop {
         if states.changed().await.is_err() {
             return std::future::pending().await;
@@ -120,6 +119,8 @@ async fn until_denied(
         let Some(current) = state.local_workload(destination.workload.address) else {
             return "destination left this node".into();
         };
+        // Made at each change rather than held: an idle connection should not carry it for its life.
+        let principal = caller.identity.as_ref().map(|i| i.principal());
         if let Decision::Deny(denial) = state.policies.evaluate(&caller.request(&principal, &current.workload, port)) {
             return format!("denied by {}: {}", denial.policy, denial.reason);
         }
@@ -148,7 +149,7 @@ pub(crate) async fn serve_stream<S>(
     target: SocketAddr,
     labels: ConnectionLabels,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: ReadReady + Send + 'static,
 {
     let state = ctx.state.current();
     let labels = local_destination_labels(&state, &caller, target, labels);

@@ -111,7 +111,11 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
         }
     }
     match Box::pin(open(&ctx, &state, &source, target, ctx.connect_timeout, &labels)).await {
-        Opened::Connected(upstream) => Box::pin(upstream.relay(&ctx, tcp)).await,
+        Opened::Connected(upstream) => {
+            // The upstream holds its own copy of the labels for the connection's record: not two for its life.
+            drop(labels);
+            Box::pin(upstream.relay(&ctx, tcp)).await
+        }
         Opened::LocalHttp { caller, destination, target, labels } => {
             Box::pin(serve_stream(&ctx, tcp, caller, destination, target, labels)).await
         }
@@ -175,6 +179,9 @@ async fn to_service(
             Opened::Connected(upstream) => {
                 // Open connections are the load: in flight until the relay ends, weighed by connect time.
                 load.set_latency(now.elapsed());
+                // The upstream holds its own copy of the labels for the connection's record, and the endpoints
+                // tried are no longer needed: neither should stay allocated for the connection's life.
+                drop((labels, tried));
                 Box::pin(upstream.relay(ctx, client)).await;
                 return;
             }

@@ -57,8 +57,7 @@ impl Bench {
             let pids = self.pair_pids(path);
             let before: Vec<u64> = pids.iter().map(|p| memory_kib(*p).map(|m| m.0).unwrap_or(0)).collect();
             let open = IdleConnections::open(&self.a1(path), target, count)?;
-            std::thread::sleep(settle);
-            let after: Vec<u64> = pids.iter().map(|p| memory_kib(*p).map(|m| m.0).unwrap_or(0)).collect();
+            let after = settled_rss(&pids, settle);
             drop(open);
             let per_conn: Vec<String> = after
                 .iter()
@@ -95,6 +94,30 @@ impl Bench {
     fn paths_with_processes(&self, s: &Settings) -> Vec<Path> {
         s.pick(&[Path::MeshL4, Path::MeshL7, Path::Haproxy], self.haproxy.is_some())
     }
+}
+
+/// Each process's RSS (KiB) once it has stopped growing: the holder's connections are established as soon as
+/// the kernel accepts them, while a busy proxy may still be taking them off its backlog and opening their tunnel
+/// streams; reading RSS after a fixed pause then counted only part of them, by how busy the machine was.
+fn settled_rss(pids: &[u32], settle: Duration) -> Vec<u64> {
+    /// Growth over one interval (KiB, all processes together) under which RSS counts as settled.
+    const STILL_KIB: u64 = 64;
+    const INTERVAL: Duration = Duration::from_millis(500);
+    const LONGEST: Duration = Duration::from_secs(30);
+    let read = || -> Vec<u64> { pids.iter().map(|p| memory_kib(*p).map(|m| m.0).unwrap_or(0)).collect() };
+    std::thread::sleep(settle);
+    let started = std::time::Instant::now();
+    let mut last = read();
+    while started.elapsed() < LONGEST {
+        std::thread::sleep(INTERVAL);
+        let now = read();
+        let grew: u64 = now.iter().zip(&last).map(|(n, l)| n.saturating_sub(*l)).sum();
+        last = now;
+        if grew < STILL_KIB {
+            break;
+        }
+    }
+    last
 }
 
 fn mib(bytes: u64) -> f64 {
