@@ -326,14 +326,22 @@ fn a_403_does_not_name_the_policy() -> Result<()> {
     ensure!(!body.contains("deny-admin") && !body.contains("shop/"), "the 403 body names the policy: {body:?}");
     let denials = mesh.mesh.metric("node-b", "strait_policy_denials_total", &[("policy", "shop/deny-admin")])?;
     ensure!(denials == 1.0, "denials of shop/deny-admin on node-b: {denials}");
-    let logs = mesh.mesh.proxy_logs("node-b");
-    let access = logs.lines().find(|l| l.contains("access") && l.contains("status=403"));
-    ensure!(
-        access.is_some_and(|l| l.contains("detail=shop/deny-admin")),
-        "no access line naming the policy on node-b:\n{}",
-        mesh.logs()
-    );
-    Ok(())
+    // The access line is written after the response: poll for it rather than race the writer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = mesh.mesh.proxy_logs("node-b");
+        let access = logs.lines().find(|l| l.contains("access") && l.contains("status=403")).map(str::to_owned);
+        if let Some(line) = access {
+            ensure!(line.contains("detail=shop/deny-admin"), "the access line does not name the policy: {line}");
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no access line for the 403 on node-b within 5 s:\n{}",
+            mesh.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// `Upgrade: h2c` is not spliced: the request goes on as plain HTTP (the backend sees no upgrade and answers

@@ -67,7 +67,7 @@ async fn tunnel_connection(
     ctx: &Arc<ProxyContext>,
     mut drain: Watch,
 ) -> Result<(), ServerError> {
-    let _ = tcp.set_nodelay(true);
+    // TCP_NODELAY comes from the listener (see `bind_socket`).
     let local = original_destination(&tcp, ctx.capture).map_err(ServerError::NoOriginalDestination)?;
     // The certificate must be chosen before anything but the ClientHello is read: the address the peer dialed
     // names the workload, hence the identity to present.
