@@ -127,12 +127,15 @@ impl Bench {
         };
         let oha = Oha::new(bin)?;
         let loads = [
-            ("max rate, 32 connections", OhaLoad::Max { connections: 32 }, true),
-            ("fixed 1,000 req/s", OhaLoad::Rate { rps: 1000, connections: 32 }, false),
-            ("fixed 4,000 req/s", OhaLoad::Rate { rps: 4000, connections: 32 }, false),
-            ("fresh connection per request, 32 at a time", OhaLoad::Fresh { connections: 32 }, true),
+            ("max", "max rate, 32 connections", OhaLoad::Max { connections: 32 }, true),
+            ("1000", "fixed 1,000 req/s", OhaLoad::Rate { rps: 1000, connections: 32 }, false),
+            ("4000", "fixed 4,000 req/s", OhaLoad::Rate { rps: 4000, connections: 32 }, false),
+            ("fresh", "fresh connection per request, 32 at a time", OhaLoad::Fresh { connections: 32 }, true),
         ];
-        for (name, load, is_rate) in loads {
+        // `STRAIT_BENCH_OHA=fresh` (or max, 1000, 4000, comma-separated) runs only those loads: for profiling.
+        let picked = std::env::var("STRAIT_BENCH_OHA").ok();
+        let wanted = |key: &str| picked.as_deref().is_none_or(|p| p.split(',').any(|k| k.trim() == key));
+        for (_, name, load, is_rate) in loads.into_iter().filter(|(key, ..)| wanted(key)) {
             println!("\n== 5. oha: HTTP/1.1 {name}, {:?} per run ==", s.window);
             let mut runs: BTreeMap<Path, Vec<RunStats>> = BTreeMap::new();
             for _ in 0..s.rounds {

@@ -31,8 +31,9 @@
 //! `STRAIT_BENCH_ONLY=tcp,conn,http1,h2,oha,h2load,resources` picks figures; `STRAIT_BENCH_PATHS=l4,l7,haproxy`
 //! picks the proxied paths (direct always runs; handy under `perf record`); `STRAIT_BENCH_SMOKE=1` runs every
 //! path for one second and fails on any error (CI); `STRAIT_BENCH_IDLE=N` idle connections (10,000);
-//! `STRAIT_BENCH_INSTALL=0` never installs HAProxy. The proxies run with one worker thread each (HAProxy's
-//! `nbthread 1`; `STRAIT_WORKER_THREADS=N` to change) and otherwise their defaults (access log off);
+//! `STRAIT_BENCH_INSTALL=0` never installs HAProxy; `STRAIT_BENCH_OHA=fresh` (max, 1000, 4000) picks oha
+//! loads. The proxies run with one worker thread each (HAProxy's `nbthread 1`; `STRAIT_WORKER_THREADS=N` to
+//! change) and otherwise their defaults (access log off);
 //! `STRAIT_ACCESS_LOG=true` turns it on, `STRAIT_TEST_LOG` is their `RUST_LOG` (default `info`). `oha` comes
 //! from `cargo install oha --locked`, `h2load` from the `nghttp2-client` package: without them their figures
 //! are skipped, saying so. Needs root (network namespaces); without it the benchmark prints why and exits
