@@ -16,6 +16,7 @@ pub mod limits;
 pub mod normalize;
 pub mod observe;
 pub mod outbound;
+pub mod read_ahead;
 pub mod resilience;
 pub mod retry;
 pub mod reuse;
@@ -103,7 +104,7 @@ where
 }
 
 /// [`serve_connection`] for a client's own TCP connection: an HTTP/1.1 connection's last response shares its
-/// segment with the FIN (see `close_cork`).
+/// segment with the FIN (see `close_cork`), and the request head takes one read (see `read_ahead`).
 pub async fn serve_client_connection<F, Fut>(
     tcp: tokio::net::TcpStream,
     handle: F,
@@ -114,7 +115,7 @@ pub async fn serve_client_connection<F, Fut>(
     Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
 {
     let (io, last) = close_cork::CorkOnClose::new(tcp);
-    serve(io, handle, side, drain, Some(last)).await
+    serve(read_ahead::ReadAhead::new(io), handle, side, drain, Some(last)).await
 }
 
 /// `last`, when the connection can cork, is marked before a response the connection closes after is written.
