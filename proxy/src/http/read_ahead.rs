@@ -6,6 +6,7 @@
 //! first, go straight to the socket.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -15,10 +16,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const READ_AHEAD: usize = 4096;
 
 /// An IO whose first read, when the caller asks for less than [`READ_AHEAD`] bytes, reads [`READ_AHEAD`].
+///
+/// The read lands on the stack: an idle connection, whose first read waits, holds no buffer, and what the caller
+/// had no room for is kept in one allocation of just its size until the next reads take it.
 #[derive(Debug)]
 pub struct ReadAhead<T> {
     io: T,
-    /// Bytes read ahead and not yet handed out; `None` once they are (the buffer is given back).
+    /// Bytes read ahead and not yet handed out; `None` once they are.
     ahead: Option<Vec<u8>>,
     /// Where the unread part of `ahead` starts.
     start: usize,
@@ -35,18 +39,6 @@ impl<T> ReadAhead<T> {
 impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.first_done {
-            if buf.remaining() >= READ_AHEAD {
-                this.first_done = true;
-                return Pin::new(&mut this.io).poll_read(cx, buf);
-            }
-            let ahead = this.ahead.get_or_insert_with(|| vec![0; READ_AHEAD]);
-            let mut into = ReadBuf::new(ahead);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut into))?;
-            let filled = into.filled().len();
-            ahead.truncate(filled);
-            this.first_done = true;
-        }
         if let Some(ahead) = &this.ahead {
             let unread = &ahead[this.start..];
             let n = unread.len().min(buf.remaining());
@@ -57,7 +49,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        if this.first_done || buf.remaining() >= READ_AHEAD {
+            this.first_done = true;
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let mut storage = [MaybeUninit::<u8>::uninit(); READ_AHEAD];
+        let mut into = ReadBuf::uninit(&mut storage);
+        ready!(Pin::new(&mut this.io).poll_read(cx, &mut into))?;
+        this.first_done = true;
+        let read = into.filled();
+        let n = read.len().min(buf.remaining());
+        buf.put_slice(&read[..n]);
+        if n < read.len() {
+            this.ahead = Some(read[n..].to_vec());
+            this.start = 0;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -164,6 +171,16 @@ mod tests {
         assert_eq!(&head[..n], HEAD);
         assert!(server.ahead.is_none(), "no buffer of its own when the caller's is large enough");
         assert_eq!(reads.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_buffer() {
+        let (_client, server, _) = pair().await;
+        let mut server = ReadAhead::new(server);
+        let mut small = [0u8; 24];
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), server.read(&mut small)).await;
+        assert!(waited.is_err(), "a read on a silent connection returned: {waited:?}");
+        assert!(server.ahead.is_none() && !server.first_done);
     }
 
     #[tokio::test]
