@@ -34,6 +34,8 @@ struct Downstream {
     front: ServiceTarget,
     /// `front`'s service as route tables and settings are keyed, made once per connection.
     front_ref: ServiceRef,
+    /// `front`'s service's host name, the route metrics' label, made once per connection.
+    front_host: String,
     /// The connection's labels and metric series, per destination workload reached.
     series: SourceSeries,
 }
@@ -44,7 +46,8 @@ pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadI
     let drain = ctx.drain.watch();
     let series = SourceSeries::new(ctx.metrics.clone(), labels);
     let front_ref = ServiceRef::new(&front.service.name, &front.service.namespace);
-    let downstream = Arc::new(Downstream { ctx, source, front, front_ref, series });
+    let front_host = front.service.hostname();
+    let downstream = Arc::new(Downstream { ctx, source, front, front_ref, front_host, series });
     let handler = move |request| {
         let downstream = downstream.clone();
         async move { handle(&downstream, request).await }
@@ -148,7 +151,7 @@ async fn route_request(
             weight: super::route::Weight(1),
         };
         let response = forward(d, state, &destination, request, None, None, record).await;
-        d.ctx.metrics.routes.request(&d.front.service.hostname(), "default", None, response.status().as_u16());
+        d.ctx.metrics.routes.request(&d.front_host, "default", None, response.status().as_u16());
         return response;
     };
     record.route = route.name().to_string().into();
@@ -186,7 +189,7 @@ async fn route_request(
     record.subset = destination.subset.clone();
     let mut response = forward(d, state, &destination, request, route.timeout(), route.retry_policy(), record).await;
     let status = response.status().as_u16();
-    d.ctx.metrics.routes.request(&d.front.service.hostname(), route.name(), destination.subset.as_deref(), status);
+    d.ctx.metrics.routes.request(&d.front_host, route.name(), destination.subset.as_deref(), status);
     route.headers().response.apply(response.headers_mut());
     response
 }

@@ -28,8 +28,31 @@ pub fn add_hop(headers: &mut HeaderMap, name: &'static str, kind: SpanKind) -> H
     let mut rng = rand::rng();
     let span: u64 = rng.random::<u64>().max(1);
     let (trace, flags) = parsed.map(|(t, _, f)| (t, f)).unwrap_or_else(|| (rng.random::<u128>().max(1), 1));
-    set(headers, &format!("00-{trace:032x}-{span:016x}-{flags:02x}"));
-    Hop { trace_id: format!("{trace:032x}"), span: None }
+    let value = traceparent(trace, span, flags);
+    if let Ok(header) = HeaderValue::from_bytes(&value) {
+        headers.insert(TRACEPARENT, header);
+    }
+    let trace_id = value[TRACE_ID].iter().map(|&b| char::from(b)).collect();
+    Hop { trace_id, span: None }
+}
+
+/// Where the trace id sits in a version-00 `traceparent`.
+const TRACE_ID: std::ops::Range<usize> = 3..35;
+
+/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, lowercase, written in place: every request gets one,
+/// and `format!` of a u128 in hex stood out in the request path's profile.
+fn traceparent(trace: u128, span: u64, flags: u8) -> [u8; 55] {
+    fn put_hex(out: &mut [u8], mut value: u128) {
+        for digit in out.iter_mut().rev() {
+            *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+            value >>= 4;
+        }
+    }
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    put_hex(&mut out[TRACE_ID], trace);
+    put_hex(&mut out[36..52], u128::from(span));
+    put_hex(&mut out[53..55], u128::from(flags));
+    out
 }
 
 /// Sets `traceparent` (a try's own span, when export is on).
@@ -55,6 +78,22 @@ fn parse(value: &str) -> Option<(u128, u64, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_is_written_as_format_would() {
+        let values: [(u128, u64, u8); 4] = [
+            (1, 1, 0),
+            (u128::MAX, u64::MAX, 0xff),
+            (0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, 0x00f0_67aa_0ba9_02b7, 1),
+            (rand::rng().random(), rand::rng().random(), rand::rng().random()),
+        ];
+        for (trace, span, flags) in values {
+            let written = traceparent(trace, span, flags);
+            let expected = format!("00-{trace:032x}-{span:016x}-{flags:02x}");
+            assert_eq!(std::str::from_utf8(&written).expect("ascii"), expected);
+            assert_eq!(parse(&expected), Some((trace, span, flags)).filter(|_| trace != 0 && span != 0));
+        }
+    }
 
     #[test]
     fn keeps_the_trace_and_replaces_the_span() {
