@@ -55,7 +55,7 @@ impl Bench {
             }
             let count = if path == Path::Haproxy { s.idle.min(crate::haproxy::MAX_IDLE) } else { s.idle };
             let pids = self.pair_pids(path);
-            let before: Vec<u64> = pids.iter().map(|p| memory_kib(*p).map(|m| m.0).unwrap_or(0)).collect();
+            let before = rss_kib(&pids);
             let open = IdleConnections::open(&self.a1(path), target, count)?;
             let after = settled_rss(&pids, settle);
             drop(open);
@@ -104,13 +104,12 @@ fn settled_rss(pids: &[u32], settle: Duration) -> Vec<u64> {
     const STILL_KIB: u64 = 64;
     const INTERVAL: Duration = Duration::from_millis(500);
     const LONGEST: Duration = Duration::from_secs(30);
-    let read = || -> Vec<u64> { pids.iter().map(|p| memory_kib(*p).map(|m| m.0).unwrap_or(0)).collect() };
     std::thread::sleep(settle);
     let started = std::time::Instant::now();
-    let mut last = read();
+    let mut last = rss_kib(pids);
     while started.elapsed() < LONGEST {
         std::thread::sleep(INTERVAL);
-        let now = read();
+        let now = rss_kib(pids);
         let grew: u64 = now.iter().zip(&last).map(|(n, l)| n.saturating_sub(*l)).sum();
         last = now;
         if grew < STILL_KIB {
@@ -118,6 +117,11 @@ fn settled_rss(pids: &[u32], settle: Duration) -> Vec<u64> {
         }
     }
     last
+}
+
+/// Each process's RSS (KiB); 0 for one that is gone.
+fn rss_kib(pids: &[u32]) -> Vec<u64> {
+    pids.iter().map(|p| memory_kib(*p).map(|m| m.0).unwrap_or(0)).collect()
 }
 
 fn mib(bytes: u64) -> f64 {
