@@ -187,7 +187,7 @@ impl Explainer {
             .ok_or_else(|| ExplainError::NotFound(format!("{:?} is not a service name", query.destination)))?;
         let service = self
             .state
-            .service_by_name(&reference.namespace, &reference.name)
+            .service_named(&reference)
             .ok_or_else(|| ExplainError::NotFound(format!("no service {}/{}", reference.namespace, reference.name)))?;
         let port = match query.port {
             Some(p) => service.ports.iter().find(|sp| sp.port == p),
@@ -322,7 +322,7 @@ impl Explainer {
             view.problem = Some(format!("no service or port for {} (503 no route)", destination.host));
             return view;
         };
-        let endpoints = backend.endpoints(&self.state, destination.subset.as_deref());
+        let endpoints = backend.endpoints(destination.subset.as_deref());
         if endpoints.is_empty() {
             view.problem = Some(match &destination.subset {
                 Some(subset) => format!("subset {subset}: no ready endpoint (503 no healthy upstream)"),
@@ -368,7 +368,7 @@ impl Explainer {
                 },
             };
             view.endpoints.push(EndpointView {
-                address: endpoint,
+                address: *endpoint,
                 workload: target.map(|t| format!("{}/{}", t.workload.namespace, t.workload.name)),
                 node: target.map(|t| t.workload.node.clone()),
                 identity: target.and_then(|t| t.identity.as_ref()).map(|i| i.to_string()),
@@ -432,7 +432,7 @@ pub(crate) fn services(state: &State) -> Vec<ServiceView> {
                     };
                     backends
                         .backend(state, &destination, &target)
-                        .map(|b| b.endpoints(state, Some(&subset.name)))
+                        .map(|b| b.endpoints(Some(&subset.name)).to_vec())
                         .unwrap_or_default()
                 });
                 SubsetView { name: subset.name.clone(), labels: subset.labels.clone(), endpoints }

@@ -106,11 +106,8 @@ fn forget_departed(ctx: &ProxyContext, state: &State) {
     ctx.http
         .clients
         .retain_sources(|source| state.local_workload(source.address).is_some_and(|w| SourceKey::of(w) == *source));
-    ctx.http.backends.retain(|service| state.service_by_name(&service.namespace, &service.name).is_some());
-    ctx.http
-        .clients
-        .connection_slots()
-        .retain(|service| state.service_by_name(&service.namespace, &service.name).is_some());
+    ctx.http.backends.retain(|service| state.service_named(service).is_some());
+    ctx.http.clients.connection_slots().retain(|service| state.service_named(service).is_some());
     ctx.connection_limits.retain(|namespace, name| state.service_by_name(namespace, name).is_some());
     ctx.source_limits.retain(|ip| state.local_workload(ip).is_some());
 }

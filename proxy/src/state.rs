@@ -14,7 +14,7 @@ use strait_certs::Identity;
 use tokio::sync::watch;
 
 use crate::http::route::{CompileError, RouteTable, ServiceRef};
-use crate::http::settings::{policy_for, DestinationSettings, SettingsError};
+use crate::http::settings::{policy_for, ConnectionReuse, DestinationSettings, SettingsError};
 use crate::policy::{Policies, PolicyError};
 
 /// A workload with its identity parsed once.
@@ -45,7 +45,7 @@ pub struct State {
     pub node: String,
     workloads_by_ip: HashMap<IpAddr, Arc<WorkloadInfo>>,
     services_by_addr: HashMap<SocketAddr, ServiceTarget>,
-    services_by_name: HashMap<(String, String), Arc<Service>>,
+    services_by_name: HashMap<ServiceRef, Arc<Service>>,
     /// Declared protocol of each endpoint port (pod IP, target port), from the services in front of it.
     endpoint_protocols: HashMap<SocketAddr, Protocol>,
     /// The service in front of each endpoint port (the first declared, if several), for the destination side's
@@ -54,6 +54,8 @@ pub struct State {
     /// What the destination side does with `%2F`/`%5C` for each endpoint port: `Keep` only when every service
     /// in front of it keeps them (the source side decided by one of them, and must not be able to widen it).
     endpoint_escaped_slashes: HashMap<SocketAddr, EscapedSlashes>,
+    /// The connection settings towards each endpoint port: those of the service in `endpoint_services`.
+    endpoint_reuse: HashMap<SocketAddr, ConnectionReuse>,
     pub policies: Policies,
     /// The compiled TrafficRoute rules of each service that has any.
     routes: HashMap<ServiceRef, Arc<RouteTable>>,
@@ -94,6 +96,7 @@ impl State {
             endpoint_protocols: HashMap::new(),
             endpoint_services: HashMap::new(),
             endpoint_escaped_slashes: HashMap::new(),
+            endpoint_reuse: HashMap::new(),
             policies: Policies::default(),
             routes: HashMap::new(),
             no_routes: Arc::default(),
@@ -128,7 +131,7 @@ impl State {
         let mut services_by_name = HashMap::new();
         for s in &config.services {
             let service = Arc::new(s.clone());
-            services_by_name.insert((s.namespace.clone(), s.name.clone()), service.clone());
+            services_by_name.insert(ServiceRef::new(&s.name, &s.namespace), service.clone());
             for addr in &s.addresses {
                 for port in &s.ports {
                     services_by_addr.insert(
@@ -151,7 +154,7 @@ impl State {
         }
         let mut endpoint_services = HashMap::new();
         for s in &config.services {
-            let Some(service) = services_by_name.get(&(s.namespace.clone(), s.name.clone())) else { continue };
+            let Some(service) = services_by_name.get(&ServiceRef::new(&s.name, &s.namespace)) else { continue };
             for port in &s.ports {
                 for endpoint in &s.endpoints {
                     endpoint_services
@@ -195,6 +198,13 @@ impl State {
         for named in &config.destination_policies {
             DestinationSettings::compile(Some(named))?;
         }
+        let endpoint_reuse = endpoint_services
+            .iter()
+            .filter_map(|(endpoint, s)| {
+                let settings = destinations.get(&ServiceRef::new(&s.name, &s.namespace))?;
+                Some((*endpoint, settings.reuse))
+            })
+            .collect();
         let mut answered_services: HashMap<String, HashSet<String>> = HashMap::new();
         let mut answered_addresses = HashSet::new();
         for answer in &config.answers {
@@ -216,6 +226,7 @@ impl State {
             endpoint_protocols,
             endpoint_services,
             endpoint_escaped_slashes,
+            endpoint_reuse,
             policies,
             routes,
             no_routes: Arc::default(),
@@ -272,7 +283,12 @@ impl State {
     }
 
     pub fn service_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
-        self.services_by_name.get(&(namespace.to_string(), name.to_string()))
+        self.service_named(&ServiceRef::new(name, namespace))
+    }
+
+    /// The service `reference` names.
+    pub fn service_named(&self, reference: &ServiceRef) -> Option<&Arc<Service>> {
+        self.services_by_name.get(reference)
     }
 
     pub fn services(&self) -> impl Iterator<Item = (&SocketAddr, &ServiceTarget)> {
@@ -287,6 +303,12 @@ impl State {
     /// The service whose endpoint `target` (pod address, target port) is.
     pub fn endpoint_service(&self, target: SocketAddr) -> Option<&Arc<Service>> {
         self.endpoint_services.get(&target)
+    }
+
+    /// The connection settings (`connectionPool.http`) towards `target` (pod address, port): the
+    /// DestinationPolicy of the service in front of it, defaults when it has none.
+    pub fn endpoint_reuse(&self, target: SocketAddr) -> ConnectionReuse {
+        self.endpoint_reuse.get(&target).copied().unwrap_or_default()
     }
 
     /// What the destination side does with `%2F`/`%5C` in a request to `target` (pod address, port).

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use prometheus::IntGauge;
 use strait_api::{DestinationPolicySpec, Protocol, Service, ServicePort};
 use tokio::time::Instant;
 
@@ -14,6 +15,7 @@ use super::resilience::{Balancer, HashOn, Limiter, OutlierDetector, RetryBudget,
 use super::route::RouteDestination;
 use super::upstream::Version;
 use crate::state::{ServiceTarget, State};
+use crate::telemetry::metrics::{set_count, Metrics};
 
 /// One destination service port: where requests for it go, and what is remembered about its endpoints.
 pub struct Backend {
@@ -24,7 +26,10 @@ pub struct Backend {
     protocol: Protocol,
     use_client_protocol: bool,
     policy: Option<DestinationPolicySpec>,
-    subsets: HashMap<String, BTreeMap<String, String>>,
+    /// The ready endpoints, and those of each subset the DestinationPolicy names (by its labels), worked out
+    /// when the configuration arrived: a request only reads them.
+    ready: Vec<SocketAddr>,
+    ready_in_subset: HashMap<String, Vec<SocketAddr>>,
     hash_on: Option<HashOn>,
     pub balancer: Arc<Balancer>,
     pub outlier: Arc<OutlierDetector>,
@@ -35,6 +40,8 @@ pub struct Backend {
     /// `connectionPool.http.idleTimeout`, `maxRequestsPerConnection`.
     pub reuse: super::upstream::ConnectionReuse,
     ejections_reported: AtomicU64,
+    /// `strait_outlier_ejected_endpoints` for this service, resolved at the first request.
+    ejected_gauge: OnceLock<IntGauge>,
 }
 
 impl Backend {
@@ -53,26 +60,11 @@ impl Backend {
     }
 
     /// Ready endpoints, narrowed to a subset's labels when one is named (an unknown subset has none).
-    pub fn endpoints(&self, state: &State, subset: Option<&str>) -> Vec<SocketAddr> {
-        let labels = match subset {
-            Some(name) => match self.subsets.get(name) {
-                Some(labels) => Some(labels),
-                None => return Vec::new(),
-            },
-            None => None,
-        };
-        self.service
-            .endpoints
-            .iter()
-            .filter(|e| e.ready)
-            .filter(|e| match labels {
-                None => true,
-                Some(wanted) => state
-                    .workload(e.address)
-                    .is_some_and(|w| wanted.iter().all(|(k, v)| w.workload.labels.get(k) == Some(v))),
-            })
-            .map(|e| SocketAddr::new(e.address, self.target_port))
-            .collect()
+    pub fn endpoints(&self, subset: Option<&str>) -> &[SocketAddr] {
+        match subset {
+            None => &self.ready,
+            Some(name) => self.ready_in_subset.get(name).map_or(&[], Vec::as_slice),
+        }
     }
 
     /// Picks among the endpoints outlier detection has not ejected; if it ejected all of them, among all
@@ -81,6 +73,10 @@ impl Backend {
     pub fn pick(&self, endpoints: &[SocketAddr], hash_key: Option<&[u8]>, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let now = Instant::now();
         self.sweep(now);
+        // Outlier detection that never ejected anything leaves every endpoint available: no list to build.
+        if self.outlier.ejections() == 0 {
+            return self.balancer.pick_avoiding(endpoints, hash_key, tried, &mut rand::rng());
+        }
         let mut available = Vec::with_capacity(endpoints.len());
         self.outlier.retain_available(endpoints, now, &mut available);
         let candidates = if available.is_empty() { endpoints } else { &available };
@@ -95,6 +91,19 @@ impl Backend {
         }
     }
 
+    /// Sets `strait_outlier_ejected_endpoints` for this service. Outlier detection that never ejected an
+    /// endpoint has none ejected, so then a request costs one atomic load rather than a lock and a count.
+    pub fn report_ejected(&self, metrics: &Metrics) {
+        let mut first = false;
+        let gauge = self.ejected_gauge.get_or_init(|| {
+            first = true;
+            metrics.ejected_endpoints_gauge(&self.name)
+        });
+        if first || self.outlier.ejections() > 0 {
+            set_count(gauge, self.outlier.ejected_count(Instant::now()));
+        }
+    }
+
     /// Ejections since the last call, for the metrics counter.
     pub fn take_new_ejections(&self) -> u64 {
         let total = self.outlier.ejections();
@@ -105,10 +114,11 @@ impl Backend {
 /// A backend and the configuration version it was built from.
 type Versioned = (String, Arc<Backend>);
 
-/// Backends per (service, port), kept across configuration versions.
+/// Backends per service and port, kept across configuration versions. Keyed by service, then by port in a
+/// short list, so a request finds its backend without building an owned key.
 #[derive(Default)]
 pub struct Backends {
-    cache: Mutex<HashMap<(ServiceRef, u16), Versioned>>,
+    cache: Mutex<HashMap<ServiceRef, Vec<(u16, Versioned)>>>,
 }
 
 impl Backends {
@@ -120,22 +130,27 @@ impl Backends {
         front: &ServiceTarget,
     ) -> Option<Arc<Backend>> {
         let reference = destination.service.as_ref()?;
-        let service = state.service_by_name(&reference.namespace, &reference.name)?;
+        let service = state.service_named(reference)?;
         let same_service = service.name == front.service.name && service.namespace == front.service.namespace;
         let port = match destination.port {
             Some(p) => service.ports.iter().find(|sp| sp.port == p)?,
             None if same_service => service.ports.iter().find(|sp| sp.port == front.port.port)?,
             None => service.ports.iter().find(|sp| sp.port == front.port.port).or(service.ports.first())?,
         };
-        let key = (reference.clone(), port.port);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = match cache.get(&key) {
-            Some((version, backend)) if *version == state.version => return Some(backend.clone()),
-            Some((_, backend)) => Some(backend.clone()),
+        let kept = cache.get(reference).and_then(|ports| ports.iter().find(|(p, _)| *p == port.port));
+        let previous = match kept {
+            Some((_, (version, backend))) if *version == state.version => return Some(backend.clone()),
+            Some((_, (_, backend))) => Some(backend.clone()),
             None => None,
         };
         let backend = Arc::new(build(state, service, port, previous.as_deref()));
-        cache.insert(key, (state.version.clone(), backend.clone()));
+        let ports = cache.entry(reference.clone()).or_default();
+        let versioned = (state.version.clone(), backend.clone());
+        match ports.iter_mut().find(|(p, _)| *p == port.port) {
+            Some((_, entry)) => *entry = versioned,
+            None => ports.push((port.port, versioned)),
+        }
         Some(backend)
     }
 
@@ -145,8 +160,9 @@ impl Backends {
         let now = Instant::now();
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<serde_json::Value> = cache
-            .iter()
-            .map(|((_, port), (version, b))| {
+            .values()
+            .flatten()
+            .map(|(port, (version, b))| {
                 let endpoints: Vec<serde_json::Value> = b
                     .service
                     .endpoints
@@ -177,7 +193,7 @@ impl Backends {
 
     /// Forgets the state of services that are gone (their balancer loads, ejections and budgets).
     pub fn retain(&self, keep: impl Fn(&ServiceRef) -> bool) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|(service, _), _| keep(service));
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).retain(|service, _| keep(service));
     }
 }
 
@@ -232,7 +248,12 @@ fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Op
         target_port,
         protocol: port.protocol(),
         use_client_protocol: settings.use_client_protocol,
-        subsets: policy.iter().flat_map(|p| p.subsets.iter()).map(|s| (s.name.clone(), s.labels.clone())).collect(),
+        ready_in_subset: policy
+            .iter()
+            .flat_map(|p| p.subsets.iter())
+            .map(|subset| (subset.name.clone(), ready_with_labels(state, service, target_port, &subset.labels)))
+            .collect(),
+        ready,
         policy,
         hash_on,
         balancer,
@@ -243,5 +264,24 @@ fn build(state: &State, service: &Arc<Service>, port: &ServicePort, previous: Op
         budget,
         reuse: settings.reuse,
         ejections_reported: AtomicU64::new(ejections),
+        ejected_gauge: OnceLock::new(),
     }
+}
+
+/// The ready endpoints of `service` whose workloads carry every one of `labels`.
+fn ready_with_labels(
+    state: &State,
+    service: &Service,
+    target_port: u16,
+    labels: &BTreeMap<String, String>,
+) -> Vec<SocketAddr> {
+    service
+        .endpoints
+        .iter()
+        .filter(|e| e.ready)
+        .filter(|e| {
+            state.workload(e.address).is_some_and(|w| labels.iter().all(|(k, v)| w.workload.labels.get(k) == Some(v)))
+        })
+        .map(|e| SocketAddr::new(e.address, target_port))
+        .collect()
 }

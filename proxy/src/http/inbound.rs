@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use opentelemetry::trace::SpanKind;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -56,7 +56,7 @@ pub async fn serve<S>(
 {
     let principal = caller.identity.as_ref().map(|i| i.principal());
     let xfcc = caller.identity.as_ref().and_then(|identity| xfcc::encode(workload.identity.as_ref(), identity));
-    let authority = Authority::try_from(target.to_string()).ok();
+    let authority = super::target::authority_of(target);
     let series = Arc::new(RequestSeries::new(ctx.metrics.clone(), labels));
     let destination =
         Arc::new(Destination { ctx: ctx.clone(), caller, workload, target, series, principal, xfcc, authority });
@@ -99,7 +99,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         detail: detail.to_string(),
         method: method.clone(),
         path: log_path.clone(),
-        trace_id: trace_id.clone(),
+        trace_id,
         // Each return path records one response, so the span is taken once.
         span: span.take(),
         start,
@@ -147,7 +147,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     if upgrade.is_none() {
         super::hop_by_hop::strip_hop_by_hop(request.headers_mut());
     }
-    let uri = match upstream_uri(request.uri(), d.authority.as_ref()) {
+    let uri = match super::target::uri_to(request.uri(), d.authority.as_ref()) {
         Some(uri) => uri,
         None => {
             let response = text(StatusCode::BAD_REQUEST, "request target is not valid\n");
@@ -156,7 +156,7 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
         }
     };
     *request.uri_mut() = uri;
-    let reuse = super::reuse::reuse_for_endpoint(&d.ctx, d.target);
+    let reuse = state.endpoint_reuse(d.target);
     let client = d.ctx.http.pod_client(&d.ctx, version, reuse);
     let mut response = match super::reuse::send(&client, request.map(boxed), reuse).await {
         Ok(response) => response.map(boxed),
@@ -180,35 +180,4 @@ async fn handle(d: &Destination, request: Request<Incoming>) -> Response<BoxBody
     }
     let access = access(&response, ResponseFlag::None, "");
     observed(response, access)
-}
-
-/// `http://<pod>/<path and query>` (the path `/` when the request had none), from the parts already parsed:
-/// no string is formatted and parsed again. `None` for a target that is not a path (`*`, an authority).
-fn upstream_uri(uri: &Uri, authority: Option<&Authority>) -> Option<Uri> {
-    let mut parts = uri.clone().into_parts();
-    match &parts.path_and_query {
-        Some(pq) if !pq.as_str().starts_with('/') => return None,
-        Some(_) => {}
-        None => parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/")),
-    }
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority?.clone());
-    Uri::from_parts(parts).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_upstream_uri_keeps_path_and_query_and_names_the_pod() {
-        let pod = Authority::from_static("10.1.0.2:8080");
-        let uri = |s: &str| s.parse::<Uri>().expect("a valid URI");
-        let up = |s: &str| upstream_uri(&uri(s), Some(&pod)).map(|u| u.to_string());
-        assert_eq!(up("/a/b?x=1&y=%20").as_deref(), Some("http://10.1.0.2:8080/a/b?x=1&y=%20"));
-        assert_eq!(up("http://reviews.shop:9080/r?q").as_deref(), Some("http://10.1.0.2:8080/r?q"));
-        assert_eq!(up("*"), None);
-        assert_eq!(up("reviews.shop:9080").as_deref(), Some("http://10.1.0.2:8080/"));
-        assert_eq!(upstream_uri(&uri("/"), None), None);
-    }
 }

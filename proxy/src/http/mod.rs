@@ -22,6 +22,7 @@ pub mod retry;
 pub mod reuse;
 pub mod route;
 pub mod settings;
+pub mod target;
 pub mod trace;
 pub mod upgrade;
 pub mod upstream;
@@ -221,7 +222,8 @@ impl HttpContext {
 #[derive(Default)]
 pub struct HttpClients {
     mesh: upstream::Clients,
-    pods: std::sync::Mutex<std::collections::HashMap<(Version, std::time::Duration), upstream::PodClient>>,
+    /// By (version, idle timeout): a handful at most, scanned rather than hashed on every request.
+    pods: std::sync::Mutex<Vec<((Version, std::time::Duration), upstream::PodClient)>>,
 }
 
 impl HttpClients {
@@ -248,7 +250,12 @@ impl HttpClients {
     ) -> upstream::PodClient {
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         let key = upstream::pod_client_key(version, reuse);
-        pods.entry(key).or_insert_with(|| upstream::pod_client(ctx.outgoing, version, reuse)).clone()
+        if let Some((_, client)) = pods.iter().find(|(k, _)| *k == key) {
+            return client.clone();
+        }
+        let client = upstream::pod_client(ctx.outgoing, version, reuse);
+        pods.push((key, client.clone()));
+        client
     }
 
     /// Open upstream connections per destination service (`tcp.maxConnections`).

@@ -84,7 +84,7 @@ pub struct Access {
     pub method: http::Method,
     /// Empty when the access log is off (`telemetry::logging::access_enabled`): only the line needs it.
     pub path: String,
-    pub trace_id: String,
+    pub trace_id: crate::telemetry::traces::TraceId,
     /// This hop's span, when traces are exported: ended here with the request's attributes.
     pub span: Option<HopSpan>,
     pub start: Instant,
@@ -268,7 +268,7 @@ mod tests {
             detail: String::new(),
             method: http::Method::POST,
             path: "/pkg.Svc/Call".into(),
-            trace_id: "t".into(),
+            trace_id: crate::telemetry::traces::TraceId::new(1),
             span: None,
             start: Instant::now(),
             request_bytes,

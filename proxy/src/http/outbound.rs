@@ -4,7 +4,7 @@
 //! `resilience.rs` describes; each step is a small function below.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -18,12 +18,14 @@ use super::backends::Backend;
 use super::observe::{Access, CountedRequest, Observed};
 use super::resilience::{retry_loop, Action, FaultAction, Outcome, RetryError, RetryParams, RetryStats};
 use super::route::{RouteDestination, ServiceRef};
+use super::upstream::{ConnectionReuse, UpstreamClient};
 use super::{boxed, grpc_status, protocol_label, text, BoxBody, Version};
 use crate::context::ProxyContext;
 use crate::state::{ServiceTarget, State, WorkloadInfo};
 use crate::telemetry::flags::ResponseFlag;
 use crate::telemetry::labels::ConnectionLabels;
 use crate::telemetry::logging::access_enabled;
+use crate::telemetry::routes::RouteSeries;
 use crate::telemetry::series::SourceSeries;
 use crate::telemetry::traces::HopSpan;
 
@@ -34,10 +36,36 @@ struct Downstream {
     front: ServiceTarget,
     /// `front`'s service as route tables and settings are keyed, made once per connection.
     front_ref: ServiceRef,
-    /// `front`'s service's host name, the route metrics' label, made once per connection.
-    front_host: String,
+    /// Where a request goes that no TrafficRoute rule takes: the service itself, all of its endpoints.
+    default_destination: RouteDestination,
+    /// The route metrics of `front`'s service, resolved once per connection.
+    routes: RouteSeries,
     /// The connection's labels and metric series, per destination workload reached.
     series: SourceSeries,
+    /// The mesh clients this connection's requests went through, by (version, idle timeout): the source is
+    /// the connection's, so the shared map (whose key copies the workload's names) is asked once per pair.
+    clients: Mutex<Vec<(ClientKey, UpstreamClient)>>,
+}
+
+type ClientKey = (Version, Duration);
+
+/// Versions and idle timeouts one connection keeps clients for; past that, the shared map answers.
+const CLIENTS_KEPT: usize = 4;
+
+impl Downstream {
+    fn client(&self, version: Version, reuse: ConnectionReuse) -> UpstreamClient {
+        let key = (version, reuse.idle());
+        // A poisoned lock only means another request panicked mid-scan; the list is still valid.
+        let mut kept = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, client)) = kept.iter().find(|(k, _)| *k == key) {
+            return client.clone();
+        }
+        let client = self.ctx.http.clients.mesh_client(&self.ctx, &self.source, version, reuse);
+        if kept.len() < CLIENTS_KEPT {
+            kept.push((key, client.clone()));
+        }
+        client
+    }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on the pod's connection until it closes.
@@ -46,8 +74,17 @@ pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadI
     let drain = ctx.drain.watch();
     let series = SourceSeries::new(ctx.metrics.clone(), labels);
     let front_ref = ServiceRef::new(&front.service.name, &front.service.namespace);
-    let front_host = front.service.hostname();
-    let downstream = Arc::new(Downstream { ctx, source, front, front_ref, front_host, series });
+    let default_destination = RouteDestination {
+        host: front_ref.name.clone(),
+        service: Some(front_ref.clone()),
+        subset: None,
+        port: None,
+        weight: super::route::Weight(1),
+    };
+    let routes = RouteSeries::new(front.service.hostname());
+    let clients = Mutex::new(Vec::new());
+    let downstream =
+        Arc::new(Downstream { ctx, source, front, front_ref, default_destination, routes, series, clients });
     let handler = move |request| {
         let downstream = downstream.clone();
         async move { handle(&downstream, request).await }
@@ -136,22 +173,13 @@ async fn route_request(
     mut request: Request<ReqBody>,
     record: &mut Record,
 ) -> Response<BoxBody> {
-    let front = &d.front_ref;
-    let table = state.route_table(front).clone();
+    let table = state.route_table(&d.front_ref).clone();
     let (parts, body) = request.into_parts();
     let route = table.route(&parts);
     request = Request::from_parts(parts, body);
     let Some(route) = route else {
-        // No TrafficRoute: the service itself, all of its endpoints.
-        let destination = RouteDestination {
-            host: front.name.clone(),
-            service: Some(front.clone()),
-            subset: None,
-            port: None,
-            weight: super::route::Weight(1),
-        };
-        let response = forward(d, state, &destination, request, None, None, record).await;
-        d.ctx.metrics.routes.request(&d.front_host, "default", None, response.status().as_u16());
+        let response = forward(d, state, &d.default_destination, request, None, None, record).await;
+        d.routes.request(&d.ctx.metrics.routes, "default", None, response.status().as_u16());
         return response;
     };
     record.route = route.name().to_string().into();
@@ -185,11 +213,11 @@ async fn route_request(
         record.flags = ResponseFlag::FaultInjected;
         return text(status, "fault filter abort\n");
     }
-    let destination = split.pick(&mut rand::rng()).clone();
+    let destination = split.pick(&mut rand::rng());
     record.subset = destination.subset.clone();
-    let mut response = forward(d, state, &destination, request, route.timeout(), route.retry_policy(), record).await;
+    let mut response = forward(d, state, destination, request, route.timeout(), route.retry_policy(), record).await;
     let status = response.status().as_u16();
-    d.ctx.metrics.routes.request(&d.front_host, route.name(), destination.subset.as_deref(), status);
+    d.routes.request(&d.ctx.metrics.routes, route.name(), destination.subset.as_deref(), status);
     route.headers().response.apply(response.headers_mut());
     response
 }
@@ -227,7 +255,7 @@ async fn forward(
         record.flags = ResponseFlag::NoRouteFound;
         return text(StatusCode::SERVICE_UNAVAILABLE, format!("no service for destination {}\n", destination.host));
     };
-    let endpoints = backend.endpoints(state, destination.subset.as_deref());
+    let endpoints = backend.endpoints(destination.subset.as_deref());
     if endpoints.is_empty() {
         record.flags = ResponseFlag::NoHealthyUpstream;
         return text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
@@ -245,7 +273,7 @@ async fn forward(
     let hash_key: Option<Vec<u8>> = backend
         .hash_on()
         .and_then(|h| h.request_key(request.headers(), request.uri().query(), d.source.workload.address));
-    let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version, backend.reuse);
+    let client = d.client(version, backend.reuse);
     let stats = RetryStats::default();
     let params = RetryParams {
         // An upgraded connection cannot be replayed.
@@ -260,8 +288,8 @@ async fn forward(
     let tried = std::sync::Mutex::new(Vec::new());
     let trace = record.trace.clone();
     let send = |mut request: Request<super::body::RetryBody<ReqBody>>| {
-        let client = client.clone();
-        let backend = backend.clone();
+        let client = &client;
+        let backend = &backend;
         let endpoints = &endpoints;
         let hash_key = hash_key.as_deref();
         let last_upstream = &last_upstream;
@@ -286,12 +314,11 @@ async fn forward(
             if let Ok(mut last) = last_upstream.lock() {
                 *last = Some(endpoint);
             }
-            let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-            if let Ok(uri) = format!("http://{endpoint}{path}").parse() {
+            if let Some(uri) = super::target::uri_to(request.uri(), super::target::authority_of(endpoint).as_ref()) {
                 *request.uri_mut() = uri;
             }
             let mut guard = backend.balancer.start(endpoint);
-            let result = super::upstream::send(&client, request.map(boxed), backend.reuse).await.map_err(|e| {
+            let result = super::upstream::send(client, request.map(boxed), backend.reuse).await.map_err(|e| {
                 // `tcp.maxConnections`: refused here (503 `UO`), like the request limits.
                 if super::upstream::is_overflow(&e) {
                     SendError::Overflow
@@ -415,5 +442,5 @@ fn record_retries(d: &Downstream, backend: &Backend, stats: &RetryStats, record:
     if ejections > 0 {
         d.ctx.metrics.circuit.with_label_values(&[service, "ejection"]).inc_by(ejections);
     }
-    d.ctx.metrics.set_ejected_endpoints(service, backend.outlier.ejected_count(tokio::time::Instant::now()));
+    backend.report_ejected(&d.ctx.metrics);
 }

@@ -3,7 +3,6 @@
 //! connection counts the requests it carries ([`RequestCount`], which hyper hands back with each response)
 //! and [`send`] retires it at the limit.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -12,17 +11,10 @@ use hyper_util::client::legacy::Client;
 
 pub use super::settings::ConnectionReuse;
 use super::BoxBody;
-use crate::context::ProxyContext;
 
 /// Requests sent on one connection so far; hyper copies it into every response the connection carries.
 #[derive(Clone, Debug, Default)]
 pub struct RequestCount(Arc<AtomicU32>);
-
-/// The connection settings of the service in front of `endpoint` (defaults when it has none).
-pub fn reuse_for_endpoint(ctx: &ProxyContext, endpoint: SocketAddr) -> ConnectionReuse {
-    let state = ctx.state.current();
-    state.endpoint_service(endpoint).map(|s| state.destination_settings(s).reuse).unwrap_or_default()
-}
 
 /// Sends `request` on `client` and, when the connection it went out on has now carried
 /// `max_requests_per_connection` requests, retires it: hyper's pool never hands a poisoned connection out

@@ -8,13 +8,13 @@ use http::{HeaderMap, HeaderValue};
 use opentelemetry::trace::SpanKind;
 use rand::Rng;
 
-use crate::telemetry::traces::HopSpan;
+use crate::telemetry::traces::{put_hex, HopSpan, TraceId};
 
 pub const TRACEPARENT: &str = "traceparent";
 
 /// This hop's trace: the id for the access log and, when traces are exported, the span to end.
 pub struct Hop {
-    pub trace_id: String,
+    pub trace_id: TraceId,
     pub span: Option<HopSpan>,
 }
 
@@ -32,8 +32,7 @@ pub fn add_hop(headers: &mut HeaderMap, name: &'static str, kind: SpanKind) -> H
     if let Ok(header) = HeaderValue::from_bytes(&value) {
         headers.insert(TRACEPARENT, header);
     }
-    let trace_id = value[TRACE_ID].iter().map(|&b| char::from(b)).collect();
-    Hop { trace_id, span: None }
+    Hop { trace_id: TraceId::new(trace), span: None }
 }
 
 /// Where the trace id sits in a version-00 `traceparent`.
@@ -42,12 +41,6 @@ const TRACE_ID: std::ops::Range<usize> = 3..35;
 /// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, lowercase, written in place: every request gets one,
 /// and `format!` of a u128 in hex stood out in the request path's profile.
 fn traceparent(trace: u128, span: u64, flags: u8) -> [u8; 55] {
-    fn put_hex(out: &mut [u8], mut value: u128) {
-        for digit in out.iter_mut().rev() {
-            *digit = b"0123456789abcdef"[(value & 0xf) as usize];
-            value >>= 4;
-        }
-    }
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
     put_hex(&mut out[TRACE_ID], trace);
     put_hex(&mut out[36..52], u128::from(span));
@@ -90,6 +83,7 @@ mod tests {
         for (trace, span, flags) in values {
             let written = traceparent(trace, span, flags);
             let expected = format!("00-{trace:032x}-{span:016x}-{flags:02x}");
+            assert_eq!(TraceId::new(trace).to_string(), format!("{trace:032x}"));
             assert_eq!(std::str::from_utf8(&written).expect("ascii"), expected);
             assert_eq!(parse(&expected), Some((trace, span, flags)).filter(|_| trace != 0 && span != 0));
         }
@@ -101,7 +95,7 @@ mod tests {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         headers.insert(TRACEPARENT, HeaderValue::from_static(incoming));
         let hop = add_hop(&mut headers, "hop", SpanKind::Server);
-        assert_eq!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hop.trace_id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let out = headers[TRACEPARENT].to_str().unwrap();
         assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
         assert!(out.ends_with("-01"));
@@ -125,7 +119,8 @@ mod tests {
                 headers.insert(TRACEPARENT, HeaderValue::from_static(b));
             }
             let hop = add_hop(&mut headers, "hop", SpanKind::Server);
-            assert_eq!(hop.trace_id.len(), 32);
+            assert_eq!(hop.trace_id.as_str().len(), 32);
+            assert!(headers[TRACEPARENT].to_str().unwrap().contains(hop.trace_id.as_str()));
             assert!(parse(headers[TRACEPARENT].to_str().unwrap()).is_some());
         }
     }

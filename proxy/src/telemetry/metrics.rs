@@ -321,7 +321,12 @@ impl Metrics {
 
     /// The number of endpoints of `service` that outlier detection holds ejected right now.
     pub fn set_ejected_endpoints(&self, service: &str, ejected: usize) {
-        self.ejected_endpoints.with_label_values(&[service]).set(i64::try_from(ejected).unwrap_or(i64::MAX));
+        set_count(&self.ejected_endpoints_gauge(service), ejected);
+    }
+
+    /// The series of [`Metrics::set_ejected_endpoints`], for a caller that keeps it resolved.
+    pub fn ejected_endpoints_gauge(&self, service: &str) -> IntGauge {
+        self.ejected_endpoints.with_label_values(&[service])
     }
 
     /// A configuration version was received (from the control plane or the file) and installed (`Ok`) or
@@ -381,6 +386,11 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Sets a gauge to a count.
+pub fn set_count(gauge: &IntGauge, count: usize) {
+    gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 /// Distinct (service, rule, subset) sets a proxy exports before folding new ones into `other`.
 pub const MAX_SERIES: usize = 2000;
@@ -57,21 +57,70 @@ impl RouteMetrics {
 
     /// One request answered `status` after rule `route` sent it to `subset` (`-`: the whole service).
     pub fn request(&self, service: &str, route: &str, subset: Option<&str>, status: u16) {
+        self.request_counter(service, route, subset, status_class(status)).inc();
+    }
+
+    /// The series [`RouteMetrics::request`] counts in, resolved (a connection keeps it: [`RouteSeries`]).
+    fn request_counter(&self, service: &str, route: &str, subset: Option<&str>, class: &str) -> IntCounter {
         let (route, subset) = self.bounded(service, route, subset.unwrap_or("-"));
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests.with_label_values(&[service, route, subset, class]).inc();
+        self.requests.with_label_values(&[service, route, subset, class])
     }
 
     pub fn retries(&self, service: &str, route: &str, result: &str, count: u64) {
         if count > 0 {
             let (route, _) = self.bounded(service, route, "-");
             self.retries.with_label_values(&[service, route, result]).inc_by(count);
+        }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// (route, subset, status class) sets whose counters one connection keeps resolved; past that, the rest are
+/// looked up per request, so memory stays bounded.
+const KEPT: usize = 8;
+
+/// One source connection's route counters: a request costs an uncontended lock and a scan of a short list
+/// rather than three string copies, a set lookup and a hash of four label values.
+pub struct RouteSeries {
+    /// The destination service's host name, the `destination_service` label.
+    service: String,
+    kept: Mutex<Vec<(RouteKey, IntCounter)>>,
+}
+
+struct RouteKey {
+    route: String,
+    subset: Option<String>,
+    class: &'static str,
+}
+
+impl RouteSeries {
+    pub fn new(service: String) -> Self {
+        RouteSeries { service, kept: Mutex::new(Vec::new()) }
+    }
+
+    /// As [`RouteMetrics::request`] for this connection's service.
+    pub fn request(&self, metrics: &RouteMetrics, route: &str, subset: Option<&str>, status: u16) {
+        let class = status_class(status);
+        // A poisoned lock only means another request panicked mid-scan; the list is still valid.
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let found = kept.iter().find(|(k, _)| k.class == class && k.route == route && k.subset.as_deref() == subset);
+        if let Some((_, counter)) = found {
+            counter.inc();
+            return;
+        }
+        let counter = metrics.request_counter(&self.service, route, subset, class);
+        counter.inc();
+        if kept.len() < KEPT {
+            kept.push((RouteKey { route: route.to_string(), subset: subset.map(str::to_string), class }, counter));
         }
     }
 }
@@ -97,5 +146,39 @@ mod tests {
             .find(|m| m.get_label().iter().any(|l| l.name() == "route" && l.value() == "other"))
             .expect("an `other` series");
         assert_eq!(other.get_counter().get_value(), 10.0);
+    }
+
+    fn count(registry: &Registry, route: &str, subset: &str, class: &str) -> f64 {
+        let family = registry.gather().into_iter().find(|f| f.name() == "strait_route_requests_total").expect("family");
+        let has = |m: &prometheus::proto::Metric, name: &str, value: &str| {
+            m.get_label().iter().any(|l| l.name() == name && l.value() == value)
+        };
+        family
+            .get_metric()
+            .iter()
+            .find(|m| has(m, "route", route) && has(m, "subset", subset) && has(m, "response_code_class", class))
+            .map_or(0.0, |m| m.get_counter().get_value())
+    }
+
+    #[test]
+    fn a_connection_counts_in_the_series_the_registry_would() {
+        let registry = Registry::new();
+        let m = RouteMetrics::new(&registry);
+        let series = RouteSeries::new("reviews.demo.svc.cluster.local".into());
+        // More distinct sets than the connection keeps: the ones past it are still counted.
+        for i in 0..KEPT + 4 {
+            for _ in 0..3 {
+                series.request(&m, &format!("rule-{i}"), Some("v1"), 200);
+            }
+        }
+        series.request(&m, "rule-0", Some("v1"), 503);
+        series.request(&m, "rule-0", None, 200);
+        series.request(&m, "default", None, 404);
+        for i in 0..KEPT + 4 {
+            assert_eq!(count(&registry, &format!("rule-{i}"), "v1", "2xx"), 3.0, "rule-{i}");
+        }
+        assert_eq!(count(&registry, "rule-0", "v1", "5xx"), 1.0);
+        assert_eq!(count(&registry, "rule-0", "-", "2xx"), 1.0);
+        assert_eq!(count(&registry, "default", "-", "4xx"), 1.0);
     }
 }

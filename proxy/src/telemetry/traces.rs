@@ -205,6 +205,43 @@ async fn export_loop(
     }
 }
 
+/// A trace id as the access log writes it: 32 lower-case hex digits, kept inline (every request has one).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TraceId([u8; 32]);
+
+impl TraceId {
+    pub fn new(trace: u128) -> TraceId {
+        let mut digits = [b'0'; 32];
+        put_hex(&mut digits, trace);
+        TraceId(digits)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TraceId({})", self.as_str())
+    }
+}
+
+/// Writes the low digits of `value` in lower-case hex, filling `out`.
+pub(crate) fn put_hex(out: &mut [u8], mut value: u128) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
 /// The span of one hop (or one try), open from the request's arrival to the end of its response body.
 pub struct HopSpan {
     span: opentelemetry_sdk::trace::Span,
@@ -253,9 +290,9 @@ impl HopSpan {
         traceparent(self.span.span_context())
     }
 
-    pub fn trace_id(&self) -> String {
+    pub fn trace_id(&self) -> TraceId {
         use opentelemetry::trace::Span as _;
-        self.span.span_context().trace_id().to_string()
+        TraceId::new(u128::from_be_bytes(self.span.span_context().trace_id().to_bytes()))
     }
 
     /// Whether attributes would be kept (the span is sampled); callers skip building them otherwise.
