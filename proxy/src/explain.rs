@@ -180,7 +180,7 @@ impl Explainer {
             return self
                 .state
                 .service(addr)
-                .cloned()
+                .map(|t| ServiceTarget::clone(t))
                 .ok_or_else(|| ExplainError::NotFound(format!("no service listens on {addr}")));
         }
         let reference = ServiceRef::parse(&query.destination, source_namespace)
@@ -203,7 +203,7 @@ impl Explainer {
                 ports.join(", ")
             ))
         })?;
-        Ok(ServiceTarget { service: service.clone(), port: port.clone() })
+        Ok(ServiceTarget::new(service.clone(), port.clone()))
     }
 
     /// What the source's proxy and the destination's would do with `query`.
@@ -422,7 +422,7 @@ pub(crate) fn services(state: &State) -> Vec<ServiceView> {
             .flat_map(|p| p.subsets.iter())
             .map(|subset| {
                 let endpoints = service_port(service).map_or_else(Vec::new, |port| {
-                    let target = ServiceTarget { service: Arc::new(service.clone()), port: port.clone() };
+                    let target = ServiceTarget::new(Arc::new(service.clone()), port.clone());
                     let destination = RouteDestination {
                         host: service.name.clone(),
                         service: Some(reference.clone()),

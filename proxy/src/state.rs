@@ -13,7 +13,7 @@ use strait_api::{EscapedSlashes, MeshConfig, MtlsMode, MtlsSource, Protocol, Ser
 use strait_certs::Identity;
 use tokio::sync::watch;
 
-use crate::http::route::{CompileError, RouteTable, ServiceRef};
+use crate::http::route::{CompileError, RouteDestination, RouteTable, ServiceRef, Weight};
 use crate::http::settings::{policy_for, ConnectionReuse, DestinationSettings, SettingsError};
 use crate::policy::{Policies, PolicyError};
 
@@ -31,11 +31,33 @@ impl WorkloadInfo {
     }
 }
 
-/// A service port as the outbound path needs it.
+/// A service port as the outbound path needs it, with what its requests read worked out once (the state
+/// holds one per service address and port; a connection shares it).
 #[derive(Debug, Clone)]
 pub struct ServiceTarget {
     pub service: Arc<Service>,
     pub port: ServicePort,
+    /// The service as route tables and settings are keyed.
+    pub reference: ServiceRef,
+    /// Where a request goes that no TrafficRoute rule takes: the service itself, all of its endpoints.
+    pub default_destination: RouteDestination,
+    /// The service's host name, the `destination_service` label of the route metrics.
+    pub hostname: String,
+}
+
+impl ServiceTarget {
+    pub fn new(service: Arc<Service>, port: ServicePort) -> Self {
+        let reference = ServiceRef::new(&service.name, &service.namespace);
+        let default_destination = RouteDestination {
+            host: reference.name.clone(),
+            service: Some(reference.clone()),
+            subset: None,
+            port: None,
+            weight: Weight(1),
+        };
+        let hostname = service.hostname();
+        ServiceTarget { service, port, reference, default_destination, hostname }
+    }
 }
 
 #[derive(Debug)]
@@ -44,7 +66,7 @@ pub struct State {
     pub version: String,
     pub node: String,
     workloads_by_ip: HashMap<IpAddr, Arc<WorkloadInfo>>,
-    services_by_addr: HashMap<SocketAddr, ServiceTarget>,
+    services_by_addr: HashMap<SocketAddr, Arc<ServiceTarget>>,
     services_by_name: HashMap<ServiceRef, Arc<Service>>,
     /// Declared protocol of each endpoint port (pod IP, target port), from the services in front of it.
     endpoint_protocols: HashMap<SocketAddr, Protocol>,
@@ -136,7 +158,7 @@ impl State {
                 for port in &s.ports {
                     services_by_addr.insert(
                         SocketAddr::new(*addr, port.port),
-                        ServiceTarget { service: service.clone(), port: port.clone() },
+                        Arc::new(ServiceTarget::new(service.clone(), port.clone())),
                     );
                 }
             }
@@ -266,7 +288,7 @@ impl State {
         self.workloads_by_ip.values().filter(|w| w.workload.node == self.node && w.identity.is_some())
     }
 
-    pub fn service(&self, addr: SocketAddr) -> Option<&ServiceTarget> {
+    pub fn service(&self, addr: SocketAddr) -> Option<&Arc<ServiceTarget>> {
         self.services_by_addr.get(&addr)
     }
 
@@ -291,7 +313,7 @@ impl State {
         self.services_by_name.get(reference)
     }
 
-    pub fn services(&self) -> impl Iterator<Item = (&SocketAddr, &ServiceTarget)> {
+    pub fn services(&self) -> impl Iterator<Item = (&SocketAddr, &Arc<ServiceTarget>)> {
         self.services_by_addr.iter()
     }
 

@@ -4,7 +4,7 @@
 //! `resilience.rs` describes; each step is a small function below.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -17,8 +17,7 @@ use tracing::debug;
 use super::backends::Backend;
 use super::observe::{Access, CountedRequest, Observed};
 use super::resilience::{retry_loop, Action, FaultAction, Outcome, RetryError, RetryParams, RetryStats};
-use super::route::{RouteDestination, ServiceRef};
-use super::upstream::{ConnectionReuse, UpstreamClient};
+use super::route::RouteDestination;
 use super::{boxed, grpc_status, protocol_label, text, BoxBody, Version};
 use crate::context::ProxyContext;
 use crate::state::{ServiceTarget, State, WorkloadInfo};
@@ -33,58 +32,20 @@ use crate::telemetry::traces::HopSpan;
 struct Downstream {
     ctx: Arc<ProxyContext>,
     source: Arc<WorkloadInfo>,
-    front: ServiceTarget,
-    /// `front`'s service as route tables and settings are keyed, made once per connection.
-    front_ref: ServiceRef,
-    /// Where a request goes that no TrafficRoute rule takes: the service itself, all of its endpoints.
-    default_destination: RouteDestination,
+    front: Arc<ServiceTarget>,
     /// The route metrics of `front`'s service, resolved once per connection.
     routes: RouteSeries,
     /// The connection's labels and metric series, per destination workload reached.
     series: SourceSeries,
-    /// The mesh clients this connection's requests went through, by (version, idle timeout): the source is
-    /// the connection's, so the shared map (whose key copies the workload's names) is asked once per pair.
-    clients: Mutex<Vec<(ClientKey, UpstreamClient)>>,
-}
-
-type ClientKey = (Version, Duration);
-
-/// Versions and idle timeouts one connection keeps clients for; past that, the shared map answers.
-const CLIENTS_KEPT: usize = 4;
-
-impl Downstream {
-    fn client(&self, version: Version, reuse: ConnectionReuse) -> UpstreamClient {
-        let key = (version, reuse.idle());
-        // A poisoned lock only means another request panicked mid-scan; the list is still valid.
-        let mut kept = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, client)) = kept.iter().find(|(k, _)| *k == key) {
-            return client.clone();
-        }
-        let client = self.ctx.http.clients.mesh_client(&self.ctx, &self.source, version, reuse);
-        if kept.len() < CLIENTS_KEPT {
-            kept.push((key, client.clone()));
-        }
-        client
-    }
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on the pod's connection until it closes.
-pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadInfo>, front: ServiceTarget) {
+pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadInfo>, front: Arc<ServiceTarget>) {
     let labels = ConnectionLabels::new("source").with_source(&source).with_service(&front.service).mutual_tls(true);
     let drain = ctx.drain.watch();
     let series = SourceSeries::new(ctx.metrics.clone(), labels);
-    let front_ref = ServiceRef::new(&front.service.name, &front.service.namespace);
-    let default_destination = RouteDestination {
-        host: front_ref.name.clone(),
-        service: Some(front_ref.clone()),
-        subset: None,
-        port: None,
-        weight: super::route::Weight(1),
-    };
-    let routes = RouteSeries::new(front.service.hostname());
-    let clients = Mutex::new(Vec::new());
-    let downstream =
-        Arc::new(Downstream { ctx, source, front, front_ref, default_destination, routes, series, clients });
+    let routes = RouteSeries::default();
+    let downstream = Arc::new(Downstream { ctx, source, front, routes, series });
     let handler = move |request| {
         let downstream = downstream.clone();
         async move { handle(&downstream, request).await }
@@ -120,7 +81,7 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
     };
     let method = request.method().clone();
     let state = d.ctx.state.current();
-    let front = &d.front_ref;
+    let front = &d.front.reference;
     // Before routing: routes match, and the destination authorizes, what the backend will receive.
     let normalized = super::normalize::request(&mut request, state.route_table(front).escaped_slashes());
     // The normalized path, or the path as sent when it was refused (for the access line only).
@@ -173,13 +134,13 @@ async fn route_request(
     mut request: Request<ReqBody>,
     record: &mut Record,
 ) -> Response<BoxBody> {
-    let table = state.route_table(&d.front_ref).clone();
+    let table = state.route_table(&d.front.reference).clone();
     let (parts, body) = request.into_parts();
     let route = table.route(&parts);
     request = Request::from_parts(parts, body);
     let Some(route) = route else {
-        let response = forward(d, state, &d.default_destination, request, None, None, record).await;
-        d.routes.request(&d.ctx.metrics.routes, "default", None, response.status().as_u16());
+        let response = forward(d, state, &d.front.default_destination, request, None, None, record).await;
+        d.routes.request(&d.ctx.metrics.routes, &d.front.hostname, "default", None, response.status().as_u16());
         return response;
     };
     record.route = route.name().to_string().into();
@@ -217,7 +178,7 @@ async fn route_request(
     record.subset = destination.subset.clone();
     let mut response = forward(d, state, destination, request, route.timeout(), route.retry_policy(), record).await;
     let status = response.status().as_u16();
-    d.routes.request(&d.ctx.metrics.routes, route.name(), destination.subset.as_deref(), status);
+    d.routes.request(&d.ctx.metrics.routes, &d.front.hostname, route.name(), destination.subset.as_deref(), status);
     route.headers().response.apply(response.headers_mut());
     response
 }
@@ -273,7 +234,7 @@ async fn forward(
     let hash_key: Option<Vec<u8>> = backend
         .hash_on()
         .and_then(|h| h.request_key(request.headers(), request.uri().query(), d.source.workload.address));
-    let client = d.client(version, backend.reuse);
+    let client = d.ctx.http.clients.mesh_client(&d.ctx, &d.source, version, backend.reuse);
     let stats = RetryStats::default();
     let params = RetryParams {
         // An upgraded connection cannot be replayed.

@@ -380,9 +380,14 @@ pub use super::reuse::{send, ConnectionReuse, RequestCount};
 /// connections, which carry the old pod's identity.
 #[derive(Default)]
 pub struct Clients {
-    clients: Mutex<HashMap<(SourceKey, Version, Duration), UpstreamClient>>,
+    /// By the source's address first, then the whole key compared in place: a request finds its client
+    /// without copying the workload's names into a key.
+    clients: Mutex<HashMap<ClientsKey, Vec<(SourceKey, UpstreamClient)>>>,
     slots: Arc<ConnectionSlots>,
 }
+
+/// The source's address, the version spoken and the pool's idle timeout.
+type ClientsKey = (IpAddr, Version, Duration);
 
 /// Which workload a client sends for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -394,6 +399,14 @@ pub struct SourceKey {
 }
 
 impl SourceKey {
+    /// Whether this is `source`'s key (as [`SourceKey::of`] would make it), without making one.
+    pub fn is_of(&self, source: &WorkloadInfo) -> bool {
+        self.address == source.workload.address
+            && self.namespace == source.workload.namespace
+            && self.name == source.workload.name
+            && self.identity == source.identity
+    }
+
     pub fn of(source: &WorkloadInfo) -> Self {
         SourceKey {
             address: source.workload.address,
@@ -412,20 +425,25 @@ impl Clients {
         version: Version,
         reuse: ConnectionReuse,
     ) -> UpstreamClient {
-        let key = (SourceKey::of(source), version, reuse.idle());
+        let key = (source.workload.address, version, reuse.idle());
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(&key) {
+        let same_source = |(k, _): &&(SourceKey, UpstreamClient)| k.is_of(source);
+        if let Some((_, client)) = clients.get(&key).and_then(|kept| kept.iter().find(same_source)) {
             return client.clone();
         }
         let connector = MeshConnector { ctx: ctx.clone(), source: source.clone(), slots: self.slots.clone() };
         let client = build_client(connector, version, reuse.idle());
-        clients.insert(key, client.clone());
+        clients.entry(key).or_default().push((SourceKey::of(source), client.clone()));
         client
     }
 
     /// Drops the clients of sources that left this node (their pooled connections go with them).
     pub fn retain(&self, keep: impl Fn(&SourceKey) -> bool) {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|(source, _, _), _| keep(source));
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain(|_, kept| {
+            kept.retain(|(source, _)| keep(source));
+            !kept.is_empty()
+        });
     }
 
     /// The open-connection counts per destination service (`tcp.maxConnections`).

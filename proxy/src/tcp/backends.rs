@@ -221,7 +221,7 @@ destinationPolicies:
     }
 
     fn target(state: &State) -> ServiceTarget {
-        state.services().next().map(|(_, t)| t.clone()).expect("the service")
+        state.services().next().map(|(_, t)| ServiceTarget::clone(t)).expect("the service")
     }
 
     fn addr(ip: &str) -> SocketAddr {

@@ -90,9 +90,8 @@ const KEPT: usize = 8;
 
 /// One source connection's route counters: a request costs an uncontended lock and a scan of a short list
 /// rather than three string copies, a set lookup and a hash of four label values.
+#[derive(Default)]
 pub struct RouteSeries {
-    /// The destination service's host name, the `destination_service` label.
-    service: String,
     kept: Mutex<Vec<(RouteKey, IntCounter)>>,
 }
 
@@ -103,12 +102,8 @@ struct RouteKey {
 }
 
 impl RouteSeries {
-    pub fn new(service: String) -> Self {
-        RouteSeries { service, kept: Mutex::new(Vec::new()) }
-    }
-
-    /// As [`RouteMetrics::request`] for this connection's service.
-    pub fn request(&self, metrics: &RouteMetrics, route: &str, subset: Option<&str>, status: u16) {
+    /// As [`RouteMetrics::request`]; `service` is the connection's, the same on every call.
+    pub fn request(&self, metrics: &RouteMetrics, service: &str, route: &str, subset: Option<&str>, status: u16) {
         let class = status_class(status);
         // A poisoned lock only means another request panicked mid-scan; the list is still valid.
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
@@ -117,7 +112,7 @@ impl RouteSeries {
             counter.inc();
             return;
         }
-        let counter = metrics.request_counter(&self.service, route, subset, class);
+        let counter = metrics.request_counter(service, route, subset, class);
         counter.inc();
         if kept.len() < KEPT {
             kept.push((RouteKey { route: route.to_string(), subset: subset.map(str::to_string), class }, counter));
@@ -164,16 +159,17 @@ mod tests {
     fn a_connection_counts_in_the_series_the_registry_would() {
         let registry = Registry::new();
         let m = RouteMetrics::new(&registry);
-        let series = RouteSeries::new("reviews.demo.svc.cluster.local".into());
+        let series = RouteSeries::default();
+        let service = "reviews.demo.svc.cluster.local";
         // More distinct sets than the connection keeps: the ones past it are still counted.
         for i in 0..KEPT + 4 {
             for _ in 0..3 {
-                series.request(&m, &format!("rule-{i}"), Some("v1"), 200);
+                series.request(&m, service, &format!("rule-{i}"), Some("v1"), 200);
             }
         }
-        series.request(&m, "rule-0", Some("v1"), 503);
-        series.request(&m, "rule-0", None, 200);
-        series.request(&m, "default", None, 404);
+        series.request(&m, service, "rule-0", Some("v1"), 503);
+        series.request(&m, service, "rule-0", None, 200);
+        series.request(&m, service, "default", None, 404);
         for i in 0..KEPT + 4 {
             assert_eq!(count(&registry, &format!("rule-{i}"), "v1", "2xx"), 3.0, "rule-{i}");
         }
