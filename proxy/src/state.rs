@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::http::route::{CompileError, RouteDestination, RouteTable, ServiceRef, Weight};
 use crate::http::settings::{policy_for, ConnectionReuse, DestinationSettings, SettingsError};
 use crate::policy::{Policies, PolicyError};
+use crate::telemetry::labels::{ServiceLabels, WorkloadLabels};
 
 /// A workload with its identity parsed once.
 #[derive(Debug)]
@@ -23,9 +24,16 @@ pub struct WorkloadInfo {
     pub workload: Workload,
     /// `None` for workloads outside the mesh.
     pub identity: Option<Identity>,
+    /// Its metric label values.
+    pub labels: WorkloadLabels,
 }
 
 impl WorkloadInfo {
+    pub fn new(workload: Workload, identity: Option<Identity>) -> Self {
+        let labels = WorkloadLabels::of(&workload, identity.as_ref());
+        WorkloadInfo { workload, identity, labels }
+    }
+
     pub fn name(&self) -> &str {
         &self.workload.name
     }
@@ -43,6 +51,8 @@ pub struct ServiceTarget {
     pub default_destination: RouteDestination,
     /// The service's host name, the `destination_service` label of the route metrics.
     pub hostname: String,
+    /// Its metric label values.
+    pub labels: ServiceLabels,
 }
 
 impl ServiceTarget {
@@ -56,7 +66,8 @@ impl ServiceTarget {
             weight: Weight(1),
         };
         let hostname = service.hostname();
-        ServiceTarget { service, port, reference, default_destination, hostname }
+        let labels = ServiceLabels::of(&service);
+        ServiceTarget { service, port, reference, default_destination, hostname, labels }
     }
 }
 
@@ -147,7 +158,7 @@ impl State {
             } else {
                 None
             };
-            workloads_by_ip.insert(w.address, Arc::new(WorkloadInfo { workload: w.clone(), identity }));
+            workloads_by_ip.insert(w.address, Arc::new(WorkloadInfo::new(w.clone(), identity)));
         }
         let mut services_by_addr = HashMap::new();
         let mut services_by_name = HashMap::new();

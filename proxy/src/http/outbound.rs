@@ -41,7 +41,8 @@ struct Downstream {
 
 /// Serves HTTP/1.1 or HTTP/2 on the pod's connection until it closes.
 pub async fn serve(ctx: Arc<ProxyContext>, tcp: TcpStream, source: Arc<WorkloadInfo>, front: Arc<ServiceTarget>) {
-    let labels = ConnectionLabels::new("source").with_source(&source).with_service(&front.service).mutual_tls(true);
+    let labels =
+        ConnectionLabels::new("source").with_source(&source.labels).with_service_labels(&front.labels).mutual_tls(true);
     let drain = ctx.drain.watch();
     let series = SourceSeries::new(ctx.metrics.clone(), labels);
     let routes = RouteSeries::default();

@@ -297,7 +297,8 @@ async fn connect_now(
             // Same node: run the destination side's checks on one end of an in-memory pipe.
             let (client, server) = tokio::io::duplex(LOCAL_PIPE);
             let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
-            let labels = ConnectionLabels::new("destination").with_destination(&destination).with_source(source);
+            let labels =
+                ConnectionLabels::new("destination").with_destination(&destination.labels).with_source(&source.labels);
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 serve_stream(&ctx, server, caller, destination, target, labels).await;

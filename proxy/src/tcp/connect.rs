@@ -83,7 +83,7 @@ pub(crate) async fn open(
         }
         Upstream::Local { destination, target } => {
             let caller = Caller { identity: source.identity.clone(), address: source.workload.address };
-            let labels = labels.clone().with_destination(&destination).with_upstream(target);
+            let labels = labels.clone().with_destination(&destination.labels).with_upstream(target);
             let labels = local_destination_labels(state, &caller, target, labels);
             if state.is_http_endpoint(target) {
                 return Opened::LocalHttp { caller, destination, target, labels };
@@ -103,7 +103,7 @@ pub(crate) async fn open(
             }
         }
         Upstream::Tunnel { destination, target, dial, key } => {
-            let labels = labels.clone().with_destination(&destination).with_upstream(target).mutual_tls(true);
+            let labels = labels.clone().with_destination(&destination.labels).with_upstream(target).mutual_tls(true);
             // Boxed: the handshake's state should not stay in the connection's task once the tunnel is open.
             let opened =
                 tokio::time::timeout(timeout, Box::pin(ctx.pool.open(&key, dial, target, source.workload.address)));

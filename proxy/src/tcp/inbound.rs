@@ -28,7 +28,7 @@ pub(crate) fn with_endpoint_service(state: &State, target: SocketAddr, labels: C
 /// Fills the source labels from the workload the caller's address names, when the caller is a known workload.
 pub(crate) fn source_labels_from_state(state: &State, caller: &Caller, labels: ConnectionLabels) -> ConnectionLabels {
     match state.workload(caller.address) {
-        Some(w) if w.identity == caller.identity => labels.with_source(w),
+        Some(w) if w.identity == caller.identity => labels.with_source(&w.labels),
         _ => labels,
     }
 }

@@ -67,7 +67,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
             Box::pin(crate::http::outbound::serve(ctx.clone(), tcp, source, service.clone())).await;
             return;
         }
-        let labels = source_labels(&source).with_service(&service.service);
+        let labels = source_labels(&source).with_service_labels(&service.labels);
         let _slot = match ctx.connection_limits.acquire(&state, &service.service) {
             Ok(slot) => slot,
             Err(max) => {
@@ -130,7 +130,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyContext>) {
 /// The source side's labels of a connection relayed as TCP. Built only once the connection is known not to be
 /// HTTP: the HTTP path labels its requests itself, and the source's identity is formatted into them.
 fn source_labels(source: &WorkloadInfo) -> ConnectionLabels {
-    ConnectionLabels::new("source").with_source(source)
+    ConnectionLabels::new("source").with_source(&source.labels)
 }
 
 /// Declared ports decide; undeclared ones are sniffed.

@@ -44,7 +44,7 @@ async fn plaintext_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ProxyCo
         warn!(%peer, %target, "plaintext connection for a destination that is not a meshed workload here");
         return;
     };
-    let labels = ConnectionLabels::new("destination").with_destination(&destination).mutual_tls(false);
+    let labels = ConnectionLabels::new("destination").with_destination(&destination.labels).mutual_tls(false);
     let labels = with_endpoint_service(&state, target, labels.with_upstream(target));
     let (mode, decided_by) = state.mtls_mode(&destination.workload, target.port());
     if mode == MtlsMode::Strict {

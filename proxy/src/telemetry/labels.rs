@@ -2,9 +2,8 @@
 //! the metrics and the access log; with Istio's standard label names, in the order both use.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-
-use crate::state::WorkloadInfo;
 
 /// Istio's standard labels describing the two peers; the TCP and HTTP families add their own after these.
 pub(crate) const PEER_LABELS: [&str; 14] = [
@@ -53,28 +52,105 @@ pub(crate) const fn join<'a, const A: usize, const B: usize, const C: usize>(
     out
 }
 
+/// A label value. Values are made once per workload and service port when a configuration arrives and shared
+/// by the connections that carry them: a connection's label set costs reference counts, not string copies.
+pub type Label = Arc<str>;
+
+/// The empty value (`unknown` in metrics), shared.
+pub fn empty() -> Label {
+    static EMPTY: OnceLock<Label> = OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
+}
+
+/// A workload's label values, made with its entry in the state.
+#[derive(Clone, Debug)]
+pub struct WorkloadLabels {
+    pub name: Label,
+    pub namespace: Label,
+    /// The SPIFFE URI; empty outside the mesh.
+    pub principal: Label,
+    pub app: Label,
+    pub version: Label,
+}
+
+impl WorkloadLabels {
+    pub fn of(workload: &strait_api::Workload, identity: Option<&strait_certs::Identity>) -> Self {
+        let label = |value: Option<&String>| value.map_or_else(empty, |v| Label::from(v.as_str()));
+        WorkloadLabels {
+            name: Label::from(workload.name.as_str()),
+            namespace: Label::from(workload.namespace.as_str()),
+            principal: identity.map_or_else(empty, |i| Label::from(i.uri())),
+            app: label(workload.labels.get("app")),
+            version: label(workload.labels.get("version")),
+        }
+    }
+}
+
+/// A service's label values: `destination_service` (its host name), `_name` and `_namespace`.
+#[derive(Clone, Debug)]
+pub struct ServiceLabels {
+    pub host: Label,
+    pub name: Label,
+    pub namespace: Label,
+}
+
+impl ServiceLabels {
+    pub fn of(service: &strait_api::Service) -> Self {
+        ServiceLabels {
+            host: Label::from(service.hostname()),
+            name: Label::from(service.name.as_str()),
+            namespace: Label::from(service.namespace.as_str()),
+        }
+    }
+}
+
 /// The label values that describe one connection, from one reporter's point of view.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ConnectionLabels {
     pub reporter: &'static str,
-    pub source_workload: String,
-    pub source_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub destination_workload: String,
-    pub destination_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
+    pub source_workload: Label,
+    pub source_namespace: Label,
+    pub source_principal: Label,
+    pub source_app: Label,
+    pub source_version: Label,
+    pub destination_workload: Label,
+    pub destination_namespace: Label,
+    pub destination_principal: Label,
+    pub destination_app: Label,
+    pub destination_version: Label,
+    pub destination_service: Label,
+    pub destination_service_name: Label,
+    pub destination_service_namespace: Label,
     pub mutual_tls: bool,
     /// Not a label: the pod address the connection went to, for the access log.
     pub upstream: Option<SocketAddr>,
     /// Not a label: when the connection was accepted, for the access log's duration.
     pub started: Option<Instant>,
+}
+
+impl Default for ConnectionLabels {
+    fn default() -> Self {
+        let e = empty();
+        ConnectionLabels {
+            reporter: "",
+            source_workload: e.clone(),
+            source_namespace: e.clone(),
+            source_principal: e.clone(),
+            source_app: e.clone(),
+            source_version: e.clone(),
+            destination_workload: e.clone(),
+            destination_namespace: e.clone(),
+            destination_principal: e.clone(),
+            destination_app: e.clone(),
+            destination_version: e.clone(),
+            destination_service: e.clone(),
+            destination_service_name: e.clone(),
+            destination_service_namespace: e,
+            mutual_tls: false,
+            upstream: None,
+            started: None,
+        }
+    }
 }
 
 const UNKNOWN: &str = "unknown";
@@ -89,31 +165,36 @@ impl ConnectionLabels {
         self
     }
 
-    pub fn with_source(mut self, w: &WorkloadInfo) -> Self {
-        self.source_workload = w.workload.name.clone();
-        self.source_namespace = w.workload.namespace.clone();
-        self.source_principal = w.identity.as_ref().map(|i| i.uri()).unwrap_or_default();
-        self.source_app = w.workload.labels.get("app").cloned().unwrap_or_default();
-        self.source_version = w.workload.labels.get("version").cloned().unwrap_or_default();
+    pub fn with_source(mut self, l: &WorkloadLabels) -> Self {
+        self.source_workload = l.name.clone();
+        self.source_namespace = l.namespace.clone();
+        self.source_principal = l.principal.clone();
+        self.source_app = l.app.clone();
+        self.source_version = l.version.clone();
         self
     }
 
     pub fn with_source_principal(mut self, principal: String) -> Self {
-        self.source_principal = principal;
+        self.source_principal = Label::from(principal);
         self
     }
 
-    pub fn with_destination(mut self, w: &WorkloadInfo) -> Self {
-        self.destination_workload = w.workload.name.clone();
-        self.destination_namespace = w.workload.namespace.clone();
-        self.destination_principal = w.identity.as_ref().map(|i| i.uri()).unwrap_or_default();
-        self.destination_app = w.workload.labels.get("app").cloned().unwrap_or_default();
-        self.destination_version = w.workload.labels.get("version").cloned().unwrap_or_default();
+    pub fn with_destination(mut self, l: &WorkloadLabels) -> Self {
+        self.destination_workload = l.name.clone();
+        self.destination_namespace = l.namespace.clone();
+        self.destination_principal = l.principal.clone();
+        self.destination_app = l.app.clone();
+        self.destination_version = l.version.clone();
         self
     }
 
-    pub fn with_service(mut self, service: &strait_api::Service) -> Self {
-        self.destination_service = service.hostname();
+    pub fn with_service(self, service: &strait_api::Service) -> Self {
+        self.with_service_labels(&ServiceLabels::of(service))
+    }
+
+    /// [`ConnectionLabels::with_service`] with the values made already.
+    pub fn with_service_labels(mut self, service: &ServiceLabels) -> Self {
+        self.destination_service = service.host.clone();
         self.destination_service_name = service.name.clone();
         self.destination_service_namespace = service.namespace.clone();
         self
@@ -121,9 +202,10 @@ impl ConnectionLabels {
 
     /// A destination outside the mesh: the ServiceEntry's host (or `PassthroughCluster`), as Istio names it.
     pub fn with_external(mut self, host: &str, namespace: &str) -> Self {
-        self.destination_service = host.to_string();
-        self.destination_service_name = host.to_string();
-        self.destination_service_namespace = namespace.to_string();
+        let host = Label::from(host);
+        self.destination_service = host.clone();
+        self.destination_service_name = host;
+        self.destination_service_namespace = Label::from(namespace);
         self
     }
 
@@ -164,5 +246,44 @@ impl ConnectionLabels {
     /// Values for [`TCP_LABELS`], in order.
     pub(crate) fn values<'a>(&'a self, flags: &'a str) -> [&'a str; 17] {
         join(self.peer_values(), ["tcp", flags, self.security_policy()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(name: &str, labels: &[(&str, &str)]) -> strait_api::Workload {
+        strait_api::Workload {
+            name: name.into(),
+            namespace: "shop".into(),
+            service_account: "sa".into(),
+            node: "node-a".into(),
+            address: std::net::IpAddr::from([10, 1, 0, 2]),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            meshed: true,
+            tunnel_port: strait_api::DEFAULT_TUNNEL_PORT,
+        }
+    }
+
+    #[test]
+    fn a_connection_carries_the_values_its_workloads_and_service_were_given() {
+        let identity = strait_certs::Identity::parse("spiffe://cluster.local/ns/shop/sa/sa").expect("an identity");
+        let source = WorkloadLabels::of(&workload("a1", &[("app", "web"), ("version", "v2")]), Some(&identity));
+        let destination = WorkloadLabels::of(&workload("b1", &[]), None);
+        let service: strait_api::Service = serde_json::from_value(serde_json::json!({
+            "name": "reviews", "namespace": "shop", "addresses": [], "ports": [], "endpoints": [],
+        }))
+        .expect("a service");
+        let labels =
+            ConnectionLabels::new("source").with_source(&source).with_destination(&destination).with_service(&service);
+        let values = labels.peer_values();
+        assert_eq!(values[..6], ["source", "a1", "shop", "spiffe://cluster.local/ns/shop/sa/sa", "web", "v2"]);
+        // Outside the mesh and without `app`/`version` labels: `unknown`, as Istio reports them.
+        assert_eq!(values[6..11], ["b1", "shop", "unknown", "unknown", "unknown"]);
+        assert_eq!(values[11..], [service.hostname().as_str(), "reviews", "shop"]);
+        // Values are shared with the workload's entry, not copied.
+        assert!(Arc::ptr_eq(&labels.source_workload, &source.name));
+        assert!(Arc::ptr_eq(&ConnectionLabels::default().source_app, &empty()));
     }
 }

@@ -4,7 +4,7 @@
 //! instead of four hash lookups over 19 label values and a copy of 13 strings.
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::flags::ResponseFlag;
 use super::labels::ConnectionLabels;
@@ -77,26 +77,30 @@ impl RequestSeries {
 pub struct SourceSeries {
     metrics: Arc<Metrics>,
     labels: ConnectionLabels,
-    /// No destination known (the request was answered by the proxy, or went nowhere).
-    unknown: Arc<RequestSeries>,
+    /// No destination known (the request was answered by the proxy, or went nowhere). Made at the first such
+    /// request: most connections never have one, and an idle connection should not hold a second label set.
+    unknown: OnceLock<Arc<RequestSeries>>,
     by_destination: Mutex<Vec<(Arc<WorkloadInfo>, Arc<RequestSeries>)>>,
 }
 
 impl SourceSeries {
     pub fn new(metrics: Arc<Metrics>, labels: ConnectionLabels) -> Self {
-        let unknown = Arc::new(RequestSeries::new(metrics.clone(), labels.clone()));
-        SourceSeries { metrics, labels, unknown, by_destination: Mutex::new(Vec::new()) }
+        SourceSeries { metrics, labels, unknown: OnceLock::new(), by_destination: Mutex::new(Vec::new()) }
     }
 
     /// The series of requests that went to `destination`.
     pub fn to(&self, destination: Option<&Arc<WorkloadInfo>>) -> Arc<RequestSeries> {
-        let Some(destination) = destination else { return self.unknown.clone() };
+        let Some(destination) = destination else {
+            let unknown =
+                self.unknown.get_or_init(|| Arc::new(RequestSeries::new(self.metrics.clone(), self.labels.clone())));
+            return unknown.clone();
+        };
         let mut kept = self.by_destination.lock().unwrap_or_else(|e| e.into_inner());
         // The same `Arc`: a new configuration gives a workload a new entry (its labels may have changed).
         if let Some((_, series)) = kept.iter().find(|(w, _)| Arc::ptr_eq(w, destination)) {
             return series.clone();
         }
-        let labels = self.labels.clone().with_destination(destination);
+        let labels = self.labels.clone().with_destination(&destination.labels);
         let series = Arc::new(RequestSeries::new(self.metrics.clone(), labels));
         // Entries for the same address from an older configuration go: one per workload address.
         let address: IpAddr = destination.workload.address;
@@ -156,8 +160,8 @@ mod tests {
     }
 
     fn workload(name: &str, last: u8) -> Arc<WorkloadInfo> {
-        Arc::new(WorkloadInfo {
-            workload: strait_api::Workload {
+        Arc::new(WorkloadInfo::new(
+            strait_api::Workload {
                 name: name.into(),
                 namespace: "shop".into(),
                 service_account: "sa".into(),
@@ -167,8 +171,8 @@ mod tests {
                 meshed: true,
                 tunnel_port: strait_api::DEFAULT_TUNNEL_PORT,
             },
-            identity: None,
-        })
+            None,
+        ))
     }
 
     #[test]
@@ -177,11 +181,11 @@ mod tests {
         let source = SourceSeries::new(metrics.clone(), ConnectionLabels::new("source"));
         let (b1, b2) = (workload("b1", 2), workload("b2", 3));
         assert!(Arc::ptr_eq(&source.to(Some(&b1)), &source.to(Some(&b1))));
-        assert_eq!(source.to(Some(&b2)).labels().destination_workload, "b2");
-        assert_eq!(source.to(None).labels().destination_workload, "");
+        assert_eq!(source.to(Some(&b2)).labels().destination_workload.as_ref(), "b2");
+        assert_eq!(source.to(None).labels().destination_workload.as_ref(), "");
         // A new configuration's entry for the same address replaces the old one.
         let b1_renamed = workload("b1-new", 2);
-        assert_eq!(source.to(Some(&b1_renamed)).labels().destination_workload, "b1-new");
+        assert_eq!(source.to(Some(&b1_renamed)).labels().destination_workload.as_ref(), "b1-new");
         assert_eq!(source.by_destination.lock().map(|k| k.len()).ok(), Some(2));
         // Bounded however many workloads one connection reaches.
         for i in 0..40 {

@@ -199,7 +199,7 @@ async fn tunnel_stream(
         }
     };
     let labels = ConnectionLabels::new("destination")
-        .with_destination(&destination)
+        .with_destination(&destination.labels)
         .with_source_principal(caller.identity.as_ref().map(|i| i.uri()).unwrap_or_default())
         .mutual_tls(true);
     let labels = source_labels_from_state(&state, &caller, labels);
