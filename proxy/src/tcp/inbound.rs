@@ -20,7 +20,7 @@ use crate::telemetry::record::ConnectionRecord;
 /// Names the service in front of the destination endpoint, when the caller's side did not already.
 pub(crate) fn with_endpoint_service(state: &State, target: SocketAddr, labels: ConnectionLabels) -> ConnectionLabels {
     match state.endpoint_service(target) {
-        Some(service) if labels.destination_service.is_empty() => labels.with_service(service),
+        Some(service) if labels.service.host.is_empty() => labels.with_service(service),
         _ => labels,
     }
 }

@@ -73,6 +73,13 @@ pub struct WorkloadLabels {
     pub version: Label,
 }
 
+impl Default for WorkloadLabels {
+    fn default() -> Self {
+        let e = empty();
+        WorkloadLabels { name: e.clone(), namespace: e.clone(), principal: e.clone(), app: e.clone(), version: e }
+    }
+}
+
 impl WorkloadLabels {
     pub fn of(workload: &strait_api::Workload, identity: Option<&strait_certs::Identity>) -> Self {
         let label = |value: Option<&String>| value.map_or_else(empty, |v| Label::from(v.as_str()));
@@ -94,6 +101,13 @@ pub struct ServiceLabels {
     pub namespace: Label,
 }
 
+impl Default for ServiceLabels {
+    fn default() -> Self {
+        let e = empty();
+        ServiceLabels { host: e.clone(), name: e.clone(), namespace: e }
+    }
+}
+
 impl ServiceLabels {
     pub fn of(service: &strait_api::Service) -> Self {
         ServiceLabels {
@@ -105,52 +119,18 @@ impl ServiceLabels {
 }
 
 /// The label values that describe one connection, from one reporter's point of view.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ConnectionLabels {
     pub reporter: &'static str,
-    pub source_workload: Label,
-    pub source_namespace: Label,
-    pub source_principal: Label,
-    pub source_app: Label,
-    pub source_version: Label,
-    pub destination_workload: Label,
-    pub destination_namespace: Label,
-    pub destination_principal: Label,
-    pub destination_app: Label,
-    pub destination_version: Label,
-    pub destination_service: Label,
-    pub destination_service_name: Label,
-    pub destination_service_namespace: Label,
+    pub source: WorkloadLabels,
+    pub destination: WorkloadLabels,
+    /// The destination service (`destination_service`, `_name`, `_namespace`).
+    pub service: ServiceLabels,
     pub mutual_tls: bool,
     /// Not a label: the pod address the connection went to, for the access log.
     pub upstream: Option<SocketAddr>,
     /// Not a label: when the connection was accepted, for the access log's duration.
     pub started: Option<Instant>,
-}
-
-impl Default for ConnectionLabels {
-    fn default() -> Self {
-        let e = empty();
-        ConnectionLabels {
-            reporter: "",
-            source_workload: e.clone(),
-            source_namespace: e.clone(),
-            source_principal: e.clone(),
-            source_app: e.clone(),
-            source_version: e.clone(),
-            destination_workload: e.clone(),
-            destination_namespace: e.clone(),
-            destination_principal: e.clone(),
-            destination_app: e.clone(),
-            destination_version: e.clone(),
-            destination_service: e.clone(),
-            destination_service_name: e.clone(),
-            destination_service_namespace: e,
-            mutual_tls: false,
-            upstream: None,
-            started: None,
-        }
-    }
 }
 
 const UNKNOWN: &str = "unknown";
@@ -165,26 +145,18 @@ impl ConnectionLabels {
         self
     }
 
-    pub fn with_source(mut self, l: &WorkloadLabels) -> Self {
-        self.source_workload = l.name.clone();
-        self.source_namespace = l.namespace.clone();
-        self.source_principal = l.principal.clone();
-        self.source_app = l.app.clone();
-        self.source_version = l.version.clone();
+    pub fn with_source(mut self, labels: &WorkloadLabels) -> Self {
+        self.source = labels.clone();
         self
     }
 
     pub fn with_source_principal(mut self, principal: String) -> Self {
-        self.source_principal = Label::from(principal);
+        self.source.principal = Label::from(principal);
         self
     }
 
-    pub fn with_destination(mut self, l: &WorkloadLabels) -> Self {
-        self.destination_workload = l.name.clone();
-        self.destination_namespace = l.namespace.clone();
-        self.destination_principal = l.principal.clone();
-        self.destination_app = l.app.clone();
-        self.destination_version = l.version.clone();
+    pub fn with_destination(mut self, labels: &WorkloadLabels) -> Self {
+        self.destination = labels.clone();
         self
     }
 
@@ -194,18 +166,14 @@ impl ConnectionLabels {
 
     /// [`ConnectionLabels::with_service`] with the values made already.
     pub fn with_service_labels(mut self, service: &ServiceLabels) -> Self {
-        self.destination_service = service.host.clone();
-        self.destination_service_name = service.name.clone();
-        self.destination_service_namespace = service.namespace.clone();
+        self.service = service.clone();
         self
     }
 
     /// A destination outside the mesh: the ServiceEntry's host (or `PassthroughCluster`), as Istio names it.
     pub fn with_external(mut self, host: &str, namespace: &str) -> Self {
         let host = Label::from(host);
-        self.destination_service = host.clone();
-        self.destination_service_name = host;
-        self.destination_service_namespace = Label::from(namespace);
+        self.service = ServiceLabels { host: host.clone(), name: host, namespace: Label::from(namespace) };
         self
     }
 
@@ -219,19 +187,19 @@ impl ConnectionLabels {
         let or_unknown = |s: &'a str| if s.is_empty() { UNKNOWN } else { s };
         [
             self.reporter,
-            or_unknown(&self.source_workload),
-            or_unknown(&self.source_namespace),
-            or_unknown(&self.source_principal),
-            or_unknown(&self.source_app),
-            or_unknown(&self.source_version),
-            or_unknown(&self.destination_workload),
-            or_unknown(&self.destination_namespace),
-            or_unknown(&self.destination_principal),
-            or_unknown(&self.destination_app),
-            or_unknown(&self.destination_version),
-            or_unknown(&self.destination_service),
-            or_unknown(&self.destination_service_name),
-            or_unknown(&self.destination_service_namespace),
+            or_unknown(&self.source.name),
+            or_unknown(&self.source.namespace),
+            or_unknown(&self.source.principal),
+            or_unknown(&self.source.app),
+            or_unknown(&self.source.version),
+            or_unknown(&self.destination.name),
+            or_unknown(&self.destination.namespace),
+            or_unknown(&self.destination.principal),
+            or_unknown(&self.destination.app),
+            or_unknown(&self.destination.version),
+            or_unknown(&self.service.host),
+            or_unknown(&self.service.name),
+            or_unknown(&self.service.namespace),
         ]
     }
 
@@ -283,7 +251,7 @@ mod tests {
         assert_eq!(values[6..11], ["b1", "shop", "unknown", "unknown", "unknown"]);
         assert_eq!(values[11..], [service.hostname().as_str(), "reviews", "shop"]);
         // Values are shared with the workload's entry, not copied.
-        assert!(Arc::ptr_eq(&labels.source_workload, &source.name));
-        assert!(Arc::ptr_eq(&ConnectionLabels::default().source_app, &empty()));
+        assert!(Arc::ptr_eq(&labels.source.name, &source.name));
+        assert!(Arc::ptr_eq(&ConnectionLabels::default().source.app, &empty()));
     }
 }

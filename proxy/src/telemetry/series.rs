@@ -181,11 +181,11 @@ mod tests {
         let source = SourceSeries::new(metrics.clone(), ConnectionLabels::new("source"));
         let (b1, b2) = (workload("b1", 2), workload("b2", 3));
         assert!(Arc::ptr_eq(&source.to(Some(&b1)), &source.to(Some(&b1))));
-        assert_eq!(source.to(Some(&b2)).labels().destination_workload.as_ref(), "b2");
-        assert_eq!(source.to(None).labels().destination_workload.as_ref(), "");
+        assert_eq!(source.to(Some(&b2)).labels().destination.name.as_ref(), "b2");
+        assert_eq!(source.to(None).labels().destination.name.as_ref(), "");
         // A new configuration's entry for the same address replaces the old one.
         let b1_renamed = workload("b1-new", 2);
-        assert_eq!(source.to(Some(&b1_renamed)).labels().destination_workload.as_ref(), "b1-new");
+        assert_eq!(source.to(Some(&b1_renamed)).labels().destination.name.as_ref(), "b1-new");
         assert_eq!(source.by_destination.lock().map(|k| k.len()).ok(), Some(2));
         // Bounded however many workloads one connection reaches.
         for i in 0..40 {
