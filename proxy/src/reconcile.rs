@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::context::ProxyContext;
-use crate::http::upstream::SourceKey;
 use crate::redirect;
 use crate::state::State;
 use crate::tcp::socket::bind_listener;
@@ -103,9 +102,7 @@ fn forget_departed(ctx: &ProxyContext, state: &State) {
             ctx.certs.forget(cert.identity());
         }
     }
-    ctx.http
-        .clients
-        .retain_sources(|source| state.local_workload(source.address).is_some_and(|w| SourceKey::of(w) == *source));
+    ctx.http.clients.retain_sources(|source| state.local_workload(source.address).is_some_and(|w| source.is_of(w)));
     ctx.http.backends.retain(|service| state.service_named(service).is_some());
     ctx.http.clients.connection_slots().retain(|service| state.service_named(service).is_some());
     ctx.connection_limits.retain(|namespace, name| state.service_by_name(namespace, name).is_some());

@@ -49,9 +49,7 @@ pub struct ServiceTarget {
     pub reference: ServiceRef,
     /// Where a request goes that no TrafficRoute rule takes: the service itself, all of its endpoints.
     pub default_destination: RouteDestination,
-    /// The service's host name, the `destination_service` label of the route metrics.
-    pub hostname: String,
-    /// Its metric label values.
+    /// Its metric label values (`labels.host` is also the route metrics' `destination_service`).
     pub labels: ServiceLabels,
 }
 
@@ -65,9 +63,8 @@ impl ServiceTarget {
             port: None,
             weight: Weight(1),
         };
-        let hostname = service.hostname();
         let labels = ServiceLabels::of(&service);
-        ServiceTarget { service, port, reference, default_destination, hostname, labels }
+        ServiceTarget { service, port, reference, default_destination, labels }
     }
 }
 

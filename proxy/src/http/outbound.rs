@@ -17,7 +17,7 @@ use tracing::debug;
 use super::backends::Backend;
 use super::observe::{Access, CountedRequest, Observed};
 use super::resilience::{retry_loop, Action, FaultAction, Outcome, RetryError, RetryParams, RetryStats};
-use super::route::RouteDestination;
+use super::route::{RouteDestination, RouteTable};
 use super::{boxed, grpc_status, protocol_label, text, BoxBody, Version};
 use crate::context::ProxyContext;
 use crate::state::{ServiceTarget, State, WorkloadInfo};
@@ -82,9 +82,9 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
     };
     let method = request.method().clone();
     let state = d.ctx.state.current();
-    let front = &d.front.reference;
+    let table = state.route_table(&d.front.reference);
     // Before routing: routes match, and the destination authorizes, what the backend will receive.
-    let normalized = super::normalize::request(&mut request, state.route_table(front).escaped_slashes());
+    let normalized = super::normalize::request(&mut request, table.escaped_slashes());
     // The normalized path, or the path as sent when it was refused (for the access line only).
     // Only the access line and a tap read it.
     let path = if access_enabled() || crate::tap::active() { request.uri().path().to_string() } else { String::new() };
@@ -100,7 +100,7 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
         trace: hop.span.as_ref().map(HopSpan::context),
     };
     let response = match normalized {
-        Ok(()) => route_request(d, &state, request, &mut record).await,
+        Ok(()) => route_request(d, &state, table, request, &mut record).await,
         Err(rejection) => {
             record.flags = ResponseFlag::DownstreamProtocolError;
             record.detail = rejection.as_str().into();
@@ -132,16 +132,16 @@ async fn handle(d: &Downstream, request: Request<Incoming>) -> Response<BoxBody>
 async fn route_request(
     d: &Downstream,
     state: &Arc<State>,
+    table: &RouteTable,
     mut request: Request<ReqBody>,
     record: &mut Record,
 ) -> Response<BoxBody> {
-    let table = state.route_table(&d.front.reference).clone();
     let (parts, body) = request.into_parts();
     let route = table.route(&parts);
     request = Request::from_parts(parts, body);
     let Some(route) = route else {
         let response = forward(d, state, &d.front.default_destination, request, None, None, record).await;
-        d.routes.request(&d.ctx.metrics.routes, &d.front.hostname, "default", None, response.status().as_u16());
+        d.routes.request(&d.ctx.metrics.routes, &d.front.labels.host, "default", None, response.status().as_u16());
         return response;
     };
     record.route = route.name().to_string().into();
@@ -179,7 +179,7 @@ async fn route_request(
     record.subset = destination.subset.clone();
     let mut response = forward(d, state, destination, request, route.timeout(), route.retry_policy(), record).await;
     let status = response.status().as_u16();
-    d.routes.request(&d.ctx.metrics.routes, &d.front.hostname, route.name(), destination.subset.as_deref(), status);
+    d.routes.request(&d.ctx.metrics.routes, &d.front.labels.host, route.name(), destination.subset.as_deref(), status);
     route.headers().response.apply(response.headers_mut());
     response
 }
